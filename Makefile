@@ -1,0 +1,166 @@
+# avtworkerd - one non-recursive GNU Makefile (STYLE.md R16).
+#
+#   make                      build/avtworkerd, build/plugins/*.so, build/avtworker-sdk.pc
+#   make test                 unit + integration tests; ends with "N passed, N failed"
+#   make test SANITIZE=address,undefined    (or SANITIZE=thread): builds into build-<san>/
+#   make test VALGRIND=1      integration tests under valgrind
+#   make install PREFIX=/usr DESTDIR=/tmp/pkg
+#   make demo                 local orchestrator + daemon + a few jobs of each kind
+#   make format | lint | clean | uninstall
+#
+# CFLAGS belongs to the user (default -O2 -g); the project's flags live in
+# their own variables, so `make CFLAGS=-O0` keeps the warnings.
+
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/sbin
+LIBDIR ?= $(PREFIX)/lib
+PLUGINDIR ?= $(LIBDIR)/avtworkerd
+INCLUDEDIR ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+MANDIR ?= $(PREFIX)/share/man
+PKG_CONFIG ?= pkg-config
+PYTHON ?= /usr/bin/python3
+EV_LIBS ?= -lev
+
+CC ?= cc
+CFLAGS ?= -O2 -g
+
+comma := ,
+ifeq ($(SANITIZE),)
+BUILD ?= build
+else
+BUILD ?= build-$(subst $(comma),-,$(SANITIZE))
+endif
+
+WARN = -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+       -Wpointer-arith -Wcast-qual -Wwrite-strings -Wformat=2 -Wundef -Wvla
+ifeq ($(WERROR),1)
+WARN += -Werror
+endif
+HARDEN = -fstack-protector-strong -fPIE $(if $(findstring -O0,$(CFLAGS)),,-D_FORTIFY_SOURCE=2)
+HARDEN_LD = -pie -Wl,-z,relro,-z,now
+SAN = $(if $(SANITIZE),-fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all)
+
+# Recursively expanded on purpose: evaluated when a recipe runs, i.e. after
+# tools/deps.sh has installed the packages on a fresh machine.
+PKG_CFLAGS = $(shell $(PKG_CONFIG) --cflags libcurl jansson inih 2>/dev/null)
+PKG_LIBS = $(shell $(PKG_CONFIG) --libs libcurl jansson inih 2>/dev/null || echo -lcurl -ljansson -linih)
+
+AVT_CFLAGS = -std=c17 -D_GNU_SOURCE $(WARN) $(HARDEN) $(SAN) -Isdk -Idaemon -MMD -MP \
+             -DAVT_PLUGINDIR='"$(PLUGINDIR)"' $(PKG_CFLAGS)
+LDLIBS_AVT = $(SAN) $(EV_LIBS) $(PKG_LIBS) -pthread -ldl -lm
+PLUGIN_CFLAGS = -std=c17 -D_GNU_SOURCE $(WARN) $(SAN) -Isdk -fPIC -fvisibility=hidden -MMD -MP
+PLUGIN_LDFLAGS = -shared $(SAN) -Wl,-z,defs
+PLUGIN_LIBS = -ljansson
+
+# Daemon sources, one per line.
+SRCS += daemon/util.c
+SRCS += daemon/log.c
+SRCS += daemon/cfg.c
+SRCS += daemon/plugin.c
+SRCS += daemon/task.c
+SRCS += daemon/pool.c
+SRCS += daemon/runonce.c
+SRCS += daemon/daemon.c
+MAIN_SRC = daemon/main.c
+
+OBJS = $(SRCS:%.c=$(BUILD)/obj/%.o)
+MAIN_OBJ = $(MAIN_SRC:%.c=$(BUILD)/obj/%.o)
+LIBAVTD = $(BUILD)/libavtd.a
+
+# Example plugins: every directory plugins/NAME/ becomes build/plugins/NAME.so.
+PLUGIN_NAMES = $(notdir $(patsubst %/,%,$(wildcard plugins/*/)))
+PLUGINS = $(PLUGIN_NAMES:%=$(BUILD)/plugins/%.so)
+
+# Test plugins: tests/plugins/NAME.c becomes build/tests/plugins/NAME.so.
+TEST_PLUGIN_SRCS = $(wildcard tests/plugins/*.c)
+TEST_PLUGINS = $(TEST_PLUGIN_SRCS:tests/plugins/%.c=$(BUILD)/tests/plugins/%.so)
+
+# Unit tests: tests/unit/test_NAME.c links the daemon objects (libavtd.a)
+# and tests/mock_host.c.
+UNIT_SRCS = $(wildcard tests/unit/test_*.c)
+UNIT_BINS = $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/unit/%)
+
+DEPS_STAMP = $(BUILD)/.deps-ok
+
+.PHONY: all test check install uninstall clean format lint demo fuzz bench deps
+all: $(BUILD)/avtworkerd $(PLUGINS) $(BUILD)/avtworker-sdk.pc
+
+deps: $(DEPS_STAMP)
+$(DEPS_STAMP): tools/deps.sh
+	@tools/deps.sh
+	@mkdir -p $(@D) && touch $@
+
+$(BUILD)/obj/%.o: %.c | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(AVT_CFLAGS) $(CFLAGS) -c $< -o $@
+
+$(LIBAVTD): $(OBJS)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
+$(BUILD)/avtworkerd: $(MAIN_OBJ) $(LIBAVTD)
+	$(CC) $(CFLAGS) $(HARDEN_LD) $(LDFLAGS) -o $@ $^ $(LDLIBS_AVT)
+
+.SECONDEXPANSION:
+$(BUILD)/plugins/%.so: $$(wildcard plugins/%/*.c) sdk/avt_plugin.h | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(PLUGIN_CFLAGS) $(CFLAGS) $(PLUGIN_LDFLAGS) -o $@ $(filter %.c,$^) $(PLUGIN_LIBS)
+
+$(BUILD)/tests/plugins/%.so: tests/plugins/%.c sdk/avt_plugin.h | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(PLUGIN_CFLAGS) $(CFLAGS) $(PLUGIN_LDFLAGS) -o $@ $< $(PLUGIN_LIBS)
+
+$(BUILD)/obj/tests/mock_host.o: tests/mock_host.c | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(AVT_CFLAGS) -Itests $(CFLAGS) -c $< -o $@
+
+$(BUILD)/tests/unit/%: tests/unit/%.c tests/tap.h $(LIBAVTD) $(BUILD)/obj/tests/mock_host.o
+	@mkdir -p $(@D)
+	$(CC) $(AVT_CFLAGS) -Itests -Iplugins $(CFLAGS) $(LDFLAGS) -o $@ $< \
+	    $(BUILD)/obj/tests/mock_host.o $(LIBAVTD) $(LDLIBS_AVT)
+
+$(BUILD)/avtworker-sdk.pc: sdk/avtworker-sdk.pc.in Makefile
+	@mkdir -p $(@D)
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' \
+	    -e 's|@PLUGINDIR@|$(PLUGINDIR)|g' -e 's|@VERSION@|$(shell sed -n 's/^#define AVT_VERSION "\(.*\)"/\1/p' daemon/util.h)|g' \
+	    $< > $@
+
+test check: all $(TEST_PLUGINS) $(UNIT_BINS)
+	@BUILD=$(BUILD) SANITIZE=$(SANITIZE) VALGRIND=$(VALGRIND) PYTHON=$(PYTHON) tests/run.sh
+
+demo: all
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) tests/demo.sh
+
+install: all
+	install -Dm0755 $(BUILD)/avtworkerd $(DESTDIR)$(BINDIR)/avtworkerd
+	install -d $(DESTDIR)$(PLUGINDIR)
+	$(if $(PLUGINS),install -m0755 $(PLUGINS) $(DESTDIR)$(PLUGINDIR)/)
+	install -Dm0644 sdk/avt_plugin.h $(DESTDIR)$(INCLUDEDIR)/avt_plugin.h
+	install -Dm0644 $(BUILD)/avtworker-sdk.pc $(DESTDIR)$(PKGCONFIGDIR)/avtworker-sdk.pc
+	install -Dm0644 conf/worker.ini $(DESTDIR)$(SYSCONFDIR)/avtworkerd/worker.ini.example
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/avtworkerd $(DESTDIR)$(INCLUDEDIR)/avt_plugin.h
+	rm -f $(DESTDIR)$(PKGCONFIGDIR)/avtworker-sdk.pc
+	rm -f $(PLUGIN_NAMES:%=$(DESTDIR)$(PLUGINDIR)/%.so)
+	-rmdir $(DESTDIR)$(PLUGINDIR)
+	rm -f $(DESTDIR)$(SYSCONFDIR)/avtworkerd/worker.ini.example
+
+FORMAT_FILES = $(wildcard daemon/*.[ch] sdk/*.h plugins/*/*.c tests/*.[ch] tests/unit/*.c tests/plugins/*.c)
+CLANG_FORMAT ?= clang-format
+format:
+	$(CLANG_FORMAT) -i $(FORMAT_FILES)
+
+lint:
+	$(CLANG_FORMAT) --dry-run -Werror $(FORMAT_FILES)
+	@! grep -nwE 'sprintf|strcpy|strcat|strtok|gets|atoi' $(FORMAT_FILES) | grep -v 'snprintf\|vsnprintf' \
+	    || { echo "lint: banned function used (see above)"; exit 1; }
+	@echo "lint: OK"
+
+clean:
+	rm -rf build build-*
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

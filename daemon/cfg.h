@@ -1,0 +1,98 @@
+/*
+ * cfg.h - worker.ini plus the environment, parsed once into an immutable
+ * struct cfg. Every value is validated here; nothing else in the daemon
+ * reads the INI file or the configuration environment variables. A reload
+ * builds a new struct cfg and swaps it in.
+ *
+ * Precedence: built-in defaults < worker.ini < environment variables.
+ * Errors are reported as "file:line: key: what is wrong" (or
+ * "environment: VAR: what is wrong") in the caller's buffer; callers exit 78
+ * (EX_CONFIG) at start-up.
+ */
+#ifndef AVT_DAEMON_CFG_H
+#define AVT_DAEMON_CFG_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#include <jansson.h>
+
+#define EX_CONFIG_CODE 78
+
+/* [limits]: per task type. */
+struct cfg_limit {
+    char *type;
+    int max;        /* concurrent tasks of this type; 0 = only the global limit */
+    double timeout; /* seconds a task of this type may run; 0 = no deadline */
+};
+
+/* One key of a [plugin.NAME] section, kept for the plugin's configure(). */
+struct cfg_plugin_key {
+    char *plugin;
+    char *key;
+    char *value;
+    char *file; /* where it was set, for "file:line" errors */
+    int line;
+};
+
+struct cfg {
+    char *path; /* the INI file, or NULL when running on defaults + env */
+
+    /* [worker] */
+    char *worker_id;          /* WORKER_ID; ^[a-zA-Z0-9_-]+$; default avtworkerd-<hostname> */
+    char *worker_type;        /* WORKER_TYPE; default "generic-worker" */
+    int max_concurrent_tasks; /* MAX_CONCURRENT_TASKS; 1..4096, default 10 */
+    int cpu_cores;            /* CPU_CORES; default: online CPUs */
+    char *plugin_dir;         /* default AVT_PLUGINDIR */
+    char *state_dir;          /* STATE_DIRECTORY (systemd) or /var/lib/avtworkerd */
+    double shutdown_timeout;  /* WORKER_SHUTDOWN_TIMEOUT; seconds, default 30 */
+    int advertise_busy;       /* ADVERTISE_BUSY; report "busy" when full; default 1 */
+    int log_level;            /* LOG_LEVEL; syslog level, default LOG_INFO */
+    int log_format;           /* LOG_FORMAT; enum log_format, default auto */
+    char *hostname;           /* HOSTNAME_OVERRIDE; default gethostname() */
+    char *ip_address;         /* IP_ADDRESS; default resolved hostname or 127.0.0.1 */
+    char *gpu_model;          /* GPU_MODEL; NULL = no GPU */
+    int gpu_vram_gb;          /* GPU_VRAM_GB */
+    json_t *installed_software; /* INSTALLED_SOFTWARE; JSON object */
+    json_t *installed_models;   /* INSTALLED_MODELS; JSON array of {name, version} */
+    json_t *cost_per_skill;     /* COST_PER_SKILL; JSON object skill -> number */
+    json_t *extra;              /* [capabilities] and WORKER_EXTRA_*; JSON object */
+
+    /* [orchestrator] */
+    char *url;                 /* ORCHESTRATOR_URL; http:// or https://, no trailing '/' */
+    char *token;               /* WORKER_INDIVIDUAL_TOKEN > WORKER_TOKEN > token_file. Never log. */
+    char *token_file;          /* WORKER_TOKEN_FILE; read at load, trailing newline stripped */
+    double poll_timeout;       /* TASK_POLL_TIMEOUT; server hold, seconds, default 30 */
+    double heartbeat_interval; /* HEARTBEAT_INTERVAL; seconds, default 15 */
+    double heartbeat_debounce; /* WORKER_HEARTBEAT_DEBOUNCE_DELAY; seconds, default 0.1 */
+    int websockets;            /* WORKER_ENABLE_WEBSOCKETS; default 1 */
+    double result_retry_initial_delay; /* RESULT_RETRY_INITIAL_DELAY; default 1.0 */
+    double retry_max_delay;    /* BACKOFF_MAX_DELAY; cap of every backoff, default 60 */
+    int probe_every;           /* empty-body liveness PATCH every N heartbeats; default 4 */
+
+    /* [limits] */
+    struct cfg_limit *limits;
+    size_t nlimits;
+
+    /* [plugin.NAME] */
+    struct cfg_plugin_key *plugin_keys;
+    size_t nplugin_keys;
+};
+
+/*
+ * Build a cfg from built-in defaults, the INI file at `path` (NULL: none)
+ * and the environment. On success returns 0 and sets *out. On failure
+ * returns -EINVAL (or -errno when the file cannot be read) and writes
+ * "file:line: key: what is wrong" into err.
+ */
+int cfg_load(const char *path, struct cfg **out, char *err, size_t errlen);
+
+void cfg_destroy(struct cfg *cfg);
+
+/* The limit entry of a task type, or NULL when it has none. */
+const struct cfg_limit *cfg_limit_find(const struct cfg *cfg, const char *type);
+
+/* Print the effective configuration as INI text; the token is masked. */
+void cfg_dump(const struct cfg *cfg, FILE *fp);
+
+#endif /* AVT_DAEMON_CFG_H */

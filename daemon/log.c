@@ -1,0 +1,217 @@
+/*
+ * log.c - leveled logging to stderr, one write(2) per line so that lines of
+ * several threads never interleave. Three formats: journald ("<N>" sd-daemon
+ * priority prefix, no timestamp: the journal adds its own), plain text with
+ * an ISO-8601 timestamp, and one JSON object per line. A line about a task
+ * carries plugin, task_id, job_id and type as key=value pairs (or JSON
+ * members). Nothing here ever sees a token: callers must not pass one.
+ */
+#include "log.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "util.h"
+
+int log_level = LOG_INFO;
+static enum log_format log_fmt = LOG_FORMAT_PLAIN;
+
+static const char *const level_names[] = {"emerg", "alert", "crit",   "error",
+                                          "warning", "notice", "info", "debug"};
+
+void log_init(int level, enum log_format format)
+{
+    log_set_level(level);
+    if (format == LOG_FORMAT_AUTO) {
+        const char *js = getenv("JOURNAL_STREAM");
+        format = (js != NULL && *js != '\0') ? LOG_FORMAT_JOURNAL : LOG_FORMAT_PLAIN;
+    }
+    log_fmt = format;
+}
+
+void log_set_level(int level)
+{
+    if (level < LOG_EMERG)
+        level = LOG_EMERG;
+    if (level > LOG_DEBUG)
+        level = LOG_DEBUG;
+    log_level = level;
+}
+
+int log_level_parse(const char *s)
+{
+    for (int i = LOG_ERR; i <= LOG_DEBUG; i++) {
+        if (strcasecmp(s, level_names[i]) == 0)
+            return i;
+    }
+    if (strcasecmp(s, "warn") == 0)
+        return LOG_WARNING;
+    if (strcasecmp(s, "err") == 0)
+        return LOG_ERR;
+    return -1;
+}
+
+const char *log_level_name(int level)
+{
+    if (level < 0 || level > LOG_DEBUG)
+        return "unknown";
+    return level_names[level];
+}
+
+int log_format_parse(const char *s)
+{
+    static const char *const names[] = {"auto", "plain", "json", "journal"};
+    for (size_t i = 0; i < ARRAY_LEN(names); i++) {
+        if (strcasecmp(s, names[i]) == 0)
+            return (int)i;
+    }
+    return -1;
+}
+
+static void write_all(const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(STDERR_FILENO, buf, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return;
+        }
+        buf += n;
+        len -= (size_t)n;
+    }
+}
+
+static void ctx_pairs(char *out, size_t outlen, const struct log_ctx *ctx)
+{
+    out[0] = '\0';
+    if (ctx == NULL)
+        return;
+    const char *keys[] = {"plugin", "task_id", "job_id", "type"};
+    const char *vals[] = {ctx->plugin, ctx->task_id, ctx->job_id, ctx->type};
+    size_t used = 0;
+    for (size_t i = 0; i < ARRAY_LEN(keys); i++) {
+        if (vals[i] == NULL)
+            continue;
+        /* The job id equals the task id with Avtomatika 1.0b13; still print
+         * both, since tools grep for either. */
+        int n = snprintf(out + used, outlen - used, " %s=%s", keys[i], vals[i]);
+        if (n < 0 || (size_t)n >= outlen - used)
+            break;
+        used += (size_t)n;
+    }
+}
+
+static void emit_json(int level, const struct log_ctx *ctx, const char *msg)
+{
+    char ts[40];
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    struct tm tm;
+    gmtime_r(&tv.tv_sec, &tm);
+    size_t n = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(ts + n, sizeof(ts) - n, ".%03dZ", (int)(tv.tv_usec / 1000));
+
+    json_t *o = json_object();
+    json_object_set_new(o, "ts", json_string(ts));
+    json_object_set_new(o, "level", json_string(log_level_name(level)));
+    json_object_set_new(o, "msg", json_string(msg));
+    if (ctx != NULL) {
+        if (ctx->plugin)
+            json_object_set_new(o, "plugin", json_string(ctx->plugin));
+        if (ctx->task_id)
+            json_object_set_new(o, "task_id", json_string(ctx->task_id));
+        if (ctx->job_id)
+            json_object_set_new(o, "job_id", json_string(ctx->job_id));
+        if (ctx->type)
+            json_object_set_new(o, "type", json_string(ctx->type));
+    }
+    char *s = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
+    json_decref(o);
+    if (s == NULL)
+        return;
+    size_t len = strlen(s);
+    s[len] = '\0';
+    char *line = xasprintf("%s\n", s);
+    write_all(line, len + 1);
+    free(line);
+    free(s);
+}
+
+void log_vemit(int level, const struct log_ctx *ctx, const char *fmt, va_list ap)
+{
+    if (level > log_level)
+        return;
+    int saved = errno;
+    char msg[2048];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    /* One line per record: a message never spans lines. */
+    for (char *p = msg; *p; p++) {
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+    }
+    if (log_fmt == LOG_FORMAT_JSON) {
+        emit_json(level, ctx, msg);
+        errno = saved;
+        return;
+    }
+    char pairs[768];
+    ctx_pairs(pairs, sizeof(pairs), ctx);
+    char line[3200];
+    int n;
+    if (log_fmt == LOG_FORMAT_JOURNAL) {
+        n = snprintf(line, sizeof(line), "<%d>%s%s\n", level, msg, pairs);
+    } else {
+        char ts[40];
+        struct timeval tv;
+        gettimeofday(&tv, NULL);
+        struct tm tm;
+        gmtime_r(&tv.tv_sec, &tm);
+        size_t k = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
+        snprintf(ts + k, sizeof(ts) - k, ".%03dZ", (int)(tv.tv_usec / 1000));
+        n = snprintf(line, sizeof(line), "%s %s %s%s\n", ts, level_names[level], msg, pairs);
+    }
+    if (n > 0) {
+        size_t len = (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1;
+        line[len - 1] = '\n';
+        write_all(line, len);
+    }
+    errno = saved;
+}
+
+void log_emit(int level, const struct log_ctx *ctx, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    log_vemit(level, ctx, fmt, ap);
+    va_end(ap);
+}
+
+void fatal(const char *fmt, ...)
+{
+    int e = errno;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    log_emit(LOG_ERR, NULL, "%s: %s", msg, strerror(e));
+    exit(1);
+}
+
+void fatalx(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    log_vemit(LOG_ERR, NULL, fmt, ap);
+    va_end(ap);
+    exit(1);
+}

@@ -1,0 +1,134 @@
+/*
+ * task.h - the task object and the host function table plugins call.
+ *
+ * A struct task is created by the loop thread from a poll payload
+ * (task_parse), handed to the pool, run by exactly one worker thread (which
+ * calls the plugin's handle() and then task_finish()), and handed back to
+ * the loop thread through the pool's event queue, which turns it into a
+ * result body (task_result_json) and frees it. The public part
+ * (struct avt_task) is the first member, so the host functions find the
+ * task from the pointer the plugin passes.
+ *
+ * Outcome mapping (task_finish):
+ *   - cancelled by the orchestrator (cancel_reason TASK_CANCEL_ORCHESTRATOR)
+ *     -> status "cancelled", whatever the handler set;
+ *   - cancelled by its deadline -> failure TIMEOUT_ERROR (retried) unless
+ *     the handler set an outcome before noticing;
+ *   - cancelled by shutdown -> failure TRANSIENT_ERROR "worker shutting
+ *     down" unless the handler set an outcome;
+ *   - succeed()/complete() -> status "success" / the custom status, data;
+ *   - fail() -> status "failure", error {code, message};
+ *   - no outcome -> failure TRANSIENT_ERROR, message "handler returned
+ *     without an outcome" (rc 0) or "handler returned error N without an
+ *     outcome" (rc != 0).
+ */
+#ifndef AVT_DAEMON_TASK_H
+#define AVT_DAEMON_TASK_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include "avt_plugin.h"
+
+struct plugin;
+struct pool;
+
+enum task_outcome {
+    TASK_OUTCOME_NONE = 0,
+    TASK_OUTCOME_SUCCESS, /* status = "success" or a custom status; data */
+    TASK_OUTCOME_FAILURE, /* status = "failure"; err_code, err_msg */
+    TASK_OUTCOME_CANCELLED,
+};
+
+enum task_cancel {
+    TASK_CANCEL_NONE = 0,
+    TASK_CANCEL_ORCHESTRATOR, /* WebSocket cancel_task or heartbeat cancel_task_ids */
+    TASK_CANCEL_DEADLINE,     /* the type's timeout passed */
+    TASK_CANCEL_SHUTDOWN,     /* drain timeout passed */
+};
+
+struct task {
+    struct avt_task pub; /* first: the plugin sees this */
+
+    char *id;
+    char *job_id;
+    char *type;
+    json_t *payload; /* the whole poll payload; owns params etc. */
+
+    struct plugin *plugin; /* NULL: unknown type (PERMANENT_ERROR) */
+    struct pool *pool;     /* set by pool_submit() */
+    void *origin;          /* the orchestrator connection it came from */
+
+    atomic_int cancel;    /* enum task_cancel; set by the loop, read by the handler */
+    atomic_int has_outcome; /* 0 until the first outcome call wins */
+
+    /* Outcome: written once by the winner of has_outcome, read by the loop
+     * after the completion event. */
+    enum task_outcome outcome;
+    char *status;   /* "success", a custom status, "failure", "cancelled" */
+    json_t *data;   /* owned; NULL = null */
+    char *err_code; /* failure only */
+    char *err_msg;  /* failure only */
+
+    /* Progress, coalesced: the worker thread writes it under the pool's
+     * lock and posts an event only when none is pending. */
+    double progress;      /* 0..100 */
+    char *progress_msg;   /* owned */
+    int progress_pending; /* an event is queued */
+
+    /* Timestamps (now_mono()). */
+    double t_received;
+    double t_started;
+    double t_finished;
+
+    struct task *next; /* queue link, owned by whichever queue holds it */
+};
+
+/* The task behind the pointer a plugin passes to a host function. */
+#define task_of(pubp) container_of((pubp), struct task, pub)
+
+/*
+ * Parse a poll payload (PROTOCOL.md 2.2: job_id, task_id, type, params,
+ * tracing_context, params_metadata). Returns 0 and a new task on success.
+ * On a payload that is not a valid task returns -EINVAL with the reason in
+ * err; then *out is NULL, or, when the payload carries string job_id and
+ * task_id, a task whose outcome is already INVALID_INPUT_ERROR (send its
+ * result, do not run it). Never crashes on any input.
+ */
+int task_parse(const char *buf, size_t len, struct task **out, char *err, size_t errlen);
+
+/* A task built from parts (run-once, tests). params is stolen (NULL = {}). */
+struct task *task_create(const char *id, const char *job_id, const char *type, json_t *params);
+
+void task_destroy(struct task *t);
+
+/* Run the plugin's handler and apply the outcome mapping above. Worker
+ * thread. A task without a plugin gets PERMANENT_ERROR "Unsupported task:
+ * TYPE" without running anything. */
+void task_run(struct task *t);
+
+/* Apply the outcome mapping to the handler's return code. Called by
+ * task_run(); exposed for unit tests. */
+void task_finish(struct task *t, int handler_rc);
+
+/* Record an outcome from the daemon itself (invalid payload, shutdown
+ * failure, crash journal). Ignored when the task already has one. */
+void task_set_failure(struct task *t, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Ask the handler to stop. Any thread. The first reason sticks. */
+void task_cancel(struct task *t, enum task_cancel reason);
+
+/*
+ * The result body (PROTOCOL.md 2.4): {"job_id","task_id","worker_id",
+ * "status","data","error","data_metadata"}; error is {"code","message"} or
+ * null. New reference.
+ */
+json_t *task_result_json(const struct task *t, const char *worker_id);
+
+/* Fill a plugin's host table with the daemon's host functions. */
+void task_host_init(struct avt_host *host);
+
+#endif /* AVT_DAEMON_TASK_H */

@@ -1,0 +1,182 @@
+"""Shared helpers for the integration tests: TAP output, paths of the built
+binary and plugins, temporary directories, config files, running the daemon.
+
+Every test file does:
+
+    from avt import *          # noqa
+    @test
+    def some_behaviour(t):     # t is a TestCtx with a private temp dir
+        r = run_daemon(["--check-config", "-c", t.ini("...")])
+        check(r.returncode == 78, r)
+    main()
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.environ.get("AVT_BUILD", os.path.join(ROOT, "build"))
+DAEMON = os.path.join(BUILD, "avtworkerd")
+PLUGINS = os.path.join(BUILD, "plugins")
+TEST_PLUGINS = os.path.join(BUILD, "tests", "plugins")
+TIMEOUT_MULT = float(os.environ.get("TIMEOUT_MULT", "1"))
+VALGRIND = os.environ.get("VALGRIND") == "1"
+
+_tests = []
+
+
+def test(fn):
+    _tests.append(fn)
+    return fn
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def check(cond, *context):
+    """Fail the current test unless cond; context is printed on failure."""
+    if not cond:
+        raise CheckFailed("\n".join(str(c) for c in context) or "check failed")
+
+
+def tmo(seconds):
+    """A timeout scaled for sanitizer and valgrind runs."""
+    return seconds * TIMEOUT_MULT
+
+
+def wait_for(pred, timeout=10.0, interval=0.02, what="condition"):
+    deadline = time.monotonic() + tmo(timeout)
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise CheckFailed("timed out waiting for " + what)
+
+
+class TestCtx:
+    def __init__(self, name):
+        self.name = name
+        self.dir = tempfile.mkdtemp(prefix="avt-%s." % name)
+        self._procs = []
+        self._cleanups = []
+
+    def path(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    def write(self, name, text, mode=0o644):
+        p = self.path(name)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "w") as f:
+            f.write(text)
+        os.chmod(p, mode)
+        return p
+
+    def ini(self, text, name="worker.ini"):
+        return self.write(name, text)
+
+    def plugin_dir(self, *sos, name="plugins"):
+        """A private plugin directory holding copies of the named .so files
+        (paths, or names looked up in build/plugins and build/tests/plugins)."""
+        d = self.path(name)
+        os.makedirs(d, exist_ok=True)
+        os.chmod(d, 0o755)
+        for so in sos:
+            src = so
+            if not os.path.isabs(so):
+                for base in (PLUGINS, TEST_PLUGINS):
+                    cand = os.path.join(base, so if so.endswith(".so") else so + ".so")
+                    if os.path.exists(cand):
+                        src = cand
+                        break
+            dst = os.path.join(d, os.path.basename(src))
+            shutil.copy(src, dst)
+            os.chmod(dst, 0o755)
+        return d
+
+    def spawn(self, args, env=None, **kw):
+        """Start the daemon in the background; stopped at the end of the test."""
+        p = subprocess.Popen(daemon_argv(args), env=daemon_env(env), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, **kw)
+        self._procs.append(p)
+        return p
+
+    def on_cleanup(self, fn):
+        self._cleanups.append(fn)
+
+    def cleanup(self):
+        for p in self._procs:
+            if p.poll() is None:
+                p.kill()
+                try:
+                    p.communicate(timeout=5)
+                except Exception:
+                    pass
+        for fn in reversed(self._cleanups):
+            try:
+                fn()
+            except Exception:
+                traceback.print_exc()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def daemon_argv(args):
+    argv = [DAEMON] + list(args)
+    if VALGRIND:
+        argv = ["valgrind", "--error-exitcode=99", "--leak-check=full", "--errors-for-leak-kinds=definite",
+                "--show-leak-kinds=definite", "-q"] + argv
+    return argv
+
+
+def daemon_env(extra=None, clean=True):
+    """The daemon's environment: without any of the configuration variables
+    of the test runner's own environment, plus `extra`."""
+    env = dict(os.environ)
+    if clean:
+        for k in list(env):
+            if k in ("ORCHESTRATOR_URL", "WORKER_ID", "WORKER_TOKEN", "WORKER_INDIVIDUAL_TOKEN",
+                     "MAX_CONCURRENT_TASKS", "CPU_CORES", "HEARTBEAT_INTERVAL", "TASK_POLL_TIMEOUT",
+                     "WORKER_TYPE", "LOG_LEVEL", "LOG_FORMAT", "JOURNAL_STREAM", "NOTIFY_SOCKET",
+                     "STATE_DIRECTORY", "INSTALLED_MODELS", "INSTALLED_SOFTWARE", "COST_PER_SKILL",
+                     "GPU_MODEL", "GPU_VRAM_GB", "WORKER_TOKEN_FILE", "ORCHESTRATORS_CONFIG") \
+                    or k.startswith("WORKER_EXTRA_"):
+                del env[k]
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run_daemon(args, env=None, timeout=30, input=None):
+    """Run the daemon to completion; returns CompletedProcess (text)."""
+    return subprocess.run(daemon_argv(args), env=daemon_env(env), capture_output=True, text=True,
+                          timeout=tmo(timeout), input=input)
+
+
+def main():
+    only = os.environ.get("TEST")
+    todo = [t for t in _tests if not only or only in t.__name__]
+    print("1..%d" % len(todo), flush=True)
+    failed = 0
+    for i, fn in enumerate(todo, 1):
+        ctx = TestCtx(fn.__name__)
+        ok = True
+        try:
+            fn(ctx)
+        except Exception as e:
+            ok = False
+            failed += 1
+            msg = traceback.format_exc() if not isinstance(e, CheckFailed) else \
+                "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=-2))
+            for line in msg.rstrip().splitlines():
+                print("#   " + line)
+        finally:
+            ctx.cleanup()
+        print("%sok %d - %s" % ("" if ok else "not ", i, fn.__name__), flush=True)
+    sys.exit(1 if failed else 0)

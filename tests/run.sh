@@ -1,0 +1,72 @@
+#!/bin/bash
+# run.sh - run every test and end with "N passed, N failed".
+#
+# Unit tests (build/tests/unit/test_*) and integration tests
+# (tests/integration/test_*.py) all print TAP; each "ok"/"not ok" line is one
+# test. A binary or script that crashes, times out or prints no plan counts
+# as one failure. Environment: BUILD (build dir), SANITIZE, VALGRIND=1,
+# TIMEOUT_MULT (default 1, 3 under sanitizers, 10 under valgrind), ONLY (a
+# substring: run only matching files).
+set -u
+cd "$(dirname "$0")/.."
+BUILD=${BUILD:-build}
+PYTHON=${PYTHON:-/usr/bin/python3}
+export BUILD PYTHON
+export AVT_BUILD=$PWD/$BUILD
+export AVT_NO_DLCLOSE=1
+if [ -z "${TIMEOUT_MULT:-}" ]; then
+    TIMEOUT_MULT=1
+    [ -n "${SANITIZE:-}" ] && TIMEOUT_MULT=3
+    [ "${VALGRIND:-}" = 1 ] && TIMEOUT_MULT=10
+fi
+export TIMEOUT_MULT
+case "${SANITIZE:-}" in
+*thread*) export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp" ;;
+*address*) export ASAN_OPTIONS="detect_leaks=1 abort_on_error=1" UBSAN_OPTIONS="print_stacktrace=1 halt_on_error=1" ;;
+esac
+
+passed=0
+failed=0
+failures=()
+logdir=$(mktemp -d "${TMPDIR:-/tmp}/avt-tests.XXXXXX")
+
+run_one() { # name, timeout, command...
+    local name=$1 limit=$2
+    shift 2
+    local log="$logdir/$(basename "$name").log"
+    timeout --kill-after=10 "$((limit * TIMEOUT_MULT))" "$@" >"$log" 2>&1
+    local rc=$?
+    local ok nok plan
+    ok=$(grep -cE '^ok [0-9]+' "$log")
+    nok=$(grep -cE '^not ok [0-9]+' "$log")
+    plan=$(grep -cE '^1\.\.[0-9]+' "$log")
+    passed=$((passed + ok))
+    failed=$((failed + nok))
+    grep -E '^(not ok|ok) ' "$log" | sed "s|^|$(basename "$name"): |"
+    if [ "$nok" -gt 0 ] || [ "$rc" -ne 0 ] || [ "$plan" -eq 0 ]; then
+        if [ "$nok" -eq 0 ]; then
+            failed=$((failed + 1))
+            echo "not ok - $(basename "$name") exited with status $rc"
+        fi
+        failures+=("$name")
+        echo "---- output of $name (last 60 lines) ----"
+        tail -n 60 "$log"
+        echo "----"
+    fi
+}
+
+for bin in "$BUILD"/tests/unit/test_*; do
+    [ -x "$bin" ] || continue
+    [ -n "${ONLY:-}" ] && [[ "$bin" != *"$ONLY"* ]] && continue
+    run_one "$bin" 60 "$bin"
+done
+for script in tests/integration/test_*.py; do
+    [ -e "$script" ] || continue
+    [ -n "${ONLY:-}" ] && [[ "$script" != *"$ONLY"* ]] && continue
+    run_one "$script" 600 "$PYTHON" "$script"
+done
+
+[ ${#failures[@]} -gt 0 ] && printf 'failed: %s\n' "${failures[@]}"
+rm -rf "$logdir"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
