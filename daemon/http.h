@@ -1,0 +1,85 @@
+/*
+ * http.h - asynchronous HTTP over libcurl's multi interface, driven by the
+ * libev loop (CURLMOPT_SOCKETFUNCTION / CURLMOPT_TIMERFUNCTION). Loop thread
+ * only. Connections are kept alive and reused; responses may be
+ * gzip-encoded (Accept-Encoding: gzip) and are decoded by libcurl; a body
+ * larger than max_body is an error, never a crash.
+ *
+ * A request's callback runs exactly once: with the response, with a
+ * transport error, or with cancelled = 1 (http_cancel, http_destroy). It is
+ * never called from inside http_request() itself.
+ */
+#ifndef AVT_DAEMON_HTTP_H
+#define AVT_DAEMON_HTTP_H
+
+#include <stddef.h>
+
+#include <curl/curl.h>
+
+struct ev_loop;
+struct http;
+struct http_req;
+
+struct http_opts {
+    const char *user_agent; /* default "avtworkerd/VERSION" */
+    size_t max_body;        /* bytes; default 16 MiB */
+    double connect_timeout; /* seconds; default 10 */
+    /* TLS (issue "Production connectivity"); all may be NULL. */
+    const char *ca_file;
+    const char *cert_file;
+    const char *key_file;
+    int insecure; /* 1: do not verify the server (loudly logged by the caller) */
+};
+
+struct http_response {
+    long status;         /* HTTP status, 0 when there is none (transport error) */
+    const char *body;    /* NUL-terminated, decoded; "" when empty; valid during the callback */
+    size_t len;
+    double retry_after;  /* seconds from a Retry-After header, -1 when absent/invalid */
+    CURLcode curl_code;  /* CURLE_OK, or the transport error */
+    const char *error;   /* human-readable transport error, NULL when none */
+    int cancelled;       /* 1: cancelled; ignore the rest */
+    int too_large;       /* 1: body exceeded max_body (status is set, body is not) */
+    double elapsed;      /* seconds from start to completion */
+};
+
+typedef void (*http_done_fn)(void *arg, const struct http_response *resp);
+
+/* opts may be NULL (defaults). The loop must outlive the http object. */
+struct http *http_create(struct ev_loop *loop, const struct http_opts *opts);
+
+/* Cancel every outstanding request (their callbacks run with cancelled =
+ * 1, synchronously, before this returns), then free. NULL is a no-op. */
+void http_destroy(struct http *h);
+
+/*
+ * Start a request. `headers` is a NULL-terminated array of "Name: value"
+ * strings (copied; may be NULL). `body` (copied) with `len` bytes is sent
+ * for POST/PATCH/PUT; body NULL sends none. `timeout` is the whole
+ * transfer's limit in seconds (0 = none). Returns a handle usable with
+ * http_cancel() until the callback has run.
+ */
+struct http_req *http_request(struct http *h, const char *method, const char *url,
+                              const char *const *headers, const char *body, size_t len,
+                              double timeout, http_done_fn done, void *arg);
+
+/* Cancel one request: its callback runs now with cancelled = 1. */
+void http_cancel(struct http_req *req);
+
+/* Number of requests in flight (tests, metrics). */
+int http_pending(const struct http *h);
+
+/*
+ * Open a raw connection to the host and port of `url` (http:// or https://;
+ * TLS is set up by libcurl with the same options) without sending anything
+ * (CURLOPT_CONNECT_ONLY), for the WebSocket client. On success `done` gets
+ * an easy handle that is connected and no longer in the multi: the caller
+ * owns it, uses curl_easy_send/curl_easy_recv on it with an ev_io watcher on
+ * CURLINFO_ACTIVESOCKET, and frees it with curl_easy_cleanup(). On failure
+ * `easy` is NULL and `error` says why. Exactly once, never re-entrantly.
+ */
+typedef void (*http_connect_fn)(void *arg, CURL *easy, const char *error);
+struct http_req *http_connect_only(struct http *h, const char *url, double timeout,
+                                   http_connect_fn done, void *arg);
+
+#endif /* AVT_DAEMON_HTTP_H */
