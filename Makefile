@@ -63,6 +63,7 @@ SRCS += daemon/plugin.c
 SRCS += daemon/task.c
 SRCS += daemon/pool.c
 SRCS += daemon/runonce.c
+SRCS += daemon/notify.c
 SRCS += daemon/daemon.c
 MAIN_SRC = daemon/main.c
 
