@@ -1,89 +1,431 @@
-/* pool.c - placeholder until the pool module lands; see pool.h. */
+/*
+ * pool.c - the fixed pool of worker threads that run plugin handlers, with
+ * the global and per-type concurrency limits, and the event queue through
+ * which workers hand their results, progress and hot-cache changes to the
+ * loop thread (STYLE.md R9, ARCHITECTURE "Capacity decides what we ask
+ * for").
+ *
+ * Design. N threads (avt-worker-0 .. N-1) share one mutex `mu` and one
+ * condition variable `cv`. Submitted tasks wait in one FIFO. A worker takes
+ * the FIRST queued task whose type has room (running < limit, or no limit),
+ * so a task of a type at its limit never blocks tasks of other types behind
+ * it, and tasks of one type start in the order they arrived. The worker
+ * counts the task as running, drops the lock, runs task_run(), takes the
+ * lock again, uncounts it, appends a DONE event, broadcasts `cv` (a task
+ * waiting for that type may start now) and, after unlocking, calls the
+ * notify function (ev_async_send in the daemon).
+ *
+ * Capacity. The loop thread owns the global slot counter `inflight`: it
+ * takes a slot in pool_submit() and gives it back in pool_release() after it
+ * has handled the DONE event. There are as many slots as threads, so the
+ * queue never holds more than N tasks (it is bounded by construction) and a
+ * task waiting for its type never needs a thread that is not there.
+ *
+ * Events. One FIFO of struct pool_event, swapped out whole by
+ * pool_take_events(). Progress is coalesced per task: the latest value
+ * lives in the task (progress, progress_msg, progress_pending, all guarded
+ * by `mu`), and at most one PROGRESS event per task is queued; its values
+ * are copied out when the loop takes the events. A worker posts progress
+ * only while the handler runs, i.e. before it posts that task's DONE, so a
+ * DONE event always comes after the task's PROGRESS events and the loop,
+ * which frees a task only after its DONE, never sees a PROGRESS event for a
+ * freed task.
+ *
+ * Per-type limits are copied out of the cfg (which a reload may free) into
+ * `types`, which also records every type seen (for statistics; bounded by
+ * TYPES_MAX). Type names stay allocated until pool_destroy().
+ *
+ * Lock order: `mu` is the only lock of this module and nothing else is
+ * locked while it is held; task_run(), the notify function and logging are
+ * always called without it. Callers hold no lock of theirs when calling in.
+ */
 #include "pool.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+
+#include "avt_plugin.h"
+#include "cfg.h"
+#include "log.h"
+#include "task.h"
+#include "util.h"
+
+/* Types tracked for statistics only (no limit) stop being added beyond
+ * this, so that a stream of made-up types cannot grow memory. */
+#define TYPES_MAX 1024
+
+struct pool_type {
+    char *name;
+    int limit; /* 0: global limit only */
+    int running;
+    int waiting;
+};
+
+struct pool_thread {
+    struct pool *pool;
+    pthread_t tid;
+    int index;
+};
+
+struct pool {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+
+    struct pool_thread *threads;
+    int nthreads;
+    int stopping; /* guarded by mu */
+
+    struct task *qhead, *qtail; /* submitted, not started; guarded by mu */
+    struct pool_event *evhead, *evtail; /* guarded by mu */
+
+    struct pool_type *types; /* guarded by mu */
+    size_t ntypes;
+
+    int running, waiting, max_running_seen; /* guarded by mu */
+    int inflight;                           /* loop thread only */
+
+    pool_notify_fn notify;
+    void *arg;
+};
+
+/* ---- Types (mu held) ---------------------------------------------------- */
+
+static struct pool_type *type_find(struct pool *pool, const char *name)
+{
+    for (size_t i = 0; i < pool->ntypes; i++) {
+        if (strcmp(pool->types[i].name, name) == 0)
+            return &pool->types[i];
+    }
+    return NULL;
+}
+
+/* Index of a type, added when new; -1 when it is new and the table is
+ * full (force adds it anyway: limits always get an entry). Entries are never
+ * removed, so an index stays valid until pool_destroy(). */
+static int type_get(struct pool *pool, const char *name, int force)
+{
+    struct pool_type *ty = type_find(pool, name);
+
+    if (ty != NULL)
+        return (int)(ty - pool->types);
+    if (!force && pool->ntypes >= TYPES_MAX)
+        return -1;
+    pool->types = xrealloc(pool->types, (pool->ntypes + 1) * sizeof(*pool->types));
+    pool->types[pool->ntypes] = (struct pool_type){.name = xstrdup(name)};
+    return (int)pool->ntypes++;
+}
+
+/* The counters of a submitted task's type, or NULL. */
+static struct pool_type *type_of(struct pool *pool, const struct task *t)
+{
+    return t->pool_type >= 0 ? &pool->types[t->pool_type] : NULL;
+}
+
+static void apply_limits(struct pool *pool, const struct cfg *cfg)
+{
+    for (size_t i = 0; i < pool->ntypes; i++)
+        pool->types[i].limit = 0;
+    for (size_t i = 0; cfg != NULL && i < cfg->nlimits; i++) {
+        if (cfg->limits[i].type != NULL && cfg->limits[i].max > 0)
+            pool->types[type_get(pool, cfg->limits[i].type, 1)].limit = cfg->limits[i].max;
+    }
+}
+
+static int type_has_room(const struct pool_type *ty)
+{
+    return ty == NULL || ty->limit <= 0 || ty->running < ty->limit;
+}
+
+/* ---- Events (mu held) --------------------------------------------------- */
+
+static void event_push(struct pool *pool, struct pool_event *ev)
+{
+    ev->next = NULL;
+    if (pool->evtail != NULL)
+        pool->evtail->next = ev;
+    else
+        pool->evhead = ev;
+    pool->evtail = ev;
+}
+
+static void event_push_new(struct pool *pool, enum pool_event_kind kind, struct task *t)
+{
+    struct pool_event *ev = xcalloc(1, sizeof(*ev));
+    ev->kind = kind;
+    ev->task = t;
+    event_push(pool, ev);
+}
+
+/* ---- Workers ------------------------------------------------------------ */
+
+/* Unlink and return the first queued task whose type has room. */
+static struct task *queue_pick(struct pool *pool)
+{
+    struct task *prev = NULL;
+
+    for (struct task *t = pool->qhead; t != NULL; prev = t, t = t->next) {
+        struct pool_type *ty = type_of(pool, t);
+        if (!type_has_room(ty))
+            continue;
+        if (prev != NULL)
+            prev->next = t->next;
+        else
+            pool->qhead = t->next;
+        if (pool->qtail == t)
+            pool->qtail = prev;
+        t->next = NULL;
+        if (ty != NULL) {
+            ty->waiting--;
+            ty->running++;
+        }
+        pool->waiting--;
+        if (++pool->running > pool->max_running_seen)
+            pool->max_running_seen = pool->running;
+        return t;
+    }
+    return NULL;
+}
+
+/* Run one task with mu released; returns with mu held again. */
+static void worker_run(struct pool *pool, struct task *t)
+{
+    pthread_mutex_unlock(&pool->mu);
+    task_run(t);
+    pthread_mutex_lock(&pool->mu);
+
+    struct pool_type *ty = type_of(pool, t);
+    if (ty != NULL)
+        ty->running--;
+    pool->running--;
+    event_push_new(pool, POOL_EV_DONE, t); /* t belongs to the loop from here */
+    pthread_cond_broadcast(&pool->cv);
+    pthread_mutex_unlock(&pool->mu);
+    pool->notify(pool->arg);
+    pthread_mutex_lock(&pool->mu);
+}
+
+static void *worker_main(void *arg)
+{
+    struct pool_thread *th = arg;
+    struct pool *pool = th->pool;
+    char name[16];
+
+    snprintf(name, sizeof(name), "avt-worker-%d", th->index);
+    pthread_setname_np(pthread_self(), name);
+    pthread_mutex_lock(&pool->mu);
+    while (!pool->stopping) {
+        struct task *t = queue_pick(pool);
+        if (t != NULL)
+            worker_run(pool, t);
+        else
+            pthread_cond_wait(&pool->cv, &pool->mu);
+    }
+    pthread_mutex_unlock(&pool->mu);
+    return NULL;
+}
+
+/* ---- Life cycle --------------------------------------------------------- */
+
+static void stop_threads(struct pool *pool, int n)
+{
+    pthread_mutex_lock(&pool->mu);
+    pool->stopping = 1;
+    pthread_cond_broadcast(&pool->cv);
+    pthread_mutex_unlock(&pool->mu);
+    for (int i = 0; i < n; i++)
+        pthread_join(pool->threads[i].tid, NULL);
+}
 
 struct pool *pool_create(const struct cfg *cfg, pool_notify_fn notify, void *arg)
 {
-    (void)cfg;
-    (void)notify;
-    (void)arg;
-    return NULL;
+    struct pool *pool = xcalloc(1, sizeof(*pool));
+    int n = cfg != NULL && cfg->max_concurrent_tasks > 0 ? cfg->max_concurrent_tasks : 1;
+
+    pthread_mutex_init(&pool->mu, NULL);
+    pthread_cond_init(&pool->cv, NULL);
+    pool->notify = notify;
+    pool->arg = arg;
+    pool->threads = xcalloc((size_t)n, sizeof(*pool->threads));
+    apply_limits(pool, cfg);
+    for (int i = 0; i < n; i++) {
+        pool->threads[i] = (struct pool_thread){.pool = pool, .index = i};
+        int rc = pthread_create(&pool->threads[i].tid, NULL, worker_main, &pool->threads[i]);
+        if (rc != 0) {
+            log_err("pool: cannot start worker thread %d of %d: %s", i, n, strerror(rc));
+            pool->nthreads = i;
+            pool_destroy(pool);
+            return NULL;
+        }
+    }
+    pool->nthreads = n;
+    return pool;
 }
 
 void pool_destroy(struct pool *pool)
 {
-    (void)pool;
+    if (pool == NULL)
+        return;
+    stop_threads(pool, pool->nthreads);
+    /* No thread runs now: what is left needs no lock. */
+    while (pool->qhead != NULL) {
+        struct task *t = pool->qhead;
+        pool->qhead = t->next;
+        task_set_failure(t, AVT_TRANSIENT_ERROR, "worker shutting down");
+        task_destroy(t);
+    }
+    for (struct pool_event *ev = pool->evhead, *next; ev != NULL; ev = next) {
+        next = ev->next;
+        if (ev->kind == POOL_EV_DONE)
+            task_destroy(ev->task);
+        pool_event_free(ev);
+    }
+    for (size_t i = 0; i < pool->ntypes; i++)
+        free(pool->types[i].name);
+    free(pool->types);
+    free(pool->threads);
+    pthread_cond_destroy(&pool->cv);
+    pthread_mutex_destroy(&pool->mu);
+    free(pool);
 }
+
+/* ---- Loop thread -------------------------------------------------------- */
 
 int pool_submit(struct pool *pool, struct task *t)
 {
-    (void)pool;
-    (void)t;
-    return -ENOSYS;
+    if (pool->inflight >= pool->nthreads)
+        return -EBUSY;
+    pool->inflight++;
+    t->pool = pool;
+    t->next = NULL;
+    pthread_mutex_lock(&pool->mu);
+    t->pool_type = type_get(pool, t->type, 0);
+    struct pool_type *ty = type_of(pool, t);
+    if (ty != NULL)
+        ty->waiting++;
+    pool->waiting++;
+    if (pool->qtail != NULL)
+        pool->qtail->next = t;
+    else
+        pool->qhead = t;
+    pool->qtail = t;
+    pthread_cond_signal(&pool->cv);
+    pthread_mutex_unlock(&pool->mu);
+    return 0;
 }
 
 void pool_release(struct pool *pool)
 {
-    (void)pool;
+    if (pool->inflight > 0)
+        pool->inflight--;
 }
 
 int pool_free_slots(const struct pool *pool)
 {
-    (void)pool;
-    return 0;
+    return pool->nthreads - pool->inflight;
 }
 
 int pool_type_has_room(struct pool *pool, const char *type)
 {
-    (void)pool;
-    (void)type;
-    return 0;
+    pthread_mutex_lock(&pool->mu);
+    const struct pool_type *ty = type_find(pool, type);
+    int room = ty == NULL || ty->limit <= 0 || ty->running + ty->waiting < ty->limit;
+    pthread_mutex_unlock(&pool->mu);
+    return room;
 }
 
 struct pool_event *pool_take_events(struct pool *pool)
 {
-    (void)pool;
-    return NULL;
+    pthread_mutex_lock(&pool->mu);
+    struct pool_event *list = pool->evhead;
+    pool->evhead = pool->evtail = NULL;
+    for (struct pool_event *ev = list; ev != NULL; ev = ev->next) {
+        if (ev->kind != POOL_EV_PROGRESS)
+            continue;
+        ev->percent = ev->task->progress;
+        ev->message = ev->task->progress_msg;
+        ev->task->progress_msg = NULL;
+        ev->task->progress_pending = 0;
+    }
+    pthread_mutex_unlock(&pool->mu);
+    return list;
 }
 
 void pool_event_free(struct pool_event *ev)
 {
+    if (ev == NULL)
+        return;
+    free(ev->message);
+    free(ev->name);
     free(ev);
 }
 
+/* ---- Any thread --------------------------------------------------------- */
+
 void pool_post_progress(struct pool *pool, struct task *t, double percent, const char *message)
 {
-    (void)pool;
-    (void)t;
-    (void)percent;
-    (void)message;
+    char *msg = message != NULL ? xstrdup(message) : NULL, *old;
+    int queued = 0;
+
+    pthread_mutex_lock(&pool->mu);
+    t->progress = percent;
+    old = t->progress_msg;
+    t->progress_msg = msg;
+    if (!t->progress_pending) {
+        t->progress_pending = 1;
+        event_push_new(pool, POOL_EV_PROGRESS, t);
+        queued = 1;
+    }
+    pthread_mutex_unlock(&pool->mu);
+    free(old);
+    if (queued)
+        pool->notify(pool->arg);
 }
 
 void pool_post_hotcache(struct pool *pool, int add, const char *name)
 {
-    (void)pool;
-    (void)add;
-    (void)name;
+    struct pool_event *ev = xcalloc(1, sizeof(*ev));
+
+    ev->kind = add ? POOL_EV_HOTCACHE_ADD : POOL_EV_HOTCACHE_REMOVE;
+    ev->name = xstrdup(name);
+    pthread_mutex_lock(&pool->mu);
+    event_push(pool, ev);
+    pthread_mutex_unlock(&pool->mu);
+    pool->notify(pool->arg);
 }
 
 void pool_get_stats(struct pool *pool, struct pool_stats *st)
 {
-    (void)pool;
-    (void)st;
+    pthread_mutex_lock(&pool->mu);
+    st->threads = pool->nthreads;
+    st->inflight = pool->inflight;
+    st->running = pool->running;
+    st->waiting = pool->waiting;
+    st->max_running_seen = pool->max_running_seen;
+    pthread_mutex_unlock(&pool->mu);
 }
 
 size_t pool_get_type_stats(struct pool *pool, struct pool_type_stats *out, size_t n)
 {
-    (void)pool;
-    (void)out;
-    (void)n;
-    return 0;
+    size_t i;
+
+    pthread_mutex_lock(&pool->mu);
+    for (i = 0; i < n && i < pool->ntypes; i++) {
+        out[i] = (struct pool_type_stats){.type = pool->types[i].name,
+                                          .limit = pool->types[i].limit,
+                                          .running = pool->types[i].running,
+                                          .waiting = pool->types[i].waiting};
+    }
+    pthread_mutex_unlock(&pool->mu);
+    return i;
 }
 
 void pool_set_limits(struct pool *pool, const struct cfg *cfg)
 {
-    (void)pool;
-    (void)cfg;
+    pthread_mutex_lock(&pool->mu);
+    apply_limits(pool, cfg);
+    pthread_cond_broadcast(&pool->cv); /* a raised limit may let tasks start */
+    pthread_mutex_unlock(&pool->mu);
 }

@@ -11,10 +11,14 @@
 struct cfg;
 struct plugin_set;
 
-/* Returns the process exit code: 0 when the task succeeded, 1 when it
- * failed or was cancelled, 78 for bad arguments (unparsable params, unknown
- * type is NOT an argument error: it yields the PERMANENT_ERROR result the
- * daemon would send, exit 1). */
+/* Returns the process exit code: 0 when the task succeeded (status
+ * "success" or a custom status), 1 when it failed or was cancelled, 64
+ * (EX_USAGE) for bad command-line input (params that are not a JSON object,
+ * an unreadable @FILE, an empty TYPE), 78 (EX_CONFIG) when the plugins are
+ * refused. An unknown type is NOT an argument error: it yields the
+ * PERMANENT_ERROR result the daemon would send, exit 1. SIGINT or SIGTERM
+ * cancel the task as the orchestrator would (result "cancelled", exit 1); a
+ * second one exits 130 at once without a result. */
 int runonce_main(const struct cfg *cfg, const char *plugin_dir, const char *type,
                  const char *params_arg);
 

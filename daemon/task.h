@@ -84,6 +84,7 @@ struct task {
     double t_finished;
 
     struct task *next; /* queue link, owned by whichever queue holds it */
+    int pool_type;     /* the pool's index of the type's counters, -1 = none; pool.c only */
 };
 
 /* The task behind the pointer a plugin passes to a host function. */
