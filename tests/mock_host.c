@@ -293,7 +293,7 @@ struct mock_task *mock_task_new_job(const char *type, const char *job_id, const 
     json_error_t jerr;
 
     if (params_json != NULL) {
-        params = json_loads(params_json, JSON_DECODE_ANY, &jerr);
+        params = json_loads(params_json, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
         if (params == NULL) {
             fprintf(stderr, "mock_task_new: bad params %s: %s\n", params_json, jerr.text);
             abort();

@@ -91,7 +91,8 @@ void mock_reset(void);
 /*
  * A task of `type` with params parsed from `params_json` (NULL = {}); its id
  * and job id are "task-1"/"job-1" (mock_task_new) or `job_id` for both
- * (mock_task_new_job, the way Avtomatika 1.0b13 sends them). Aborts the test
+ * (mock_task_new_job, the way Avtomatika 1.0b13 sends them). NUL characters
+ * in strings are allowed (a plugin must cope with them). Aborts the test
  * binary on unparsable JSON: that is a bug in the test.
  */
 struct mock_task *mock_task_new(const char *type, const char *params_json);
