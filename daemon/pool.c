@@ -129,8 +129,10 @@ static void apply_limits(struct pool *pool, const struct cfg *cfg)
     for (size_t i = 0; i < pool->ntypes; i++)
         pool->types[i].limit = 0;
     for (size_t i = 0; cfg != NULL && i < cfg->nlimits; i++) {
-        if (cfg->limits[i].type != NULL && cfg->limits[i].max > 0)
-            pool->types[type_get(pool, cfg->limits[i].type, 1)].limit = cfg->limits[i].max;
+        if (cfg->limits[i].type == NULL || cfg->limits[i].max <= 0)
+            continue;
+        int idx = type_get(pool, cfg->limits[i].type, 1); /* may move pool->types */
+        pool->types[idx].limit = cfg->limits[i].max;
     }
 }
 

@@ -1,0 +1,568 @@
+/*
+ * test_pool.c - the worker pool: global and per-type limits under load
+ * (handlers record how many of their type run at once), every task
+ * completed exactly once, tasks waiting for their type starting when
+ * another finishes, no head-of-line blocking, progress coalescing and its
+ * ordering before DONE, hot-cache events, raising a limit at run time,
+ * thread names, and destroying a pool that still holds queued tasks. The
+ * test's main thread plays the loop thread; the pool's notify function
+ * signals a condition variable instead of libev.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cfg.h"
+#include "plugin.h"
+#include "pool.h"
+#include "tap.h"
+#include "task.h"
+#include "util.h"
+
+static double tmo(double s)
+{
+    const char *m = getenv("TIMEOUT_MULT");
+    return s * (m != NULL && atof(m) > 0 ? atof(m) : 1);
+}
+
+/* ---- The fake loop: notify() signals, loop_wait() waits ---------------- */
+
+static pthread_mutex_t loop_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t loop_cv = PTHREAD_COND_INITIALIZER;
+static unsigned long notified, seen;
+
+static void fake_notify(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&loop_mu);
+    notified++;
+    pthread_cond_broadcast(&loop_cv);
+    pthread_mutex_unlock(&loop_mu);
+}
+
+static struct timespec deadline_in(double s)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += (time_t)tmo(s);
+    return ts;
+}
+
+/* Wait for a notification since the last call; -ETIMEDOUT after 10 s. */
+static int loop_wait(void)
+{
+    struct timespec ts = deadline_in(10);
+    int rc = 0;
+
+    pthread_mutex_lock(&loop_mu);
+    while (notified == seen && rc == 0)
+        rc = pthread_cond_timedwait(&loop_cv, &loop_mu, &ts);
+    seen = notified;
+    pthread_mutex_unlock(&loop_mu);
+    return rc == 0 ? 0 : -ETIMEDOUT;
+}
+
+/* ---- A gate handlers wait at ------------------------------------------ */
+
+static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
+static int gate_open, gate_arrived;
+
+static void gate_reset(void)
+{
+    pthread_mutex_lock(&gate_mu);
+    gate_open = 0;
+    gate_arrived = 0;
+    pthread_mutex_unlock(&gate_mu);
+}
+
+static void gate_pass(void)
+{
+    pthread_mutex_lock(&gate_mu);
+    gate_arrived++;
+    pthread_cond_broadcast(&gate_cv);
+    while (!gate_open)
+        pthread_cond_wait(&gate_cv, &gate_mu);
+    pthread_mutex_unlock(&gate_mu);
+}
+
+static void gate_set_open(void)
+{
+    pthread_mutex_lock(&gate_mu);
+    gate_open = 1;
+    pthread_cond_broadcast(&gate_cv);
+    pthread_mutex_unlock(&gate_mu);
+}
+
+/* Wait until n handlers arrived at the gate; 0 or -ETIMEDOUT. */
+static int gate_wait_arrived(int n)
+{
+    struct timespec ts = deadline_in(10);
+    int rc = 0;
+
+    pthread_mutex_lock(&gate_mu);
+    while (gate_arrived < n && rc == 0)
+        rc = pthread_cond_timedwait(&gate_cv, &gate_mu, &ts);
+    pthread_mutex_unlock(&gate_mu);
+    return rc == 0 ? 0 : -ETIMEDOUT;
+}
+
+/* ---- The fake plugin -------------------------------------------------- */
+
+enum { T_A, T_B, T_C, T_GATE, T_NTYPES };
+static const char *const type_names[T_NTYPES] = {"a", "b", "c", "gate"};
+static atomic_int cur[T_NTYPES], peak[T_NTYPES], cur_all, peak_all;
+
+static int type_index(const char *type)
+{
+    for (int i = 0; i < T_NTYPES; i++) {
+        if (strcmp(type, type_names[i]) == 0)
+            return i;
+    }
+    return -1;
+}
+
+static void peak_update(atomic_int *p, int v)
+{
+    int old = atomic_load(p);
+    while (v > old && !atomic_compare_exchange_weak(p, &old, v))
+        ;
+}
+
+static void counters_reset(void)
+{
+    for (int i = 0; i < T_NTYPES; i++) {
+        atomic_store(&cur[i], 0);
+        atomic_store(&peak[i], 0);
+    }
+    atomic_store(&cur_all, 0);
+    atomic_store(&peak_all, 0);
+}
+
+static int h_progress(struct avt_task *task)
+{
+    for (int i = 1; i <= 100; i++)
+        avt_progress(task, i, "step %d", i);
+    gate_pass();
+    avt_progress(task, 50, "final");
+    return avt_succeed(task, NULL);
+}
+
+static int h_hotcache(struct avt_task *task)
+{
+    const struct avt_host *h = task->host;
+    h->hot_cache_add(h, "m1");
+    h->hot_cache_remove(h, "m1");
+    h->hot_cache_add(h, "m2");
+    return avt_succeed(task, NULL);
+}
+
+static int fake_handle(void *state, struct avt_task *task)
+{
+    (void)state;
+    if (strcmp(task->type, "progress") == 0)
+        return h_progress(task);
+    if (strcmp(task->type, "hotcache") == 0)
+        return h_hotcache(task);
+    int ti = type_index(task->type);
+    if (ti < 0)
+        return avt_fail(task, "TEST", "unexpected type %s", task->type);
+    peak_update(&peak[ti], atomic_fetch_add(&cur[ti], 1) + 1);
+    peak_update(&peak_all, atomic_fetch_add(&cur_all, 1) + 1);
+    if (ti == T_GATE) {
+        gate_pass();
+    } else {
+        long us = (long)json_integer_value(json_object_get(task->params, "us"));
+        struct timespec ts = {0, us * 1000};
+        nanosleep(&ts, NULL);
+    }
+    atomic_fetch_sub(&cur_all, 1);
+    atomic_fetch_sub(&cur[ti], 1);
+    return avt_succeed(task, json_pack("{s:O}", "i", json_object_get(task->params, "i")));
+}
+
+static const char *const fake_types[] = {"a", "b", "c", "gate", "progress", "hotcache", NULL};
+static const struct avt_plugin fake_desc = {
+    .abi_version = AVT_ABI_VERSION,
+    .struct_size = sizeof(struct avt_plugin),
+    .name = "fake",
+    .version = "1",
+    .task_types = fake_types,
+    .handle = fake_handle,
+};
+static struct plugin fake_plugin;
+static char fake_name[] = "fake";
+
+static struct task *new_task(const char *type, int i, long us)
+{
+    char id[32];
+    snprintf(id, sizeof(id), "t%d", i);
+    struct task *t = task_create(id, id, type, json_pack("{s:i,s:i}", "i", i, "us", (int)us));
+    t->plugin = &fake_plugin;
+    return t;
+}
+
+/* A cfg with N threads and [limits] a = 2, b = 1, gate = 1 (c: none). */
+static char s_a[] = "a", s_b[] = "b", s_gate[] = "gate";
+static struct cfg_limit limits[] = {{s_a, 2, 0}, {s_b, 1, 0}, {s_gate, 1, 0}};
+
+static struct cfg make_cfg(int n)
+{
+    struct cfg c;
+    memset(&c, 0, sizeof(c));
+    c.max_concurrent_tasks = n;
+    c.limits = limits;
+    c.nlimits = ARRAY_LEN(limits);
+    return c;
+}
+
+static struct pool *new_pool(int n)
+{
+    struct cfg c = make_cfg(n);
+    struct pool *pool = pool_create(&c, fake_notify, NULL);
+    /* Written before any task is submitted: pool_submit() publishes it. */
+    task_host_init(&fake_plugin.host);
+    fake_plugin.desc = &fake_desc;
+    fake_plugin.name = fake_name;
+    fake_plugin.pool = pool;
+    pthread_mutex_lock(&loop_mu);
+    seen = notified;
+    pthread_mutex_unlock(&loop_mu);
+    counters_reset();
+    gate_reset();
+    return pool;
+}
+
+/* Handle all events; returns the number of DONE events (tasks freed,
+ * slots released). `done_by_index` counts completions per task. */
+static int drain_events(struct pool *pool, int *done_by_index, int nidx)
+{
+    int done = 0;
+    struct pool_event *ev = pool_take_events(pool), *next;
+
+    for (; ev != NULL; ev = next) {
+        next = ev->next;
+        if (ev->kind == POOL_EV_DONE) {
+            struct task *t = ev->task;
+            EXPECT_EQ_STR(t->status, "success");
+            int i = (int)json_integer_value(json_object_get(t->data, "i"));
+            if (done_by_index != NULL && i >= 0 && i < nidx)
+                done_by_index[i]++;
+            task_destroy(t);
+            pool_release(pool);
+            done++;
+        }
+        pool_event_free(ev);
+    }
+    return done;
+}
+
+/* ---- Tests ------------------------------------------------------------ */
+
+TEST(limits_hold_under_load_and_every_task_completes_once)
+{
+    enum { NTASKS = 400, N = 6 };
+    static int done_by_index[NTASKS];
+    struct pool *pool = new_pool(N);
+    unsigned seed = 7;
+    int submitted = 0, done = 0;
+
+    ASSERT(pool != NULL);
+    memset(done_by_index, 0, sizeof(done_by_index));
+    while (done < NTASKS) {
+        while (submitted < NTASKS && pool_free_slots(pool) > 0) {
+            /* Mostly a and b, so both sit at their limits with tasks waiting. */
+            int r = rand_r(&seed) % 10;
+            const char *type = r < 4 ? "a" : r < 8 ? "b" : "c";
+            struct task *t = new_task(type, submitted, rand_r(&seed) % 300);
+            EXPECT_EQ_INT(pool_submit(pool, t), 0);
+            submitted++;
+        }
+        struct pool_stats st;
+        pool_get_stats(pool, &st);
+        EXPECT(st.running <= N && st.inflight <= N);
+        if (loop_wait() < 0) {
+            TAP_FAIL_("no progress after %d of %d tasks", done, NTASKS);
+            break;
+        }
+        done += drain_events(pool, done_by_index, NTASKS);
+    }
+    for (int i = 0; i < NTASKS; i++) {
+        if (done_by_index[i] != 1)
+            TAP_FAIL_("task %d completed %d times", i, done_by_index[i]);
+    }
+    EXPECT(atomic_load(&peak[T_A]) <= 2);
+    EXPECT(atomic_load(&peak[T_B]) <= 1);
+    EXPECT(atomic_load(&peak_all) <= N);
+    /* The limits were actually reached: the test can see an overrun. */
+    EXPECT_EQ_INT(atomic_load(&peak[T_A]), 2);
+    EXPECT_EQ_INT(atomic_load(&peak[T_B]), 1);
+    struct pool_stats st;
+    pool_get_stats(pool, &st);
+    EXPECT(st.max_running_seen <= N && st.max_running_seen >= 3);
+    EXPECT_EQ_INT(st.inflight, 0);
+    EXPECT_EQ_INT(st.running, 0);
+    EXPECT_EQ_INT(st.waiting, 0);
+    EXPECT_EQ_INT(pool_free_slots(pool), N);
+    pool_destroy(pool);
+}
+
+TEST(submit_without_a_free_slot_is_refused)
+{
+    struct pool *pool = new_pool(2);
+    struct task *t[3];
+
+    ASSERT(pool != NULL);
+    for (int i = 0; i < 3; i++)
+        t[i] = new_task("gate", i, 0);
+    EXPECT_EQ_INT(pool_submit(pool, t[0]), 0);
+    EXPECT_EQ_INT(pool_submit(pool, t[1]), 0);
+    EXPECT_EQ_INT(pool_free_slots(pool), 0);
+    EXPECT_EQ_INT(pool_submit(pool, t[2]), -EBUSY);
+    task_destroy(t[2]);
+    EXPECT_EQ_INT(gate_wait_arrived(1), 0);
+    gate_set_open();
+    int done = 0;
+    while (done < 2 && loop_wait() == 0)
+        done += drain_events(pool, NULL, 0);
+    EXPECT_EQ_INT(done, 2);
+    EXPECT_EQ_INT(pool_free_slots(pool), 2);
+    pool_destroy(pool);
+}
+
+TEST(waiting_task_starts_when_its_type_frees_and_does_not_block_others)
+{
+    struct pool *pool = new_pool(4);
+    struct pool_stats st;
+    struct pool_type_stats ts[8];
+
+    ASSERT(pool != NULL);
+    EXPECT_EQ_INT(pool_type_has_room(pool, "gate"), 1);
+    EXPECT_EQ_INT(pool_submit(pool, new_task("gate", 0, 0)), 0);
+    EXPECT_EQ_INT(pool_submit(pool, new_task("gate", 1, 0)), 0);
+    EXPECT_EQ_INT(gate_wait_arrived(1), 0);
+    EXPECT_EQ_INT(pool_type_has_room(pool, "gate"), 0);
+    EXPECT_EQ_INT(pool_type_has_room(pool, "c"), 1);
+    /* A task of another type behind the waiting one runs at once. */
+    EXPECT_EQ_INT(pool_submit(pool, new_task("c", 2, 0)), 0);
+    int done = 0;
+    while (done < 1 && loop_wait() == 0)
+        done += drain_events(pool, NULL, 0);
+    EXPECT_EQ_INT(done, 1);
+    pool_get_stats(pool, &st);
+    EXPECT_EQ_INT(st.running, 1);
+    EXPECT_EQ_INT(st.waiting, 1);
+    EXPECT_EQ_INT(st.inflight, 2);
+    size_t n = pool_get_type_stats(pool, ts, ARRAY_LEN(ts));
+    int found = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(ts[i].type, "gate") == 0) {
+            found = 1;
+            EXPECT_EQ_INT(ts[i].limit, 1);
+            EXPECT_EQ_INT(ts[i].running, 1);
+            EXPECT_EQ_INT(ts[i].waiting, 1);
+        }
+    }
+    EXPECT(found);
+    EXPECT(n >= 4); /* a, b, gate from the limits, c seen */
+    EXPECT_EQ_INT(atomic_load(&peak[T_GATE]), 1);
+    gate_set_open();
+    while (done < 3 && loop_wait() == 0)
+        done += drain_events(pool, NULL, 0);
+    EXPECT_EQ_INT(done, 3);
+    EXPECT_EQ_INT(atomic_load(&peak[T_GATE]), 1);
+    EXPECT_EQ_INT(pool_type_has_room(pool, "gate"), 1);
+    pool_destroy(pool);
+}
+
+TEST(raising_a_limit_lets_a_waiting_task_start)
+{
+    struct pool *pool = new_pool(3);
+
+    ASSERT(pool != NULL);
+    EXPECT_EQ_INT(pool_submit(pool, new_task("gate", 0, 0)), 0);
+    EXPECT_EQ_INT(pool_submit(pool, new_task("gate", 1, 0)), 0);
+    EXPECT_EQ_INT(gate_wait_arrived(1), 0);
+    static char s_gate2[] = "gate";
+    struct cfg_limit raised[] = {{s_gate2, 2, 0}};
+    struct cfg c = make_cfg(3);
+    c.limits = raised;
+    c.nlimits = 1;
+    pool_set_limits(pool, &c);
+    EXPECT_EQ_INT(gate_wait_arrived(2), 0);
+    EXPECT_EQ_INT(atomic_load(&peak[T_GATE]), 2);
+    gate_set_open();
+    int done = 0;
+    while (done < 2 && loop_wait() == 0)
+        done += drain_events(pool, NULL, 0);
+    EXPECT_EQ_INT(done, 2);
+    pool_destroy(pool);
+}
+
+TEST(progress_is_coalesced_and_comes_before_done)
+{
+    struct pool *pool = new_pool(2);
+
+    ASSERT(pool != NULL);
+    EXPECT_EQ_INT(pool_submit(pool, new_task("progress", 0, 0)), 0);
+    EXPECT_EQ_INT(gate_wait_arrived(1), 0);
+    /* 100 updates while the loop looked away: one event, the last value. */
+    struct pool_event *ev = pool_take_events(pool);
+    ASSERT(ev != NULL);
+    EXPECT_EQ_INT(ev->kind, POOL_EV_PROGRESS);
+    EXPECT(ev->percent == 100.0);
+    EXPECT_EQ_STR(ev->message, "step 100");
+    EXPECT(ev->next == NULL);
+    EXPECT(pool_take_events(pool) == NULL);
+    pool_event_free(ev);
+    gate_set_open();
+
+    int done = 0, progress_after = 0;
+    while (!done && loop_wait() == 0) {
+        struct pool_event *next;
+        for (ev = pool_take_events(pool); ev != NULL; ev = next) {
+            next = ev->next;
+            if (ev->kind == POOL_EV_PROGRESS) {
+                EXPECT(!done);
+                EXPECT(ev->percent == 50.0);
+                EXPECT_EQ_STR(ev->message, "final");
+                progress_after++;
+            } else if (ev->kind == POOL_EV_DONE) {
+                task_destroy(ev->task);
+                pool_release(pool);
+                done = 1;
+            }
+            pool_event_free(ev);
+        }
+    }
+    EXPECT_EQ_INT(done, 1);
+    EXPECT_EQ_INT(progress_after, 1);
+    pool_destroy(pool);
+}
+
+TEST(hot_cache_changes_arrive_in_order)
+{
+    struct pool *pool = new_pool(1);
+    static const struct {
+        enum pool_event_kind kind;
+        const char *name;
+    } want[] = {{POOL_EV_HOTCACHE_ADD, "m1"},
+                {POOL_EV_HOTCACHE_REMOVE, "m1"},
+                {POOL_EV_HOTCACHE_ADD, "m2"},
+                {POOL_EV_DONE, NULL}};
+    size_t got = 0;
+
+    ASSERT(pool != NULL);
+    EXPECT_EQ_INT(pool_submit(pool, new_task("hotcache", 0, 0)), 0);
+    while (got < ARRAY_LEN(want) && loop_wait() == 0) {
+        struct pool_event *ev = pool_take_events(pool), *next;
+        for (; ev != NULL; ev = next, got++) {
+            next = ev->next;
+            if (got < ARRAY_LEN(want)) {
+                EXPECT_EQ_INT(ev->kind, want[got].kind);
+                if (want[got].name != NULL)
+                    EXPECT_EQ_STR(ev->name, want[got].name);
+            }
+            if (ev->kind == POOL_EV_DONE) {
+                task_destroy(ev->task);
+                pool_release(pool);
+            }
+            pool_event_free(ev);
+        }
+    }
+    EXPECT_EQ_INT(got, ARRAY_LEN(want));
+    pool_destroy(pool);
+}
+
+/* Number of this process's threads whose name starts with prefix. */
+static int threads_named(const char *prefix)
+{
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *de;
+    int n = 0;
+
+    if (d == NULL)
+        return -1;
+    while ((de = readdir(d)) != NULL) {
+        char path[300], comm[32] = "";
+        if (de->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "/proc/self/task/%s/comm", de->d_name);
+        FILE *fp = fopen(path, "r");
+        if (fp == NULL)
+            continue;
+        if (fgets(comm, sizeof(comm), fp) != NULL && strncmp(comm, prefix, strlen(prefix)) == 0)
+            n++;
+        fclose(fp);
+    }
+    closedir(d);
+    return n;
+}
+
+static int wait_threads_named(const char *prefix, int n)
+{
+    double end = now_mono() + tmo(10);
+    while (threads_named(prefix) != n) {
+        if (now_mono() > end)
+            return -ETIMEDOUT;
+        struct timespec ts = {0, 2000000};
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
+
+TEST(threads_are_named_and_joined)
+{
+    struct pool *pool = new_pool(3);
+    ASSERT(pool != NULL);
+    EXPECT_EQ_INT(wait_threads_named("avt-worker-", 3), 0);
+    EXPECT_EQ_INT(threads_named("avt-worker-2"), 1);
+    pool_destroy(pool);
+    EXPECT_EQ_INT(threads_named("avt-worker-"), 0);
+}
+
+/* Opens the gate once the idle worker thread has exited, i.e. once
+ * pool_destroy() has told the threads to stop. */
+static void *open_gate_when_stopping(void *arg)
+{
+    (void)arg;
+    if (wait_threads_named("avt-worker-", 1) < 0)
+        fprintf(stderr, "# the idle worker never exited\n");
+    gate_set_open();
+    return NULL;
+}
+
+TEST(destroy_waits_for_running_and_frees_queued_tasks)
+{
+    struct pool *pool = new_pool(2);
+    pthread_t opener;
+
+    ASSERT(pool != NULL);
+    EXPECT_EQ_INT(wait_threads_named("avt-worker-", 2), 0);
+    EXPECT_EQ_INT(pool_submit(pool, new_task("gate", 0, 0)), 0);
+    EXPECT_EQ_INT(pool_submit(pool, new_task("gate", 1, 0)), 0); /* waits for its type */
+    EXPECT_EQ_INT(gate_wait_arrived(1), 0);
+    pthread_create(&opener, NULL, open_gate_when_stopping, NULL);
+    /* The running task finishes (its DONE event is freed with the pool),
+     * the queued one never starts; ASan checks that both are freed. */
+    pool_destroy(pool);
+    pthread_join(opener, NULL);
+    pthread_mutex_lock(&gate_mu);
+    EXPECT_EQ_INT(gate_arrived, 1);
+    pthread_mutex_unlock(&gate_mu);
+    EXPECT_EQ_INT(atomic_load(&peak[T_GATE]), 1);
+}
+
+TEST(destroy_null_is_a_noop)
+{
+    pool_destroy(NULL);
+    pool_event_free(NULL);
+}
+
+TAP_MAIN()
