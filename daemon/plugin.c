@@ -51,17 +51,22 @@ static int writable_by_others(const struct stat *st)
     return (st->st_mode & S_IWGRP) && st->st_gid != 0 && st->st_gid != getegid();
 }
 
-/* Refuse `path` (shown as `shown`) when others can write it. */
+/* Refuse `path` (shown as `shown`) when others can write it. The group is
+ * named only when it is what makes the file unsafe. */
 static int check_writers(const char *shown, const struct stat *st, char *err, size_t errlen)
 {
     if (!writable_by_others(st))
         return 0;
-    const char *fix = st->st_uid != 0 && st->st_uid != geteuid() ? "chown root" : "chmod go-w";
+    int foreign_owner = st->st_uid != 0 && st->st_uid != geteuid();
+    int by_group = !(st->st_mode & S_IWOTH) && !foreign_owner;
+    char group[32] = "";
+    if (by_group)
+        snprintf(group, sizeof(group), ", group %u", (unsigned)st->st_gid);
     fmt_err(err, errlen,
-            "%s: writable by others (mode %04o, owner uid %u, gid %u): refusing to load code "
-            "anyone can change; fix with %s %s",
-            shown, (unsigned)(st->st_mode & 07777), (unsigned)st->st_uid, (unsigned)st->st_gid, fix,
-            shown);
+            "%s: writable by others (mode %04o, owner uid %u%s): refusing to load code anyone "
+            "can change; fix with %s %s",
+            shown, (unsigned)(st->st_mode & 07777), (unsigned)st->st_uid, group,
+            foreign_owner ? "chown root:" : "chmod go-w", shown);
     return -EPERM;
 }
 
@@ -201,9 +206,10 @@ static int open_plugin(struct plugin *p, char *err, size_t errlen)
     dlerror();
     const void *sym = dlsym(p->dl, AVT_PLUGIN_SYMBOL);
     if (sym == NULL) {
-        fmt_err(err, errlen,
-                "%s: no 'avt_plugin' symbol: not an avtworkerd plugin (define it with AVT_PLUGIN())",
-                p->path);
+        fmt_err(
+            err, errlen,
+            "%s: no 'avt_plugin' symbol: not an avtworkerd plugin (define it with AVT_PLUGIN())",
+            p->path);
         return -ENOEXEC;
     }
     int rc = check_symbol(p, sym, err, errlen);
@@ -246,10 +252,10 @@ static int check_abi(const struct plugin *p, char *err, size_t errlen)
 static int is_type_name(const char *s)
 {
     size_t n = strlen(s);
-    return n > 0 && n <= TYPE_MAX_LEN && strspn(s,
-                                                "abcdefghijklmnopqrstuvwxyz"
-                                                "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                                                "0123456789_.:-") == n;
+    return n > 0 && n <= TYPE_MAX_LEN &&
+           strspn(s, "abcdefghijklmnopqrstuvwxyz"
+                     "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                     "0123456789_.:-") == n;
 }
 
 static int check_types(const struct plugin *p, char *err, size_t errlen)
@@ -331,7 +337,6 @@ static int load_one(struct plugin_set *set, const char *path, struct pool *pool,
 
 /* ---- The type registry -------------------------------------------------- */
 
-
 static int type_cmp(const void *a, const void *b)
 {
     const struct plugin_type *x = a, *y = b;
@@ -346,7 +351,8 @@ static size_t plugin_index(const struct plugin_set *set, const struct plugin *p)
     return i;
 }
 
-/* Two entries of the sorted table share a type: blame the later plugin. */
+/* Two entries of the sorted table share a type: name both plugins, the
+ * first loaded first. */
 static int dup_type_err(const struct plugin_set *set, const struct plugin_type *x,
                         const struct plugin_type *y, char *err, size_t errlen)
 {
@@ -359,9 +365,9 @@ static int dup_type_err(const struct plugin_set *set, const struct plugin_type *
         y = t;
     }
     return fmt_err(err, errlen,
-                   "%s: task type '%s' of plugin '%s' is already handled by plugin '%s' (%s): a "
-                   "type can have one plugin only; remove it from one of them",
-                   y->plugin->path, y->type, y->plugin->name, x->plugin->name, x->plugin->path);
+                   "task type '%s' is claimed by both %s (%s) and %s (%s): a task type can have "
+                   "one plugin only; remove one of them",
+                   x->type, x->plugin->name, x->plugin->path, y->plugin->name, y->plugin->path);
 }
 
 static int build_types(struct plugin_set *set, char *err, size_t errlen)
@@ -449,17 +455,16 @@ static int init_one(struct plugin *p, char *err, size_t errlen)
 
 /* Hand one [plugin.NAME] key to its plugin. A key of NULL marks an empty
  * section: nothing to configure. */
-static int configure_one(struct plugin *p, const struct cfg_plugin_key *k, char *err,
-                         size_t errlen)
+static int configure_one(struct plugin *p, const struct cfg_plugin_key *k, char *err, size_t errlen)
 {
     if (k->key == NULL)
         return 0;
     if (p->desc->configure == NULL)
-        return fmt_err(err, errlen, "%s:%d: plugin.%s.%s: plugin %s takes no settings",
-                       key_file(k), k->line, p->name, k->key, p->name);
+        return fmt_err(err, errlen, "%s:%d: plugin.%s.%s: plugin %s takes no settings", key_file(k),
+                       k->line, p->name, k->key, p->name);
     char perr[AVT_ERRLEN] = "";
-    int rc = p->desc->configure(p->state, k->key, k->value != NULL ? k->value : "", perr,
-                                sizeof(perr));
+    int rc =
+        p->desc->configure(p->state, k->key, k->value != NULL ? k->value : "", perr, sizeof(perr));
     if (rc == 0)
         return 0;
     perr[sizeof(perr) - 1] = '\0';

@@ -103,8 +103,8 @@ def empty_dir_refused(t):
 def duplicate_type_names_both_plugins(t):
     d = t.plugin_dir("bad_dup_type_a", "bad_dup_type_b")
     a, b = os.path.join(d, "bad_dup_type_a.so"), os.path.join(d, "bad_dup_type_b.so")
-    expect_refused(check_config(d), "%s: task type 'dup_type' of plugin 'bad_dup_type_b' is already "
-                   "handled by plugin 'bad_dup_type_a' (%s)" % (b, a))
+    expect_refused(check_config(d), "task type 'dup_type' is claimed by both bad_dup_type_a (%s) "
+                   "and bad_dup_type_b (%s): a task type can have one plugin only" % (a, b))
 
 
 @test
@@ -126,7 +126,8 @@ def world_writable_file_refused(t):
     d = t.plugin_dir("good_plain")
     f = os.path.join(d, "good_plain.so")
     os.chmod(f, 0o777)
-    expect_refused(check_config(d), f + WRITABLE % (0o777, os.geteuid()), REFUSING + "chmod go-w " + f)
+    expect_refused(check_config(d), f + WRITABLE % (0o777, os.geteuid()) + "): " + REFUSING +
+                   "chmod go-w " + f)
 
 
 @test
@@ -141,7 +142,7 @@ def group_writable_by_other_group_refused(t):
     check(r.returncode == 0, r.stderr)
     os.chown(f, 0, 1234)
     os.chmod(f, 0o775)
-    expect_refused(check_config(d), f + WRITABLE % (0o775, 0) + ", gid 1234)", "chmod go-w")
+    expect_refused(check_config(d), f + WRITABLE % (0o775, 0) + ", group 1234): ", "chmod go-w " + f)
 
 
 @test
@@ -160,7 +161,7 @@ def foreign_owner_refused(t):
     f = os.path.join(d, "good_plain.so")
     os.chown(f, 1234, 0)
     os.chmod(f, 0o755)
-    expect_refused(check_config(d), f + WRITABLE % (0o755, 1234), "chown root " + f)
+    expect_refused(check_config(d), f + WRITABLE % (0o755, 1234) + "): ", "chown root: " + f)
     os.chown(f, 0, 0)
     os.chown(d, 1234, 1234)
     expect_refused(check_config(d), d + WRITABLE % (0o755, 1234))

@@ -82,8 +82,8 @@ static int start(void *state, char *err, size_t errlen)
 static int handle(void *state, struct avt_task *task)
 {
     struct state *s = state;
-    return avt_succeed(task, json_pack("{s:s, s:i}", "greeting", s->greeting, "count",
-                                       (json_int_t)s->count));
+    return avt_succeed(
+        task, json_pack("{s:s, s:i}", "greeting", s->greeting, "count", (json_int_t)s->count));
 }
 
 static void shutdown(void *state)
