@@ -43,7 +43,8 @@ static pthread_once_t cancel_once = PTHREAD_ONCE_INIT;
 
 #define MOCK(pubp) container_of((pubp), struct mock_task, pub)
 
-static void violation(struct mock_task *mt, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void violation(struct mock_task *mt, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 static void violation(struct mock_task *mt, const char *fmt, ...)
 {

@@ -59,8 +59,8 @@ struct mock_task {
 
     /* Progress. */
     int nprogress;
-    double last_percent;   /* as passed, before clamping */
-    char *last_progress;   /* last message, NULL when none */
+    double last_percent; /* as passed, before clamping */
+    char *last_progress; /* last message, NULL when none */
     double percents[MOCK_MAX_PROGRESS];
 
     /* Contract violations seen on this task. */

@@ -55,5 +55,4 @@ static int echo_handle(void *state, struct avt_task *task)
 
 static const char *const echo_types[] = {"echo", NULL};
 
-AVT_PLUGIN(.name = "echo", .version = "1.0.0", .task_types = echo_types,
-           .handle = echo_handle);
+AVT_PLUGIN(.name = "echo", .version = "1.0.0", .task_types = echo_types, .handle = echo_handle);

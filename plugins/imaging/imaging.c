@@ -37,7 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_URL 4096       /* longest image_url accepted */
+#define MAX_URL 4096 /* longest image_url accepted */
 #define MAX_DIMENSION 65535
 #define MAX_FILTERS 32
 #define MAX_FILTER_NAME 64
@@ -75,8 +75,7 @@ static long long param_dimension(struct avt_task *task, const char *key)
 {
     json_t *v = json_object_get(task->params, key);
 
-    if (!json_is_integer(v) || json_integer_value(v) < 1 ||
-        json_integer_value(v) > MAX_DIMENSION) {
+    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > MAX_DIMENSION) {
         avt_fail(task, AVT_INVALID_INPUT_ERROR, "params.%s must be an integer from 1 to %d", key,
                  MAX_DIMENSION);
         return 0;
@@ -138,10 +137,9 @@ static int filter_name_ok(json_t *v)
     const char *s = json_string_value(v);
     size_t n = json_string_length(v);
 
-    if (s == NULL || n == 0 || n > MAX_FILTER_NAME || strspn(s, "abcdefghijklmnopqrstuvwxyz"
-                                                               "0123456789_-") != n)
+    if (s == NULL || n == 0 || n > MAX_FILTER_NAME)
         return 0;
-    return 1;
+    return strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789_-") == n;
 }
 
 /* The filters param: an array of at most MAX_FILTERS valid names. NULL
@@ -149,16 +147,14 @@ static int filter_name_ok(json_t *v)
 static json_t *param_filters(struct avt_task *task)
 {
     json_t *filters = json_object_get(task->params, "filters");
-    size_t i;
-    json_t *v;
 
     if (!json_is_array(filters) || json_array_size(filters) > MAX_FILTERS) {
         avt_fail(task, AVT_INVALID_INPUT_ERROR,
                  "params.filters must be an array of at most %d filter names", MAX_FILTERS);
         return NULL;
     }
-    json_array_foreach(filters, i, v) {
-        if (!filter_name_ok(v)) {
+    for (size_t i = 0; i < json_array_size(filters); i++) {
+        if (!filter_name_ok(json_array_get(filters, i))) {
             avt_fail(task, AVT_INVALID_INPUT_ERROR,
                      "params.filters[%zu] must be a name of 1 to %d characters [a-z0-9_-]", i,
                      MAX_FILTER_NAME);
@@ -173,20 +169,18 @@ static json_t *param_filters(struct avt_task *task)
 static char *filtered_url(const char *url, json_t *filters)
 {
     size_t n = json_array_size(filters), len = strlen(url) + sizeof("?filters=");
-    size_t i;
-    json_t *v;
     char *out, *p;
 
-    json_array_foreach(filters, i, v) {
-        len += json_string_length(v) + 1;
-    }
+    for (size_t i = 0; i < n; i++)
+        len += json_string_length(json_array_get(filters, i)) + 1;
     if ((out = malloc(len)) == NULL)
         return NULL;
     p = out + snprintf(out, len, "%s", url);
     if (n > 0)
         p += snprintf(p, len - (size_t)(p - out), "%cfilters=", query_sep(url));
-    json_array_foreach(filters, i, v) {
-        p += snprintf(p, len - (size_t)(p - out), "%s%s", i > 0 ? "," : "", json_string_value(v));
+    for (size_t i = 0; i < n; i++) {
+        p += snprintf(p, len - (size_t)(p - out), "%s%s", i > 0 ? "," : "",
+                      json_string_value(json_array_get(filters, i)));
     }
     return out;
 }

@@ -71,10 +71,10 @@
 #include <string.h>
 #include <time.h>
 
-#define SLICE_MS 50.0          /* longest sleep between cancellation checks */
-#define MAX_SECONDS 86400.0    /* longest sleep or step a task may ask for */
-#define ATTEMPT_BUCKETS 1024   /* hash buckets of the attempt map */
-#define ATTEMPT_MAX 4096       /* jobs remembered; the oldest is evicted */
+#define SLICE_MS 50.0        /* longest sleep between cancellation checks */
+#define MAX_SECONDS 86400.0  /* longest sleep or step a task may ask for */
+#define ATTEMPT_BUCKETS 1024 /* hash buckets of the attempt map */
+#define ATTEMPT_MAX 4096     /* jobs remembered; the oldest is evicted */
 
 /* One job's attempt count: chained in its hash bucket and, for eviction, in
  * the order the jobs were first seen. */
@@ -121,8 +121,7 @@ static int param_int(struct avt_task *task, const char *key, long long min, long
     return 0;
 }
 
-static int param_number(struct avt_task *task, const char *key, double min, double max,
-                        double *out)
+static int param_number(struct avt_task *task, const char *key, double min, double max, double *out)
 {
     json_t *v = json_object_get(task->params, key);
 
@@ -206,8 +205,7 @@ static int cancelled(struct avt_task *task)
 }
 
 /* Succeed with {key: value}, or fail when jansson runs out of memory. */
-static int succeed_with(struct avt_task *task, const char *status, const char *key,
-                        json_t *value)
+static int succeed_with(struct avt_task *task, const char *status, const char *key, json_t *value)
 {
     json_t *data = json_object();
 
@@ -355,10 +353,11 @@ struct steps_params {
     const char *fail_code, *fail_message, *add, *remove, *status;
 };
 
-static int steps_params_read(struct steps_state *st, struct avt_task *task,
-                             struct steps_params *p)
+static int steps_params_read(struct steps_state *st, struct avt_task *task, struct steps_params *p)
 {
-    *p = (struct steps_params){.steps = 5, .step_ms = st->default_step_ms, .fail_after = -1,
+    *p = (struct steps_params){.steps = 5,
+                               .step_ms = st->default_step_ms,
+                               .fail_after = -1,
                                .fail_code = AVT_TRANSIENT_ERROR};
     if (param_int(task, "steps", 0, st->max_steps, &p->steps) != 0 ||
         param_int(task, "step_ms", 0, (long long)(MAX_SECONDS * 1e3), &p->step_ms) != 0 ||

@@ -25,8 +25,8 @@ static void expect_invalid(const char *type, const char *params, const char *par
     if (mt->outcome != MOCK_FAILED || mt->code == NULL ||
         strcmp(mt->code, AVT_INVALID_INPUT_ERROR) != 0 || strstr(mt->message, param) == NULL) {
         TAP_FAIL_("%s %.60s: got outcome %d code %s message %s (wanted one naming %s)", type,
-                  params, mt->outcome, mt->code ? mt->code : "-",
-                  mt->message ? mt->message : "-", param);
+                  params, mt->outcome, mt->code ? mt->code : "-", mt->message ? mt->message : "-",
+                  param);
     }
     EXPECT_EQ_INT(mt->rc, 0);
     EXPECT_EQ_INT(mt->noutcomes, 1);
@@ -48,8 +48,8 @@ TEST(descriptor)
 
 TEST(resize_image)
 {
-    struct mock_task *mt =
-        run("resize_image", "{\"image_url\":\"s3://harness/input.png\",\"width\":640,\"height\":480}");
+    struct mock_task *mt = run(
+        "resize_image", "{\"image_url\":\"s3://harness/input.png\",\"width\":640,\"height\":480}");
 
     EXPECT_EQ_INT(mt->rc, 0);
     EXPECT_EQ_INT(mt->outcome, MOCK_SUCCEEDED);
@@ -165,8 +165,7 @@ TEST(filters_invalid_params)
 
     expect_invalid("apply_filters", "{\"filters\":[]}", "params.image_url");
     expect_invalid("apply_filters", "{\"image_url\":\"u\"}", "params.filters");
-    expect_invalid("apply_filters", "{\"image_url\":\"u\",\"filters\":\"blur\"}",
-                   "params.filters");
+    expect_invalid("apply_filters", "{\"image_url\":\"u\",\"filters\":\"blur\"}", "params.filters");
     expect_invalid("apply_filters", "{\"image_url\":\"u\",\"filters\":[\"blur\",3]}",
                    "params.filters[1]");
     expect_invalid("apply_filters", "{\"image_url\":\"u\",\"filters\":[\"\"]}",

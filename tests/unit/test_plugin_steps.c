@@ -44,9 +44,8 @@ static void expect_invalid(struct steps_state *st, const char *type, const char 
 
     if (mt->outcome != MOCK_FAILED || mt->code == NULL ||
         strcmp(mt->code, AVT_INVALID_INPUT_ERROR) != 0 || strstr(mt->message, param) == NULL) {
-        TAP_FAIL_("%s %s: got outcome %d code %s message %s (wanted one naming %s)", type,
-                  params, mt->outcome, mt->code ? mt->code : "-",
-                  mt->message ? mt->message : "-", param);
+        TAP_FAIL_("%s %s: got outcome %d code %s message %s (wanted one naming %s)", type, params,
+                  mt->outcome, mt->code ? mt->code : "-", mt->message ? mt->message : "-", param);
     }
     EXPECT_EQ_INT(mt->rc, 0);
     EXPECT_EQ_INT(mt->nprogress, 0);
@@ -80,8 +79,8 @@ TEST(configure_defaults_and_keys)
     EXPECT_EQ_INT(st->default_step_ms, 100);
     EXPECT_EQ_INT(mock_plugin_configure(&avt_plugin, st, "max_steps", "7", err, sizeof(err)), 0);
     EXPECT_EQ_INT(st->max_steps, 7);
-    EXPECT_EQ_INT(
-        mock_plugin_configure(&avt_plugin, st, "default_step_ms", "0", err, sizeof(err)), 0);
+    EXPECT_EQ_INT(mock_plugin_configure(&avt_plugin, st, "default_step_ms", "0", err, sizeof(err)),
+                  0);
     EXPECT_EQ_INT(st->default_step_ms, 0);
     mock_reset();
     EXPECT_EQ_INT(avt_plugin.start(st, err, sizeof(err)), 0);
@@ -91,8 +90,8 @@ TEST(configure_defaults_and_keys)
 
 TEST(configure_bad_values)
 {
-    static const char *const bad_max[] = {"0", "-1", "abc", "10x", "", " 5", "+5", "-", "1000001",
-                                          "99999999999999999999999"};
+    static const char *const bad_max[] = {"0",  "-1", "abc", "10x",     "",
+                                          " 5", "+5", "-",   "1000001", "99999999999999999999999"};
     static const char *const bad_ms[] = {"-1", "1.5", "3600001", "ms", "", "0x10"};
     struct steps_state *st = start_plugin();
     char err[256];
@@ -106,9 +105,9 @@ TEST(configure_bad_values)
     }
     for (size_t i = 0; i < ARRAY_LEN(bad_ms); i++) {
         err[0] = '\0';
-        EXPECT_EQ_INT(mock_plugin_configure(&avt_plugin, st, "default_step_ms", bad_ms[i], err,
-                                            sizeof(err)),
-                      -EINVAL);
+        EXPECT_EQ_INT(
+            mock_plugin_configure(&avt_plugin, st, "default_step_ms", bad_ms[i], err, sizeof(err)),
+            -EINVAL);
         EXPECT_CONTAINS(err, "must be an integer from 0 to 3600000");
     }
     /* Refused values leave the configuration alone. */
@@ -460,8 +459,7 @@ TEST(steps_step_ms_and_default_step_ms)
 
     EXPECT(mt->elapsed >= 0.12);
     mock_task_free(mt);
-    ASSERT(mock_plugin_configure(&avt_plugin, st, "default_step_ms", "70", err, sizeof(err)) ==
-           0);
+    ASSERT(mock_plugin_configure(&avt_plugin, st, "default_step_ms", "70", err, sizeof(err)) == 0);
     mt = run(st, "steps", NULL, "{\"steps\":2}");
     EXPECT(mt->elapsed >= 0.14);
     EXPECT_EQ_INT(mt->outcome, MOCK_SUCCEEDED);
