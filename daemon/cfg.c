@@ -562,7 +562,7 @@ static int handle_limit(struct loader *ld, const char *name, const char *v, cons
     static const struct key_def timeout_def = {"limits", "timeout", K_DOUBLE, 0, 0,
                                                LIMIT_TIMEOUT_MAX, 0};
     size_t n = strlen(name), sl = strlen(TIMEOUT_SUFFIX);
-    int is_timeout = n > sl && strcmp(name + n - sl, TIMEOUT_SUFFIX) == 0;
+    int is_timeout = n >= sl && strcmp(name + n - sl, TIMEOUT_SUFFIX) == 0;
     size_t tl = is_timeout ? n - sl : n;
     if (!type_ok(name, tl))
         return fail(ld, where, "a task type must be 1..%d of [a-zA-Z0-9_.-]", TYPE_MAX_LEN);
