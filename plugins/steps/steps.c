@@ -30,8 +30,8 @@
  *             result `status`.
  *
  * [plugin.steps] keys in worker.ini: max_steps (1..1000000, default 1000; a
- * task asking for more steps is INVALID_INPUT_ERROR) and default_step_ms
- * (0..3600000, default 100).
+ * task asking for more steps is INVALID_INPUT_ERROR, and the default of 5
+ * steps is capped to it) and default_step_ms (0..3600000, default 100).
  *
  * What it shows a plugin author, beyond echo.c:
  *   - State: init() allocates it and hands it back through *state, every
@@ -294,9 +294,15 @@ static long long attempts_count(struct steps_state *st, const char *job_id)
 
 /* ---- Task types --------------------------------------------------------- */
 
+/* Types with steps run 5 unless asked otherwise, never more than max_steps. */
+static long long default_steps(const struct steps_state *st)
+{
+    return st->max_steps < 5 ? st->max_steps : 5;
+}
+
 static int handle_progress(struct steps_state *st, struct avt_task *task)
 {
-    long long steps = 5;
+    long long steps = default_steps(st);
     double step_seconds = 0.2;
 
     if (param_int(task, "steps", 0, st->max_steps, &steps) != 0 ||
@@ -355,7 +361,7 @@ struct steps_params {
 
 static int steps_params_read(struct steps_state *st, struct avt_task *task, struct steps_params *p)
 {
-    *p = (struct steps_params){.steps = 5,
+    *p = (struct steps_params){.steps = default_steps(st),
                                .step_ms = st->default_step_ms,
                                .fail_after = -1,
                                .fail_code = AVT_TRANSIENT_ERROR};

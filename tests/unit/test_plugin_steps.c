@@ -203,6 +203,24 @@ TEST(progress_invalid_params)
     mock_plugin_shutdown(&avt_plugin, st);
 }
 
+TEST(default_steps_capped_by_max_steps)
+{
+    struct steps_state *st = start_plugin();
+    struct mock_task *mt;
+    char err[64];
+
+    ASSERT(mock_plugin_configure(&avt_plugin, st, "max_steps", "2", err, sizeof(err)) == 0);
+    mt = run(st, "progress", NULL, "{\"step_seconds\":0}");
+    EXPECT_EQ_INT(mock_data_int(mt, "steps"), 2);
+    EXPECT_EQ_INT(mt->nprogress, 2);
+    mock_task_free(mt);
+    mt = run(st, "steps", NULL, "{}");
+    EXPECT_EQ_INT(mock_data_int(mt, "steps"), 2);
+    EXPECT_EQ_STR(mt->last_progress, "step 2/2");
+    mock_task_free(mt);
+    mock_plugin_shutdown(&avt_plugin, st);
+}
+
 TEST(progress_cancelled_between_steps)
 {
     struct steps_state *st = start_plugin();
