@@ -1,0 +1,152 @@
+/*
+ * t_behave.c - a test plugin whose task types each misbehave (or behave) in
+ * one specific way, for the run-once and daemon integration tests. Every
+ * type starts with "t_" so that it cannot clash with an example plugin.
+ *
+ *   t_no_outcome   returns 0 without an outcome
+ *   t_eio          returns -EIO without an outcome
+ *   t_fail         fails with params.code (default TRANSIENT_ERROR) and
+ *                  params.message (default "failed on purpose")
+ *   t_two          succeeds with {"first": 1}, then tries to fail and to
+ *                  succeed again (both refused: the first outcome wins)
+ *   t_not_object   "succeeds" with a JSON string
+ *   t_custom       completes with the custom status params.status
+ *   t_progress     reports params.n (default 3) progress steps "part i",
+ *                  params.ms (default 0) apart, then succeeds with {"n": n}
+ *   t_block        reports progress 0 "waiting", then waits until the task
+ *                  is cancelled and succeeds with {"saw_cancel": true}
+ *   t_conc, t_conc2  sleep params.ms (default 50) and succeed with the
+ *                  highest number of handlers of the same type, and of both
+ *                  types, seen running at once: {"max": n, "max_all": n}
+ *   t_stubborn     reports progress 0 "stubborn", then sleeps params.ms
+ *                  (default 60000) without ever checking for cancellation
+ *   t_hot          adds params.name to the hot cache, removes
+ *                  params.remove when given, and succeeds
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <avt_plugin.h>
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <time.h>
+
+static atomic_int conc_cur[2], conc_peak[2], all_cur, all_peak;
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+static long param_long(struct avt_task *task, const char *key, long dflt)
+{
+    json_t *v = json_object_get(task->params, key);
+    return json_is_integer(v) ? (long)json_integer_value(v) : dflt;
+}
+
+static const char *param_str(struct avt_task *task, const char *key, const char *dflt)
+{
+    const char *s = json_string_value(json_object_get(task->params, key));
+    return s != NULL ? s : dflt;
+}
+
+static void peak_update(atomic_int *p, int v)
+{
+    int old = atomic_load(p);
+    while (v > old && !atomic_compare_exchange_weak(p, &old, v))
+        ;
+}
+
+static int do_conc(struct avt_task *task, int i)
+{
+    peak_update(&conc_peak[i], atomic_fetch_add(&conc_cur[i], 1) + 1);
+    peak_update(&all_peak, atomic_fetch_add(&all_cur, 1) + 1);
+    sleep_ms(param_long(task, "ms", 50));
+    atomic_fetch_sub(&all_cur, 1);
+    atomic_fetch_sub(&conc_cur[i], 1);
+    return avt_succeed(task, json_pack("{s:i,s:i}", "max", atomic_load(&conc_peak[i]), "max_all",
+                                       atomic_load(&all_peak)));
+}
+
+static int do_progress(struct avt_task *task)
+{
+    long n = param_long(task, "n", 3);
+    for (long i = 1; i <= n; i++) {
+        if (param_long(task, "ms", 0) > 0)
+            sleep_ms(param_long(task, "ms", 0));
+        avt_progress(task, (double)i * 100.0 / (double)n, "part %ld", i);
+    }
+    return avt_succeed(task, json_pack("{s:I}", "n", (json_int_t)n));
+}
+
+static int do_block(struct avt_task *task)
+{
+    avt_progress(task, 0, "waiting");
+    while (!avt_is_cancelled(task))
+        sleep_ms(10);
+    return avt_succeed(task, json_pack("{s:b}", "saw_cancel", 1));
+}
+
+static int do_two(struct avt_task *task)
+{
+    avt_succeed(task, json_pack("{s:i}", "first", 1));
+    int rc1 = avt_fail(task, AVT_PERMANENT_ERROR, "second outcome");
+    int rc2 = avt_succeed(task, json_pack("{s:i}", "third", 3));
+    avt_log_info(task, "later outcomes returned %d and %d", rc1, rc2);
+    return 0;
+}
+
+static int do_hot(struct avt_task *task)
+{
+    const struct avt_host *h = task->host;
+    const char *rm = param_str(task, "remove", NULL);
+    int rc = h->hot_cache_add(h, param_str(task, "name", "model-x"));
+    if (rm != NULL)
+        rc = rc != 0 ? rc : h->hot_cache_remove(h, rm);
+    return avt_succeed(task, json_pack("{s:i}", "rc", rc));
+}
+
+static int t_handle(void *state, struct avt_task *task)
+{
+    const char *type = task->type;
+
+    (void)state;
+    if (strcmp(type, "t_no_outcome") == 0)
+        return 0;
+    if (strcmp(type, "t_eio") == 0)
+        return -EIO;
+    if (strcmp(type, "t_fail") == 0)
+        return avt_fail(task, param_str(task, "code", AVT_TRANSIENT_ERROR), "%s",
+                        param_str(task, "message", "failed on purpose"));
+    if (strcmp(type, "t_two") == 0)
+        return do_two(task);
+    if (strcmp(type, "t_not_object") == 0)
+        return avt_succeed(task, json_string("not an object")) == -EINVAL ? 0 : -EPROTO;
+    if (strcmp(type, "t_custom") == 0)
+        return avt_complete(task, param_str(task, "status", "needs_review"),
+                            json_pack("{s:b}", "custom", 1));
+    if (strcmp(type, "t_progress") == 0)
+        return do_progress(task);
+    if (strcmp(type, "t_block") == 0)
+        return do_block(task);
+    if (strcmp(type, "t_conc") == 0 || strcmp(type, "t_conc2") == 0)
+        return do_conc(task, type[6] == '2');
+    if (strcmp(type, "t_hot") == 0)
+        return do_hot(task);
+    if (strcmp(type, "t_stubborn") == 0) {
+        avt_progress(task, 0, "stubborn");
+        sleep_ms(param_long(task, "ms", 60000));
+        return avt_succeed(task, NULL);
+    }
+    return avt_fail(task, AVT_PERMANENT_ERROR, "t_behave: unexpected type %s", type);
+}
+
+static const char *const t_types[] = {"t_no_outcome", "t_eio",   "t_fail",     "t_two",
+                                      "t_not_object", "t_custom", "t_progress", "t_block",
+                                      "t_conc",       "t_conc2",  "t_hot",      "t_stubborn",
+                                      NULL};
+
+AVT_PLUGIN(.name = "t_behave", .version = "1.0", .task_types = t_types, .handle = t_handle);
