@@ -65,6 +65,7 @@ SRCS += daemon/pool.c
 SRCS += daemon/runonce.c
 SRCS += daemon/notify.c
 SRCS += daemon/daemon.c
+SRCS += daemon/http.c
 MAIN_SRC = daemon/main.c
 
 OBJS = $(SRCS:%.c=$(BUILD)/obj/%.o)
