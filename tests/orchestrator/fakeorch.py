@@ -1,0 +1,1355 @@
+#!/usr/bin/python3
+"""fakeorch: a protocol-faithful stand-in for the Avtomatika 1.0b13 orchestrator.
+
+The daemon's integration tests and `make demo` run against this server, because
+CI cannot reach the real orchestrator. It speaks the worker protocol of
+/work/shared/PROTOCOL.md (RXON 1.0b3 as served by avtomatika 1.0b13 on
+MemoryStorage with the harness patches (a) and (c)): the same paths, status
+codes, bodies (byte for byte where the real one uses the stdlib serializer),
+auth errors, quirks and bugs a worker must live with. Section numbers in the
+comments refer to PROTOCOL.md. No orchestrator code is copied; behaviour was
+re-implemented from the document and checked against the source where the
+document left a doubt.
+
+On top of the protocol it offers:
+  * a small client API under /api/v1 to create, inspect and cancel jobs;
+  * a test-control API under /_test (no auth): fault injection per endpoint
+    kind, forced worker expiry, runtime settings, a request log, concurrency
+    statistics measured on the orchestrator's side, and a reset.
+
+Run: fakeorch.py --port 0 --port-file F [--worker-token T] [--poll-timeout S]
+     [--workers-toml PATH|TEXT] [--fast] [--log-level LEVEL]
+See tests/integration/orch.py for the Python helper the tests use, and the
+README section at the end of this docstring's module (`USAGE`) for the
+control API.
+
+Only Debian's python3 (3.11) and python3-aiohttp (3.8.4) are needed.
+"""
+import argparse
+import asyncio
+import gzip
+import io
+import json
+import logging
+import os
+import random
+import re
+import signal
+import sys
+import time
+import tomllib
+import uuid
+
+from aiohttp import WSMsgType, web
+
+PROTOCOL_VERSION = "1.0b3"
+VERSION_HEADER = "X-RXON-Version"
+GLOBAL_ID = "unknown_authenticated_by_global_token"
+ID_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
+TERMINAL = {"finished", "failed", "error", "quarantined"}
+PERMANENT_CODES = {"PERMANENT_ERROR", "SECURITY_ERROR", "DEPENDENCY_ERROR"}
+FAULT_KINDS = {"register", "poll", "heartbeat", "result", "ws", "sts", "api", "any"}
+LOGGED_HEADERS = ("X-Worker-Token", "X-RXON-Version", "Content-Type", "Content-Length",
+                  "Accept-Encoding", "Content-Encoding", "User-Agent", "Transfer-Encoding")
+LOGGED_RESP_HEADERS = ("X-RXON-Version", "Content-Encoding", "Retry-After", "Content-Type")
+
+log = logging.getLogger("fakeorch")
+
+
+def dumps_compact(obj):
+    """The client API's serializer (orjson in the real one: no spaces)."""
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def api_json(data, status=200):
+    return web.json_response(data, status=status, dumps=dumps_compact)
+
+
+def worker_json(data, status=200):
+    """Worker endpoints answer with web.json_response and stdlib json (spaces)."""
+    return web.json_response(data, status=status)
+
+
+class AuthError(Exception):
+    """An authentication failure; str() is the exact message of section 1.1."""
+
+
+# --------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------
+class Settings:
+    """Every tunable of the server; /_test/config changes them at runtime."""
+
+    FIELDS = {
+        "poll_timeout": float,          # WORKER_POLL_TIMEOUT_SECONDS, the long-poll hold
+        "worker_ttl": float,            # 2 x WORKER_HEALTH_CHECK_INTERVAL_SECONDS
+        "max_retries": int,             # JOB_MAX_RETRIES
+        "task_timeout": float,          # WORKER_TIMEOUT_SECONDS
+        "watcher_interval": float,      # WATCHER_INTERVAL_SECONDS
+        "queue_when_no_worker": bool,   # not in the real one: park jobs until a worker fits
+        "log_requests": bool,           # keep the request log (off in --fast)
+        "keep_results": bool,           # append every result body to job["results"]
+        "ws_unregister_quirk": bool,    # the old socket's close unregisters its successor
+        "client_token": str,            # X-Client-Token for /api/v1, None = not checked
+    }
+
+    def __init__(self, args):
+        self.worker_token = args.worker_token
+        self.worker_tokens = load_workers_toml(args.workers_toml)
+        self.poll_timeout = args.poll_timeout
+        self.worker_ttl = args.worker_ttl
+        self.max_retries = args.max_retries
+        self.task_timeout = args.task_timeout
+        self.watcher_interval = args.watcher_interval
+        self.queue_when_no_worker = args.queue_when_no_worker
+        self.log_requests = not args.fast
+        self.keep_results = not args.fast
+        self.ws_unregister_quirk = True
+        self.client_token = args.client_token
+        self.rate_limit = None          # dict(limit, poll_limit, period, retry_after) or None
+        self.gzip = True
+
+    def snapshot(self):
+        d = {k: getattr(self, k) for k in self.FIELDS}
+        d.update(rate_limit=self.rate_limit, gzip=self.gzip, worker_token=self.worker_token,
+                 worker_tokens=sorted(self.worker_tokens))
+        return d
+
+    def update(self, body):
+        for k, v in body.items():
+            if k in self.FIELDS:
+                setattr(self, k, None if v is None else self.FIELDS[k](v))
+            elif k == "rate_limit":
+                self.rate_limit = v or None
+            elif k == "gzip":
+                self.gzip = bool(v)
+            elif k == "worker_token":
+                self.worker_token = v
+            elif k == "worker_tokens":
+                self.worker_tokens = dict(v or {})
+            else:
+                raise ValueError("unknown setting %r" % k)
+
+
+def load_workers_toml(src):
+    """Individual worker tokens: a path to a workers.toml or its text
+    (`[w1]\\ntoken = "secret"`). Returns {worker_id: token}."""
+    if not src:
+        return {}
+    text = src
+    if os.path.exists(src):
+        with open(src, encoding="utf-8") as f:
+            text = f.read()
+    data = tomllib.loads(text)
+    return {wid: str(v["token"]) for wid, v in data.items() if isinstance(v, dict) and "token" in v}
+
+
+# --------------------------------------------------------------------------
+# Statistics measured on the orchestrator's side
+# --------------------------------------------------------------------------
+class WorkerStats:
+    """Concurrency facts for one worker id (registered or not).
+
+    `outstanding` is a multiset of task ids handed out by a 200 poll and not
+    yet answered by a result naming that task (any status, accepted or
+    ignored). A task delivered twice counts twice."""
+
+    def __init__(self):
+        self.polls = 0
+        self.polls_now = 0
+        self.max_polls_now = 0
+        self.polls_at = {}             # outstanding count at poll arrival -> polls
+        self.handouts = 0
+        self.outstanding = []          # [(task_id, type)]
+        self.max_outstanding = 0
+        self.max_by_type = {}
+        self.results = 0
+
+    def poll_begin(self):
+        self.polls += 1
+        self.polls_now += 1
+        self.max_polls_now = max(self.max_polls_now, self.polls_now)
+        n = len(self.outstanding)
+        self.polls_at[n] = self.polls_at.get(n, 0) + 1
+
+    def handout(self, task_id, ttype):
+        self.handouts += 1
+        self.outstanding.append((task_id, ttype))
+        self.max_outstanding = max(self.max_outstanding, len(self.outstanding))
+        n = sum(1 for _, t in self.outstanding if t == ttype)
+        self.max_by_type[ttype] = max(self.max_by_type.get(ttype, 0), n)
+
+    def answered(self, task_id):
+        for i, (tid, _) in enumerate(self.outstanding):
+            if tid == task_id:
+                del self.outstanding[i]
+                return True
+        return False
+
+    def as_dict(self):
+        by_type = {}
+        for _, t in self.outstanding:
+            by_type[t] = by_type.get(t, 0) + 1
+        return {
+            "polls": self.polls, "polls_outstanding": self.polls_now,
+            "max_polls_outstanding": self.max_polls_now,
+            "polls_while_outstanding": {str(k): v for k, v in sorted(self.polls_at.items())},
+            "handouts": self.handouts, "results": self.results,
+            "outstanding": len(self.outstanding), "outstanding_by_type": by_type,
+            "outstanding_task_ids": [tid for tid, _ in self.outstanding],
+            "max_outstanding": self.max_outstanding, "max_outstanding_by_type": dict(self.max_by_type),
+        }
+
+
+# --------------------------------------------------------------------------
+# Jobs
+# --------------------------------------------------------------------------
+class Job:
+    """A job: `rec` is the public record (GET /api/v1/jobs/{id}); `steps` the
+    task sequence, each {"type", "params" | None, "build": "merge"|"filters"}."""
+
+    def __init__(self, job_id, rec, steps, opts):
+        self.id = job_id
+        self.rec = rec
+        self.steps = steps
+        self.opts = opts            # priority, timeouts, transitions, worker_id
+        self.step = 0
+        self.params = None          # params of the current step
+        self.task_info = None
+
+    def state_name(self, idx):
+        return "start" if idx == 0 else self.steps[idx].get("state") or self.steps[idx]["type"]
+
+
+# The harness blueprints of /work/shared/orchestrator, so its client.py and
+# e2e scenarios also run here: endpoint -> (role defaults, params builder).
+CONTROL_KEYS = {"task_type", "params", "timeout_seconds", "dispatch_timeout_seconds",
+                "result_timeout_seconds", "priority", "resize_task_type", "filters_task_type"}
+
+
+def _fail_params(d, code, times):
+    return {"code": d.get("code", code), "times": d.get("times", times),
+            "message": d.get("message", "failure requested by the harness")}
+
+
+BLUEPRINTS = {
+    "echo": ("echo", lambda d: {k: v for k, v in d.items() if k not in CONTROL_KEYS}),
+    "transient-fail": ("fail", lambda d: _fail_params(d, "TRANSIENT_ERROR", 2)),
+    "permanent-fail": ("fail", lambda d: _fail_params(d, "PERMANENT_ERROR", -1)),
+    "invalid-input": ("fail", lambda d: _fail_params(d, "INVALID_INPUT_ERROR", -1)),
+    "progress": ("progress", lambda d: {"steps": d.get("steps", 5), "step_seconds": d.get("step_seconds", 0.2)}),
+    "slow": ("sleep", lambda d: {"seconds": d.get("seconds", 30)}),
+}
+
+
+def blueprint_job(name, d):
+    """Steps and options of a harness blueprint job from its initial_data."""
+    opts = {k: d.get(k) for k in ("priority", "timeout_seconds", "dispatch_timeout_seconds",
+                                  "result_timeout_seconds")}
+    if name == "process-image":
+        steps = [
+            {"type": d.get("resize_task_type") or "resize_image",
+             "params": {"image_url": d.get("image_url", "s3://harness/input.png"),
+                        "width": d.get("width", 640), "height": d.get("height", 480)}},
+            {"type": d.get("filters_task_type") or "apply_filters", "state": "apply_filters",
+             "params": None, "build": "filters", "filters": d.get("filters", ["sharpen", "grayscale"])},
+        ]
+        return steps, opts
+    ttype, build = BLUEPRINTS[name]
+    params = d.get("params", None)
+    if params is None:
+        params = build(d)
+    if not isinstance(params, dict):
+        raise ValueError("initial_data.params must be a JSON object")
+    return [{"type": d.get("task_type") or ttype, "params": params}], opts
+
+
+# --------------------------------------------------------------------------
+# The orchestrator
+# --------------------------------------------------------------------------
+class FakeOrch:
+    def __init__(self, settings):
+        self.cfg = settings
+        self.t0 = time.monotonic()
+        self.ws = {}
+        self.ws_lock = asyncio.Lock()
+        self.reset_state()
+
+    def reset_state(self):
+        self.workers = {}          # worker_id -> record (stored verbatim)
+        self.ttl = {}              # worker_id -> monotonic expiry
+        self.queues = {}           # worker_id -> asyncio.PriorityQueue of (-prio, seq, payload)
+        self.jobs = {}             # job_id -> Job
+        self.watch = {}            # job_id -> monotonic deadline (the watcher)
+        self.pending = []          # jobs parked by queue_when_no_worker
+        self.stats = {}            # worker_id -> WorkerStats
+        self.faults = {k: [] for k in FAULT_KINDS}
+        self.reqlog = []
+        self.counters = {}
+        self.ratelimit = {}        # key -> [count, expiry]
+        self.seq = 0
+
+    # ---- workers ---------------------------------------------------------
+    def wstats(self, wid):
+        st = self.stats.get(wid)
+        if st is None:
+            st = self.stats[wid] = WorkerStats()
+        return st
+
+    def queue(self, wid):
+        q = self.queues.get(wid)
+        if q is None:
+            q = self.queues[wid] = asyncio.PriorityQueue()
+        return q
+
+    def purge_expired(self):
+        """MemoryStorage drops expired records on the next authenticated
+        request (section 2.3); their task queues stay."""
+        now = time.monotonic()
+        for wid in [w for w, exp in self.ttl.items() if exp < now]:
+            self.ttl.pop(wid, None)
+            self.workers.pop(wid, None)
+
+    def live_workers(self):
+        now = time.monotonic()
+        return [(w, r) for w, r in self.workers.items() if self.ttl.get(w, 0) > now]
+
+    def auth(self, token, hint):
+        """Section 1.1 without mTLS/STS; returns the authenticated identity."""
+        if not token:
+            raise AuthError("Missing X-Worker-Token header or client certificate")
+        self.purge_expired()
+        if not hint:
+            if self.cfg.worker_token and token == self.cfg.worker_token:
+                return GLOBAL_ID
+            raise AuthError("Unauthorized: Invalid token or missing worker_id hint")
+        own = self.cfg.worker_tokens.get(hint)
+        if own is not None:
+            if token == own:
+                return hint
+            raise AuthError("Unauthorized: Invalid individual worker token")
+        if self.cfg.worker_token and token == self.cfg.worker_token:
+            return hint
+        raise AuthError("Unauthorized: No valid token found")
+
+    # ---- dispatch (section 3.1) --------------------------------------------
+    def select_worker(self, ttype, params):
+        idle = [r for _, r in self.live_workers() if r.get("status", "idle") == "idle"]
+        cands = [r for r in idle if ttype in r.get("hot_skills", [])]
+        model = params.get("model_name") if isinstance(params, dict) else None
+        if not cands and model:
+            cands = [r for r in idle if ttype in r.get("supported_skills", []) and model in r.get("hot_cache", [])]
+        if not cands:
+            cands = [r for r in idle if ttype in r.get("supported_skills", [])]
+        if not cands:
+            raise RuntimeError(f"No suitable workers for task type '{ttype}'")
+        pool = ([r for r in cands if ttype in r.get("hot_skills", [])]
+                or [r for r in cands if ttype in r.get("hot_cache", [])] or cands)
+        low = min(r.get("cost", float("inf")) for r in pool)
+        chosen = random.choice([r for r in pool if r.get("cost", float("inf")) == low])
+        wid = chosen.get("worker_id")
+        if not wid:
+            raise RuntimeError(f"Selected worker for task '{ttype}' has no worker_id")
+        return wid
+
+    def enqueue(self, job, wid, task_info):
+        payload = {"job_id": job.id, "task_id": job.id, "type": task_info["type"],
+                   "params": task_info["params"], "tracing_context": {},
+                   "params_metadata": job.rec.get("data_metadata")}
+        self.seq += 1
+        self.queue(wid).put_nowait((-float(task_info.get("priority") or 0), self.seq, payload))
+        rec = self.workers.get(wid)
+        if rec is not None:
+            rec["load"] = rec.get("load", 0) + 1
+        job.rec["current_task_id"] = job.id
+        job.rec["task_worker_id"] = wid
+
+    def dispatch(self, job, task_info):
+        wid = job.opts.get("worker_id") or self.select_worker(task_info["type"], task_info["params"])
+        self.enqueue(job, wid, task_info)
+
+    def step_params(self, job, idx):
+        spec = job.steps[idx]
+        if spec.get("build") == "filters":
+            return {"image_url": job.rec["state_history"].get("resized_url"), "filters": spec.get("filters")}
+        if spec.get("params") is not None:
+            return spec["params"]
+        return {**(job.params or {}), **job.rec["state_history"]}
+
+    def run_step(self, job, idx):
+        """The executor running a state whose handler calls dispatch_task."""
+        rec, now = job.rec, time.monotonic()
+        job.step = idx
+        job.params = self.step_params(job, idx)
+        nxt = job.state_name(idx + 1) if idx + 1 < len(job.steps) else "finished"
+        transitions = {"success": nxt, "failure": "failed", **(job.opts.get("transitions") or {})}
+        o = job.opts
+        job.task_info = {"type": job.steps[idx]["type"], "params": job.params, "transitions": transitions,
+                         "priority": float(o.get("priority") or 0),
+                         "timeout_seconds": o.get("timeout_seconds"),
+                         "dispatch_timeout_seconds": o.get("dispatch_timeout_seconds"),
+                         "result_timeout_seconds": o.get("result_timeout_seconds")}
+        dd = now + o["dispatch_timeout_seconds"] if o.get("dispatch_timeout_seconds") is not None else None
+        rd = now + o["result_timeout_seconds"] if o.get("result_timeout_seconds") is not None else None
+        rec.update(current_state=job.state_name(idx), status="waiting_for_worker", task_dispatched_at=now,
+                   current_task_transitions=transitions, dispatch_deadline=dd, result_deadline=rd,
+                   execution_timeout_seconds=o.get("timeout_seconds"))
+        deadlines = [d for d in (dd, rd) if d is not None]
+        self.watch[job.id] = min(deadlines) if deadlines else now + (o.get("timeout_seconds") or self.cfg.task_timeout)
+        try:
+            self.dispatch(job, job.task_info)
+        except Exception as e:
+            self.handler_failed(job, e)
+
+    def handler_failed(self, job, err):
+        """The executor retries a failing handler JOB_MAX_RETRIES times without
+        delay, then quarantines the job with str(error) (section 3.1)."""
+        if self.cfg.queue_when_no_worker and str(err).startswith("No suitable workers"):
+            job.rec["status"] = "waiting_for_worker"
+            job.rec["error_message"] = None
+            self.pending.append(job)
+            return
+        self.watch.pop(job.id, None)
+        job.rec.update(retry_count=self.cfg.max_retries, status="quarantined", error_message=str(err))
+        log.info("job %s quarantined: %s", job.id, err)
+
+    def retry_pending(self):
+        parked, self.pending = self.pending, []
+        for job in parked:
+            if job.rec.get("status") != "waiting_for_worker":
+                continue
+            try:
+                self.dispatch(job, job.task_info)
+            except RuntimeError:
+                self.pending.append(job)
+
+    def create_job(self, steps, opts, blueprint, initial_data):
+        job_id = str(uuid.uuid4())
+        rec = {"id": job_id, "blueprint_name": blueprint, "current_state": "start",
+               "initial_data": initial_data, "state_history": {}, "status": "pending",
+               "retry_count": 0, "error_message": None, "progress": None, "progress_message": None,
+               "task_worker_id": None, "current_task_id": None, "results": []}
+        job = Job(job_id, rec, steps, opts)
+        self.jobs[job_id] = job
+        self.run_step(job, 0)
+        return job
+
+    def finish_transition(self, job, next_state):
+        """A result moved the job to next_state: an end state or a next step."""
+        idx = next((i for i in range(len(job.steps)) if job.state_name(i) == next_state and i > 0), None)
+        if idx is not None:
+            job.rec["current_state"] = next_state
+            job.rec["status"] = "running"
+            self.run_step(job, idx)
+            return
+        job.rec["current_state"] = next_state
+        job.rec["status"] = "failed" if next_state == "failed" else "finished"
+
+    def task_failure(self, job, message):
+        """engine.handle_task_failure: retry the SAME task id at once, or
+        quarantine after JOB_MAX_RETRIES retries (section 3.2)."""
+        rec = job.rec
+        rc = rec.get("retry_count", 0)
+        if rc >= self.cfg.max_retries:
+            rec["status"] = "quarantined"
+            rec["error_message"] = f"Task failed after {self.cfg.max_retries + 1} attempts: {message}"
+            return
+        rec["retry_count"] = rc + 1
+        now = time.monotonic()
+        deadlines = [d for d in (rec.get("dispatch_deadline"), rec.get("result_deadline")) if d is not None]
+        timeout = job.task_info.get("timeout_seconds") or self.cfg.task_timeout
+        rec["status"] = "waiting_for_worker"
+        rec["task_dispatched_at"] = now
+        self.watch[job.id] = min(deadlines) if deadlines else now + timeout
+        self.dispatch(job, job.task_info)     # may raise: the result then answers 500
+
+    async def cancel_job(self, job_id):
+        job = self.jobs.get(job_id)
+        if job is None or job.rec.get("status") in TERMINAL:
+            return False
+        job.rec["status"] = "cancelled"
+        wid = job.rec.get("task_worker_id")
+        if job in self.pending:
+            self.pending.remove(job)
+        if wid:
+            info = self.workers.get(wid)
+            if info and (info.get("capabilities") or {}).get("websockets"):
+                cmd = {"command": "cancel_task", "task_id": job.rec.get("current_task_id"), "job_id": job_id}
+                await self.ws_send(wid, cmd)
+        return True
+
+    async def ws_send(self, wid, obj):
+        ws = self.ws.get(wid)
+        if ws is None or ws.closed:
+            log.warning("Cannot send command: No active WebSocket connection for worker %s.", wid)
+            return False
+        try:
+            await ws.send_str(json.dumps(obj) if not isinstance(obj, str) else obj)
+        except Exception as e:
+            log.error("Failed to send command to worker %s: %s", wid, e)
+            return False
+        self.log_entry("WS-SEND", "/_worker/ws/" + wid, wid, None, obj)
+        return True
+
+    # ---- the watcher (section 3.3) -------------------------------------------
+    async def watcher(self):
+        while True:
+            await asyncio.sleep(self.cfg.watcher_interval)
+            now = time.monotonic()
+            for jid in [j for j, t in self.watch.items() if t <= now]:
+                self.watch.pop(jid, None)
+                job = self.jobs.get(jid)
+                if job is not None:
+                    try:
+                        self.job_timeout(job, now)
+                    except Exception as e:
+                        log.error("timeout handling of job %s failed: %s", jid, e)
+
+    def job_timeout(self, job, now):
+        rec = job.rec
+        if rec.get("status") in TERMINAL:
+            return
+        dd, rd = rec.get("dispatch_deadline"), rec.get("result_deadline")
+        if rec.get("task_picked_up_at") is not None:
+            self.task_failure(job, "Worker task timed out: execution/result deadline reached.")
+            return
+        msg = "Worker task timed out."
+        if dd and now >= dd:
+            msg = "Worker task timed out while waiting in queue (dispatch timeout)."
+        elif rd and now >= rd:
+            msg = "Worker task timed out: result deadline reached before pickup."
+        rec["status"] = "failed"
+        rec["error_message"] = msg
+
+    # ---- request log ---------------------------------------------------------
+    def log_entry(self, method, path, wid, status, body, headers=None, resp=None, resp_headers=None):
+        if not self.cfg.log_requests:
+            return
+        self.reqlog.append({"t": round(time.monotonic() - self.t0, 6), "method": method, "path": path,
+                            "kind": "ws", "worker_id": wid, "status": status, "body": body, "headers": headers or {},
+                            "resp": resp, "resp_headers": resp_headers or {}})
+
+    def count(self, name, n=1):
+        self.counters[name] = self.counters.get(name, 0) + n
+
+
+# --------------------------------------------------------------------------
+# Worker endpoints (section 2)
+# --------------------------------------------------------------------------
+def orch_of(request):
+    return request.app["orch"]
+
+
+def auth_or_raise(o, request, hint):
+    try:
+        return o.auth(request.headers.get("X-Worker-Token"), hint)
+    except AuthError as e:
+        raise web.HTTPUnauthorized(text=str(e)) from e
+
+
+def body_hint(payload):
+    if isinstance(payload, dict) and "worker_id" in payload:
+        return payload["worker_id"]
+    return None
+
+
+def rxon_endpoint(fn):
+    """The RXON listener's envelope: HTTPException keeps its status with
+    {"error": text}; anything else is 500 {"error": str(e)}."""
+    async def wrapper(request):
+        try:
+            return await fn(request)
+        except web.HTTPException as e:
+            return worker_json({"error": e.text or str(e)}, status=e.status)
+        except Exception as e:
+            return worker_json({"error": str(e)}, status=500)
+    return wrapper
+
+
+@rxon_endpoint
+async def h_register(request):
+    o = orch_of(request)
+    payload = await request.json(loads=json.loads)
+    auth_or_raise(o, request, body_hint(payload))
+    version = request.headers.get(VERSION_HEADER)
+    warning = None
+    if version and version != PROTOCOL_VERSION:
+        warning = f"Protocol version mismatch! Orchestrator: {PROTOCOL_VERSION}, Worker: {version}."
+    wid = payload.get("worker_id")
+    if not wid:
+        raise ValueError("Missing required field: worker_id")
+    if not isinstance(wid, str) or not ID_RE.match(wid):
+        raise ValueError(f"Invalid worker_id: '{wid}'. Must be alphanumeric, underscores, or hyphens only.")
+    payload.setdefault("reputation", 1.0)
+    o.workers[wid] = payload
+    o.ttl[wid] = time.monotonic() + o.cfg.worker_ttl
+    o.queue(wid)
+    o.count("register")
+    if o.pending:
+        o.retry_pending()
+    return worker_json({"status": "registered", "version": PROTOCOL_VERSION, "warning": warning})
+
+
+@rxon_endpoint
+async def h_poll(request):
+    o = orch_of(request)
+    wid = request.match_info["worker_id"]
+    ident = auth_or_raise(o, request, wid)
+    st = o.wstats(ident)
+    st.poll_begin()
+    o.count("poll")
+    try:
+        try:
+            _, _, task = await asyncio.wait_for(o.queue(ident).get(), timeout=o.cfg.poll_timeout)
+        except asyncio.TimeoutError:
+            return web.Response(status=204)
+    finally:
+        st.polls_now -= 1
+    mark_picked_up(o, task)
+    st.handout(task["task_id"], task["type"])
+    return worker_json(task)
+
+
+def has_body(request):
+    """request.can_read_body as the handler would have seen it (the log
+    middleware may have read the body already)."""
+    return request.get("had_body", request.can_read_body)
+
+
+def mark_picked_up(o, task):
+    """Pick-up side effects as the patched MemoryStorage has them (2.2, 3.3)."""
+    job = o.jobs.get(task.get("job_id"))
+    if job is None:
+        return
+    now = time.monotonic()
+    rec = job.rec
+    rec["task_picked_up_at"] = now
+    rd = rec.get("result_deadline")
+    o.watch[job.id] = rd if rd is not None else now + (rec.get("execution_timeout_seconds") or o.cfg.task_timeout)
+
+
+@rxon_endpoint
+async def h_heartbeat(request):
+    o = orch_of(request)
+    wid = request.match_info["worker_id"]
+    payload = None
+    if has_body(request):
+        payload = await request.json(loads=json.loads)
+    ident = auth_or_raise(o, request, wid)
+    o.count("heartbeat")
+    ttl = o.cfg.worker_ttl
+    if not payload:
+        if ident in o.workers:
+            o.ttl[ident] = time.monotonic() + ttl
+            return worker_json({"status": "ttl_refreshed"})
+        return worker_json(None)
+    resp = {"status": "ok"}
+    rec = o.workers.get(ident)
+    if rec is None:
+        return worker_json(resp)
+    rec.update(payload)
+    o.ttl[ident] = time.monotonic() + ttl
+    current = payload.get("current_tasks", [])
+    if current:
+        cancel = []
+        for tid in current:
+            job = o.jobs.get(tid)
+            if job is None or job.rec.get("status") in TERMINAL | {"cancelled"}:
+                cancel.append(tid)
+        if cancel:
+            resp["cancel_task_ids"] = cancel
+    if o.pending and rec.get("status", "idle") == "idle":
+        o.retry_pending()
+    return worker_json(resp)
+
+
+@rxon_endpoint
+async def h_result(request):
+    o = orch_of(request)
+    payload = await request.json(loads=json.loads)
+    ident = auth_or_raise(o, request, body_hint(payload))
+    o.count("result")
+    pw = payload.get("worker_id")
+    task_id = payload.get("task_id")
+    st = o.stats.get(pw if isinstance(pw, str) else ident)
+    if st is not None and st.answered(task_id):
+        st.results += 1
+    else:
+        for other in o.stats.values():
+            if other.answered(task_id):
+                other.results += 1
+                break
+    job_id = payload.get("job_id")
+    if not job_id or not task_id:
+        raise ValueError("job_id and task_id are required")
+    return worker_json(apply_result(o, payload, job_id, task_id))
+
+
+def apply_result(o, payload, job_id, task_id):
+    """worker_service.process_task_result for non-parallel tasks (2.4)."""
+    job = o.jobs.get(job_id)
+    if job is None:
+        return {"status": "ignored", "reason": "job_not_found",
+                "message": f"Job {job_id} not found (expired or deleted)."}
+    rec = job.rec
+    if o.cfg.keep_results:
+        rec["results"].append(payload)
+    cur = rec.get("current_task_id")
+    if cur and cur != task_id:
+        return {"status": "ignored", "reason": "stale_task",
+                "message": f"Result ignored: task_id {task_id} is no longer active for job {job_id}."}
+    status = rec.get("status")
+    if status in TERMINAL:
+        reason = "deadline_exceeded" if "timeout" in (rec.get("error_message") or "").lower() \
+            else "job_already_terminated"
+        return {"status": "ignored", "reason": reason,
+                "message": f"Result ignored: the job is already in a terminal state ({status})."}
+    o.watch.pop(job_id, None)
+    rstatus = payload.get("status", "success")
+    if rstatus == "failure":
+        route_failure(o, job, payload.get("error", {}))
+        return {"status": "accepted", "transition": "failure_handled"}
+    if rstatus == "cancelled":
+        rec["status"] = "cancelled"
+        nxt = (rec.get("current_task_transitions") or {}).get("cancelled")
+        if nxt:
+            o.finish_transition(job, nxt)
+        return {"status": "accepted", "transition": "cancelled_handled"}
+    nxt = (rec.get("current_task_transitions") or {}).get(rstatus)
+    if not nxt:
+        rec["status"] = "failed"
+        rec["error_message"] = f"Worker returned unhandled status: {rstatus}"
+        return {"status": "accepted", "transition": "unhandled_status_failure"}
+    data = payload.get("data")
+    if data and isinstance(data, dict):
+        rec.setdefault("state_history", {}).update(data)
+    meta = payload.get("data_metadata")
+    if meta:
+        rec.setdefault("data_metadata", {}).update(meta)
+    o.finish_transition(job, nxt)
+    return {"status": "accepted", "transition": "success_transition"}
+
+
+def route_failure(o, job, err):
+    """Section 3.2: only error.code decides."""
+    code, message = "TRANSIENT_ERROR", "No error details provided."
+    if isinstance(err, dict):
+        code = err.get("code", "TRANSIENT_ERROR")
+        message = err.get("message", "No error message provided.")
+    elif isinstance(err, str):
+        message = err
+    rec = job.rec
+    if code in PERMANENT_CODES:
+        rec["status"] = "quarantined"
+        rec["error_message"] = f"Task failed with permanent error ({code}): {message}"
+    elif code == "INVALID_INPUT_ERROR":
+        rec["status"] = "failed"
+        rec["error_message"] = f"Task failed due to invalid input: {message}"
+    elif code == "INTEGRITY_MISMATCH_ERROR":
+        rec["status"] = "failed"
+        rec["error_message"] = f"Task failed due to data integrity mismatch: {message}"
+    else:
+        o.task_failure(job, message)
+
+
+@rxon_endpoint
+async def h_sts(request):
+    """Without TLS there is never a certificate: 403 after auth (2.5)."""
+    o = orch_of(request)
+    auth_or_raise(o, request, None)
+    raise web.HTTPForbidden(text="Unauthorized: mTLS certificate required to issue access token.")
+
+
+async def h_ws(request):
+    """Section 2.6: the handshake completes before auth; a failure writes a
+    raw HTTP 401 into the upgraded stream and closes (1.1)."""
+    o = orch_of(request)
+    hint = request.match_info.get("worker_id")
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    try:
+        ident = o.auth(request.headers.get("X-Worker-Token"), hint)
+    except AuthError as e:
+        body = str(e).encode()
+        request.transport.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                                b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        request.transport.close()
+        o.log_entry("WS-AUTH", request.path, hint, 401, None, resp=str(e))
+        return ws
+    async with o.ws_lock:
+        old = o.ws.get(ident)
+        if old is not None:
+            await old.close(code=1008, message=b"New connection established")
+        o.ws[ident] = ws
+    o.count("ws_connect")
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                ws_text(o, ident, request.path, msg.data)
+            elif msg.type == WSMsgType.ERROR:
+                break
+    finally:
+        await ws_unregister(o, ident, ws)
+    return ws
+
+
+async def ws_unregister(o, ident, ws):
+    """ws_manager.unregister deletes whatever socket is registered under the
+    id. When a new socket replaces an old one, the old handler's unregister
+    waits for the lock the registration holds and then removes the NEW
+    socket: afterwards no command reaches the worker until it reconnects
+    [code: O:ws_manager.py register/unregister, O:engine.py:241-258; not run
+    live]. `ws_unregister_quirk: false` only removes the handler's own socket."""
+    async with o.ws_lock:
+        if o.ws.get(ident) is ws or (o.cfg.ws_unregister_quirk and ident in o.ws):
+            del o.ws[ident]
+
+
+def ws_text(o, ident, path, text):
+    try:
+        data = json.loads(text)
+    except ValueError:
+        log.error("Error processing WebSocket message from %s: not JSON", ident)
+        o.log_entry("WS-RECV", path, ident, None, None, resp=text)
+        return
+    o.log_entry("WS-RECV", path, ident, None, data)
+    if not isinstance(data, dict) or data.get("event") != "progress_update":
+        return
+    job = o.jobs.get(data.get("job_id"))
+    o.count("progress")
+    if job is not None:
+        job.rec["progress"] = data.get("progress", 0)
+        job.rec["progress_message"] = data.get("message", "")
+
+
+# --------------------------------------------------------------------------
+# Client API (/api/v1)
+# --------------------------------------------------------------------------
+def client_auth(request):
+    want = orch_of(request).cfg.client_token
+    if want is None:
+        return None
+    got = request.headers.get("X-Client-Token")
+    if not got:
+        return api_json({"error": "Missing X-Client-Token header"}, status=401)
+    if got != want:
+        return api_json({"error": "Unauthorized: Invalid token"}, status=401)
+    return None
+
+
+async def read_api_body(request):
+    try:
+        body = await request.json(loads=json.loads)
+    except Exception:
+        return None, api_json({"error": "Invalid JSON body"}, status=400)
+    if not isinstance(body, dict):
+        return None, api_json({"error": "Invalid JSON body"}, status=400)
+    return body, None
+
+
+async def api_create_job(request):
+    """POST /api/v1/jobs {"type", "params", "priority"?, "timeout_seconds"?,
+    "dispatch_timeout_seconds"?, "result_timeout_seconds"?, "pipeline"?: [type2, ...],
+    "transitions"?: {status: state}, "worker_id"?: queue directly for this id}."""
+    o = orch_of(request)
+    denied = client_auth(request)
+    if denied is not None:
+        return denied
+    body, err = await read_api_body(request)
+    if err:
+        return err
+    ttype, params = body.get("type"), body.get("params", {})
+    if not isinstance(ttype, str) or not isinstance(params, dict):
+        return api_json({"error": "type (string) and params (object) are required"}, status=400)
+    steps = [{"type": ttype, "params": params}]
+    steps += [{"type": t, "params": None, "state": "step%d_%s" % (i + 1, t)}
+              for i, t in enumerate(body.get("pipeline") or [])]
+    opts = {k: body.get(k) for k in ("priority", "timeout_seconds", "dispatch_timeout_seconds",
+                                     "result_timeout_seconds", "transitions", "worker_id")}
+    job = o.create_job(steps, opts, "fake:" + ttype, body)
+    return api_json({"status": "accepted", "job_id": job.id}, status=202)
+
+
+async def api_blueprint(request):
+    """POST /api/v1/jobs/{name} {"initial_data": {...}}: the harness blueprints."""
+    o = orch_of(request)
+    denied = client_auth(request)
+    if denied is not None:
+        return denied
+    name = request.match_info["name"]
+    if name not in BLUEPRINTS and name != "process-image":
+        raise web.HTTPNotFound()
+    body, err = await read_api_body(request)
+    if err:
+        return err
+    d = body.get("initial_data", body)
+    try:
+        steps, opts = blueprint_job(name, d if isinstance(d, dict) else {})
+    except ValueError as e:
+        return api_json({"error": str(e)}, status=400)
+    job = o.create_job(steps, opts, name.replace("-", "_"), d)
+    return api_json({"status": "accepted", "job_id": job.id}, status=202)
+
+
+async def api_get_job(request):
+    denied = client_auth(request)
+    if denied is not None:
+        return denied
+    job = orch_of(request).jobs.get(request.match_info["job_id"])
+    if job is None:
+        return api_json({"error": "Job not found"}, status=404)
+    return api_json(job.rec)
+
+
+async def api_list_jobs(request):
+    denied = client_auth(request)
+    if denied is not None:
+        return denied
+    recs = [j.rec for j in orch_of(request).jobs.values()]
+    counts = {}
+    for r in recs:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return api_json({"jobs": recs, "counts": counts})
+
+
+async def api_cancel(request):
+    denied = client_auth(request)
+    if denied is not None:
+        return denied
+    if not await orch_of(request).cancel_job(request.match_info["job_id"]):
+        return api_json({"error": "Job not found or already terminal."}, status=404)
+    return api_json({"status": "cancellation_request_accepted"})
+
+
+async def api_workers(request):
+    denied = client_auth(request)
+    if denied is not None:
+        return denied
+    return api_json([r for _, r in orch_of(request).live_workers()])
+
+
+async def public_status(_request):
+    return api_json({"status": "ok"})
+
+
+# --------------------------------------------------------------------------
+# Test control (/_test)
+# --------------------------------------------------------------------------
+async def t_reset(request):
+    o = orch_of(request)
+    for ws in list(o.ws.values()):
+        await ws.close(code=1001, message=b"Server shutdown")
+    o.ws.clear()
+    o.reset_state()
+    return api_json({"status": "reset"})
+
+
+async def t_fault(request):
+    """POST /_test/fault {"kind", "count"=1, "mode"="respond", "status", "body",
+    "raw", "headers", "delay", "process", "extra"}: see USAGE."""
+    o = orch_of(request)
+    f = await request.json()
+    kind = f.get("kind")
+    mode = f.setdefault("mode", "respond")
+    if kind not in FAULT_KINDS or mode not in ("respond", "malformed", "truncate", "slow", "drop"):
+        return api_json({"error": "bad kind or mode"}, status=400)
+    f["count"] = int(f.get("count", 1))
+    o.faults[kind].append(f)
+    return api_json({"status": "ok", "queued": len(o.faults[kind])})
+
+
+async def t_faults(request):
+    o = orch_of(request)
+    if request.method == "DELETE":
+        o.faults = {k: [] for k in FAULT_KINDS}
+    return api_json(o.faults)
+
+
+async def t_expire(request):
+    o = orch_of(request)
+    wid = (await request.json()).get("worker_id")
+    known = wid in o.workers
+    o.ttl[wid] = time.monotonic() - 1
+    o.purge_expired()
+    return api_json({"status": "expired", "was_registered": known})
+
+
+async def t_config(request):
+    o = orch_of(request)
+    if request.method == "POST":
+        try:
+            o.cfg.update(await request.json())
+        except (ValueError, TypeError) as e:
+            return api_json({"error": str(e)}, status=400)
+    return api_json(o.cfg.snapshot())
+
+
+async def t_log(request):
+    o = orch_of(request)
+    since = int(request.query.get("since", 0))
+    path = request.query.get("path")
+    rows = o.reqlog[since:]
+    if path:
+        rows = [r for r in rows if path in r["path"]]
+    return api_json(rows)
+
+
+async def t_stats(request):
+    o = orch_of(request)
+    jobs = {}
+    for j in o.jobs.values():
+        jobs[j.rec["status"]] = jobs.get(j.rec["status"], 0) + 1
+    return api_json({"workers": {w: s.as_dict() for w, s in o.stats.items()}, "counters": o.counters,
+                     "jobs": jobs, "queued": {w: q.qsize() for w, q in o.queues.items() if q.qsize()},
+                     "ws_connected": sorted(w for w, s in o.ws.items() if not s.closed),
+                     "pending": len(o.pending)})
+
+
+async def t_prequeue(request):
+    """POST /_test/prequeue {"worker_id", "type", "params"?, "count"?=1,
+    "priority"?, "timeout_seconds"?}: jobs queued straight onto that worker's
+    queue (registered or not), as dispatch would have done earlier."""
+    o = orch_of(request)
+    b = await request.json()
+    ids = []
+    for _ in range(int(b.get("count", 1))):
+        opts = {"priority": b.get("priority"), "timeout_seconds": b.get("timeout_seconds"),
+                "worker_id": b["worker_id"], "transitions": b.get("transitions")}
+        job = o.create_job([{"type": b["type"], "params": b.get("params") or {}}], opts, "fake:prequeue", b)
+        ids.append(job.id)
+    return api_json({"job_ids": ids})
+
+
+async def t_ws_send(request):
+    """POST /_test/ws/send {"worker_id", "message": object|string}."""
+    o = orch_of(request)
+    b = await request.json()
+    ok = await o.ws_send(b["worker_id"], b["message"])
+    return api_json({"sent": ok})
+
+
+async def t_ws_close(request):
+    """POST /_test/ws/close {"worker_id", "code"?=1001}."""
+    o = orch_of(request)
+    b = await request.json()
+    ws = o.ws.get(b["worker_id"])
+    if ws is None:
+        return api_json({"closed": False})
+    await ws.close(code=int(b.get("code", 1001)), message=b"closed by test")
+    return api_json({"closed": True})
+
+
+# --------------------------------------------------------------------------
+# Middlewares: request log -> faults -> compression -> rate limit -> version
+# --------------------------------------------------------------------------
+def route_kind(request):
+    p, m = request.path, request.method
+    if p.startswith("/_worker/"):
+        if p == "/_worker/workers/register":
+            return "register"
+        if p.endswith("/tasks/next"):
+            return "poll"
+        if p == "/_worker/tasks/result":
+            return "result"
+        if p.startswith("/_worker/ws"):
+            return "ws"
+        if p == "/_worker/auth/token":
+            return "sts"
+        if m == "PATCH":
+            return "heartbeat"
+        return "worker"
+    if p.startswith("/api/"):
+        return "api"
+    if p.startswith("/_test"):
+        return "test"
+    return "other"
+
+
+def parse_body(raw):
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace")
+
+
+@web.middleware
+async def mw_log(request, handler):
+    o = orch_of(request)
+    kind = route_kind(request)
+    if kind in ("test", "other", "api") or not o.cfg.log_requests:
+        return await handler(request)
+    request["had_body"] = request.can_read_body
+    raw = await request.read() if request["had_body"] else b""
+    body = parse_body(raw)
+    wid = request.match_info.get("worker_id") or (body.get("worker_id") if isinstance(body, dict) else None)
+    row = {"t": round(time.monotonic() - o.t0, 6), "method": request.method, "path": request.path,
+           "kind": kind, "worker_id": wid, "status": None, "body": body,
+           "headers": {h: request.headers[h] for h in LOGGED_HEADERS if h in request.headers},
+           "resp": None, "resp_headers": {}}
+    o.reqlog.append(row)
+    try:
+        resp = await handler(request)
+    except web.HTTPException as e:
+        row["status"] = e.status
+        raise
+    except asyncio.CancelledError:
+        row["status"] = "client_gone"
+        raise
+    row["status"] = request.get("fault_status", resp.status)
+    if isinstance(resp, web.Response) and resp.body is not None and "Content-Encoding" not in resp.headers:
+        row["resp"] = parse_body(resp.body) if isinstance(resp.body, bytes) else None
+    row["resp_headers"] = {h: resp.headers[h] for h in LOGGED_RESP_HEADERS if h in resp.headers}
+    return resp
+
+
+def take_fault(o, kind):
+    """The next queued fault for this kind of request; "any" matches every
+    worker endpoint (not the client API)."""
+    for k in (kind, "any"):
+        queue = o.faults.get(k)
+        if not queue or (k == "any" and kind == "api"):
+            continue
+        f = queue[0]
+        f["count"] -= 1
+        if f["count"] <= 0:
+            queue.pop(0)
+        return f
+    return None
+
+
+def fault_response(f):
+    status = f.get("status") or 200
+    headers = dict(f.get("headers") or {})
+    if "raw" in f:
+        body = f["raw"].encode()
+        headers.setdefault("Content-Type", "application/json; charset=utf-8")
+        return web.Response(status=status, body=body, headers=headers)
+    if f["mode"] == "malformed":
+        headers.setdefault("Content-Type", "application/json; charset=utf-8")
+        return web.Response(status=status, body=b'{"status": "acc', headers=headers)
+    if "body" not in f:
+        return web.Response(status=status, headers=headers)
+    return web.json_response(f["body"], status=status, headers=headers)
+
+
+def write_truncated(request, f):
+    body = (f.get("raw") or json.dumps(f.get("body", {"status": "ok"}))).encode()
+    part = body[: max(1, len(body) // 2)]
+    status = f.get("status") or 200
+    head = "HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\n" \
+           % (status, "OK" if status == 200 else "Fault", len(body) + int(f.get("extra", 100)))
+    for k, v in (f.get("headers") or {}).items():
+        head += "%s: %s\r\n" % (k, v)
+    request.transport.write(head.encode() + b"\r\n" + part)
+    request.transport.close()
+
+
+@web.middleware
+async def mw_fault(request, handler):
+    """Injected faults, consumed one request at a time (see USAGE)."""
+    o = orch_of(request)
+    kind = route_kind(request)
+    f = take_fault(o, kind) if kind not in ("test", "other") else None
+    if f is None:
+        return await handler(request)
+    o.count("fault_" + f["mode"])
+    if f.get("delay"):
+        await asyncio.sleep(float(f["delay"]))
+    if f["mode"] == "slow" and not f.get("status"):
+        return await handler(request)
+    if f.get("process"):
+        try:
+            await handler(request)
+        except web.HTTPException:
+            pass
+    if f["mode"] in ("drop", "truncate"):
+        if f["mode"] == "truncate":
+            write_truncated(request, f)
+        request.transport.close()
+        request["fault_status"] = f["mode"]
+        return web.Response(status=499)
+    request["fault_status"] = f.get("status") or 200
+    return fault_response(f)
+
+
+@web.middleware
+async def mw_compress(request, handler):
+    """gzip for bodies >= 500 bytes when Accept-Encoding allows (section 1);
+    the rebuilt response loses X-RXON-Version like the real one. zstd is not
+    offered: a client accepting only zstd gets identity."""
+    resp = await handler(request)
+    accept = request.headers.get("Accept-Encoding", "").lower()
+    if (isinstance(resp, web.WebSocketResponse) or "gzip" not in accept or not orch_of(request).cfg.gzip
+            or "Content-Encoding" in resp.headers or not isinstance(getattr(resp, "body", None), bytes)
+            or len(resp.body) < 500):
+        return resp
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=9) as g:
+        g.write(resp.body)
+    new = web.Response(body=buf.getvalue(), status=resp.status, reason=resp.reason,
+                       headers={"Content-Encoding": "gzip"})
+    if resp.content_type is not None:
+        new.content_type = resp.content_type
+    if resp.charset is not None:
+        new.charset = resp.charset
+    return new
+
+
+@web.middleware
+async def mw_ratelimit(request, handler):
+    """Optional simulation of the sliding limiter of section 1.3; with
+    `retry_after` set it also sends Retry-After (the real one never does)."""
+    o = orch_of(request)
+    rl = o.cfg.rate_limit
+    if not rl or route_kind(request) in ("test", "other"):
+        return await handler(request)
+    key = "%s:%s" % (request.match_info.get("worker_id") or request.remote, request.path)
+    limit = rl.get("poll_limit", 60) if "tasks/next" in request.path else rl.get("limit", 100)
+    now = time.monotonic()
+    ent = o.ratelimit.get(key)
+    if ent is None or ent[1] < now:
+        ent = o.ratelimit[key] = [0, 0]
+    ent[0] += 1
+    ent[1] = now + float(rl.get("period", 60))
+    if ent[0] > limit:
+        o.count("rate_limited")
+        headers = {"Retry-After": str(rl["retry_after"])} if rl.get("retry_after") is not None else None
+        return web.json_response({"error": "Too Many Requests"}, status=429, headers=headers)
+    return await handler(request)
+
+
+@web.middleware
+async def mw_version(request, handler):
+    resp = await handler(request)
+    resp.headers[VERSION_HEADER] = PROTOCOL_VERSION
+    return resp
+
+
+# --------------------------------------------------------------------------
+# Application and CLI
+# --------------------------------------------------------------------------
+def make_app(orch):
+    app = web.Application(middlewares=[mw_log, mw_fault, mw_compress, mw_ratelimit, mw_version])
+    app["orch"] = orch
+    r = app.router
+    r.add_post("/_worker/workers/register", h_register)
+    r.add_get("/_worker/workers/{worker_id}/tasks/next", h_poll)
+    r.add_post("/_worker/tasks/result", h_result)
+    r.add_patch("/_worker/workers/{worker_id}", h_heartbeat)
+    r.add_post("/_worker/auth/token", h_sts)
+    r.add_get("/_worker/ws", h_ws)
+    r.add_get("/_worker/ws/{worker_id}", h_ws)
+    r.add_post("/api/v1/jobs", api_create_job)
+    r.add_get("/api/v1/jobs", api_list_jobs)
+    r.add_get("/api/v1/jobs/{job_id}", api_get_job)
+    r.add_post("/api/v1/jobs/{job_id}/cancel", api_cancel)
+    r.add_post("/api/v1/jobs/{name}", api_blueprint)
+    r.add_get("/api/v1/workers", api_workers)
+    r.add_get("/_public/status", public_status)
+    r.add_post("/_test/reset", t_reset)
+    r.add_post("/_test/fault", t_fault)
+    r.add_route("*", "/_test/faults", t_faults)
+    r.add_post("/_test/expire", t_expire)
+    r.add_route("*", "/_test/config", t_config)
+    r.add_get("/_test/log", t_log)
+    r.add_get("/_test/stats", t_stats)
+    r.add_post("/_test/prequeue", t_prequeue)
+    r.add_post("/_test/ws/send", t_ws_send)
+    r.add_post("/_test/ws/close", t_ws_close)
+    return app
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="Protocol-faithful fake Avtomatika 1.0b13 orchestrator.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080, help="0 = an ephemeral port")
+    p.add_argument("--port-file", help="write the bound port here once listening")
+    p.add_argument("--worker-token", default=os.environ.get("AVT_WORKER_TOKEN", "worker-token"))
+    p.add_argument("--workers-toml", default=os.environ.get("AVT_WORKERS_TOML"),
+                   help="individual tokens: a workers.toml path or its text")
+    p.add_argument("--client-token", default=None, help="require this X-Client-Token on /api/v1")
+    p.add_argument("--poll-timeout", type=float, default=30.0, help="long-poll hold, s")
+    p.add_argument("--worker-ttl", type=float, default=120.0)
+    p.add_argument("--max-retries", type=int, default=3)
+    p.add_argument("--task-timeout", type=float, default=300.0)
+    p.add_argument("--watcher-interval", type=float, default=1.0)
+    p.add_argument("--queue-when-no-worker", action="store_true")
+    p.add_argument("--fast", action="store_true", help="no request log, no result bodies kept")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+async def serve(args):
+    orch = FakeOrch(Settings(args))
+    app = make_app(orch)
+
+    async def close_sockets(_app):
+        for ws in list(orch.ws.values()):
+            await ws.close(code=1001, message=b"Server shutdown")
+
+    app.on_shutdown.append(close_sockets)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port, shutdown_timeout=0.5, reuse_address=True)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    if args.port_file:
+        tmp = args.port_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("%d\n" % port)
+        os.replace(tmp, args.port_file)
+    log.warning("fakeorch listening on http://%s:%d (poll hold %.1fs, fast=%s)",
+                args.host, port, args.poll_timeout, args.fast)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.create_task(orch.watcher())
+    await stop.wait()
+    watcher.cancel()
+    await runner.cleanup()
+    log.warning("fakeorch stopped")
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    level = "WARNING" if args.fast and args.log_level == "INFO" else args.log_level
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s fakeorch %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("aiohttp").setLevel(logging.ERROR)
+    asyncio.run(serve(args))
+
+
+USAGE = """
+Control API (no auth; JSON in and out):
+
+POST /_test/reset                 forget workers, queues, jobs, faults, log, stats; close sockets (1001)
+POST /_test/fault {kind, ...}     the next `count` requests of `kind` (register, poll, heartbeat, result,
+                                  ws, sts, api, any) get a fault instead of (or after) normal handling:
+    mode "respond"  (default) answer `status` with JSON `body` (or `raw` text verbatim) and `headers`
+    mode "malformed" answer `status` (200) with a body that is not JSON
+    mode "truncate" declare Content-Length `extra` (100) bytes more than sent, send half, close
+    mode "slow"     sleep `delay` s, then handle normally (or answer `status` if given)
+    mode "drop"     close the connection without answering
+    `delay` s before any mode; `process: true` runs the real handler first (its side effects
+    happen, e.g. a result is applied) and then applies the fault to the answer.
+GET|DELETE /_test/faults          list / clear queued faults
+POST /_test/expire {worker_id}    the worker's TTL lapses now (record purged, queue kept)
+GET|POST /_test/config {...}      poll_timeout, worker_ttl, max_retries, task_timeout, watcher_interval,
+                                  queue_when_no_worker, log_requests, keep_results, ws_unregister_quirk,
+                                  client_token, worker_token, worker_tokens {id: token}, gzip,
+                                  rate_limit {limit, poll_limit, period, retry_after} | null
+GET /_test/log?since=N&path=S     request log rows {t, method, path, kind, worker_id, status, body,
+                                  headers, resp, resp_headers}; WebSocket frames as WS-RECV / WS-SEND
+GET /_test/stats                  per worker: polls, polls_outstanding, max_polls_outstanding,
+                                  polls_while_outstanding {N: polls}, handouts, outstanding(_by_type),
+                                  max_outstanding(_by_type), results; counters; jobs by status
+POST /_test/prequeue {worker_id, type, params, count, priority, timeout_seconds}
+POST /_test/ws/send {worker_id, message}   push any frame to a connected worker
+POST /_test/ws/close {worker_id, code}     close a worker's socket
+"""
+
+if __name__ == "__main__":
+    main()
