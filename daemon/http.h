@@ -55,9 +55,11 @@ void http_destroy(struct http *h);
 /*
  * Start a request. `headers` is a NULL-terminated array of "Name: value"
  * strings (copied; may be NULL). `body` (copied) with `len` bytes is sent
- * for POST/PATCH/PUT; body NULL sends none. `timeout` is the whole
- * transfer's limit in seconds (0 = none). Returns a handle usable with
- * http_cancel() until the callback has run.
+ * for POST/PATCH/PUT; body NULL sends none (POST/PATCH/PUT then send
+ * "Content-Length: 0"). `timeout` is the whole transfer's limit in seconds
+ * (0 = none). Returns a handle usable with http_cancel() until the callback
+ * has run; NULL (and no callback) only when called during http_destroy(),
+ * i.e. from a callback that it runs.
  */
 struct http_req *http_request(struct http *h, const char *method, const char *url,
                               const char *const *headers, const char *body, size_t len,
@@ -68,6 +70,10 @@ void http_cancel(struct http_req *req);
 
 /* Number of requests in flight (tests, metrics). */
 int http_pending(const struct http *h);
+
+/* Number of connections handed out by http_connect_only() whose owner has
+ * not closed them yet (tests, metrics). */
+int http_conn_count(const struct http *h);
 
 /*
  * Open a raw connection to the host and port of `url` (http:// or https://;
