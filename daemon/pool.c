@@ -78,7 +78,7 @@ struct pool {
     int nthreads;
     int stopping; /* guarded by mu */
 
-    struct task *qhead, *qtail; /* submitted, not started; guarded by mu */
+    struct task *qhead, *qtail;         /* submitted, not started; guarded by mu */
     struct pool_event *evhead, *evtail; /* guarded by mu */
 
     struct pool_type *types; /* guarded by mu */

@@ -38,9 +38,9 @@ struct runonce {
     struct pool *pool;
     struct task *task;
     const char *worker_id;
-    int tty;        /* stderr is a terminal: draw a live bar */
-    int bar_drawn;  /* a bar line is on screen without its newline */
-    int signals;    /* SIGINT/SIGTERM received */
+    int tty;       /* stderr is a terminal: draw a live bar */
+    int bar_drawn; /* a bar line is on screen without its newline */
+    int signals;   /* SIGINT/SIGTERM received */
     int exit_code;
     int done;
 };
@@ -97,8 +97,8 @@ static json_t *load_params(const char *arg)
     params = json_loads(arg, 0, &jerr);
     free(text);
     if (params == NULL) {
-        fprintf(stderr, "run-once: params: not a JSON object: %s (line %d, column %d)\n",
-                jerr.text, jerr.line, jerr.column);
+        fprintf(stderr, "run-once: params: not a JSON object: %s (line %d, column %d)\n", jerr.text,
+                jerr.line, jerr.column);
         return NULL;
     }
     if (!json_is_object(params)) {

@@ -28,12 +28,12 @@
 #include "pool.h"
 #include "util.h"
 
-#define ID_MAX 256          /* job_id, task_id */
-#define TYPE_MAX 128        /* task type */
-#define STATUS_MAX 128      /* custom result status */
-#define CODE_MAX 128        /* error code */
-#define MESSAGE_MAX 16384   /* error and progress messages */
-#define NAME_MAX_ 1024      /* hot-cache names */
+#define ID_MAX 256        /* job_id, task_id */
+#define TYPE_MAX 128      /* task type */
+#define STATUS_MAX 128    /* custom result status */
+#define CODE_MAX 128      /* error code */
+#define MESSAGE_MAX 16384 /* error and progress messages */
+#define NAME_MAX_ 1024    /* hot-cache names */
 #define PAYLOAD_MAX (64u << 20)
 
 static const char msg_not_object[] = "handler returned data that is not a JSON object";
@@ -197,7 +197,8 @@ static const char *get_str(json_t *root, const char *key, size_t max)
     json_t *v = json_object_get(root, key);
     const char *s = json_string_value(v);
 
-    if (s == NULL || *s == '\0' || json_string_length(v) > max || strlen(s) != json_string_length(v))
+    if (s == NULL || *s == '\0' || json_string_length(v) > max ||
+        strlen(s) != json_string_length(v))
         return NULL;
     return s;
 }
@@ -253,16 +254,17 @@ int task_parse(const char *buf, size_t len, struct task **out, char *err, size_t
     job_id = get_str(root, "job_id", ID_MAX);
     if (id == NULL || job_id == NULL) {
         json_decref(root);
-        return fmt_err(err, errlen, "task payload: %s is missing, not a string, empty or longer "
-                                    "than %d bytes",
+        return fmt_err(err, errlen,
+                       "task payload: %s is missing, not a string, empty or longer "
+                       "than %d bytes",
                        id == NULL ? "task_id" : "job_id", ID_MAX);
     }
     why = check_payload(root);
     if (why != NULL) {
         /* The ids are good: answer with a result instead of dropping it. */
         const char *type = json_string_value(json_object_get(root, "type"));
-        struct task *t = task_create(id, job_id, type != NULL && strlen(type) <= TYPE_MAX ? type : "",
-                                     NULL);
+        struct task *t =
+            task_create(id, job_id, type != NULL && strlen(type) <= TYPE_MAX ? type : "", NULL);
         task_set_failure(t, AVT_INVALID_INPUT_ERROR, "invalid task payload: %s", why);
         json_decref(root);
         *out = t;
@@ -359,10 +361,10 @@ json_t *task_result_json(const struct task *t, const char *worker_id)
     if (t->outcome == TASK_OUTCOME_FAILURE || t->outcome == TASK_OUTCOME_NONE) {
         json_decref(error);
         error = json_object();
-        json_object_set_new(error, "code", str_or_null(t->err_code ? t->err_code
-                                                                   : AVT_TRANSIENT_ERROR));
-        json_object_set_new(error, "message", str_or_null(t->err_msg ? t->err_msg
-                                                                     : "task has no outcome"));
+        json_object_set_new(error, "code",
+                            str_or_null(t->err_code ? t->err_code : AVT_TRANSIENT_ERROR));
+        json_object_set_new(error, "message",
+                            str_or_null(t->err_msg ? t->err_msg : "task has no outcome"));
     } else if (t->outcome == TASK_OUTCOME_SUCCESS && t->data != NULL) {
         json_decref(data);
         data = json_incref(t->data);

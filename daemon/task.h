@@ -61,7 +61,7 @@ struct task {
     struct pool *pool;     /* set by pool_submit() */
     void *origin;          /* the orchestrator connection it came from */
 
-    atomic_int cancel;    /* enum task_cancel; set by the loop, read by the handler */
+    atomic_int cancel;      /* enum task_cancel; set by the loop, read by the handler */
     atomic_int has_outcome; /* 0 until the first outcome call wins */
 
     /* Outcome: written once by the winner of has_outcome, read by the loop

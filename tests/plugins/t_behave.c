@@ -144,9 +144,8 @@ static int t_handle(void *state, struct avt_task *task)
     return avt_fail(task, AVT_PERMANENT_ERROR, "t_behave: unexpected type %s", type);
 }
 
-static const char *const t_types[] = {"t_no_outcome", "t_eio",   "t_fail",     "t_two",
-                                      "t_not_object", "t_custom", "t_progress", "t_block",
-                                      "t_conc",       "t_conc2",  "t_hot",      "t_stubborn",
-                                      NULL};
+static const char *const t_types[] = {
+    "t_no_outcome", "t_eio",  "t_fail",  "t_two", "t_not_object", "t_custom", "t_progress",
+    "t_block",      "t_conc", "t_conc2", "t_hot", "t_stubborn",   NULL};
 
 AVT_PLUGIN(.name = "t_behave", .version = "1.0", .task_types = t_types, .handle = t_handle);

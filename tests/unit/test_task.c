@@ -258,8 +258,9 @@ TEST(parse_survives_garbage)
 
 static int h_succeed(struct avt_task *task)
 {
-    return avt_succeed(task, json_pack("{s:s,s:i}", "echo", "x", "n",
-                                       (int)json_integer_value(json_object_get(task->params, "n"))));
+    return avt_succeed(task,
+                       json_pack("{s:s,s:i}", "echo", "x", "n",
+                                 (int)json_integer_value(json_object_get(task->params, "n"))));
 }
 
 TEST(result_success_exact_shape)
