@@ -264,7 +264,8 @@ static int parse_int(struct loader *ld, const char *where, const char *v, long m
                      int *out)
 {
     char *end;
-    if (!isdigit((unsigned char)v[0]) && !((v[0] == '-' || v[0] == '+') && isdigit((unsigned char)v[1])))
+    if (!isdigit((unsigned char)v[0]) &&
+        !((v[0] == '-' || v[0] == '+') && isdigit((unsigned char)v[1])))
         return fail(ld, where, "not an integer: \"%s\"", v);
     errno = 0;
     long n = strtol(v, &end, 10);
@@ -552,15 +553,16 @@ static struct cfg_limit *limit_get(struct cfg *cfg, const char *type)
 
 static int type_ok(const char *t, size_t n)
 {
-    static const char chars[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-";
+    static const char chars[] =
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-";
     return n > 0 && n <= TYPE_MAX_LEN && strspn(t, chars) >= n;
 }
 
 /* "TYPE = N" or "TYPE.timeout = SECONDS". */
 static int handle_limit(struct loader *ld, const char *name, const char *v, const char *where)
 {
-    static const struct key_def timeout_def = {"limits", "timeout", K_DOUBLE, 0, 0,
-                                               LIMIT_TIMEOUT_MAX, 0};
+    static const struct key_def timeout_def = {
+        .section = "limits", .name = "timeout", .kind = K_DOUBLE, .max = LIMIT_TIMEOUT_MAX};
     size_t n = strlen(name), sl = strlen(TIMEOUT_SUFFIX);
     int is_timeout = n >= sl && strcmp(name + n - sl, TIMEOUT_SUFFIX) == 0;
     size_t tl = is_timeout ? n - sl : n;
@@ -735,8 +737,8 @@ static int load_file(struct loader *ld, const char *path)
     }
     if (rc > 0 && (!ld->failed || rc < ld->err_line)) {
         fmt_err(ld->err, ld->errlen,
-                "%s:%d: syntax error (expected \"key = value\", \"[section]\" or a comment)",
-                path, rc);
+                "%s:%d: syntax error (expected \"key = value\", \"[section]\" or a comment)", path,
+                rc);
         ld->failed = 1;
     } else if (rc < 0 && !ld->failed) {
         fail(ld, path, "cannot parse (inih error %d)", rc);
@@ -820,8 +822,10 @@ static int read_token_file(struct loader *ld)
     if (len == 0)
         rc = fail(ld, where, "%s is empty", cfg->token_file);
     else if (strlen(t) != len || has_control(t))
-        rc = fail(ld, where, "%s contains a control character (only one trailing newline is "
-                             "stripped)", cfg->token_file);
+        rc = fail(ld, where,
+                  "%s contains a control character (only one trailing newline is "
+                  "stripped)",
+                  cfg->token_file);
     if (rc < 0) {
         free(t);
         return rc;
@@ -852,8 +856,9 @@ static int finalize(struct loader *ld)
         return -EINVAL;
     if (cfg->result_retry_initial_delay > cfg->retry_max_delay) {
         const char *where = ld->origin[ki_init] ? ld->origin[ki_init] : ld->origin[ki_max];
-        return fail(ld, where, "result_retry_initial_delay (%g) is larger than "
-                               "retry_max_delay (%g)",
+        return fail(ld, where,
+                    "result_retry_initial_delay (%g) is larger than "
+                    "retry_max_delay (%g)",
                     cfg->result_retry_initial_delay, cfg->retry_max_delay);
     }
     return 0;
@@ -1053,6 +1058,18 @@ static void dump_capabilities(const struct cfg *cfg, FILE *fp)
     }
 }
 
+/* Plugin keys are opaque here; a value whose key names a secret is masked
+ * like the token, so --check-config output can be pasted into a ticket. */
+static int key_is_secret(const char *key)
+{
+    static const char *const words[] = {"token", "secret", "password", "passwd", "credential"};
+    for (size_t i = 0; i < ARRAY_LEN(words); i++) {
+        if (strcasestr(key, words[i]) != NULL)
+            return 1;
+    }
+    return 0;
+}
+
 static void dump_plugins(const struct cfg *cfg, FILE *fp)
 {
     for (size_t i = 0; i < cfg->nplugin_keys; i++) {
@@ -1066,7 +1083,7 @@ static void dump_plugins(const struct cfg *cfg, FILE *fp)
         for (j = i; j < cfg->nplugin_keys; j++) {
             const struct cfg_plugin_key *k = &cfg->plugin_keys[j];
             if (strcmp(k->plugin, plugin) == 0)
-                fprintf(fp, "%s = %s\n", k->key, k->value);
+                fprintf(fp, "%s = %s\n", k->key, key_is_secret(k->key) ? "********" : k->value);
         }
     }
 }

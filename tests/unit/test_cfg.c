@@ -18,12 +18,32 @@
 #include "util.h"
 
 static const char *const env_vars[] = {
-    "ORCHESTRATOR_URL", "WORKER_ID", "WORKER_TYPE", "WORKER_INDIVIDUAL_TOKEN", "WORKER_TOKEN",
-    "WORKER_TOKEN_FILE", "MAX_CONCURRENT_TASKS", "CPU_CORES", "HEARTBEAT_INTERVAL",
-    "TASK_POLL_TIMEOUT", "WORKER_HEARTBEAT_DEBOUNCE_DELAY", "RESULT_RETRY_INITIAL_DELAY",
-    "BACKOFF_MAX_DELAY", "WORKER_SHUTDOWN_TIMEOUT", "WORKER_ENABLE_WEBSOCKETS", "GPU_MODEL",
-    "GPU_VRAM_GB", "INSTALLED_SOFTWARE", "INSTALLED_MODELS", "COST_PER_SKILL", "LOG_LEVEL",
-    "LOG_FORMAT", "STATE_DIRECTORY", "ADVERTISE_BUSY", "AVT_PLUGIN_DIR", "HOSTNAME_OVERRIDE",
+    "ORCHESTRATOR_URL",
+    "WORKER_ID",
+    "WORKER_TYPE",
+    "WORKER_INDIVIDUAL_TOKEN",
+    "WORKER_TOKEN",
+    "WORKER_TOKEN_FILE",
+    "MAX_CONCURRENT_TASKS",
+    "CPU_CORES",
+    "HEARTBEAT_INTERVAL",
+    "TASK_POLL_TIMEOUT",
+    "WORKER_HEARTBEAT_DEBOUNCE_DELAY",
+    "RESULT_RETRY_INITIAL_DELAY",
+    "BACKOFF_MAX_DELAY",
+    "WORKER_SHUTDOWN_TIMEOUT",
+    "WORKER_ENABLE_WEBSOCKETS",
+    "GPU_MODEL",
+    "GPU_VRAM_GB",
+    "INSTALLED_SOFTWARE",
+    "INSTALLED_MODELS",
+    "COST_PER_SKILL",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+    "STATE_DIRECTORY",
+    "ADVERTISE_BUSY",
+    "AVT_PLUGIN_DIR",
+    "HOSTNAME_OVERRIDE",
     "IP_ADDRESS",
 };
 
@@ -211,42 +231,41 @@ TEST(default_worker_id_sanitises_hostname)
     cfg_destroy(cfg);
 }
 
-static const char full_ini[] =
-    "# a comment\n"
-    "[worker]\n"
-    "id = w-1\n"
-    "type = gpu-worker\n"
-    "max_concurrent_tasks = 7 ; inline comment\n"
-    "cpu_cores = 3\n"
-    "plugin_dir = /opt/avt/plugins\n"
-    "state_dir = /srv/avt\n"
-    "shutdown_timeout = 12.5\n"
-    "advertise_busy = no\n"
-    "log_level = debug\n"
-    "log_format = json\n"
-    "hostname = box1\n"
-    "ip_address = 10.1.2.3\n"
-    "gpu_model = NVIDIA A100\n"
-    "gpu_vram_gb = 40\n"
-    "installed_software = {\"ffmpeg\": \"5.1\"}\n"
-    "installed_models = [{\"name\": \"m1\", \"version\": \"2\"}]\n"
-    "cost_per_skill = {\"echo\": 0.5, \"resize\": 2}\n"
-    "\n"
-    "[orchestrator]\n"
-    "url = https://orch.example.com:8443/base///\n"
-    "token = s3cret-token\n"
-    "poll_timeout = 20\n"
-    "heartbeat_interval = 5\n"
-    "heartbeat_debounce = 0\n"
-    "websockets = off\n"
-    "result_retry_initial_delay = 0.25\n"
-    "retry_max_delay = 30\n"
-    "probe_every = 2\n"
-    "\n"
-    "[capabilities]\n"
-    "region = eu\n"
-    "fast = true\n"
-    "tags = [\"a\", \"b\"]\n";
+static const char full_ini[] = "# a comment\n"
+                               "[worker]\n"
+                               "id = w-1\n"
+                               "type = gpu-worker\n"
+                               "max_concurrent_tasks = 7 ; inline comment\n"
+                               "cpu_cores = 3\n"
+                               "plugin_dir = /opt/avt/plugins\n"
+                               "state_dir = /srv/avt\n"
+                               "shutdown_timeout = 12.5\n"
+                               "advertise_busy = no\n"
+                               "log_level = debug\n"
+                               "log_format = json\n"
+                               "hostname = box1\n"
+                               "ip_address = 10.1.2.3\n"
+                               "gpu_model = NVIDIA A100\n"
+                               "gpu_vram_gb = 40\n"
+                               "installed_software = {\"ffmpeg\": \"5.1\"}\n"
+                               "installed_models = [{\"name\": \"m1\", \"version\": \"2\"}]\n"
+                               "cost_per_skill = {\"echo\": 0.5, \"resize\": 2}\n"
+                               "\n"
+                               "[orchestrator]\n"
+                               "url = https://orch.example.com:8443/base///\n"
+                               "token = s3cret-token\n"
+                               "poll_timeout = 20\n"
+                               "heartbeat_interval = 5\n"
+                               "heartbeat_debounce = 0\n"
+                               "websockets = off\n"
+                               "result_retry_initial_delay = 0.25\n"
+                               "retry_max_delay = 30\n"
+                               "probe_every = 2\n"
+                               "\n"
+                               "[capabilities]\n"
+                               "region = eu\n"
+                               "fast = true\n"
+                               "tags = [\"a\", \"b\"]\n";
 
 TEST(file_values)
 {
@@ -268,9 +287,8 @@ TEST(file_values)
     EXPECT_EQ_STR(cfg->gpu_model, "NVIDIA A100");
     EXPECT_EQ_INT(cfg->gpu_vram_gb, 40);
     EXPECT_EQ_STR(json_string_value(json_object_get(cfg->installed_software, "ffmpeg")), "5.1");
-    EXPECT_EQ_STR(json_string_value(json_object_get(json_array_get(cfg->installed_models, 0),
-                                                    "name")),
-                  "m1");
+    EXPECT_EQ_STR(
+        json_string_value(json_object_get(json_array_get(cfg->installed_models, 0), "name")), "m1");
     EXPECT(json_number_value(json_object_get(cfg->cost_per_skill, "resize")) == 2);
     EXPECT_EQ_STR(cfg->url, "https://orch.example.com:8443/base");
     EXPECT_EQ_STR(cfg->token, "s3cret-token");
@@ -312,9 +330,8 @@ TEST(env_overrides_file)
     EXPECT_EQ_INT(cfg->log_level, LOG_WARNING);
     EXPECT_EQ_STR(cfg->state_dir, "/var/lib/a");
     EXPECT_EQ_STR(cfg->plugin_dir, "/plugins");
-    EXPECT_EQ_STR(json_string_value(json_object_get(json_array_get(cfg->installed_models, 0),
-                                                    "name")),
-                  "x");
+    EXPECT_EQ_STR(
+        json_string_value(json_object_get(json_array_get(cfg->installed_models, 0), "name")), "x");
     EXPECT_EQ_STR(json_string_value(json_object_get(cfg->extra, "region")), "us");
     EXPECT(json_is_object(json_object_get(cfg->extra, "gpu_count")));
     EXPECT(json_is_true(json_object_get(cfg->extra, "fast"))); /* file value kept */
@@ -424,8 +441,10 @@ TEST(env_errors_name_the_variable)
                             "environment: WORKER_ENABLE_WEBSOCKETS: not a boolean"));
     EXPECT(expect_env_error("STATE_DIRECTORY", "rel:/abs", "environment: STATE_DIRECTORY: "));
     EXPECT(expect_env_error("WORKER_EXTRA_BAD.NAME", "x", "environment: WORKER_EXTRA_BAD.NAME: "));
-    EXPECT(expect_env_error("WORKER_EXTRA_J", "{nope", "environment: WORKER_EXTRA_J: invalid JSON"));
-    EXPECT(expect_env_error("GPU_MODEL", "bad\x01model", "environment: GPU_MODEL: contains a control"));
+    EXPECT(
+        expect_env_error("WORKER_EXTRA_J", "{nope", "environment: WORKER_EXTRA_J: invalid JSON"));
+    EXPECT(expect_env_error("GPU_MODEL", "bad\x01model",
+                            "environment: GPU_MODEL: contains a control"));
     EXPECT(expect_env_error("WORKER_TOKEN", "sec\nret", "environment: WORKER_TOKEN: "));
 }
 
@@ -607,14 +626,16 @@ TEST(dump_masks_token)
     clear_env();
     static const char secret[] = "Zq9-very-secret-token";
     char text[256];
-    snprintf(text, sizeof(text), "[orchestrator]\ntoken = %s\n[plugin.p]\nk = v\n", secret);
+    snprintf(text, sizeof(text),
+             "[orchestrator]\ntoken = %s\n[plugin.p]\nk = v\napi_Token = plugin-secret\n", secret);
     struct cfg *cfg = load_ok(ini(text));
     ASSERT(cfg != NULL);
     char *out = dump_to_string(cfg);
     EXPECT(strstr(out, secret) == NULL);
     EXPECT(strstr(out, "Zq9") == NULL);
     EXPECT_CONTAINS(out, "\ntoken = ********\n");
-    EXPECT_CONTAINS(out, "\n[plugin.p]\nk = v\n");
+    EXPECT_CONTAINS(out, "\n[plugin.p]\nk = v\napi_Token = ********\n");
+    EXPECT(strstr(out, "plugin-secret") == NULL);
     EXPECT_CONTAINS(out, "\n[limits]\n");
     free(out);
     cfg_destroy(cfg);
