@@ -170,7 +170,10 @@ static struct task *queue_pick(struct pool *pool)
 
     for (struct task *t = pool->qhead; t != NULL; prev = t, t = t->next) {
         struct pool_type *ty = type_of(pool, t);
-        if (!type_has_room(ty))
+        /* A task cancelled while it waited never runs its handler, so it
+         * need not wait for its type: it goes out at once, uncounted. */
+        int bypass = atomic_load(&t->cancel) != TASK_CANCEL_NONE;
+        if (!bypass && !type_has_room(ty))
             continue;
         if (prev != NULL)
             prev->next = t->next;
@@ -181,7 +184,10 @@ static struct task *queue_pick(struct pool *pool)
         t->next = NULL;
         if (ty != NULL) {
             ty->waiting--;
-            ty->running++;
+            if (bypass)
+                t->pool_type = -1; /* not counted as running its type */
+            else
+                ty->running++;
         }
         pool->waiting--;
         if (++pool->running > pool->max_running_seen)
@@ -396,6 +402,14 @@ void pool_post_hotcache(struct pool *pool, int add, const char *name)
     event_push(pool, ev);
     pthread_mutex_unlock(&pool->mu);
     pool->notify(pool->arg);
+}
+
+void pool_cancel(struct pool *pool, struct task *t, int reason)
+{
+    task_cancel(t, (enum task_cancel)reason);
+    pthread_mutex_lock(&pool->mu);
+    pthread_cond_broadcast(&pool->cv);
+    pthread_mutex_unlock(&pool->mu);
 }
 
 void pool_get_stats(struct pool *pool, struct pool_stats *st)

@@ -93,6 +93,13 @@ void pool_post_progress(struct pool *pool, struct task *t, double percent, const
 /* Any thread: a hot-cache change. */
 void pool_post_hotcache(struct pool *pool, int add, const char *name);
 
+/* Loop thread: task_cancel(t, reason) for a submitted task, and wake the
+ * workers so that a task cancelled while it waits for its type's limit is
+ * finished at once (without running its handler) instead of waiting for a
+ * task of its type to end. Prefer it over a bare task_cancel() for tasks
+ * the pool holds. */
+void pool_cancel(struct pool *pool, struct task *t, int reason);
+
 void pool_get_stats(struct pool *pool, struct pool_stats *st);
 /* Per-type figures of every type with a limit or a task seen; returns the
  * count written (at most n). */

@@ -110,12 +110,26 @@ static json_t *load_params(const char *arg)
     return params;
 }
 
+/* A plugin's message with control characters (which could move the cursor
+ * or end the bar's line) blanked; the caller frees it. */
+static char *printable(const char *message)
+{
+    char *s = xstrdup(message != NULL ? message : "");
+
+    for (char *p = s; *p != '\0'; p++) {
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = ' ';
+    }
+    return s;
+}
+
 static void show_progress(struct runonce *ro, double percent, const char *message)
 {
-    const char *msg = message != NULL ? message : "";
+    char *msg = printable(message);
 
     if (!ro->tty) {
         fprintf(stderr, "progress %.0f%%%s%s\n", percent, *msg ? " " : "", msg);
+        free(msg);
         return;
     }
     char bar[BAR_WIDTH + 1];
@@ -127,6 +141,7 @@ static void show_progress(struct runonce *ro, double percent, const char *messag
     fprintf(stderr, "\r[%s] %3.0f%% %s\033[K", bar, percent, msg);
     fflush(stderr);
     ro->bar_drawn = 1;
+    free(msg);
 }
 
 static void show_result(struct runonce *ro, struct task *t)

@@ -405,6 +405,45 @@ TEST(raising_a_limit_lets_a_waiting_task_start)
     pool_destroy(pool);
 }
 
+TEST(a_task_cancelled_while_waiting_finishes_at_once)
+{
+    struct pool *pool = new_pool(3);
+    struct task *waiting = new_task("gate", 1, 0);
+
+    ASSERT(pool != NULL);
+    EXPECT_EQ_INT(pool_submit(pool, new_task("gate", 0, 0)), 0);
+    EXPECT_EQ_INT(pool_submit(pool, waiting), 0);
+    EXPECT_EQ_INT(gate_wait_arrived(1), 0);
+    pool_cancel(pool, waiting, TASK_CANCEL_ORCHESTRATOR);
+    /* Its DONE comes while the first task still holds the type's slot. */
+    struct pool_event *ev = NULL;
+    while (ev == NULL && loop_wait() == 0)
+        ev = pool_take_events(pool);
+    ASSERT(ev != NULL);
+    EXPECT_EQ_INT(ev->kind, POOL_EV_DONE);
+    EXPECT(ev->task == waiting);
+    EXPECT_EQ_STR(ev->task->status, "cancelled");
+    EXPECT(ev->next == NULL);
+    task_destroy(ev->task);
+    pool_event_free(ev);
+    pool_release(pool);
+    struct pool_stats st;
+    pool_get_stats(pool, &st);
+    EXPECT_EQ_INT(st.running, 1);
+    EXPECT_EQ_INT(st.waiting, 0);
+    EXPECT_EQ_INT(pool_type_has_room(pool, "gate"), 0);
+    gate_set_open();
+    int done = 0;
+    while (done < 1 && loop_wait() == 0)
+        done += drain_events(pool, NULL, 0);
+    EXPECT_EQ_INT(done, 1);
+    pool_get_stats(pool, &st);
+    EXPECT_EQ_INT(st.running, 0);
+    EXPECT_EQ_INT(pool_type_has_room(pool, "gate"), 1);
+    EXPECT_EQ_INT(gate_arrived, 1);
+    pool_destroy(pool);
+}
+
 TEST(progress_is_coalesced_and_comes_before_done)
 {
     struct pool *pool = new_pool(2);

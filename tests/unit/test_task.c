@@ -254,6 +254,21 @@ TEST(parse_survives_garbage)
     }
 }
 
+TEST(parse_survives_deep_nesting_and_big_input)
+{
+    size_t depth = 200000;
+    char *buf = xmalloc(depth * 2 + 64);
+    char err[AVT_ERRLEN];
+    struct task *t = NULL;
+    int n = snprintf(buf, 64, "{\"job_id\":\"j\",\"task_id\":\"t\",\"params\":");
+    memset(buf + n, '[', depth);
+    memset(buf + n + depth, ']', depth);
+    buf[n + 2 * depth] = '}';
+    EXPECT_EQ_INT(task_parse(buf, (size_t)n + 2 * depth + 1, &t, err, sizeof(err)), -EINVAL);
+    EXPECT(t == NULL);
+    free(buf);
+}
+
 /* ---- Handlers and the outcome mapping --------------------------------- */
 
 static int h_succeed(struct avt_task *task)
