@@ -365,22 +365,23 @@ def raw_ws_handshake(o, path, token, timeout=5):
 
 @test
 def websocket_bad_token_101_then_401(t):
-    """Sections 1.1/2.6: 101, then a plain HTTP 401 inside the upgraded stream, then close."""
+    """Sections 1.1/2.6: 101, then a plain HTTP 401 inside the upgraded stream. Like the real
+    1.0b13 (checked live), the server then leaves the connection open."""
     with FakeOrch() as o:
-        out = raw_ws_handshake(o, "/_worker/ws/w1", "wrong")
+        out = raw_ws_handshake(o, "/_worker/ws/w1", "wrong", timeout=1)
         check(out.startswith(b"HTTP/1.1 101 Switching Protocols\r\n"), out)
         tail = out.split(b"\r\n\r\n", 1)[1]
-        check(tail.startswith(b"HTTP/1.1 401 Unauthorized\r\n"), out)
-        check(tail.endswith(b"\r\n\r\nUnauthorized: No valid token found"), out)
-        out = raw_ws_handshake(o, "/_worker/ws", "wrong")
-        check(out.endswith(b"Unauthorized: Invalid token or missing worker_id hint"), out)
+        check(tail.startswith(b"HTTP/1.1 401 Unauthorized\r\nContent-Type: text/plain; charset=utf-8\r\n"), out)
+        check(tail.endswith(b"\r\n\r\nUnauthorized: No valid token found<timeout>"), out)
+        out = raw_ws_handshake(o, "/_worker/ws", "wrong", timeout=1)
+        check(out.endswith(b"Unauthorized: Invalid token or missing worker_id hint<timeout>"), out)
 
         async def client_view():
             try:
                 s, ws = await ws_connect(o, "/_worker/ws/w1", token="wrong")
             except aiohttp.WSServerHandshakeError:
                 return "handshake"
-            msg = await ws.receive()
+            msg = await asyncio.wait_for(ws.receive(), tmo(5))
             await s.close()
             return msg.type
         kind = asyncio.run(client_view())
@@ -559,6 +560,22 @@ def unregistered_poll_and_prequeue(t):
         ids = o.prequeue("nobody", "echo", {"q": 1}, count=2)
         got = [poll(o, "nobody").json()["task_id"] for _ in range(2)]
         check(got == ids, got)
+
+
+@test
+def fast_mode(t):
+    """--fast: no request log and no result bodies kept, stats still counted."""
+    with FakeOrch(poll_timeout=0.3, fast=True) as o:
+        reg(o)
+        ids = o.prequeue("w1", "echo", count=3)
+        for _ in ids:
+            task = poll(o).json()
+            check(result(o, task["task_id"]).json()["transition"] == "success_transition")
+        jobs = o.wait_jobs(ids)
+        check(all(j["status"] == "finished" and j["results"] == [] for j in jobs), jobs)
+        check(o.log() == [] and o.stats()["counters"]["result"] == 3, o.stats())
+        check(o.worker_stats("w1")["max_outstanding"] == 1)
+        check(b"POST /_test/fault" in o.request("GET", "/_test/help").body)
 
 
 main()

@@ -19,9 +19,9 @@ On top of the protocol it offers:
 
 Run: fakeorch.py --port 0 --port-file F [--worker-token T] [--poll-timeout S]
      [--workers-toml PATH|TEXT] [--fast] [--log-level LEVEL]
-See tests/integration/orch.py for the Python helper the tests use, and the
-README section at the end of this docstring's module (`USAGE`) for the
-control API.
+See tests/integration/orch.py for the Python helper the tests use, and
+USAGE at the end of this file (also `fakeorch.py --help` and GET /_test/help)
+for the control API.
 
 Only Debian's python3 (3.11) and python3-aiohttp (3.8.4) are needed.
 """
@@ -761,8 +761,11 @@ async def h_sts(request):
 
 
 async def h_ws(request):
-    """Section 2.6: the handshake completes before auth; a failure writes a
-    raw HTTP 401 into the upgraded stream and closes (1.1)."""
+    """Section 2.6: the handshake completes before auth. On failure aiohttp
+    writes the HTTPUnauthorized as a plain HTTP/1.1 401 response into the
+    upgraded stream (1.1). Checked live against 1.0b13: the bytes are the
+    same and the server then does NOT close the connection (PROTOCOL.md says
+    it closes); a client has to time out or close it itself."""
     o = orch_of(request)
     hint = request.match_info.get("worker_id")
     ws = web.WebSocketResponse()
@@ -770,12 +773,8 @@ async def h_ws(request):
     try:
         ident = o.auth(request.headers.get("X-Worker-Token"), hint)
     except AuthError as e:
-        body = str(e).encode()
-        request.transport.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                                b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-        request.transport.close()
         o.log_entry("WS-AUTH", request.path, hint, 401, None, resp=str(e))
-        return ws
+        raise web.HTTPUnauthorized(text=str(e)) from e
     async with o.ws_lock:
         old = o.ws.get(ident)
         if old is not None:
@@ -798,8 +797,10 @@ async def ws_unregister(o, ident, ws):
     id. When a new socket replaces an old one, the old handler's unregister
     waits for the lock the registration holds and then removes the NEW
     socket: afterwards no command reaches the worker until it reconnects
-    [code: O:ws_manager.py register/unregister, O:engine.py:241-258; not run
-    live]. `ws_unregister_quirk: false` only removes the handler's own socket."""
+    (O:ws_manager.py register/unregister; checked live against 1.0b13: a
+    cancel after such a replacement is not pushed, one after a clean
+    reconnect is). `ws_unregister_quirk: false` only removes the handler's
+    own socket."""
     async with o.ws_lock:
         if o.ws.get(ident) is ws or (o.cfg.ws_unregister_quirk and ident in o.ws):
             del o.ws[ident]
@@ -1230,6 +1231,10 @@ async def mw_version(request, handler):
 # --------------------------------------------------------------------------
 # Application and CLI
 # --------------------------------------------------------------------------
+async def t_help(_request):
+    return web.Response(text=USAGE)
+
+
 def make_app(orch):
     app = web.Application(middlewares=[mw_log, mw_fault, mw_compress, mw_ratelimit, mw_version])
     app["orch"] = orch
@@ -1258,11 +1263,13 @@ def make_app(orch):
     r.add_post("/_test/prequeue", t_prequeue)
     r.add_post("/_test/ws/send", t_ws_send)
     r.add_post("/_test/ws/close", t_ws_close)
+    r.add_get("/_test/help", t_help)
     return app
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description="Protocol-faithful fake Avtomatika 1.0b13 orchestrator.")
+    p = argparse.ArgumentParser(description="Protocol-faithful fake Avtomatika 1.0b13 orchestrator.",
+                                epilog=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080, help="0 = an ephemeral port")
     p.add_argument("--port-file", help="write the bound port here once listening")
