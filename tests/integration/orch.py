@@ -313,8 +313,12 @@ class FakeOrch:
 
     def log(self, path=None, since=0, kind=None, worker_id=None):
         """The request log: rows {t, method, path, kind, worker_id, status,
-        body, headers, resp, resp_headers}. WebSocket frames appear as
-        method WS-RECV (from the worker) / WS-SEND (to it)."""
+        body, headers, resp, resp_headers}; status is "drop"/"truncate" for
+        those faults and "client_gone" when the client hung up. Only worker
+        endpoints are logged. WebSocket frames appear as method WS-RECV (from
+        the worker) / WS-SEND (to it); a refused socket as WS-AUTH.
+        Note: a WebSocket with a bad token gets 101, then a raw HTTP 401 in
+        the stream, and the connection stays OPEN (as in the real 1.0b13)."""
         q = "?since=%d" % since + ("&path=" + urllib.request.quote(path) if path else "")
         rows = self._json("GET", "/_test/log" + q)
         return [r for r in rows if (kind is None or r.get("kind") == kind)
