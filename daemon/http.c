@@ -570,7 +570,7 @@ static void setup_method(struct http_req *req, const char *method, const char *c
     if (sends) {
         const char *p = "";
         if (len > 0) {
-            buf_reserve(&req->out, len, len);
+            buf_reserve(&req->out, len, SIZE_MAX);
             memcpy(req->out.p, body, len);
             req->out.len = len;
             p = req->out.p;
@@ -817,6 +817,8 @@ struct http_req *http_connect_only(struct http *h, const char *url, double timeo
         curl_easy_setopt(req->easy, CURLOPT_CONNECTTIMEOUT_MS, to_ms(timeout));
     }
     curl_easy_setopt(req->easy, CURLOPT_CONNECT_ONLY, 1L);
+    /* Through a proxy (environment), the raw stream must be a tunnel. */
+    curl_easy_setopt(req->easy, CURLOPT_HTTPPROXYTUNNEL, 1L);
     /* The WebSocket handshake is HTTP/1.1: never let ALPN pick h2. */
     curl_easy_setopt(req->easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     curl_easy_setopt(req->easy, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);

@@ -11,6 +11,7 @@ Endpoints:
   GET  /hello              200 "hello world"
   ANY  /info               200 "<METHOD> cl=<Content-Length|-> ct=<Content-Type|->"
                            "\\n" followed by the request body
+  POST /expect             "expect=<Expect header|-> len=<body length>"
   ANY  /status/<N>         status N ("" for 204, "status N" otherwise)
   GET  /gzip               a gzip-encoded body of 5000 lines "line <i>\\n"
                            (406 when the request does not accept gzip)
@@ -68,6 +69,8 @@ async def route(method, target, headers, body):
         head = "%s cl=%s ct=%s\n" % (method, headers.get("content-length", "-"),
                                       headers.get("content-type", "-"))
         return 200, [], head.encode() + body
+    if path == "/expect":
+        return 200, [], ("expect=%s len=%d" % (headers.get("expect", "-"), len(body))).encode()
     if path.startswith("/status/"):
         code = int(path[len("/status/"):])
         return code, [], b"" if code == 204 else b"status %d" % code
