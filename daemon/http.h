@@ -83,6 +83,11 @@ int http_conn_count(const struct http *h);
  * owns it, uses curl_easy_send/curl_easy_recv on it with an ev_io watcher on
  * CURLINFO_ACTIVESOCKET, and frees it with curl_easy_cleanup(). On failure
  * `easy` is NULL and `error` says why. Exactly once, never re-entrantly.
+ * (libcurl 7.88 closes a CONNECT_ONLY connection whose handle leaves its
+ * multi, so the handle stays in a private multi of this module, freed from
+ * the loop after the caller's curl_easy_cleanup(). The caller must not add
+ * it to a multi of its own. Connections still open at http_destroy() are
+ * closed there; curl_easy_cleanup() remains safe afterwards.)
  */
 typedef void (*http_connect_fn)(void *arg, CURL *easy, const char *error);
 struct http_req *http_connect_only(struct http *h, const char *url, double timeout,

@@ -514,9 +514,9 @@ static void on_connect(void *arg, CURL *easy, const char *error)
 TEST(destroy_with_pending_requests)
 {
     static struct result r[5];
-    struct http *h = http_create(loop, NULL);
 
     ASSERT(setup() == 0);
+    struct http *h = http_create(loop, NULL);
     memset(r, 0, sizeof(r));
     conn_calls = 0;
     for (int i = 0; i < 5; i++) {
@@ -603,9 +603,9 @@ TEST(fifty_concurrent_requests)
 TEST(keep_alive_reuses_one_connection)
 {
     static struct result r;
-    struct http *h = http_create(loop, NULL);
 
     ASSERT(setup() == 0);
+    struct http *h = http_create(loop, NULL);
     fetch(h, &r, "GET", "/conns", NULL, NULL, 0);
     long before = strtol(r.body, NULL, 10);
     EXPECT(before >= 1);
