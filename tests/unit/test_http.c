@@ -14,6 +14,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -643,6 +644,31 @@ TEST(long_poll_does_not_block_others)
         EXPECT(r[i].order < lp.order);
         EXPECT(r[i].elapsed < lp.elapsed);
     }
+}
+
+static double cpu_seconds(void)
+{
+    struct rusage ru;
+
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
+           ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) / 1e6;
+}
+
+TEST(waiting_costs_no_cpu)
+{
+    static struct result r;
+
+    ASSERT(setup() == 0);
+    fetch(H, &r, "GET", "/hello", NULL, NULL, 0); /* warm the connection */
+    double cpu = cpu_seconds();
+    memset(&r, 0, sizeof(r));
+    start(H, &r, "GET", "/sleep?ms=1000", NULL, NULL, 0, 0);
+    run_until(&r.calls, 1, 10);
+    cpu = cpu_seconds() - cpu;
+    printf("# %.3f s CPU while a request waited %.3f s\n", cpu, r.elapsed);
+    EXPECT_EQ_INT(r.status, 200);
+    EXPECT(cpu < 0.2);
 }
 
 /* Send all of `msg` on a connect-only handle, waiting for the socket. */
