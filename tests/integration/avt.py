@@ -103,8 +103,18 @@ class TestCtx:
 
     def spawn(self, args, env=None, **kw):
         """Start the daemon in the background; stopped at the end of the test."""
-        p = subprocess.Popen(daemon_argv(args), env=daemon_env(env), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, **kw)
+        n = len(self._procs)
+        out = open(self.path("daemon%d.out" % n), "w")
+        err = open(self.path("daemon%d.log" % n), "w")
+        p = subprocess.Popen(daemon_argv(args), env=daemon_env(env), stdout=out, stderr=err,
+                             text=True, **kw)
+        out.close()
+        err.close()
+        # Files, not pipes: a chatty daemon must never block on a full pipe
+        # that the test is not reading.
+        p.out_path = self.path("daemon%d.out" % n)
+        p.log_path = self.path("daemon%d.log" % n)
+        p.log = lambda: open(p.log_path, errors="replace").read()
         self._procs.append(p)
         return p
 
@@ -116,7 +126,7 @@ class TestCtx:
             if p.poll() is None:
                 p.kill()
                 try:
-                    p.communicate(timeout=5)
+                    p.wait(timeout=5)
                 except Exception:
                     pass
         for fn in reversed(self._cleanups):
