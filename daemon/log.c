@@ -24,7 +24,7 @@
 int log_level = LOG_INFO;
 static enum log_format log_fmt = LOG_FORMAT_PLAIN;
 
-static const char *const level_names[] = {"emerg", "alert", "crit",   "error",
+static const char *const level_names[] = {"emerg",   "alert",  "crit", "error",
                                           "warning", "notice", "info", "debug"};
 
 void log_init(int level, enum log_format format)

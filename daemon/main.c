@@ -25,40 +25,36 @@
 
 static void usage(FILE *fp)
 {
-    fprintf(fp,
-            "usage: avtworkerd [-c FILE] [-P DIR] [--check-config]\n"
-            "       avtworkerd [-c FILE] [-P DIR] run-once TYPE [PARAMS_JSON | @FILE]\n"
-            "\n"
-            "Worker daemon for the Avtomatika orchestrator: loads handler plugins and\n"
-            "runs the tasks the orchestrator dispatches to them.\n"
-            "\n"
-            "  -c, --config FILE   worker.ini to read (default: built-in defaults and\n"
-            "                      the environment only)\n"
-            "  -P, --plugin-dir DIR  load plugins from DIR instead of plugin_dir\n"
-            "  -t, --check-config  load the configuration and the plugins, print the\n"
-            "                      effective configuration (token masked), exit 0 or 78\n"
-            "  -h, --help          this text\n"
-            "  -V, --version       version and plugin ABI\n"
-            "\n"
-            "run-once runs one task of TYPE through the daemon's own code path without\n"
-            "an orchestrator; PARAMS_JSON is a JSON object, or @FILE reads it from a file\n"
-            "(@- from stdin). It prints the result that would be sent on stdout and\n"
-            "exits 0 on success, 1 on failure.\n"
-            "\n"
-            "Environment (overrides worker.ini): ORCHESTRATOR_URL WORKER_ID WORKER_TOKEN\n"
-            "WORKER_TOKEN_FILE MAX_CONCURRENT_TASKS CPU_CORES HEARTBEAT_INTERVAL\n"
-            "TASK_POLL_TIMEOUT LOG_LEVEL LOG_FORMAT and more; see avtworkerd(8).\n");
+    fprintf(fp, "usage: avtworkerd [-c FILE] [-P DIR] [--check-config]\n"
+                "       avtworkerd [-c FILE] [-P DIR] run-once TYPE [PARAMS_JSON | @FILE]\n"
+                "\n"
+                "Worker daemon for the Avtomatika orchestrator: loads handler plugins and\n"
+                "runs the tasks the orchestrator dispatches to them.\n"
+                "\n"
+                "  -c, --config FILE   worker.ini to read (default: built-in defaults and\n"
+                "                      the environment only)\n"
+                "  -P, --plugin-dir DIR  load plugins from DIR instead of plugin_dir\n"
+                "  -t, --check-config  load the configuration and the plugins, print the\n"
+                "                      effective configuration (token masked), exit 0 or 78\n"
+                "  -h, --help          this text\n"
+                "  -V, --version       version and plugin ABI\n"
+                "\n"
+                "run-once runs one task of TYPE through the daemon's own code path without\n"
+                "an orchestrator; PARAMS_JSON is a JSON object, or @FILE reads it from a file\n"
+                "(@- from stdin). It prints the result that would be sent on stdout and\n"
+                "exits 0 on success, 1 on failure.\n"
+                "\n"
+                "Environment (overrides worker.ini): ORCHESTRATOR_URL WORKER_ID WORKER_TOKEN\n"
+                "WORKER_TOKEN_FILE MAX_CONCURRENT_TASKS CPU_CORES HEARTBEAT_INTERVAL\n"
+                "TASK_POLL_TIMEOUT LOG_LEVEL LOG_FORMAT and more; see avtworkerd(8).\n");
 }
 
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"config", required_argument, NULL, 'c'},
-        {"plugin-dir", required_argument, NULL, 'P'},
-        {"check-config", no_argument, NULL, 't'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
-        {NULL, 0, NULL, 0},
+        {"config", required_argument, NULL, 'c'}, {"plugin-dir", required_argument, NULL, 'P'},
+        {"check-config", no_argument, NULL, 't'}, {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
     };
     const char *config_path = NULL, *plugin_dir = NULL;
     int check_only = 0, c;
@@ -112,7 +108,8 @@ int main(int argc, char **argv)
     log_init(cfg->log_level, (enum log_format)cfg->log_format);
 
     if (command != NULL) {
-        rc = runonce_main(cfg, cfg->plugin_dir, argv[optind + 1], argc - optind == 3 ? argv[optind + 2] : NULL);
+        rc = runonce_main(cfg, cfg->plugin_dir, argv[optind + 1],
+                          argc - optind == 3 ? argv[optind + 2] : NULL);
         cfg_destroy(cfg);
         return rc;
     }

@@ -61,8 +61,8 @@ int notify_send(const char *msg)
     int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return -errno;
-    ssize_t n = sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&notify_addr,
-                       notify_addrlen);
+    ssize_t n =
+        sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&notify_addr, notify_addrlen);
     int rc = n < 0 ? -errno : 0;
     close(fd);
     return rc;

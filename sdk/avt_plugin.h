@@ -43,7 +43,9 @@
  * an older minor, never a newer one. Structs are only ever appended to, and
  * each carries its size so that both sides can tell which fields exist.
  *
- * The header compiles as C99 and as C++.
+ * The header compiles as C99 and as C++14 or later (AVT_PLUGIN with
+ * designated initializers is standard C++ from C++20 and an extension that
+ * g++ and clang++ accept in C++14 and C++17).
  */
 #ifndef AVT_PLUGIN_H
 #define AVT_PLUGIN_H
@@ -172,8 +174,7 @@ struct avt_host {
      * event; frequent calls are coalesced, the last value always wins.
      * Returns 0.
      */
-    int (*progress)(struct avt_task *task, double percent, const char *fmt, ...)
-        AVT__PRINTF(3, 4);
+    int (*progress)(struct avt_task *task, double percent, const char *fmt, ...) AVT__PRINTF(3, 4);
 
     /*
      * Cancellation check: non-zero once the task should stop (the
@@ -235,8 +236,7 @@ struct avt_plugin {
      * as `file:line: key: err` and exits 78. A plugin without configure()
      * accepts no keys.
      */
-    int (*configure)(void *state, const char *key, const char *value, char *err,
-                     size_t errlen);
+    int (*configure)(void *state, const char *key, const char *value, char *err, size_t errlen);
 
     /*
      * Optional. Called on the main thread after the last configure(), before
@@ -266,15 +266,41 @@ struct avt_plugin {
  *     AVT_PLUGIN(.name = "x", .version = "1", .task_types = t, .handle = h);
  */
 #ifdef __cplusplus
-#define AVT_PLUGIN(...)                                                                       \
-    extern "C" AVT__EXPORT const struct avt_plugin avt_plugin;                                \
-    extern "C" AVT__EXPORT const struct avt_plugin avt_plugin = {                             \
-        AVT_ABI_VERSION, (uint32_t)sizeof(struct avt_plugin), __VA_ARGS__}
+/*
+ * C++20 forbids mixing positional and designated initializers, so in C++ the
+ * designated fields fill a struct that has no version fields, and a
+ * constexpr function adds them. Fields must be given in declaration order
+ * (a C++20 rule).
+ */
+struct avt__plugin_fields {
+    const char *name = nullptr;
+    const char *version = nullptr;
+    const char *const *task_types = nullptr;
+    int (*init)(const struct avt_host *host, void **state) = nullptr;
+    int (*configure)(void *state, const char *key, const char *value, char *err,
+                     size_t errlen) = nullptr;
+    int (*start)(void *state, char *err, size_t errlen) = nullptr;
+    int (*handle)(void *state, struct avt_task *task) = nullptr;
+    void (*shutdown)(void *state) = nullptr;
+};
+
+static inline constexpr struct avt_plugin avt__plugin_make(struct avt__plugin_fields f)
+{
+    return {AVT_ABI_VERSION, (uint32_t)sizeof(struct avt_plugin), f.name,   f.version,
+            f.task_types,    f.init,                             f.configure, f.start,
+            f.handle,        f.shutdown};
+}
+
+#define AVT_PLUGIN(...)                                                                            \
+    extern "C" AVT__EXPORT const struct avt_plugin avt_plugin;                                     \
+    extern "C" AVT__EXPORT constexpr struct avt_plugin avt_plugin =                                \
+        avt__plugin_make(avt__plugin_fields{__VA_ARGS__})
 #else
-#define AVT_PLUGIN(...)                                                                       \
-    AVT__EXPORT const struct avt_plugin avt_plugin = {                                        \
-        .abi_version = AVT_ABI_VERSION, .struct_size = (uint32_t)sizeof(struct avt_plugin),   \
-        __VA_ARGS__}
+#define AVT_PLUGIN(...)                                                                            \
+    AVT__EXPORT const struct avt_plugin avt_plugin = {.abi_version = AVT_ABI_VERSION,              \
+                                                      .struct_size =                               \
+                                                          (uint32_t)sizeof(struct avt_plugin),     \
+                                                      __VA_ARGS__}
 #endif
 
 /* Convenience wrappers; each calls the host table of the task. */

@@ -155,7 +155,11 @@ def daemon_env(extra=None, clean=True):
                      "MAX_CONCURRENT_TASKS", "CPU_CORES", "HEARTBEAT_INTERVAL", "TASK_POLL_TIMEOUT",
                      "WORKER_TYPE", "LOG_LEVEL", "LOG_FORMAT", "JOURNAL_STREAM", "NOTIFY_SOCKET",
                      "STATE_DIRECTORY", "INSTALLED_MODELS", "INSTALLED_SOFTWARE", "COST_PER_SKILL",
-                     "GPU_MODEL", "GPU_VRAM_GB", "WORKER_TOKEN_FILE", "ORCHESTRATORS_CONFIG") \
+                     "GPU_MODEL", "GPU_VRAM_GB", "WORKER_TOKEN_FILE", "ORCHESTRATORS_CONFIG",
+                     "WORKER_HEARTBEAT_DEBOUNCE_DELAY", "RESULT_RETRY_INITIAL_DELAY",
+                     "BACKOFF_MAX_DELAY", "WORKER_SHUTDOWN_TIMEOUT", "WORKER_ENABLE_WEBSOCKETS",
+                     "ADVERTISE_BUSY", "AVT_PLUGIN_DIR", "HOSTNAME_OVERRIDE", "IP_ADDRESS",
+                     "TLS_CA_PATH", "TLS_CERT_PATH", "TLS_KEY_PATH", "MULTI_ORCHESTRATOR_MODE") \
                     or k.startswith("WORKER_EXTRA_"):
                 del env[k]
     if extra:

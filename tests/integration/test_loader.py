@@ -292,8 +292,12 @@ def sdk_header_compiles_as_cxx(t):
     src = t.write("tiny.c", TINY_C)
     # The documented designated-initializer form, with g++'s default dialect.
     compile_ok(["g++", "-x", "c++", "-fsyntax-only", "-Wall", "-I", SDK, src])
+    # The documented form is standard C++20, warning-free.
+    compile_ok(["g++", "-x", "c++", "-std=c++20", "-pedantic", "-Wall", "-Wextra", "-Werror",
+                "-fsyntax-only", "-I", SDK, src])
+    # The positional form works from C++14 on.
     cxx = t.write("tiny.cc", TINY_CXX)
-    for std in ("c++11", "c++17", "c++20"):
+    for std in ("c++14", "c++17", "c++20"):
         compile_ok(["g++", "-std=" + std, "-pedantic", "-Wall", "-Wextra", "-Werror",
                     "-fsyntax-only", "-I", SDK, cxx])
 
