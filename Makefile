@@ -66,6 +66,7 @@ SRCS += daemon/runonce.c
 SRCS += daemon/notify.c
 SRCS += daemon/daemon.c
 SRCS += daemon/http.c
+SRCS += daemon/ws.c
 MAIN_SRC = daemon/main.c
 
 OBJS = $(SRCS:%.c=$(BUILD)/obj/%.o)
