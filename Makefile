@@ -64,6 +64,7 @@ SRCS += daemon/task.c
 SRCS += daemon/pool.c
 SRCS += daemon/runonce.c
 SRCS += daemon/notify.c
+SRCS += daemon/orch.c
 SRCS += daemon/daemon.c
 SRCS += daemon/http.c
 SRCS += daemon/ws.c
@@ -125,7 +126,18 @@ $(BUILD)/tests/unit/%: tests/unit/%.c tests/tap.h $(LIBAVTD) $(BUILD)/obj/tests/
 	$(CC) $(AVT_CFLAGS) -Itests -Iplugins $(CFLAGS) $(LDFLAGS) -o $@ $< \
 	    $(BUILD)/obj/tests/mock_host.o $(LIBAVTD) $(LDLIBS_AVT)
 
-$(BUILD)/avtworker-sdk.pc: sdk/avtworker-sdk.pc.in Makefile
+# The installation paths are compiled in (AVT_PLUGINDIR) and written into the
+# .pc file: remember them, so that `make install PREFIX=/usr` after a plain
+# `make` rebuilds what depends on them instead of installing stale paths.
+INSTALL_PATHS = $(PREFIX) $(PLUGINDIR) $(INCLUDEDIR)
+$(BUILD)/.install-paths: FORCE
+	@mkdir -p $(@D)
+	@echo '$(INSTALL_PATHS)' | cmp -s - $@ || echo '$(INSTALL_PATHS)' > $@
+$(BUILD)/obj/daemon/cfg.o: $(BUILD)/.install-paths
+.PHONY: FORCE
+FORCE:
+
+$(BUILD)/avtworker-sdk.pc: sdk/avtworker-sdk.pc.in Makefile $(BUILD)/.install-paths
 	@mkdir -p $(@D)
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' \
 	    -e 's|@PLUGINDIR@|$(PLUGINDIR)|g' -e 's|@VERSION@|$(shell sed -n 's/^#define AVT_VERSION "\(.*\)"/\1/p' daemon/util.h)|g' \
@@ -135,7 +147,7 @@ test check: all $(TEST_PLUGINS) $(UNIT_BINS)
 	@BUILD=$(BUILD) SANITIZE=$(SANITIZE) VALGRIND=$(VALGRIND) PYTHON=$(PYTHON) tests/run.sh
 
 demo: all
-	@BUILD=$(BUILD) PYTHON=$(PYTHON) tests/demo.sh
+	@BUILD=$(BUILD) $(PYTHON) tests/demo.py
 
 install: all
 	install -Dm0755 $(BUILD)/avtworkerd $(DESTDIR)$(BINDIR)/avtworkerd
