@@ -302,9 +302,14 @@ TEST(frame_parse_random_input)
 
 /* ---- live tests against ws_test_server.py ---- */
 
-static pid_t server_pid;
-static int server_port;
-static int server_stdin = -1;
+struct server {
+    pid_t pid;
+    int port;
+    int stdin_fd; /* the server exits at EOF on its stdin */
+};
+
+static struct server plain_server, tls_server;
+static char tls_dir[64];
 
 static double tmo(double secs)
 {
@@ -313,15 +318,29 @@ static double tmo(double secs)
     return secs * (mult > 0 ? mult : 1.0);
 }
 
-static void stop_server(void)
+static void stop_server(struct server *s)
 {
-    if (server_pid <= 0) {
+    if (s->pid <= 0) {
         return;
     }
-    close(server_stdin); /* the server exits at EOF on stdin */
-    kill(server_pid, SIGTERM);
-    waitpid(server_pid, NULL, 0);
-    server_pid = 0;
+    close(s->stdin_fd);
+    kill(s->pid, SIGTERM);
+    waitpid(s->pid, NULL, 0);
+    s->pid = 0;
+}
+
+static void stop_servers(void)
+{
+    stop_server(&plain_server);
+    stop_server(&tls_server);
+    if (tls_dir[0] != '\0') {
+        char path[128];
+        snprintf(path, sizeof(path), "%s/cert.pem", tls_dir);
+        unlink(path);
+        snprintf(path, sizeof(path), "%s/key.pem", tls_dir);
+        unlink(path);
+        rmdir(tls_dir);
+    }
 }
 
 /* Read "PORT n" from fd within a few seconds. */
@@ -347,35 +366,63 @@ static int read_port(int fd)
     return sscanf(line, "PORT %d", &port) == 1 ? port : -1;
 }
 
-static int start_server(void)
+/* Start ws_test_server.py (with TLS when tls_arg is a directory). */
+static int spawn_server(struct server *s, char *tls_arg)
 {
-    if (server_port > 0) {
-        return 0;
-    }
     int out[2], in[2];
     if (pipe2(out, O_CLOEXEC) < 0 || pipe2(in, O_CLOEXEC) < 0) {
         return -1;
     }
-    char py[256], script[] = "tests/unit/ws_test_server.py";
+    char py[256], script[] = "tests/unit/ws_test_server.py", opt[] = "--tls";
     snprintf(py, sizeof(py), "%s", getenv("PYTHON") ? getenv("PYTHON") : "/usr/bin/python3");
-    char *argv[] = {py, script, NULL};
+    char *argv[] = {py, script, tls_arg ? opt : NULL, tls_arg, NULL};
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, out[1], 1);
     posix_spawn_file_actions_adddup2(&fa, in[0], 0);
-    int rc = posix_spawn(&server_pid, py, &fa, NULL, argv, environ);
+    int rc = posix_spawn(&s->pid, py, &fa, NULL, argv, environ);
     posix_spawn_file_actions_destroy(&fa);
     close(out[1]);
     close(in[0]);
-    server_stdin = in[1];
+    s->stdin_fd = in[1];
     if (rc != 0) {
+        s->pid = 0;
         close(out[0]);
+        close(in[1]);
         return -1;
     }
-    atexit(stop_server);
-    server_port = read_port(out[0]);
+    s->port = read_port(out[0]);
     close(out[0]);
-    return server_port > 0 ? 0 : -1;
+    return s->port > 0 ? 0 : -1;
+}
+
+static int start_server(void)
+{
+    static int registered;
+    if (!registered) {
+        atexit(stop_servers);
+        registered = 1;
+    }
+    if (plain_server.port > 0) {
+        return 0;
+    }
+    return spawn_server(&plain_server, NULL);
+}
+
+static int start_tls_server(void)
+{
+    if (start_server() < 0) {
+        return -1;
+    }
+    if (tls_server.port > 0) {
+        return 0;
+    }
+    snprintf(tls_dir, sizeof(tls_dir), "/tmp/avt-ws-tls.XXXXXX");
+    if (mkdtemp(tls_dir) == NULL) {
+        tls_dir[0] = '\0';
+        return -1;
+    }
+    return spawn_server(&tls_server, tls_dir);
 }
 
 struct live {
@@ -460,20 +507,31 @@ static void run_for(struct live *l, double secs)
     }
 }
 
-static int live_open(struct live *l, const char *path, size_t max_message)
+/* Create the loop, the http client and the ws object for path on the
+ * plain server, or with tls on the TLS one (trusting its certificate). */
+static int live_open_on(struct live *l, const char *path, size_t max_message, int tls)
 {
     memset(l, 0, sizeof(*l));
-    if (start_server() < 0) {
+    if ((tls ? start_tls_server() : start_server()) < 0) {
         return -1;
     }
+    char ca[128];
+    snprintf(ca, sizeof(ca), "%s/cert.pem", tls_dir);
+    struct http_opts opts = {.ca_file = tls ? ca : NULL};
     l->loop = ev_loop_new(EVFLAG_AUTO);
-    l->http = http_create(l->loop, NULL);
+    l->http = http_create(l->loop, &opts);
     char url[128];
-    snprintf(url, sizeof(url), "ws://127.0.0.1:%d%s", server_port, path);
+    snprintf(url, sizeof(url), "%s://127.0.0.1:%d%s", tls ? "wss" : "ws",
+             tls ? tls_server.port : plain_server.port, path);
     static const char *const headers[] = {"X-Worker-Token: secret-token", "X-RXON-Version: 1.0b3",
                                           NULL};
     l->ws = ws_create(l->loop, l->http, url, headers, max_message, &live_cb, l);
     return l->ws != NULL ? 0 : -1;
+}
+
+static int live_open(struct live *l, const char *path, size_t max_message)
+{
+    return live_open_on(l, path, max_message, 0);
 }
 
 static void live_finish(struct live *l)
@@ -784,6 +842,25 @@ TEST(live_destroy_and_reconnect_from_callbacks)
     EXPECT(l.ws == NULL);
     run_for(&l, 0.1);
     EXPECT_EQ_INT(l.ntext, 3);
+    live_finish(&l);
+}
+
+TEST(live_tls)
+{
+    /* wss: the same client over libcurl's TLS, including a message larger
+     * than one read, so decrypted bytes wait inside the TLS layer. */
+    struct live l;
+    ASSERT(live_open_on(&l, "/echo", 300000, 1) == 0);
+    ASSERT(live_connect(&l) == 0);
+    ASSERT(exchange(&l, "token") == 0);
+    EXPECT_EQ_STR(l.text, "token=secret-token;rxon=1.0b3");
+    ASSERT(exchange(&l, "big 200000 ping") == 0);
+    EXPECT_EQ_INT(l.text_len, 200000);
+    EXPECT(l.text_len > 0 && l.text[199999] == (char)('a' + 199999 % 26));
+    ASSERT(ws_send_text(l.ws, "close 4002 tls bye", 18) == 0);
+    ASSERT(run_until(&l, &l.closed, 1, 10));
+    EXPECT_EQ_INT(l.code, 4002);
+    EXPECT_EQ_STR(l.reason, "tls bye");
     live_finish(&l);
 }
 

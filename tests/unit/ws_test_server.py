@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """ws_test_server.py - the WebSocket peer of tests/unit/test_ws.c.
 
-An aiohttp server on 127.0.0.1 and an ephemeral port. It prints
+An aiohttp server on 127.0.0.1 and an ephemeral port; with "--tls DIR" it
+writes a self-signed certificate for 127.0.0.1 to DIR/cert.pem (key in
+DIR/key.pem, made with the openssl command) and serves HTTPS. It prints
 "PORT <n>" on stdout once it listens and exits when stdin reaches EOF (the
 test binary holds the other end of the pipe, so the server never outlives
 it) or on SIGTERM.
@@ -30,7 +32,9 @@ Paths:
 import asyncio
 import os
 import signal
+import ssl
 import struct
+import subprocess
 import sys
 
 from aiohttp import web, WSMsgType
@@ -172,7 +176,18 @@ async def silent(request):
     await asyncio.sleep(3600)
 
 
+def tls_context(directory):
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
 async def main():
+    ctx = tls_context(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[1] == "--tls" else None
     app = web.Application()
     for path, handler in (("/echo", echo), ("/push", push), ("/authfail", authfail),
                           ("/forbidden", forbidden), ("/dropnow", dropnow),
@@ -180,7 +195,7 @@ async def main():
         app.router.add_get(path, handler)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, shutdown_timeout=0.5)
+    site = web.TCPSite(runner, "127.0.0.1", 0, shutdown_timeout=0.5, ssl_context=ctx)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     print("PORT %d" % port, flush=True)
