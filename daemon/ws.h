@@ -52,14 +52,19 @@ struct ws *ws_create(struct ev_loop *loop, struct http *http, const char *url,
                      void *arg);
 void ws_destroy(struct ws *w);
 
-/* Start connecting; on_open or on_close follows. Returns 0 or -EALREADY. */
+/* Start connecting; on_open or on_close follows (never from inside this
+ * call). Returns 0, -EALREADY when not idle, or -EINVAL for a NULL w. */
 int ws_connect(struct ws *w);
 
-/* Queue a text message; returns 0, or -ENOTCONN when not open (the caller
- * decides whether to drop or keep it). */
+/* Queue a text message; returns 0, or -ENOTCONN when not open or w is NULL
+ * (the caller decides whether to drop or keep it). The queue has no limit:
+ * a peer that stops reading is found by the ping timeout, which drops the
+ * connection and its queue. */
 int ws_send_text(struct ws *w, const char *msg, size_t len);
 
-/* Send a close frame and drop the connection; no on_close follows. */
+/* Send a close frame (1000; ws_destroy sends 1001) as far as the socket
+ * takes it now, and drop the connection; no on_close follows. A connect in
+ * progress is cancelled. No-op when idle or NULL. */
 void ws_close(struct ws *w);
 
 int ws_is_open(const struct ws *w);
