@@ -46,7 +46,11 @@
 #define PRECANCEL_SLOTS 64
 #define PRECANCEL_TTL 600.0
 #define REQUEST_TIMEOUT 30.0
-#define RATE_LIMIT_PAUSE 61.0 /* the limiter's 60 s window must lapse (1.3) */
+#define RATE_LIMIT_PAUSE 61.0
+/* The long-poll's client timeout exceeds the server's hold by this much: a
+ * poll given up early can lose the task the server pops for it (2.2), so
+ * err on the side of a busy orchestrator answering late. */
+#define POLL_MARGIN 15.0 /* the limiter's 60 s window must lapse (1.3) */
 
 struct backoff {
     double base, cap, cur;
@@ -158,22 +162,91 @@ static char *dump_compact(json_t *j, size_t *lenp)
     return s;
 }
 
-/* The server's {"error": "..."} text, or a short excerpt of the body. */
-static void answer_text(const struct http_response *r, char *out, size_t outlen)
+/* ---- reading the orchestrator's answers (pure; exposed in orch.h) ---- */
+
+void orch_answer_text(const char *body, size_t len, char *out, size_t outlen)
 {
-    json_t *j = json_loadb(r->body, r->len, 0, NULL);
+    json_t *j = json_loadb(body, len, 0, NULL);
     const char *e = j != NULL ? json_string_value(json_object_get(j, "error")) : NULL;
     if (e != NULL) {
         snprintf(out, outlen, "%s", e);
     } else {
-        size_t n = r->len < 120 ? r->len : 120;
-        snprintf(out, outlen, "%.*s%s", (int)n, r->body, r->len > n ? "..." : "");
+        size_t n = len < 120 ? len : 120;
+        snprintf(out, outlen, "%.*s%s", (int)n, body, len > n ? "..." : "");
         for (char *p = out; *p; p++) {
             if ((unsigned char)*p < 0x20)
                 *p = ' ';
         }
     }
     json_decref(j);
+}
+
+enum orch_hb_answer orch_parse_heartbeat_answer(const char *body, size_t len, int probe,
+                                                orch_cancel_fn on_cancel, void *arg)
+{
+    enum orch_hb_answer rc = ORCH_HB_OK;
+    json_t *j = json_loadb(body, len, JSON_DECODE_ANY, NULL);
+    if (probe && (j == NULL || json_is_null(j))) {
+        rc = ORCH_HB_EXPIRED; /* the only reliable "you expired" signal (2.3, 3.6) */
+    } else if (json_is_object(j)) {
+        json_t *ids = json_object_get(j, "cancel_task_ids");
+        size_t i;
+        json_t *v;
+        json_array_foreach(ids, i, v)
+        {
+            if (json_is_string(v))
+                on_cancel(arg, json_string_value(v));
+        }
+    } else if (!probe) {
+        rc = ORCH_HB_UNEXPECTED;
+    }
+    json_decref(j);
+    return rc;
+}
+
+int orch_parse_register_answer(const char *body, size_t len, char **warning)
+{
+    json_t *j = json_loadb(body, len, 0, NULL);
+    const char *status = json_string_value(json_object_get(j, "status"));
+    const char *w = json_string_value(json_object_get(j, "warning"));
+    int ok = status != NULL && strcmp(status, "registered") == 0;
+    *warning = ok && w != NULL ? xstrdup(w) : NULL;
+    json_decref(j);
+    return ok;
+}
+
+int orch_parse_result_answer(const char *body, size_t len, char *out, size_t outlen)
+{
+    json_t *j = json_loadb(body, len, 0, NULL);
+    const char *status = json_string_value(json_object_get(j, "status"));
+    int ignored = status != NULL && strcmp(status, "ignored") == 0;
+    if (ignored) {
+        const char *reason = json_string_value(json_object_get(j, "reason"));
+        const char *msg = json_string_value(json_object_get(j, "message"));
+        snprintf(out, outlen, "%s (%s)", reason ? reason : "no reason", msg ? msg : "");
+    } else {
+        const char *tr = json_string_value(json_object_get(j, "transition"));
+        snprintf(out, outlen, "%s", tr ? tr : status ? status : "200");
+    }
+    json_decref(j);
+    return ignored;
+}
+
+char *orch_parse_ws_command(const char *msg, size_t len)
+{
+    json_t *j = json_loadb(msg, len, 0, NULL);
+    const char *cmd = json_string_value(json_object_get(j, "command"));
+    const char *id = json_string_value(json_object_get(j, "task_id"));
+    char *task_id = cmd != NULL && strcmp(cmd, "cancel_task") == 0 && id != NULL ? xstrdup(id)
+                                                                                 : NULL;
+    json_decref(j);
+    return task_id;
+}
+
+/* The server's {"error": "..."} text, or a short excerpt of the body. */
+static void answer_text(const struct http_response *r, char *out, size_t outlen)
+{
+    orch_answer_text(r->body, r->len, out, outlen);
 }
 
 /*
@@ -351,24 +424,18 @@ static json_t *heartbeat_body(struct orch *o)
                      "supported_skills", skills, "hot_cache", o->hot_cache);
 }
 
-static void handle_cancel_ids(struct orch *o, json_t *ids)
+/* One entry of a heartbeat answer's cancel_task_ids. */
+static void heartbeat_cancel(void *arg, const char *id)
 {
-    size_t i;
-    json_t *v;
-    json_array_foreach(ids, i, v)
-    {
-        const char *id = json_string_value(v);
-        if (id == NULL)
-            continue;
-        struct task *t = active_find(o, id);
-        if (t == NULL)
-            continue; /* finished meanwhile, or not ours */
-        if (strcmp(t->id, t->job_id) != 0) {
-            log_debug("ignoring cancel_task_ids entry %s: a parallel-branch id (3.7)", id);
-            continue;
-        }
-        cancel_by_id(o, id, "heartbeat");
+    struct orch *o = arg;
+    struct task *t = active_find(o, id);
+    if (t == NULL)
+        return; /* finished meanwhile, or not ours */
+    if (strcmp(t->id, t->job_id) != 0) {
+        log_debug("ignoring cancel_task_ids entry %s: a parallel-branch id (3.7)", id);
+        return;
     }
+    cancel_by_id(o, id, "heartbeat");
 }
 
 static void start_register(struct orch *o);
@@ -388,22 +455,17 @@ static void on_heartbeat(void *arg, const struct http_response *r)
     }
     backoff_reset(&o->hb_backoff);
     o->hb_paused_until = 0;
-    json_t *j = json_loadb(r->body, r->len, JSON_DECODE_ANY, NULL);
-    if (probe && (j == NULL || json_is_null(j)) && o->registered) {
-        /* The only reliable "you expired" signal (2.3, 3.6). */
+    enum orch_hb_answer ans =
+        orch_parse_heartbeat_answer(r->body, r->len, probe, heartbeat_cancel, o);
+    if (ans == ORCH_HB_EXPIRED && o->registered) {
         log_warn("the orchestrator no longer knows worker %s (heartbeat answered null): "
                  "registering again",
                  o->cfg->worker_id);
         o->registered = 0;
         start_register(o);
-    } else if (json_is_object(j)) {
-        json_t *ids = json_object_get(j, "cancel_task_ids");
-        if (json_is_array(ids))
-            handle_cancel_ids(o, ids);
-    } else if (!probe) {
+    } else if (ans == ORCH_HB_UNEXPECTED) {
         log_warn("heartbeat: unexpected answer ignored");
     }
-    json_decref(j);
     if (o->hb_again) {
         o->hb_again = 0;
         send_heartbeat(o, 0);
@@ -479,19 +541,12 @@ static void outbox_unlink(struct orch *o, struct result *res)
 
 static void log_result_answer(struct result *res, const struct http_response *r)
 {
-    json_t *j = json_loadb(r->body, r->len, 0, NULL);
-    const char *status = json_string_value(json_object_get(j, "status"));
+    char text[320];
     struct log_ctx ctx = {NULL, res->task_id, res->job_id, NULL};
-    if (status != NULL && strcmp(status, "ignored") == 0) {
-        const char *reason = json_string_value(json_object_get(j, "reason"));
-        const char *msg = json_string_value(json_object_get(j, "message"));
-        log_emit(LOG_WARNING, &ctx, "result ignored by the orchestrator: %s (%s)",
-                 reason ? reason : "no reason", msg ? msg : "");
-    } else if (log_level >= LOG_DEBUG) {
-        const char *tr = json_string_value(json_object_get(j, "transition"));
-        log_emit(LOG_DEBUG, &ctx, "result delivered (%s)", tr ? tr : status ? status : "200");
-    }
-    json_decref(j);
+    if (orch_parse_result_answer(r->body, r->len, text, sizeof(text)))
+        log_emit(LOG_WARNING, &ctx, "result ignored by the orchestrator: %s", text);
+    else if (log_level >= LOG_DEBUG)
+        log_emit(LOG_DEBUG, &ctx, "result delivered (%s)", text);
 }
 
 /*
@@ -669,7 +724,7 @@ static void maybe_poll(struct orch *o)
         return;
     o->stats.polls++;
     o->poll_req = http_request(o->http, "GET", o->url_poll, (const char *const *)o->headers, NULL,
-                               0, o->cfg->poll_timeout + 5.0, on_poll, o);
+                               0, o->cfg->poll_timeout + POLL_MARGIN, on_poll, o);
 }
 
 static void on_poll_timer(struct ev_loop *loop, ev_timer *w, int revents)
@@ -693,14 +748,12 @@ static void ws_on_text(void *arg, const char *msg, size_t len)
 {
     struct orch *o = arg;
     o->stats.ws_messages++;
-    json_t *j = json_loadb(msg, len, 0, NULL);
-    const char *cmd = json_string_value(json_object_get(j, "command"));
-    const char *id = json_string_value(json_object_get(j, "task_id"));
-    if (cmd != NULL && strcmp(cmd, "cancel_task") == 0 && id != NULL)
+    char *id = orch_parse_ws_command(msg, len);
+    if (id != NULL)
         cancel_by_id(o, id, "websocket");
     else
         log_info("websocket: ignoring message %.*s", (int)(len < 200 ? len : 200), msg);
-    json_decref(j);
+    free(id);
 }
 
 static void ws_on_close(void *arg, int code, const char *reason, int auth_failed)
@@ -768,15 +821,13 @@ static void on_register(void *arg, const struct http_response *r)
     o->register_req = NULL;
     if (r->cancelled)
         return;
-    json_t *j = r->status == 200 ? json_loadb(r->body, r->len, 0, NULL) : NULL;
-    const char *status = json_string_value(json_object_get(j, "status"));
-    if (r->status == 200 && status != NULL && strcmp(status, "registered") == 0) {
-        const char *warning = json_string_value(json_object_get(j, "warning"));
+    char *warning = NULL;
+    if (r->status == 200 && orch_parse_register_answer(r->body, r->len, &warning)) {
         if (warning != NULL)
             log_warn("orchestrator: %s", warning);
+        free(warning);
         log_notice("registered with %s as %s (%zu task types, %d slots)", o->cfg->url,
                    o->cfg->worker_id, o->plugins->ntypes, o->cfg->max_concurrent_tasks);
-        json_decref(j);
         o->registered = 1;
         o->told_auth = 0;
         o->stats.registrations++;
@@ -787,7 +838,6 @@ static void on_register(void *arg, const struct http_response *r)
         send_results(o);
         return;
     }
-    json_decref(j);
     double d;
     if (r->status == 200) {
         log_warn("register: unexpected answer from %s", o->cfg->url);

@@ -16,6 +16,7 @@ libev-dev:/usr/include/ev.h
 libinih-dev:/usr/include/ini.h
 pkg-config:/usr/bin/pkg-config
 gcc:/usr/bin/gcc
+g++:/usr/bin/g++
 make:/usr/bin/make
 python3-aiohttp:/usr/lib/python3/dist-packages/aiohttp/__init__.py
 "
