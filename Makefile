@@ -149,6 +149,28 @@ test check: all $(TEST_PLUGINS) $(UNIT_BINS)
 demo: all
 	@BUILD=$(BUILD) $(PYTHON) tests/demo.py
 
+# Fuzzing (fuzz/README.md): libFuzzer targets fuzz/fuzz_NAME.c, built with
+# clang and ASan+UBSan into build-fuzzer/ (daemon objects included).
+# `make fuzz FUZZ_TIME=60` runs each for that many seconds; fuzz-smoke is
+# CI's few-second run of each over its seed corpus.
+FUZZ_BUILD ?= build-fuzzer
+FUZZ_TIME ?= 30
+FUZZ_SMOKE_TIME ?= 5
+FUZZ_CC ?= clang
+FUZZ_NAMES = $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
+.PHONY: fuzz-build fuzz-smoke
+fuzz-build:
+	@DEPS_EXTRA="clang libclang-rt-14-dev" tools/deps.sh
+	@$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) CC=$(FUZZ_CC) \
+	    SANITIZE=fuzzer-no-link,address,undefined $(FUZZ_NAMES:%=$(FUZZ_BUILD)/fuzz/%)
+$(BUILD)/fuzz/%: fuzz/%.c $(LIBAVTD)
+	@mkdir -p $(@D)
+	$(CC) $(AVT_CFLAGS) $(CFLAGS) $(LDFLAGS) -fsanitize=fuzzer -o $@ $< $(LIBAVTD) $(LDLIBS_AVT)
+fuzz: fuzz-build
+	@tools/fuzz.sh $(FUZZ_BUILD) $(FUZZ_TIME)
+fuzz-smoke: fuzz-build
+	@tools/fuzz.sh $(FUZZ_BUILD) $(FUZZ_SMOKE_TIME)
+
 install: all
 	install -Dm0755 $(BUILD)/avtworkerd $(DESTDIR)$(BINDIR)/avtworkerd
 	install -d $(DESTDIR)$(PLUGINDIR)

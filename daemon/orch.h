@@ -19,6 +19,8 @@
 #ifndef AVT_DAEMON_ORCH_H
 #define AVT_DAEMON_ORCH_H
 
+#include <stddef.h>
+
 struct cfg;
 struct ev_loop;
 struct http;
@@ -74,5 +76,41 @@ int orch_active_tasks(const struct orch *o);
 void orch_cancel_all(struct orch *o, int reason);
 
 void orch_get_stats(const struct orch *o, struct orch_stats *st);
+
+/*
+ * Reading the orchestrator's answers: pure functions, exposed for unit tests
+ * and the fuzzer (fuzz/fuzz_orch_response.c). body is any bytes (len of
+ * them, not necessarily NUL-terminated); none of them ever crashes.
+ */
+
+/* The server's {"error": "..."} text, or the first 120 bytes of the body with
+ * control characters blanked, into out (always NUL-terminated). */
+void orch_answer_text(const char *body, size_t len, char *out, size_t outlen);
+
+enum orch_hb_answer {
+    ORCH_HB_OK,         /* nothing to do (cancels already reported) */
+    ORCH_HB_EXPIRED,    /* a probe answered null or not JSON: register again */
+    ORCH_HB_UNEXPECTED, /* a full heartbeat answered something that is not an object */
+};
+typedef void (*orch_cancel_fn)(void *arg, const char *task_id);
+
+/* A 200 answer to a heartbeat (probe: the empty-body PATCH, 2.3). Calls
+ * on_cancel for every string in the object's cancel_task_ids, in order. */
+enum orch_hb_answer orch_parse_heartbeat_answer(const char *body, size_t len, int probe,
+                                                orch_cancel_fn on_cancel, void *arg);
+
+/* A 200 answer to a registration (2.1): 1 when it says "registered"; then
+ * *warning is its "warning" text (caller frees) or NULL. 0 otherwise, with
+ * *warning NULL. */
+int orch_parse_register_answer(const char *body, size_t len, char **warning);
+
+/* A 200 answer to a result (2.4): 1 when the orchestrator ignored it, with
+ * "reason (message)" in out; 0 when accepted, with its transition or status
+ * (or "200") in out. */
+int orch_parse_result_answer(const char *body, size_t len, char *out, size_t outlen);
+
+/* A WebSocket text message (2.6): the task id of a cancel_task command
+ * (caller frees), or NULL for anything else. */
+char *orch_parse_ws_command(const char *msg, size_t len);
 
 #endif /* AVT_DAEMON_ORCH_H */

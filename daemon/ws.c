@@ -708,7 +708,7 @@ static int has_token(const char *value, const char *name)
 
 /* One "Name: value" line of the 101 answer (NUL-terminated, no CRLF):
  * note in *seen which of the three required headers it satisfies. */
-static void check_header(const struct ws *w, char *line, int *seen)
+static void check_header(const char *accept, char *line, int *seen)
 {
     char *colon = strchr(line, ':');
     if (colon == NULL) {
@@ -724,14 +724,14 @@ static void check_header(const struct ws *w, char *line, int *seen)
         *seen |= 1;
     } else if (strcasecmp(line, "Connection") == 0 && has_token(value, "upgrade")) {
         *seen |= 2;
-    } else if (strcasecmp(line, "Sec-WebSocket-Accept") == 0 && strcmp(value, w->accept) == 0) {
+    } else if (strcasecmp(line, "Sec-WebSocket-Accept") == 0 && strcmp(value, accept) == 0) {
         *seen |= 4;
     }
 }
 
 /* Check the headers of a 101 answer (head is NUL-terminated, lines end in
  * CRLF, the status line first); returns NULL or what is wrong. */
-static const char *check_upgrade(const struct ws *w, char *head)
+static const char *check_upgrade(const char *accept, char *head)
 {
     int seen = 0;
     char *line = strstr(head, "\r\n");
@@ -741,7 +741,7 @@ static const char *check_upgrade(const struct ws *w, char *head)
         if (eol != NULL) {
             *eol = '\0';
         }
-        check_header(w, line, &seen);
+        check_header(accept, line, &seen);
         line = eol;
     }
     if (!(seen & 1)) {
@@ -755,14 +755,14 @@ static const char *check_upgrade(const struct ws *w, char *head)
 
 /* Parse "HTTP/1.x NNN" at the start of in; returns the status, 0 when the
  * line is incomplete, -1 when it is not an HTTP status line. */
-static int status_code(const struct buf *in)
+static int status_code(const uint8_t *data, size_t len)
 {
-    const uint8_t *eol = in->len ? memchr(in->data, '\n', in->len) : NULL;
+    const uint8_t *eol = len ? memchr(data, '\n', len) : NULL;
     if (eol == NULL) {
-        return in->len > WS_MAX_HANDSHAKE ? -1 : 0;
+        return len > WS_MAX_HANDSHAKE ? -1 : 0;
     }
-    const char *p = (const char *)in->data;
-    if (eol - in->data < 12 || strncmp(p, "HTTP/1.", 7) != 0 || p[8] != ' ') {
+    const char *p = (const char *)data;
+    if (eol - data < 12 || strncmp(p, "HTTP/1.", 7) != 0 || p[8] != ' ') {
         return -1;
     }
     int code = 0;
@@ -776,10 +776,10 @@ static int status_code(const struct buf *in)
 }
 
 /* Find the end of the answer's head; 0 while incomplete. */
-static size_t head_end(const struct buf *in)
+static size_t head_end(const uint8_t *data, size_t len)
 {
-    for (size_t i = 3; i < in->len; i++) {
-        if (memcmp(in->data + i - 3, "\r\n\r\n", 4) == 0) {
+    for (size_t i = 3; i < len; i++) {
+        if (memcmp(data + i - 3, "\r\n\r\n", 4) == 0) {
             return i + 1;
         }
     }
@@ -809,32 +809,52 @@ static void open_established(struct ws *w)
     }
 }
 
+long ws_handshake_parse(const uint8_t *buf, size_t len, const char *accept, int *status,
+                        const char **why)
+{
+    int code = status_code(buf, len);
+    *status = code > 0 ? code : 0;
+    *why = NULL;
+    if (code < 0) {
+        *why = "the answer is not HTTP";
+        return -EPROTO;
+    }
+    if (code > 0 && code != 101) {
+        *why = "not 101";
+        return -EPROTO;
+    }
+    size_t end = head_end(buf, len);
+    if (end == 0) {
+        if (len > WS_MAX_HANDSHAKE) {
+            *why = "answer head over 8192 bytes"; /* WS_MAX_HANDSHAKE */
+            return -EPROTO;
+        }
+        return 0;
+    }
+    char *head = xstrndup((const char *)buf, end);
+    *why = check_upgrade(accept, head);
+    free(head);
+    return *why != NULL ? -EPROTO : (long)end;
+}
+
 /* Read the handshake answer from `in`; on 101 switch to OPEN. */
 static void process_handshake(struct ws *w)
 {
-    int code = status_code(&w->in);
-    if (code < 0) {
-        fail(w, 1006, 0, "handshake: the answer is not HTTP");
+    int code;
+    const char *why;
+    long n = ws_handshake_parse(w->in.data, w->in.len, w->accept, &code, &why);
+    if (n == 0) {
         return;
     }
-    if (code > 0 && code != 101) {
-        fail(w, 1006, code == 401 || code == 403, "handshake answered %d", code);
-        return;
-    }
-    size_t end = head_end(&w->in);
-    if (end == 0) {
-        if (w->in.len > WS_MAX_HANDSHAKE) {
-            fail(w, 1006, 0, "handshake: answer head over %d bytes", WS_MAX_HANDSHAKE);
+    if (n < 0) {
+        if (code != 0 && code != 101) {
+            fail(w, 1006, code == 401 || code == 403, "handshake answered %d", code);
+        } else {
+            fail(w, 1006, 0, "handshake: %s", why);
         }
         return;
     }
-    char *head = xstrndup((const char *)w->in.data, end);
-    const char *bad = check_upgrade(w, head);
-    free(head);
-    if (bad != NULL) {
-        fail(w, 1006, 0, "handshake: %s", bad);
-        return;
-    }
+    size_t end = (size_t)n;
     memmove(w->in.data, w->in.data + end, w->in.len - end);
     w->in.len -= end;
     open_established(w);

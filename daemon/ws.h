@@ -115,6 +115,17 @@ long ws_frame_parse(uint8_t *buf, size_t len, size_t max_len, struct ws_frame *o
 size_t ws_frame_encode(uint8_t *out, int opcode, const uint8_t *payload, size_t len,
                        const uint8_t mask[4]);
 
+/*
+ * Check the server's answer to the opening handshake: buf holds the len
+ * bytes received so far (frames may follow the head). Returns the length of
+ * the answer's head (> 0) for a 101 with "Upgrade: websocket",
+ * "Connection: Upgrade" and Sec-WebSocket-Accept equal to `accept`; 0 when
+ * more bytes are needed; -EPROTO otherwise, with *why saying what is wrong.
+ * *status is the answer's status code, 0 while there is none.
+ */
+long ws_handshake_parse(const uint8_t *buf, size_t len, const char *accept, int *status,
+                        const char **why);
+
 /* Sec-WebSocket-Accept for a Sec-WebSocket-Key (base64 of SHA-1 of key +
  * GUID) into out (at least 29 bytes). */
 void ws_accept_key(const char *key, char out[29]);

@@ -5,7 +5,8 @@
 #   tools/deps.sh            check; install what is missing when root, else
 #                            print the exact apt-get line and fail
 #   tools/deps.sh --check    check only (exit 1 when something is missing)
-#   DEPS_EXTRA="pkg ..."     more packages to require (e.g. valgrind, clang)
+#   DEPS_EXTRA="pkg ..."     more packages to require (e.g. valgrind; `make fuzz`
+#                            asks for clang libclang-rt-14-dev)
 set -eu
 
 # package:probe  (probe = a file that the package installs)

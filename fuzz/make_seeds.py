@@ -1,0 +1,179 @@
+#!/usr/bin/python3
+"""Write the seed corpora fuzz/corpus/<target>/seed-* from real protocol
+examples (PROTOCOL.md 2.1-2.6, 5), the shipped configuration and hand-made
+WebSocket streams. Re-run after changing it; crash reproducers found by the
+fuzzers live next to the seeds as regress-* and are never rewritten here."""
+import hashlib
+import base64
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+ID = "8f27c419-d9e5-4510-b4e6-56ec53ba8ba2"
+
+
+def write(target, name, data):
+    d = os.path.join(HERE, "corpus", target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "seed-" + name), "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+
+
+def task_seeds():
+    t = "fuzz_task_parse"
+    write(t, "poll", '{"job_id": "%s", "task_id": "%s", "type": "echo", "params": {"msg": "hi"}, '
+          '"tracing_context": {}, "params_metadata": null}' % (ID, ID))
+    write(t, "branch", '{"job_id": "j1", "task_id": "b-1", "type": "imaging.resize", '
+          '"params": {"width": 64, "height": 32, "image": "aGVsbG8="}, "tracing_context": '
+          '{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}, '
+          '"params_metadata": {"image": {"uri": "s3://b/k", "size": 5, "etag": "e"}}, "priority": 9}')
+    write(t, "no_params", '{"job_id": "j", "task_id": "t", "type": "echo"}')
+    write(t, "bad_params", '{"job_id": "j", "task_id": "t", "type": "echo", "params": [1, 2]}')
+    write(t, "no_ids", '{"type": "echo", "params": {}}')
+    write(t, "dup", '{"job_id": "j", "job_id": "k", "task_id": "t", "type": "x", "params": {}}')
+    write(t, "deep", '{"job_id": "j", "task_id": "t", "type": "x", "params": ' + "[" * 200 + "]" * 200 + "}")
+    write(t, "unicode", '{"job_id": "j\\u00e9", "task_id": "t\\ud83d\\ude00", "type": "echo", '
+          '"params": {"s": "\\u0000x"}}')
+    write(t, "not_object", '["job_id"]')
+    write(t, "empty", "")
+
+
+def cfg_seeds():
+    t = "fuzz_cfg"
+    with open(os.path.join(ROOT, "conf", "worker.ini")) as f:
+        write(t, "worker_ini", f.read())
+    write(t, "full", """[worker]
+worker_id = w-1
+worker_type = gpu-worker
+max_concurrent_tasks = 4
+cpu_cores = 8
+shutdown_timeout = 12.5
+advertise_busy = false
+log_level = debug
+log_format = json
+hostname = host1
+ip_address = 10.0.0.2
+gpu_model = RTX 4090
+gpu_vram_gb = 24
+installed_software = {"python": "3.11", "ffmpeg": "6"}
+installed_models = [{"name": "llama", "version": "3"}]
+cost_per_skill = {"echo": 0.5}
+
+[orchestrator]
+url = https://orch.example:8443/base
+token = secret-token
+poll_timeout = 30
+heartbeat_interval = 15
+heartbeat_debounce = 0.1
+websockets = yes
+result_retry_initial_delay = 1
+retry_max_delay = 60
+probe_every = 4
+
+[limits]
+echo = 2
+imaging.resize = 1, timeout=30
+
+[capabilities]
+region = eu
+gpu = true
+
+[plugin.echo]
+prefix = >>
+api_key = hunter2
+""")
+    write(t, "bad_key", "[worker]\nnot_a_key = 1\n")
+    write(t, "bad_section", "[nope]\nx = 1\n")
+    write(t, "syntax", "[worker\nmax_concurrent_tasks 4\n")
+    write(t, "continuation", "[capabilities]\nlong = a\n  b\n  c\n")
+    write(t, "dup", "[worker]\nworker_id = a\nworker_id = b\n")
+    write(t, "token_file_missing", "[orchestrator]\ntoken_file = /nonexistent/avt-token\n")
+    write(t, "bad_numbers", "[worker]\nmax_concurrent_tasks = 99999999999999999999\n"
+          "shutdown_timeout = nan\n[orchestrator]\npoll_timeout = -1\n")
+    write(t, "bad_json", "[worker]\ninstalled_models = [{\"name\": 1}]\ncost_per_skill = {\"a\": \"x\"}\n")
+    write(t, "bad_url", "[orchestrator]\nurl = ftp://x/\n")
+    write(t, "ctrl", "[worker]\nworker_type = a\x01b\n")
+    write(t, "crlf", "[worker]\r\nworker_id = w\r\n")
+    write(t, "empty", "")
+
+
+def frame(op, payload, fin=True, mask=None, form=None):
+    b0 = (0x80 if fin else 0) | op
+    n = len(payload)
+    if form == 127 or n > 0xFFFF:
+        hdr = struct.pack("!BBQ", b0, 127 | (0x80 if mask else 0), n)
+    elif form == 126 or n >= 126:
+        hdr = struct.pack("!BBH", b0, 126 | (0x80 if mask else 0), n)
+    else:
+        hdr = struct.pack("!BB", b0, n | (0x80 if mask else 0))
+    if mask:
+        payload = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+        hdr += mask
+    return hdr + payload
+
+
+def ws_seeds():
+    t = "fuzz_ws_frame"
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    acc = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+    head = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
+            "Sec-WebSocket-Accept: %s\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\n\r\n" % acc).encode()
+    cancel = ('{"command": "cancel_task", "task_id": "%s", "job_id": "%s"}' % (ID, ID)).encode()
+    write(t, "handshake", head)
+    write(t, "handshake_cancel", head + frame(1, cancel))
+    write(t, "handshake_401", head + b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+    write(t, "handshake_403", b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n\r\nno")
+    write(t, "handshake_badaccept", head.replace(acc.encode(), b"AAAAAAAAAAAAAAAAAAAAAAAAAAA="))
+    write(t, "handshake_tokens", ("HTTP/1.1 101 OK\r\nupgrade:  WebSocket , h2c\r\nCONNECTION: keep-alive, Upgrade\r\n"
+                                  "sec-websocket-accept: %s \r\n\r\n" % acc).encode() + frame(9, b"p"))
+    write(t, "frames", frame(1, cancel) + frame(9, b"ping") + frame(10, b"") + frame(2, b"\x00\x01"))
+    write(t, "fragmented", frame(1, b'{"command": ', fin=False) + frame(9, b"x") +
+          frame(0, b'"cancel_task", ', fin=False) + frame(0, b'"task_id": "t"}'))
+    write(t, "close", frame(1, b"hi") + frame(8, struct.pack("!H", 1000) + b"bye"))
+    write(t, "close_bad", frame(8, struct.pack("!H", 1005)) + frame(8, b"x"))
+    write(t, "long16", frame(1, b"a" * 300))
+    write(t, "long64", frame(1, b"b" * 40, form=127))
+    write(t, "masked", frame(1, b"masked text", mask=b"\x01\x02\x03\x04"))
+    write(t, "partial", frame(1, b"c" * 200)[:100])
+    write(t, "cont_first", frame(0, b"orphan"))
+    write(t, "reserved", bytes([0xC1, 0x00]) + bytes([0x83, 0x00]))
+
+
+def orch_seeds():
+    t = "fuzz_orch_response"
+    for i, body in enumerate([
+        '{"status": "registered", "version": "1.0b3", "warning": null}',
+        '{"status": "registered", "version": "1.0b3", "warning": "Protocol version mismatch! '
+        'Orchestrator: 1.0b3, Worker: 0.9."}',
+        '{"error": "Missing required field: worker_id"}',
+        '{"error": "Invalid worker_id: \'bad id!\'. Must be alphanumeric, underscores, or hyphens only."}',
+        '{"status": "ttl_refreshed"}',
+        "null",
+        '{"status": "ok"}',
+        '{"status": "ok", "cancel_task_ids": ["%s", "b-2", 7, null]}' % ID,
+        '{"status": "ok", "cancel_task_ids": "not-a-list"}',
+        '{"error": "Expecting value: line 1 column 1 (char 0)"}',
+        '{"status": "accepted", "transition": "success_transition"}',
+        '{"status": "accepted", "transition": "failure_handled"}',
+        '{"status": "ignored", "reason": "job_not_found", "message": "Job X not found (expired or deleted)."}',
+        '{"status": "ignored", "reason": "stale_task", "message": "Result ignored: task_id X is no '
+        'longer active for job Y."}',
+        '{"status": "ignored"}',
+        '{"error": "Too Many Requests"}',
+        '{"command": "cancel_task", "task_id": "%s", "job_id": "%s"}' % (ID, ID),
+        '{"command": "cancel_task", "task_id": 5}',
+        '{"command": "shutdown"}',
+        "<html><body>502 Bad Gateway\r\n\tnginx</body></html>",
+        "500 Internal Server Error" + "x" * 200,
+        '{"status": "ok", "cancel',
+        "",
+    ]):
+        write(t, "%02d" % i, body)
+
+
+if __name__ == "__main__":
+    task_seeds()
+    cfg_seeds()
+    ws_seeds()
+    orch_seeds()
