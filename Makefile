@@ -171,6 +171,21 @@ fuzz: fuzz-build
 fuzz-smoke: fuzz-build
 	@tools/fuzz.sh $(FUZZ_BUILD) $(FUZZ_SMOKE_TIME)
 
+# Benchmarks (bench/README.md): bench/plugins/NAME.c becomes
+# build/bench/plugins/NAME.so. `make bench RUNS=5` prints the table and
+# rewrites docs/benchmarks.md; bench-smoke is CI's few-second run of the same
+# code (numbers never judged).
+BENCH_PLUGINS = $(patsubst bench/plugins/%.c,$(BUILD)/bench/plugins/%.so,$(wildcard bench/plugins/*.c))
+RUNS ?= 3
+$(BUILD)/bench/plugins/%.so: bench/plugins/%.c bench/plugins/stamp.h sdk/avt_plugin.h | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(PLUGIN_CFLAGS) $(CFLAGS) $(PLUGIN_LDFLAGS) -o $@ $< $(PLUGIN_LIBS)
+.PHONY: bench-smoke
+bench: all $(BENCH_PLUGINS)
+	@BUILD=$(BUILD) $(PYTHON) bench/bench.py --runs $(RUNS)
+bench-smoke: all $(BENCH_PLUGINS)
+	@BUILD=$(BUILD) $(PYTHON) bench/bench.py --smoke
+
 install: all
 	install -Dm0755 $(BUILD)/avtworkerd $(DESTDIR)$(BINDIR)/avtworkerd
 	install -d $(DESTDIR)$(PLUGINDIR)

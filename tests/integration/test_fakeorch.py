@@ -578,4 +578,33 @@ def fast_mode(t):
         check(b"POST /_test/fault" in o.request("GET", "/_test/help").body)
 
 
+@test
+def bench_timings_and_wait(t):
+    """What bench/bench.py relies on: /_test/wait answers once N results
+    arrived (or on its timeout), and with timings on every answered task has
+    ordered enqueue/handout/arrival stamps plus the data's t0/t1."""
+    with FakeOrch(poll_timeout=0.3, fast=True) as o:
+        reg(o)
+        o.config(timings=True)
+        t0 = time.monotonic()
+        check(o._json("GET", "/_test/wait?results=1&timeout=0.3")["results"] == 0)
+        check(time.monotonic() - t0 >= 0.25, "wait answered before its timeout")
+        ids = o.prequeue("w1", "echo", count=2)
+        waiter = threading.Thread(target=lambda: o._json("GET", "/_test/wait?results=2&timeout=20"))
+        waiter.start()
+        task = poll(o).json()
+        before = time.time()
+        result(o, task["task_id"], data={"t0": before, "t1": before + 0.001})
+        check(waiter.is_alive(), "wait answered after 1 of 2 results")
+        result(o, poll(o).json()["task_id"])
+        waiter.join(tmo(5))
+        check(not waiter.is_alive(), "wait did not answer after 2 results")
+        rows = {r[0]: r for r in o._json("GET", "/_test/timings")}
+        check(sorted(rows) == sorted(ids), rows)
+        first = rows[task["task_id"]]
+        check(first[1] <= first[2] <= first[3] and first[4] == before, first)
+        check(rows[[i for i in ids if i != task["task_id"]][0]][4] is None, rows)
+        check(o._json("DELETE", "/_test/timings") == [] and o._json("GET", "/_test/timings") == [])
+
+
 main()

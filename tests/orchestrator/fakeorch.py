@@ -91,6 +91,7 @@ class Settings:
         "keep_results": bool,           # append every result body to job["results"]
         "ws_unregister_quirk": bool,    # the old socket's close unregisters its successor
         "client_token": str,            # X-Client-Token for /api/v1, None = not checked
+        "timings": bool,                # record per-task timestamps (GET /_test/timings), for bench/
     }
 
     def __init__(self, args):
@@ -106,6 +107,7 @@ class Settings:
         self.keep_results = not args.fast
         self.ws_unregister_quirk = True
         self.client_token = args.client_token
+        self.timings = False
         self.rate_limit = None          # dict(limit, poll_limit, period, retry_after) or None
         self.gzip = True
 
@@ -288,6 +290,8 @@ class FakeOrch:
         self.counters = {}
         self.ratelimit = {}        # key -> [count, expiry]
         self.seq = 0
+        self.tim = {}              # task_id -> [enqueued, handed out, result arrived, data.t0, data.t1]
+        self.waiters = []          # [(results wanted, future)] of GET /_test/wait
 
     # ---- workers ---------------------------------------------------------
     def wstats(self, wid):
@@ -357,6 +361,9 @@ class FakeOrch:
                    "params": task_info["params"], "tracing_context": {},
                    "params_metadata": job.rec.get("data_metadata")}
         self.seq += 1
+        if self.cfg.timings:
+            # CLOCK_REALTIME, the clock the bench plugins stamp their data with.
+            self.tim[job.id] = [time.time(), None, None, None, None]
         self.queue(wid).put_nowait((-float(task_info.get("priority") or 0), self.seq, payload))
         rec = self.workers.get(wid)
         if rec is not None:
@@ -531,6 +538,22 @@ class FakeOrch:
 
     def count(self, name, n=1):
         self.counters[name] = self.counters.get(name, 0) + n
+        if name == "result" and self.waiters:
+            have = self.counters[name]
+            for w in [w for w in self.waiters if w[0] <= have or w[1].done()]:
+                self.waiters.remove(w)
+                if not w[1].done():
+                    w[1].set_result(have)
+
+    def stamp_result(self, task_id, arrived, data):
+        """Timings: the result for task_id arrived at `arrived`; keep the
+        handler's own start/end stamps (data.t0, data.t1) when it sent them."""
+        row = self.tim.get(task_id) if isinstance(task_id, str) else None
+        if row is None or row[2] is not None:
+            return
+        row[2] = arrived
+        if isinstance(data, dict):
+            row[3], row[4] = data.get("t0"), data.get("t1")
 
 
 # --------------------------------------------------------------------------
@@ -607,6 +630,8 @@ async def h_poll(request):
         st.polls_now -= 1
     mark_picked_up(o, task)
     st.handout(task["task_id"], task["type"])
+    if o.cfg.timings and task["task_id"] in o.tim:
+        o.tim[task["task_id"]][1] = time.time()
     return worker_json(task)
 
 
@@ -665,6 +690,7 @@ async def h_heartbeat(request):
 
 @rxon_endpoint
 async def h_result(request):
+    arrived = time.time()
     o = orch_of(request)
     payload = await request.json(loads=json.loads)
     ident = auth_or_raise(o, request, body_hint(payload))
@@ -682,6 +708,8 @@ async def h_result(request):
     job_id = payload.get("job_id")
     if not job_id or not task_id:
         raise ValueError("job_id and task_id are required")
+    if o.cfg.timings:
+        o.stamp_result(task_id, arrived, payload.get("data"))
     return worker_json(apply_result(o, payload, job_id, task_id))
 
 
@@ -1021,6 +1049,33 @@ async def t_prequeue(request):
     return api_json({"job_ids": ids})
 
 
+async def t_wait(request):
+    """GET /_test/wait?results=N&timeout=S: answers once N results (any
+    status) have arrived since the last reset, or after S seconds; the body
+    is {"results": count so far}. Lets a benchmark wait without polling."""
+    o = orch_of(request)
+    want = int(request.query.get("results", 1))
+    if o.counters.get("result", 0) < want:
+        fut = asyncio.get_running_loop().create_future()
+        o.waiters.append((want, fut))
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), float(request.query.get("timeout", 60)))
+        except asyncio.TimeoutError:
+            fut.cancel()
+    return api_json({"results": o.counters.get("result", 0)})
+
+
+async def t_timings(request):
+    """GET /_test/timings: [[task_id, enqueued, handed_out, result_arrived,
+    t0, t1]] of every task whose result arrived (time.time() seconds; t0/t1
+    from the result's data or null); DELETE forgets them all."""
+    o = orch_of(request)
+    if request.method == "DELETE":
+        o.tim = {}
+        return api_json([])
+    return api_json([[k] + v for k, v in o.tim.items() if v[2] is not None])
+
+
 async def t_ws_send(request):
     """POST /_test/ws/send {"worker_id", "message": object|string}."""
     o = orch_of(request)
@@ -1261,6 +1316,8 @@ def make_app(orch):
     r.add_get("/_test/log", t_log)
     r.add_get("/_test/stats", t_stats)
     r.add_post("/_test/prequeue", t_prequeue)
+    r.add_get("/_test/wait", t_wait)
+    r.add_route("*", "/_test/timings", t_timings)
     r.add_post("/_test/ws/send", t_ws_send)
     r.add_post("/_test/ws/close", t_ws_close)
     r.add_get("/_test/help", t_help)
@@ -1346,7 +1403,7 @@ GET|DELETE /_test/faults          list / clear queued faults
 POST /_test/expire {worker_id}    the worker's TTL lapses now (record purged, queue kept)
 GET|POST /_test/config {...}      poll_timeout, worker_ttl, max_retries, task_timeout, watcher_interval,
                                   queue_when_no_worker, log_requests, keep_results, ws_unregister_quirk,
-                                  client_token, worker_token, worker_tokens {id: token}, gzip,
+                                  client_token, worker_token, worker_tokens {id: token}, gzip, timings,
                                   rate_limit {limit, poll_limit, period, retry_after} | null
 GET /_test/log?since=N&path=S     request log rows {t, method, path, kind, worker_id, status, body,
                                   headers, resp, resp_headers}; WebSocket frames as WS-RECV / WS-SEND
@@ -1354,6 +1411,9 @@ GET /_test/stats                  per worker: polls, polls_outstanding, max_poll
                                   polls_while_outstanding {N: polls}, handouts, outstanding(_by_type),
                                   max_outstanding(_by_type), results; counters; jobs by status
 POST /_test/prequeue {worker_id, type, params, count, priority, timeout_seconds}
+GET /_test/wait?results=N&timeout=S        answer once N results arrived (or after S s): {results}
+GET|DELETE /_test/timings         with config timings=true: [task_id, enqueued, handed_out, result_arrived,
+                                  t0, t1] per answered task (time.time(); t0/t1 = the result data's)
 POST /_test/ws/send {worker_id, message}   push any frame to a connected worker
 POST /_test/ws/close {worker_id, code}     close a worker's socket
 """
