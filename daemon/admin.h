@@ -1,0 +1,66 @@
+/*
+ * admin.h - the local admin endpoint: a tiny HTTP/1.1 server on the loop
+ * thread (GET or HEAD, one request per connection, "Connection: close").
+ *
+ *   /metrics   Prometheus text format 0.0.4 (README "Operations" lists the
+ *              metrics)
+ *   /healthz   200 "ok" when registered, not draining, and the last
+ *              successful exchange with the orchestrator is at most
+ *              3 x heartbeat_interval old; else 503 and the reason
+ *   /threads   what every worker thread does, and for how long (text)
+ *
+ * Malformed requests get 400, a request head over 8 KiB 431, another
+ * method 405, an unknown path 404. A request must arrive whole within
+ * ADMIN_REQUEST_TIMEOUT seconds of the connection (slow clients are cut
+ * off) and at most ADMIN_CONNS_MAX connections are open at once (a new one
+ * closes the oldest); nothing a client sends can block the loop or crash
+ * the daemon.
+ *
+ * Everything here runs on the loop thread.
+ */
+#ifndef AVT_DAEMON_ADMIN_H
+#define AVT_DAEMON_ADMIN_H
+
+#include <stddef.h>
+
+struct cfg;
+struct ev_loop;
+struct orch;
+struct pool;
+
+#define ADMIN_REQUEST_TIMEOUT 5.0
+#define ADMIN_CONNS_MAX 32
+
+/* What the endpoint reports on. Borrowed for the admin's lifetime: the
+ * daemon may change the fields between loop iterations (a reload swaps
+ * cfg); stuck_fn, when set, returns the number of stuck handlers. */
+struct admin_sources {
+    const struct cfg *cfg;
+    struct pool *pool;
+    struct orch *orch;
+    int (*stuck_fn)(void *arg);
+    void *stuck_arg;
+    double started; /* now_mono() at start-up, for the uptime */
+};
+
+struct admin;
+
+/*
+ * Listen on `addr` ("ADDRESS:PORT" or "[IPV6]:PORT", as cfg normalizes
+ * it). Returns the admin, or NULL with "admin: cannot listen on ...: why"
+ * in err (the daemon then exits 78).
+ */
+struct admin *admin_create(struct ev_loop *loop, const char *addr, const struct admin_sources *src,
+                           char *err, size_t errlen);
+
+/* Close the listening socket and every connection. NULL is a no-op. */
+void admin_destroy(struct admin *a);
+
+/* The /metrics text (caller frees); *len is set to its length. */
+char *admin_metrics_text(const struct admin_sources *src, size_t *len);
+
+/* Log one line per worker thread (SIGUSR1): idle for how long, or the
+ * task it runs (task_id, job_id, type, plugin) and for how long. */
+void admin_log_threads(struct pool *pool);
+
+#endif /* AVT_DAEMON_ADMIN_H */
