@@ -39,11 +39,16 @@ Constructor options map to fakeorch.py flags: token (--worker-token),
 workers_toml (text or path: individual tokens), poll_timeout, worker_ttl,
 max_retries, task_timeout, watcher_interval, queue_when_no_worker, fast,
 log_level, client_token, port (0 = ephemeral; kept across stop()/start()).
+TLS (HTTPS and WSS, 1.2): tls_cert/tls_key (the server's certificate),
+tls_ca (the CA client certificates must chain to), require_client_cert,
+sts_expires_in; client_cert/client_key are what this helper itself
+presents (needed with require_client_cert). url is then https://.
 Timeouts given to wait_* are scaled with TIMEOUT_MULT like avt.tmo().
 """
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -87,8 +92,19 @@ class Response:
 class FakeOrch:
     def __init__(self, token="worker-token", workers_toml=None, poll_timeout=2.0, worker_ttl=None,
                  max_retries=None, task_timeout=None, watcher_interval=None, queue_when_no_worker=False,
-                 fast=False, log_level="WARNING", client_token=None, port=0, extra_args=()):
+                 fast=False, log_level="WARNING", client_token=None, port=0, extra_args=(),
+                 tls_cert=None, tls_key=None, tls_ca=None, require_client_cert=False,
+                 sts_expires_in=None, client_cert=None, client_key=None):
         self.token = token
+        self.tls = tls_cert is not None
+        self._ssl = None
+        if self.tls:
+            # The harness talks to its own server: no verification needed.
+            self._ssl = ssl.create_default_context()
+            self._ssl.check_hostname = False
+            self._ssl.verify_mode = ssl.CERT_NONE
+            if client_cert:
+                self._ssl.load_cert_chain(client_cert, client_key)
         self.port = port
         self.proc = None
         self._dir = tempfile.mkdtemp(prefix="fakeorch.")
@@ -96,13 +112,17 @@ class FakeOrch:
         args = ["--worker-token", token, "--poll-timeout", str(poll_timeout), "--log-level", log_level]
         for flag, val in (("--worker-ttl", worker_ttl), ("--max-retries", max_retries),
                           ("--task-timeout", task_timeout), ("--watcher-interval", watcher_interval),
-                          ("--workers-toml", workers_toml), ("--client-token", client_token)):
+                          ("--workers-toml", workers_toml), ("--client-token", client_token),
+                          ("--tls-cert", tls_cert), ("--tls-key", tls_key), ("--tls-ca", tls_ca),
+                          ("--sts-expires-in", sts_expires_in)):
             if val is not None:
                 args += [flag, str(val)]
         if queue_when_no_worker:
             args.append("--queue-when-no-worker")
         if fast:
             args.append("--fast")
+        if require_client_cert:
+            args.append("--require-client-cert")
         self._args = args + list(extra_args)
         self._client_token = client_token
 
@@ -165,11 +185,11 @@ class FakeOrch:
 
     @property
     def url(self):
-        return "http://127.0.0.1:%d" % self.port
+        return "%s://127.0.0.1:%d" % ("https" if self.tls else "http", self.port)
 
     @property
     def ws_url(self):
-        return "ws://127.0.0.1:%d" % self.port
+        return "%s://127.0.0.1:%d" % ("wss" if self.tls else "ws", self.port)
 
     def worker_env(self, worker_id=None, token=None):
         """The environment variables a worker reads (SDK names)."""
@@ -188,7 +208,7 @@ class FakeOrch:
         h.update(headers or {})
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=h)
         try:
-            with urllib.request.urlopen(req, timeout=_tmo(timeout)) as r:
+            with urllib.request.urlopen(req, timeout=_tmo(timeout), context=self._ssl) as r:
                 return Response(r.status, r.headers, r.read())
         except urllib.error.HTTPError as e:
             return Response(e.code, e.headers, e.read())

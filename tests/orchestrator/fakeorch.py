@@ -19,6 +19,13 @@ On top of the protocol it offers:
 
 Run: fakeorch.py --port 0 --port-file F [--worker-token T] [--poll-timeout S]
      [--workers-toml PATH|TEXT] [--fast] [--log-level LEVEL]
+     [--tls-cert PEM --tls-key PEM [--tls-ca PEM] [--require-client-cert]
+      [--sts-expires-in S]]
+With --tls-cert the server speaks HTTPS (and WSS) like the real one with
+TLS_ENABLED=true (1.2): --tls-ca is the CA that client certificates must
+chain to (TLS_CA_PATH); a verified client certificate's commonName is the
+worker's identity; POST /_worker/auth/token issues STS access tokens for
+it (2.5), valid --sts-expires-in seconds (3600), accepted as X-Worker-Token.
 See tests/integration/orch.py for the Python helper the tests use, and
 USAGE at the end of this file (also `fakeorch.py --help` and GET /_test/help)
 for the control API.
@@ -28,13 +35,16 @@ Only Debian's python3 (3.11) and python3-aiohttp (3.8.4) are needed.
 import argparse
 import asyncio
 import gzip
+import hashlib
 import io
 import json
 import logging
 import os
 import random
 import re
+import secrets
 import signal
+import ssl
 import sys
 import time
 import tomllib
@@ -91,6 +101,10 @@ class Settings:
         "keep_results": bool,           # append every result body to job["results"]
         "ws_unregister_quirk": bool,    # the old socket's close unregisters its successor
         "client_token": str,            # X-Client-Token for /api/v1, None = not checked
+        "sts_expires_in": float,        # lifetime of issued STS access tokens (3600)
+        "sts_enforce": bool,            # not in the real one: with a client certificate the
+                                        # X-Worker-Token must ALSO be a live access token of its
+                                        # CN (tests that the worker renews it in time)
         "timings": bool,                # record per-task timestamps (GET /_test/timings), for bench/
     }
 
@@ -107,6 +121,8 @@ class Settings:
         self.keep_results = not args.fast
         self.ws_unregister_quirk = True
         self.client_token = args.client_token
+        self.sts_expires_in = args.sts_expires_in
+        self.sts_enforce = False
         self.timings = False
         self.rate_limit = None          # dict(limit, poll_limit, period, retry_after) or None
         self.gzip = True
@@ -289,6 +305,7 @@ class FakeOrch:
         self.reqlog = []
         self.counters = {}
         self.ratelimit = {}        # key -> [count, expiry]
+        self.sts = {}              # sha256(access token) -> (worker_id, monotonic expiry)
         self.seq = 0
         self.tim = {}              # task_id -> [enqueued, handed out, result arrived, data.t0, data.t1]
         self.waiters = []          # [(results wanted, future)] of GET /_test/wait
@@ -318,11 +335,39 @@ class FakeOrch:
         now = time.monotonic()
         return [(w, r) for w, r in self.workers.items() if self.ttl.get(w, 0) > now]
 
-    def auth(self, token, hint):
-        """Section 1.1 without mTLS/STS; returns the authenticated identity."""
+    def sts_issue(self, wid):
+        """A new access token for wid (2.5); only its sha256 is kept."""
+        token = secrets.token_urlsafe(32)
+        exp = time.monotonic() + self.cfg.sts_expires_in
+        self.sts[hashlib.sha256(token.encode()).hexdigest()] = (wid, exp)
+        self.count("sts_issued")
+        return token
+
+    def sts_owner(self, token):
+        """The worker an unexpired access token belongs to, or None."""
+        if not token:
+            return None
+        ent = self.sts.get(hashlib.sha256(token.encode()).hexdigest())
+        if ent is None or ent[1] < time.monotonic():
+            return None
+        return ent[0]
+
+    def auth(self, token, hint, cert_cn=None):
+        """Section 1.1; returns the authenticated identity."""
+        if cert_cn:
+            if hint and hint != cert_cn:
+                raise AuthError(f"Unauthorized: Certificate CN '{cert_cn}' does not match worker_id '{hint}'")
+            if self.cfg.sts_enforce and self.sts_owner(token) != cert_cn:
+                raise AuthError("Unauthorized: access token missing or expired (sts_enforce)")
+            return cert_cn
         if not token:
             raise AuthError("Missing X-Worker-Token header or client certificate")
         self.purge_expired()
+        owner = self.sts_owner(token)
+        if owner is not None:
+            if hint and hint != owner:
+                raise AuthError(f"Unauthorized: Access Token belongs to '{owner}', but request is for '{hint}'")
+            return owner
         if not hint:
             if self.cfg.worker_token and token == self.cfg.worker_token:
                 return GLOBAL_ID
@@ -563,9 +608,20 @@ def orch_of(request):
     return request.app["orch"]
 
 
+def peer_cn(request):
+    """The commonName of a verified client certificate, or None (1.2)."""
+    transport = request.transport
+    cert = transport.get_extra_info("peercert") if transport is not None else None
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return None
+
+
 def auth_or_raise(o, request, hint):
     try:
-        return o.auth(request.headers.get("X-Worker-Token"), hint)
+        return o.auth(request.headers.get("X-Worker-Token"), hint, peer_cn(request))
     except AuthError as e:
         raise web.HTTPUnauthorized(text=str(e)) from e
 
@@ -782,10 +838,18 @@ def route_failure(o, job, err):
 
 @rxon_endpoint
 async def h_sts(request):
-    """Without TLS there is never a certificate: 403 after auth (2.5)."""
+    """A verified client certificate gets a token for its CN; without one
+    403, even with a valid token (2.5). sts_enforce does not apply here: the
+    certificate alone is what obtains a token."""
     o = orch_of(request)
-    auth_or_raise(o, request, None)
-    raise web.HTTPForbidden(text="Unauthorized: mTLS certificate required to issue access token.")
+    cn = peer_cn(request)
+    if cn is None:
+        auth_or_raise(o, request, None)
+        raise web.HTTPForbidden(text="Unauthorized: mTLS certificate required to issue access token.")
+    token = o.sts_issue(cn)
+    return worker_json({"access_token": token, "expires_in": int(o.cfg.sts_expires_in)
+                        if o.cfg.sts_expires_in == int(o.cfg.sts_expires_in) else o.cfg.sts_expires_in,
+                        "worker_id": cn})
 
 
 async def h_ws(request):
@@ -799,7 +863,7 @@ async def h_ws(request):
     ws = web.WebSocketResponse()
     await ws.prepare(request)
     try:
-        ident = o.auth(request.headers.get("X-Worker-Token"), hint)
+        ident = o.auth(request.headers.get("X-Worker-Token"), hint, peer_cn(request))
     except AuthError as e:
         o.log_entry("WS-AUTH", request.path, hint, 401, None, resp=str(e))
         raise web.HTTPUnauthorized(text=str(e)) from e
@@ -1342,7 +1406,27 @@ def parse_args(argv):
     p.add_argument("--queue-when-no-worker", action="store_true")
     p.add_argument("--fast", action="store_true", help="no request log, no result bodies kept")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    p.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    p.add_argument("--tls-ca", help="CA (PEM) that client certificates must chain to")
+    p.add_argument("--require-client-cert", action="store_true",
+                   help="refuse connections without a client certificate (else optional)")
+    p.add_argument("--sts-expires-in", type=float, default=3600.0,
+                   help="lifetime of STS access tokens, s")
     return p.parse_args(argv)
+
+
+def tls_context(args):
+    """TLS_ENABLED=true (X:security.py): the server certificate, and with a
+    CA client certificates: required or optional (then verified if sent)."""
+    if not args.tls_cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    if args.tls_ca:
+        ctx.load_verify_locations(args.tls_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED if args.require_client_cert else ssl.CERT_OPTIONAL
+    return ctx
 
 
 async def serve(args):
@@ -1356,7 +1440,8 @@ async def serve(args):
     app.on_shutdown.append(close_sockets)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port, shutdown_timeout=0.5, reuse_address=True)
+    site = web.TCPSite(runner, args.host, args.port, shutdown_timeout=0.5, reuse_address=True,
+                       ssl_context=tls_context(args))
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     if args.port_file:
@@ -1364,8 +1449,8 @@ async def serve(args):
         with open(tmp, "w") as f:
             f.write("%d\n" % port)
         os.replace(tmp, args.port_file)
-    log.warning("fakeorch listening on http://%s:%d (poll hold %.1fs, fast=%s)",
-                args.host, port, args.poll_timeout, args.fast)
+    log.warning("fakeorch listening on %s://%s:%d (poll hold %.1fs, fast=%s)",
+                "https" if args.tls_cert else "http", args.host, port, args.poll_timeout, args.fast)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -1404,7 +1489,8 @@ POST /_test/expire {worker_id}    the worker's TTL lapses now (record purged, qu
 GET|POST /_test/config {...}      poll_timeout, worker_ttl, max_retries, task_timeout, watcher_interval,
                                   queue_when_no_worker, log_requests, keep_results, ws_unregister_quirk,
                                   client_token, worker_token, worker_tokens {id: token}, gzip, timings,
-                                  rate_limit {limit, poll_limit, period, retry_after} | null
+                                  rate_limit {limit, poll_limit, period, retry_after} | null,
+                                  sts_expires_in, sts_enforce (certificate AND live access token)
 GET /_test/log?since=N&path=S     request log rows {t, method, path, kind, worker_id, status, body,
                                   headers, resp, resp_headers}; WebSocket frames as WS-RECV / WS-SEND
 GET /_test/stats                  per worker: polls, polls_outstanding, max_polls_outstanding,
