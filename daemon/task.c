@@ -313,6 +313,14 @@ void task_run(struct task *t)
     t->t_finished = now_mono();
 }
 
+static void store_reason_failure(struct task *t, int reason)
+{
+    if (reason == TASK_CANCEL_DEADLINE)
+        store_failure_f(t, AVT_TIMEOUT_ERROR, "task exceeded its timeout");
+    else if (reason == TASK_CANCEL_SHUTDOWN)
+        store_failure_f(t, AVT_TRANSIENT_ERROR, "worker shutting down");
+}
+
 void task_finish(struct task *t, int handler_rc)
 {
     int reason = atomic_load(&t->cancel);
@@ -325,12 +333,20 @@ void task_finish(struct task *t, int handler_rc)
         t->status = xstrdup("cancelled");
         return;
     }
-    if (!claim(t))
+    if (!claim(t)) {
+        /* A failure reported while a deadline or the shutdown stopped the
+         * handler (steps' "cancelled") says nothing more than the reason:
+         * the reason's report replaces it, so that the orchestrator learns
+         * why. A success stands: the work was done. */
+        if (t->outcome == TASK_OUTCOME_FAILURE &&
+            (reason == TASK_CANCEL_DEADLINE || reason == TASK_CANCEL_SHUTDOWN)) {
+            clear_outcome(t);
+            store_reason_failure(t, reason);
+        }
         return;
-    if (reason == TASK_CANCEL_DEADLINE)
-        store_failure_f(t, AVT_TIMEOUT_ERROR, "task exceeded its timeout");
-    else if (reason == TASK_CANCEL_SHUTDOWN)
-        store_failure_f(t, AVT_TRANSIENT_ERROR, "worker shutting down");
+    }
+    if (reason == TASK_CANCEL_DEADLINE || reason == TASK_CANCEL_SHUTDOWN)
+        store_reason_failure(t, reason);
     else if (handler_rc == 0)
         store_failure_f(t, AVT_TRANSIENT_ERROR, "handler returned without an outcome");
     else

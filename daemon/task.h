@@ -13,9 +13,9 @@
  *   - cancelled by the orchestrator (cancel_reason TASK_CANCEL_ORCHESTRATOR)
  *     -> status "cancelled", whatever the handler set;
  *   - cancelled by its deadline -> failure TIMEOUT_ERROR (retried) unless
- *     the handler set an outcome before noticing;
+ *     the handler succeeded (a failure it reported is replaced);
  *   - cancelled by shutdown -> failure TRANSIENT_ERROR "worker shutting
- *     down" unless the handler set an outcome;
+ *     down" unless the handler succeeded (a failure is replaced);
  *   - succeed()/complete() -> status "success" / the custom status, data;
  *   - fail() -> status "failure", error {code, message};
  *   - no outcome -> failure TRANSIENT_ERROR, message "handler returned

@@ -481,6 +481,13 @@ static int h_cancelled_no_outcome(struct avt_task *task)
     return avt_is_cancelled(task) ? -ECANCELED : 0;
 }
 
+/* Notice the cancellation and fail (what the steps plugin does). */
+static int h_cancelled_then_fail(struct avt_task *task)
+{
+    task_cancel(cancel_me, cancel_reason);
+    return avt_fail(task, AVT_TRANSIENT_ERROR, "cancelled");
+}
+
 static json_t *run_cancelled(int (*fn)(struct avt_task *), enum task_cancel reason)
 {
     struct task *t = fake_task();
@@ -520,6 +527,17 @@ TEST(cancel_reasons_map_to_results)
 
     r = run_cancelled(h_succeed_then_cancelled, TASK_CANCEL_SHUTDOWN);
     EXPECT_EQ_STR(jstr(r, "status"), "success");
+    json_decref(r);
+
+    /* A failure reported after noticing gives way to the reason's report. */
+    r = run_cancelled(h_cancelled_then_fail, TASK_CANCEL_DEADLINE);
+    EXPECT_EQ_STR(err_code(r), "TIMEOUT_ERROR");
+    EXPECT_EQ_STR(err_msg(r), "task exceeded its timeout");
+    json_decref(r);
+
+    r = run_cancelled(h_cancelled_then_fail, TASK_CANCEL_SHUTDOWN);
+    EXPECT_EQ_STR(err_code(r), "TRANSIENT_ERROR");
+    EXPECT_EQ_STR(err_msg(r), "worker shutting down");
     json_decref(r);
 }
 
