@@ -771,7 +771,7 @@ static int apply_extra_env(struct loader *ld)
 {
     extern char **environ;
     size_t pl = strlen(EXTRA_ENV_PREFIX);
-    for (char **e = environ; *e != NULL && !ld->failed; e++) {
+    for (char **e = environ; e != NULL && *e != NULL && !ld->failed; e++) {
         const char *eq = strchr(*e, '=');
         if (eq == NULL || strncmp(*e, EXTRA_ENV_PREFIX, pl) != 0 || eq[1] == '\0')
             continue;

@@ -10,8 +10,10 @@ Every test file does:
         check(r.returncode == 78, r)
     main()
 """
+import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -27,6 +29,15 @@ PLUGINS = os.path.join(BUILD, "plugins")
 TEST_PLUGINS = os.path.join(BUILD, "tests", "plugins")
 TIMEOUT_MULT = float(os.environ.get("TIMEOUT_MULT", "1"))
 VALGRIND = os.environ.get("VALGRIND") == "1"
+# Under VALGRIND=1 every daemon writes its own valgrind log here; after each
+# test the new logs are read, and an error or a definite leak fails the test
+# (a daemon killed with SIGKILL cannot report leaks, only earlier errors).
+VG_DIR = tempfile.mkdtemp(prefix="avt-vg.") if VALGRIND else None
+# What valgrind writes with -q only when something is wrong.
+VG_ERROR = re.compile(r"Invalid (read|write|free)|uninitialised|definitely lost|Mismatched free|"
+                      r"Syscall param|overlap|Jump to the invalid|"
+                      r"Process terminating with default action of signal (4|6|7|8|11) |"
+                      r"Argument '.*' of function .* has a fishy")
 
 _tests = []
 
@@ -38,6 +49,11 @@ def test(fn):
 
 class CheckFailed(Exception):
     pass
+
+
+class Skip(Exception):
+    """raise Skip("why"): reported as "ok N - name # SKIP why" (TAP), only for
+    a test the environment cannot run (never for a failure)."""
 
 
 def check(cond, *context):
@@ -67,6 +83,9 @@ class TestCtx:
         self.dir = tempfile.mkdtemp(prefix="avt-%s." % name)
         self._procs = []
         self._cleanups = []
+        # A test that makes the daemon crash on purpose sets this: valgrind
+        # logs of processes that died of a signal are then not errors.
+        self.expect_crash = False
 
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
@@ -102,7 +121,11 @@ class TestCtx:
         return d
 
     def spawn(self, args, env=None, **kw):
-        """Start the daemon in the background; stopped at the end of the test."""
+        """Start the daemon in the background; stopped at the end of the test.
+        Unless env names one, its state directory (spool, crash journal) is
+        the test's own `state/`, shared by every daemon the test starts."""
+        env = dict(env or {})
+        env.setdefault("STATE_DIRECTORY", self.path("state"))
         n = len(self._procs)
         out = open(self.path("daemon%d.out" % n), "w")
         err = open(self.path("daemon%d.log" % n), "w")
@@ -123,6 +146,13 @@ class TestCtx:
 
     def cleanup(self):
         for p in self._procs:
+            if VALGRIND and p.poll() is None:
+                # A graceful stop, so that valgrind can check for leaks.
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=tmo(3))
+                except subprocess.TimeoutExpired:
+                    pass
             if p.poll() is None:
                 p.kill()
                 try:
@@ -141,8 +171,29 @@ def daemon_argv(args):
     argv = [DAEMON] + list(args)
     if VALGRIND:
         argv = ["valgrind", "--error-exitcode=99", "--leak-check=full", "--errors-for-leak-kinds=definite",
-                "--show-leak-kinds=definite", "-q"] + argv
+                "--show-leak-kinds=definite", "--num-callers=30",
+                "--log-file=" + os.path.join(VG_DIR, "vg.%p.log"), "-q"] + argv
     return argv
+
+
+def valgrind_findings(expect_crash=False):
+    """The valgrind logs written since the last call that report an error
+    or a definite leak, as text (empty when clean); read logs are removed.
+    With expect_crash, a log of a process that died of a signal counts as
+    clean (the crash was the point of the test)."""
+    if not VALGRIND:
+        return ""
+    found = []
+    for path in sorted(glob.glob(os.path.join(VG_DIR, "vg.*.log"))):
+        with open(path, errors="replace") as f:
+            text = f.read()
+        os.unlink(path)
+        if not VG_ERROR.search(text):
+            continue
+        if expect_crash and "Process terminating with default action" in text:
+            continue
+        found.append("valgrind (%s):\n%s" % (os.path.basename(path), text))
+    return "\n".join(found)
 
 
 def daemon_env(extra=None, clean=True):
@@ -181,8 +232,11 @@ def main():
     for i, fn in enumerate(todo, 1):
         ctx = TestCtx(fn.__name__)
         ok = True
+        skip = ""
         try:
             fn(ctx)
+        except Skip as e:
+            skip = " # SKIP " + str(e)
         except Exception as e:
             ok = False
             failed += 1
@@ -192,5 +246,14 @@ def main():
                 print("#   " + line)
         finally:
             ctx.cleanup()
-        print("%sok %d - %s" % ("" if ok else "not ", i, fn.__name__), flush=True)
+        vg = valgrind_findings(ctx.expect_crash)
+        if vg:
+            if ok:
+                failed += 1
+            ok = False
+            for line in vg.rstrip().splitlines():
+                print("#   " + line)
+        print("%sok %d - %s%s" % ("" if ok else "not ", i, fn.__name__, skip), flush=True)
+    if VG_DIR:
+        shutil.rmtree(VG_DIR, ignore_errors=True)
     sys.exit(1 if failed else 0)
