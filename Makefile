@@ -180,10 +180,13 @@ RUNS ?= 3
 $(BUILD)/bench/plugins/%.so: bench/plugins/%.c bench/plugins/stamp.h sdk/avt_plugin.h | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(CC) $(PLUGIN_CFLAGS) $(CFLAGS) $(PLUGIN_LDFLAGS) -o $@ $< $(PLUGIN_LIBS)
+$(BUILD)/bench/floor: bench/floor.c | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(AVT_CFLAGS) $(CFLAGS) $(HARDEN_LD) $(LDFLAGS) -o $@ $< $(LDLIBS_AVT)
 .PHONY: bench-smoke
-bench: all $(BENCH_PLUGINS)
+bench: all $(BENCH_PLUGINS) $(BUILD)/bench/floor
 	@BUILD=$(BUILD) $(PYTHON) bench/bench.py --runs $(RUNS)
-bench-smoke: all $(BENCH_PLUGINS)
+bench-smoke: all $(BENCH_PLUGINS) $(BUILD)/bench/floor
 	@BUILD=$(BUILD) $(PYTHON) bench/bench.py --smoke
 
 install: all

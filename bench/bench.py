@@ -110,6 +110,8 @@ class Worker:
                         "[orchestrator]\npoll_timeout = %d\n" % (slots, self.dir, POLL_TIMEOUT))
             argv = [os.path.join(BUILD, "avtworkerd"), "-c", ini,
                     "-P", os.path.join(BUILD, "bench", "plugins")]
+        elif kind == "floor":
+            argv = [os.path.join(BUILD, "bench", "floor"), "serve"]
         else:
             argv = [PYTHON, ref, "--url", orch.url, "--token", orch.token, "--worker-id", self.wid,
                     "--concurrency", str(slots), "--poll-timeout", str(POLL_TIMEOUT),
@@ -119,14 +121,21 @@ class Worker:
                                      cwd=os.path.dirname(ref) if kind == "baseline" else ROOT)
         self.pid = self.proc.pid
         try:
-            orch.wait_worker(self.wid, timeout=30)
+            if kind == "floor":  # never registers: wait for its first poll
+                deadline = time.monotonic() + 30
+                while not orch.worker_stats(self.wid).get("polls"):
+                    if time.monotonic() > deadline or self.proc.poll() is not None:
+                        raise RuntimeError("no poll")
+                    time.sleep(0.05)
+            else:
+                orch.wait_worker(self.wid, timeout=30)
         except Exception:
             self.stop()
             raise RuntimeError("%s did not register:\n%s" % (kind, self.output()[-2000:]))
 
     def noop(self):
         """Task type and params of a no-op task for this worker."""
-        return "noop" if self.kind == "avtworkerd" else "echo"
+        return "echo" if self.kind == "baseline" else "noop"
 
     def cpu(self):
         return cpu_seconds(self.pid)
@@ -280,6 +289,17 @@ def sc_sleepers(kind, args):
                 "sleep_cpu_us": cpu / args.sleepers * 1e6}
 
 
+def sc_floor_idle(args):
+    """RSS of `floor idle`: libcurl initialised, nothing else."""
+    p = subprocess.Popen([os.path.join(BUILD, "bench", "floor"), "idle"])
+    try:
+        time.sleep(args.settle)
+        return {"rss_idle": status_kib(p.pid, "VmRSS")}
+    finally:
+        p.terminate()
+        p.wait()
+
+
 def sc_burn(args):
     out = {}
     for slots in (1, 2):
@@ -294,7 +314,7 @@ def sc_burn(args):
 # --------------------------------------------------------------------------
 def run_all(args):
     """{worker: {figure: [value per run]}}"""
-    res = {k: {} for k in args.kinds}
+    res = {k: {} for k in args.kinds + ["floor"]}
 
     def add(kind, figs):
         for k, v in figs.items():
@@ -310,6 +330,9 @@ def run_all(args):
             add(kind, sc_latency(kind, args))
             log("run %d/%d: %s, %d concurrent sleeping tasks" % (r + 1, args.runs, kind, args.sleepers))
             add(kind, sc_sleepers(kind, args))
+        log("run %d/%d: floor (one libcurl handle), %d tasks" % (r + 1, args.runs, args.n))
+        add("floor", sc_throughput("floor", args, 1))
+        add("floor", sc_floor_idle(args))
         log("run %d/%d: avtworkerd, CPU-bound tasks" % (r + 1, args.runs))
         add("avtworkerd", sc_burn(args))
     for kind in args.kinds:
@@ -401,6 +424,28 @@ def targets(f, args):
                 g is not None and g <= 64))
     p99 = a.get("lat_pickup_p99")
     out.append(("pickup latency p99 < 2 ms on loopback", fmt(p99, " ms"), p99 is not None and p99 < 2))
+    return out
+
+
+def floor_lines(f):
+    """The yardsticks: what libcurl and the kernel cost with no daemon code."""
+    a, b, fl = f.get("avtworkerd", {}), f.get("baseline", {}), f.get("floor", {})
+    out = []
+    fc, ac, bc = fl.get("cpu_us_c1"), a.get("cpu_us_c1"), b.get("cpu_us_c1")
+    if fc is not None:
+        out.append("- `bench/floor serve` (one thread, one keep-alive libcurl handle, the two HTTP "
+                   "exchanges per task and a jansson parse, nothing else): **%s CPU per task**, %s tasks/s "
+                   "at concurrency 1." % (fmt(fc, " us"), fmt(fl.get("tps_c1"))))
+        if ac is not None:
+            out.append("- avtworkerd at concurrency 1: %s per task, i.e. %s above that floor (thread hand-off, "
+                       "heartbeats, WebSocket, bookkeeping)." % (fmt(ac, " us"), fmt(ac - fc, " us")))
+        if bc and fc:
+            out.append("- 1/20 of the baseline's CPU per task at concurrency 1 is %s; the floor alone is %s of "
+                       "the baseline's, i.e. 1/%.0f." % (fmt(bc / 20, " us"), fmt(fc / bc, "x"), bc / fc))
+    if fl.get("rss_idle") is not None:
+        out.append("- `bench/floor idle` (an empty program linked like avtworkerd, after curl_global_init()): "
+                   "**RSS %s**; avtworkerd idle with 8 slots: %s." % (fmt(mib(fl["rss_idle"]), " MiB"),
+                                                                     fmt(mib(a.get("rss_idle")), " MiB")))
     return out
 
 
@@ -511,6 +556,9 @@ def report(f, args, elapsed):
               "polling (8 slots), 2-10 ms apart." % (args.warmup, args.n, args.lat_n), "",
               "### Targets", "", "| target | measured | met |", "|---|---:|---|"]
     lines += ["| %s | %s | %s |" % (t, m, "yes" if ok else "**no**") for t, m, ok in tg]
+    fl = floor_lines(f)
+    if fl:
+        lines += ["", "### Floors measured in the same run", ""] + fl
     if have_png:
         lines += ["", "### Chart", "", "![throughput and CPU per task vs concurrency](benchmarks.png)"]
     lines += ["", "### RSS over the memory run (KiB after N tasks)", ""]
@@ -533,6 +581,8 @@ def report(f, args, elapsed):
     print()
     for t, m, ok in tg:
         print("target: %-70s %-18s %s" % (t, m, "met" if ok else "NOT MET"))
+    for line in floor_lines(f):
+        print("floor: " + line[2:].replace("**", "").replace("`", ""))
     print("\nreport: %s%s" % (args.out, " (chart %s)" % png if have_png else ""))
 
 
