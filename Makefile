@@ -196,13 +196,31 @@ install: all
 	install -Dm0644 sdk/avt_plugin.h $(DESTDIR)$(INCLUDEDIR)/avt_plugin.h
 	install -Dm0644 $(BUILD)/avtworker-sdk.pc $(DESTDIR)$(PKGCONFIGDIR)/avtworker-sdk.pc
 	install -Dm0644 conf/worker.ini $(DESTDIR)$(SYSCONFDIR)/avtworkerd/worker.ini.example
+	@# A live configuration is never overwritten: worker.ini only when there is none.
+	test -e $(DESTDIR)$(SYSCONFDIR)/avtworkerd/worker.ini || \
+	    install -m0640 conf/worker.ini $(DESTDIR)$(SYSCONFDIR)/avtworkerd/worker.ini
+	install -d $(DESTDIR)$(UNITDIR)
+	sed -e 's|/usr/local/sbin/avtworkerd|$(BINDIR)/avtworkerd|g' \
+	    -e 's|/etc/avtworkerd/|$(SYSCONFDIR)/avtworkerd/|g' systemd/avtworkerd.service \
+	    > $(DESTDIR)$(UNITDIR)/avtworkerd.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/avtworkerd.service
+	install -Dm0644 man/avtworkerd.8 $(DESTDIR)$(MANDIR)/man8/avtworkerd.8
+	install -Dm0644 man/worker.ini.5 $(DESTDIR)$(MANDIR)/man5/worker.ini.5
+	install -Dm0644 man/avt_plugin.3 $(DESTDIR)$(MANDIR)/man3/avt_plugin.3
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/avtworkerd $(DESTDIR)$(INCLUDEDIR)/avt_plugin.h
 	rm -f $(DESTDIR)$(PKGCONFIGDIR)/avtworker-sdk.pc
 	rm -f $(PLUGIN_NAMES:%=$(DESTDIR)$(PLUGINDIR)/%.so)
 	-rmdir $(DESTDIR)$(PLUGINDIR)
+	@# worker.ini goes only when it is still the shipped file (never edits).
+	cmp -s conf/worker.ini $(DESTDIR)$(SYSCONFDIR)/avtworkerd/worker.ini && \
+	    rm -f $(DESTDIR)$(SYSCONFDIR)/avtworkerd/worker.ini || true
 	rm -f $(DESTDIR)$(SYSCONFDIR)/avtworkerd/worker.ini.example
+	-rmdir $(DESTDIR)$(SYSCONFDIR)/avtworkerd 2>/dev/null
+	rm -f $(DESTDIR)$(UNITDIR)/avtworkerd.service
+	rm -f $(DESTDIR)$(MANDIR)/man8/avtworkerd.8 $(DESTDIR)$(MANDIR)/man5/worker.ini.5
+	rm -f $(DESTDIR)$(MANDIR)/man3/avt_plugin.3
 
 FORMAT_FILES = $(wildcard daemon/*.[ch] sdk/*.h plugins/*/*.c tests/*.[ch] tests/unit/*.c tests/plugins/*.c)
 CLANG_FORMAT ?= clang-format
