@@ -1,0 +1,354 @@
+"""Running as a service: the drain on SIGTERM, deadlines and stuck
+handlers, the sd_notify messages (with a datagram socket of the test's own
+as NOTIFY_SOCKET) and reload on SIGHUP. The real daemon binary against the
+protocol-faithful test orchestrator; what happened is read from the
+orchestrator's job records and request log."""
+import os
+import shutil
+import signal
+import socket
+import time
+
+from avt import *  # noqa: F401,F403
+from avt import check, main, test, tmo, wait_for
+from orch import FakeOrch
+
+WID = "w1"
+SHUTDOWN_MSG = "worker shutting down: task did not finish in time"
+
+
+def ini(t, slots=4, worker="", limits="", hb=0.3, name="worker.ini"):
+    return t.ini("""
+[worker]
+max_concurrent_tasks = %d
+log_level = debug
+%s
+[orchestrator]
+poll_timeout = 2
+heartbeat_interval = %s
+heartbeat_debounce = 0.05
+result_retry_initial_delay = 0.2
+retry_max_delay = 2
+[limits]
+%s
+""" % (slots, worker, hb, limits), name=name)
+
+
+def start(t, o, conf, plugins=("echo", "steps", "t_behave"), env=None, pdir=None):
+    e = o.worker_env(WID)
+    e.update(env or {})
+    p = t.spawn(["-c", conf, "-P", pdir or t.plugin_dir(*plugins)], env=e)
+    o.wait_worker(WID, timeout=15)
+    return p
+
+
+def results(o, jid):
+    return o.job(jid).get("results") or []
+
+
+def outstanding(o):
+    return o.worker_stats(WID).get("outstanding_task_ids", [])
+
+
+def wait_running(o, ids, timeout=10):
+    wait_for(lambda: set(ids) <= set(outstanding(o)), timeout=timeout, what="pickup of %s" % ids)
+
+
+def wait_exit(p, timeout):
+    p.wait(timeout=tmo(timeout))
+    return p.returncode, p.log()
+
+
+def one_result(o, jid, timeout=10):
+    j = o.wait_job(jid, pred=lambda j: len(j.get("results") or []) >= 1, timeout=timeout)
+    return j["results"][0]
+
+
+# ---- drain ------------------------------------------------------------------
+
+
+@test
+def drain_delivers_every_result_and_gives_up_on_a_stubborn_handler(t):
+    with FakeOrch(poll_timeout=2, max_retries=0) as o:
+        p = start(t, o, ini(t, worker="shutdown_timeout = 1.5\ncancel_grace = 1\n"))
+        quick = [o.prequeue(WID, "sleep", {"seconds": 0.5})[0] for _ in range(2)]
+        coop = o.prequeue(WID, "t_block", {})[0]
+        stub = o.prequeue(WID, "t_stubborn", {"ms": 60000})[0]
+        ids = quick + [coop, stub]
+        wait_running(o, ids)
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        rc, log = wait_exit(p, 30)
+        took = time.monotonic() - t0
+        check(rc == 0, "exit status %s" % rc, log[-3000:])
+        check(took < tmo(12), "drain took %.1f s" % took)
+        for jid in ids:
+            check(len(results(o, jid)) == 1, jid, results(o, jid))
+        for jid in quick:
+            check(results(o, jid)[0]["status"] == "success", results(o, jid))
+        r = results(o, stub)[0]
+        check(r["status"] == "failure" and r["error"]["code"] == "TRANSIENT_ERROR"
+              and r["error"]["message"] == SHUTDOWN_MSG, r)
+        check(o.worker_stats(WID).get("outstanding_task_ids", []) == [],
+              "left for the orchestrator's timeout", o.worker_stats(WID))
+        # Offline at once, heartbeats kept going while the tasks finished.
+        hbs = [r for r in o.log(kind="heartbeat", worker_id=WID) if r["body"]]
+        off = [r for r in hbs if r["body"]["status"] == "offline"]
+        check(off and off[0]["body"]["supported_skills"] == [], hbs[-3:])
+        check(len(off) >= 3, "heartbeats stopped during the drain: %d offline" % len(off))
+        check("did not finish in time" in log, log[-2000:])
+
+
+@test
+def second_signal_shortens_the_drain(t):
+    with FakeOrch(poll_timeout=2, max_retries=0) as o:
+        p = start(t, o, ini(t, worker="shutdown_timeout = 60\ncancel_grace = 60\n"))
+        coop = o.prequeue(WID, "t_block", {})[0]
+        stub = o.prequeue(WID, "t_stubborn", {"ms": 60000})[0]
+        wait_running(o, [coop, stub])
+        p.send_signal(signal.SIGTERM)
+        wait_for(lambda: [r for r in o.log(kind="heartbeat", worker_id=WID)
+                          if r["body"] and r["body"]["status"] == "offline"], what="offline")
+        check(p.poll() is None, "exited before the tasks finished")
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)  # cancel now
+        r = one_result(o, coop)
+        check(r["status"] == "success" and r["data"] == {"saw_cancel": True}, r)
+        check(p.poll() is None, "gave up on the stubborn handler without a grace")
+        p.send_signal(signal.SIGINT)  # give up now
+        rc, log = wait_exit(p, 20)
+        check(time.monotonic() - t0 < tmo(10), "signals did not shorten the drain")
+        check(rc == 0, rc, log[-2000:])
+        r = results(o, stub)
+        check(len(r) == 1 and r[0]["error"]["message"] == SHUTDOWN_MSG, r)
+        check("shortening the drain" in log, log[-2000:])
+
+
+# ---- deadlines ----------------------------------------------------------------
+
+
+@test
+def deadline_cancels_a_cooperative_handler_with_timeout_error(t):
+    with FakeOrch(poll_timeout=2, max_retries=0) as o:
+        p = start(t, o, ini(t, limits="sleep.timeout = 1\n"))
+        jid = o.prequeue(WID, "sleep", {"seconds": 30})[0]
+        other = o.prequeue(WID, "t_progress", {"n": 2, "ms": 1500})[0]
+        t0 = time.monotonic()
+        r = one_result(o, jid, timeout=15)
+        took = time.monotonic() - t0
+        check(r["status"] == "failure" and r["error"]["code"] == "TIMEOUT_ERROR", r)
+        check(0.9 < took < tmo(6), "deadline hit after %.1f s" % took)
+        check(one_result(o, other)["status"] == "success", "a type without a timeout was cut")
+        check(len(results(o, jid)) == 1)
+        p.send_signal(signal.SIGTERM)
+        rc, log = wait_exit(p, 20)
+        check(rc == 0 and "deadline" in log, rc, log[-2000:])
+
+
+def stuck_ini(t, restart, slots=2, extra=""):
+    return ini(t, slots=slots, worker="cancel_grace = 0.5\nshutdown_timeout = 10\n"
+               "restart_on_stuck = %s\n%s" % ("true" if restart else "false", extra),
+               limits="t_stubborn.timeout = 0.5\n")
+
+
+@test
+def stuck_handler_is_reported_and_the_daemon_restarts_itself(t):
+    with FakeOrch(poll_timeout=2, max_retries=0) as o:
+        p = start(t, o, stuck_ini(t, True, slots=3))
+        other = o.prequeue(WID, "sleep", {"seconds": 2.5})[0]
+        wait_running(o, [other])
+        stub = o.prequeue(WID, "t_stubborn", {"ms": 60000})[0]
+        r = one_result(o, stub, timeout=15)
+        check(r["status"] == "failure" and r["error"]["code"] == "TIMEOUT_ERROR", r)
+        check(p.poll() is None, "exited before the other task finished")
+        rc, log = wait_exit(p, 30)
+        check(rc == 75, "exit status %s (want 75, EX_TEMPFAIL)" % rc, log[-3000:])
+        r2 = results(o, other)
+        check(len(r2) == 1 and r2[0]["status"] == "success", "the other task was not finished", r2)
+        check(len(results(o, stub)) == 1, results(o, stub), log[-6000:])
+        check("handler is stuck" in log and "type=t_stubborn" in log.replace('"type":"', "type="),
+              log[-3000:])
+        check(o.worker_stats(WID).get("outstanding_task_ids", []) == [], o.worker_stats(WID))
+
+
+@test
+def stuck_thread_is_not_polled_for_and_other_types_keep_running(t):
+    with FakeOrch(poll_timeout=2, max_retries=0) as o:
+        p = start(t, o, stuck_ini(t, False, slots=2))
+        stub = o.prequeue(WID, "t_stubborn", {"ms": 60000})[0]
+        r = one_result(o, stub, timeout=15)
+        check(r["error"]["code"] == "TIMEOUT_ERROR", r)
+        # Other types are still served, on the one thread left.
+        ids = o.prequeue(WID, "echo", {"x": 1}, count=5)
+        jobs = o.wait_jobs(ids, timeout=20)
+        check(all(j["status"] == "finished" for j in jobs), jobs)
+        # One thread is held by the stuck handler: one task at a time.
+        a = o.prequeue(WID, "t_block", {})[0]
+        wait_running(o, [a])
+        time.sleep(0.3)
+        npolls = len(o.log(kind="poll", worker_id=WID))
+        b = o.prequeue(WID, "t_block", {})[0]
+        time.sleep(tmo(1.5))
+        check(b not in outstanding(o), "polled a task with no free thread")
+        check(len(o.log(kind="poll", worker_id=WID)) == npolls, "polled with no free thread")
+        o.cancel(a)
+        wait_running(o, [b])
+        o.cancel(b)
+        one_result(o, b)
+        check(p.poll() is None, "exited although restart_on_stuck = false")
+        p.send_signal(signal.SIGTERM)
+        rc, log = wait_exit(p, 20)
+        check(rc == 0, rc, log[-2000:])
+        check("handler is stuck" in log, log[-2000:])
+
+
+# ---- systemd notify --------------------------------------------------------------
+
+
+class NotifySocket:
+    def __init__(self, t):
+        self.path = t.path("notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.05)
+        self.msgs = []  # (monotonic time, {key: value})
+        t.on_cleanup(self.sock.close)
+
+    def pump(self):
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                return
+            kv = dict(line.split("=", 1) for line in data.decode().split("\n") if "=" in line)
+            self.msgs.append((time.monotonic(), kv))
+
+    def having(self, key, value=None):
+        self.pump()
+        return [(at, m) for at, m in self.msgs if key in m and (value is None or m[key] == value)]
+
+    def wait(self, key, value=None, after=0, timeout=10):
+        return wait_for(lambda: [x for x in self.having(key, value) if x[0] > after],
+                        timeout=timeout, what="%s=%s" % (key, value))
+
+
+@test
+def sd_notify_ready_status_watchdog_reload_and_stopping(t):
+    with FakeOrch(poll_timeout=2) as o:
+        ns = NotifySocket(t)
+        o.inject("register", status=503, body={"error": "not yet"}, count=1)
+        p = start(t, o, ini(t), env={"NOTIFY_SOCKET": ns.path, "WATCHDOG_USEC": "400000"})
+        ready = ns.wait("READY", "1")
+        regs = [r for r in o.log(kind="register") if r["status"] == 200]
+        check(regs, "READY=1 before a successful registration")
+        check(len(ns.having("READY")) == 1, ns.msgs)
+        st = ns.wait("STATUS")
+        check("slots busy" in st[-1][1]["STATUS"], st)
+        # STATUS follows the busy slots per type.
+        jid = o.prequeue(WID, "t_block", {})[0]
+        busy = ns.wait("STATUS", timeout=10)
+        wait_for(lambda: [m for _, m in ns.having("STATUS") if "1/4 slots busy" in m["STATUS"]
+                          and "t_block 1" in m["STATUS"]], what="busy STATUS")
+        o.cancel(jid)
+        wait_for(lambda: [m for _, m in ns.having("STATUS")
+                          if m["STATUS"].startswith("serving: 0/4")], what="idle STATUS after busy")
+        n = len(ns.having("WATCHDOG"))
+        time.sleep(tmo(1))
+        check(len(ns.having("WATCHDOG")) >= n + 2, "watchdog pings stopped", len(ns.having("WATCHDOG")))
+        # Reload: RELOADING=1 with MONOTONIC_USEC, then READY=1.
+        before = time.monotonic()
+        p.send_signal(signal.SIGHUP)
+        rel = ns.wait("RELOADING", "1", after=before)
+        usec = int(rel[0][1]["MONOTONIC_USEC"])
+        check(abs(usec / 1e6 - before) < 5, "MONOTONIC_USEC not CLOCK_MONOTONIC", usec, before)
+        ns.wait("READY", "1", after=rel[0][0])
+        # Stop: STOPPING=1 and EXTEND_TIMEOUT_USEC.
+        p.send_signal(signal.SIGTERM)
+        rc, log = wait_exit(p, 20)
+        check(rc == 0, rc, log[-2000:])
+        check(ns.having("STOPPING", "1"), ns.msgs[-5:])
+        ext = ns.having("EXTEND_TIMEOUT_USEC")
+        check(ext and int(ext[0][1]["EXTEND_TIMEOUT_USEC"]) > 30e6, ext)
+
+
+# ---- reload -------------------------------------------------------------------
+
+
+@test
+def reload_adds_and_removes_plugins_without_dropping_tasks(t):
+    with FakeOrch(poll_timeout=2) as o:
+        pdir = t.plugin_dir("echo", "t_behave")
+        conf = ini(t, limits="t_conc = 1\n")
+        p = start(t, o, conf, pdir=pdir)
+        blk = o.prequeue(WID, "t_progress", {"n": 8, "ms": 600})[0]
+        wait_running(o, [blk])
+        nreg = len(o.log(kind="register"))
+        # t_behave goes, steps comes; its task keeps running meanwhile.
+        os.unlink(os.path.join(pdir, "t_behave.so"))
+        t.plugin_dir("steps")
+        p.send_signal(signal.SIGHUP)
+        wait_for(lambda: len(o.log(kind="register")) > nreg, what="re-registration")
+        reg = [r for r in o.log(kind="register")][-1]["body"]["supported_skills"]
+        check("sleep" in reg and "t_block" not in reg and "echo" in reg, reg)
+        jid = o.prequeue(WID, "sleep", {"seconds": 0.1})[0]
+        check(one_result(o, jid)["status"] == "success", "new plugin's type not served")
+        check(p.poll() is None)
+        check(blk in outstanding(o), "the removed plugin's task was dropped")
+        check("plugins of the previous configuration unloaded" not in p.log(),
+              "unloaded while its task still runs")
+        r = one_result(o, blk, timeout=20)
+        check(r["status"] == "success" and r["data"] == {"n": 8}, r)
+        wait_for(lambda: "plugins of the previous configuration unloaded" in p.log(),
+                 what="old plugins unloaded after their task ended")
+        p.send_signal(signal.SIGTERM)
+        rc, log = wait_exit(p, 20)
+        check(rc == 0, rc, log[-2000:])
+
+
+@test
+def bad_reload_keeps_the_running_configuration(t):
+    with FakeOrch(poll_timeout=2) as o:
+        pdir = t.plugin_dir("echo", "t_behave")
+        conf = ini(t)
+        p = start(t, o, conf, pdir=pdir)
+        blk = o.prequeue(WID, "t_block", {})[0]
+        wait_running(o, [blk])
+        # A broken worker.ini.
+        good = open(conf).read()
+        with open(conf, "a") as f:
+            f.write("\n[worker]\nmax_concurrent_tasks = many\n")
+        p.send_signal(signal.SIGHUP)
+        wait_for(lambda: p.log().count("reload rejected") >= 1, what="bad config rejected")
+        check("max_concurrent_tasks" in p.log(), p.log()[-1500:])
+        # A plugin the loader refuses.
+        with open(conf, "w") as f:
+            f.write(good)
+        t.plugin_dir("bad_abi_major")
+        p.send_signal(signal.SIGHUP)
+        wait_for(lambda: p.log().count("reload rejected") >= 2, what="bad plugin rejected")
+        check("bad_abi_major" in p.log(), p.log()[-1500:])
+        os.unlink(os.path.join(pdir, "bad_abi_major.so"))
+        # Still serving with the old plugins, the task still running.
+        ids = o.prequeue(WID, "echo", {"still": "here"}, count=3)
+        jobs = o.wait_jobs(ids, timeout=20)
+        check(all(j["status"] == "finished" for j in jobs), jobs)
+        check(blk in outstanding(o), "running task dropped by a rejected reload")
+        # A good reload: a new limit, a new log level, the task survives.
+        with open(conf, "w") as f:
+            f.write(good.replace("log_level = debug", "log_level = info")
+                    .replace("[limits]", "[limits]\nt_conc = 1"))
+        p.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded:" in p.log(), what="good reload")
+        ids = o.prequeue(WID, "t_conc", {"ms": 100}, count=3)
+        jobs = o.wait_jobs(ids, timeout=20)
+        check(max(j["state_history"]["max"] for j in jobs) == 1, "new limit not applied", jobs)
+        o.cancel(blk)
+        check(one_result(o, blk)["status"] == "cancelled")
+        check(p.poll() is None, "daemon died")
+        p.send_signal(signal.SIGTERM)
+        rc, log = wait_exit(p, 20)
+        check(rc == 0, rc, log[-2000:])
+        check("task accepted" not in log.split("reloaded:")[-1], "log level not applied")
+
+
+main()
