@@ -44,8 +44,8 @@ def cfg_seeds():
     with open(os.path.join(ROOT, "conf", "worker.ini")) as f:
         write(t, "worker_ini", f.read())
     write(t, "full", """[worker]
-worker_id = w-1
-worker_type = gpu-worker
+id = w-1
+type = gpu-worker
 max_concurrent_tasks = 4
 cpu_cores = 8
 shutdown_timeout = 12.5
@@ -73,7 +73,8 @@ probe_every = 4
 
 [limits]
 echo = 2
-imaging.resize = 1, timeout=30
+imaging.resize = 1
+imaging.resize.timeout = 30
 
 [capabilities]
 region = eu
@@ -87,15 +88,51 @@ api_key = hunter2
     write(t, "bad_section", "[nope]\nx = 1\n")
     write(t, "syntax", "[worker\nmax_concurrent_tasks 4\n")
     write(t, "continuation", "[capabilities]\nlong = a\n  b\n  c\n")
-    write(t, "dup", "[worker]\nworker_id = a\nworker_id = b\n")
+    write(t, "dup", "[worker]\nid = a\nid = b\n")
     write(t, "token_file_missing", "[orchestrator]\ntoken_file = /nonexistent/avt-token\n")
     write(t, "bad_numbers", "[worker]\nmax_concurrent_tasks = 99999999999999999999\n"
           "shutdown_timeout = nan\n[orchestrator]\npoll_timeout = -1\n")
     write(t, "bad_json", "[worker]\ninstalled_models = [{\"name\": 1}]\ncost_per_skill = {\"a\": \"x\"}\n")
     write(t, "bad_url", "[orchestrator]\nurl = ftp://x/\n")
-    write(t, "ctrl", "[worker]\nworker_type = a\x01b\n")
-    write(t, "crlf", "[worker]\r\nworker_id = w\r\n")
+    write(t, "ctrl", "[worker]\ntype = a\x01b\n")
+    write(t, "crlf", "[worker]\r\nid = w\r\n")
     write(t, "empty", "")
+
+
+def write_dict(target, words):
+    """fuzz/<target>.dict: tokens libFuzzer splices into inputs, escaped as
+    its dictionary format wants (backslash, quote, \\xNN)."""
+    def esc(w):
+        out = []
+        for b in w.encode("latin-1"):
+            c = chr(b)
+            out.append("\\" + c if c in '"\\' else c if 32 <= b < 127 else "\\x%02x" % b)
+        return "".join(out)
+    with open(os.path.join(HERE, target + ".dict"), "w") as f:
+        f.write("# Written by make_seeds.py.\n")
+        for w in sorted(set(words)):
+            f.write('"%s"\n' % esc(w))
+
+
+def cfg_dict():
+    import re
+    with open(os.path.join(ROOT, "daemon", "cfg.c")) as f:
+        src = f.read()
+    words = ["[worker]", "[orchestrator]", "[limits]", "[capabilities]", "[plugin.echo]",
+             " = ", "\n", ".timeout", "true", "false", "yes", "no", "on", "off", "debug",
+             "json", "plain", "journal", "http://", "https://", "127.0.0.1:8080", "{}", "[]",
+             '{"name": "m", "version": "1"}', "1e309", "-1", "0x10", "nan", "inf", ";", "#"]
+    for sec, key in re.findall(r'\{"([a-z_]+)", "([a-z_]+)"', src):
+        words += ["[%s]" % sec, key, key + " = "]
+    words += re.findall(r'"([A-Z][A-Z0-9_]+_)"', src)
+    write_dict("fuzz_cfg", words)
+
+
+def json_dict(target, keys):
+    words = ['"%s"' % k for k in keys] + ['"%s":' % k for k in keys]
+    words += ["{", "}", "[", "]", ":", ",", "null", "true", "false", "0", "-1", "1e400",
+              '"\\u0000"', '"\\ud800"', '""']
+    write_dict(target, words)
 
 
 def frame(op, payload, fin=True, mask=None, form=None):
@@ -175,5 +212,18 @@ def orch_seeds():
 if __name__ == "__main__":
     task_seeds()
     cfg_seeds()
+    cfg_dict()
+    json_dict("fuzz_task_parse", ["job_id", "task_id", "type", "params", "tracing_context",
+                                  "params_metadata", "priority", "uri", "size", "etag"])
+    json_dict("fuzz_orch_response", ["status", "registered", "warning", "version", "error",
+                                     "cancel_task_ids", "ok", "ttl_refreshed", "accepted",
+                                     "ignored", "reason", "message", "transition", "command",
+                                     "cancel_task", "task_id", "job_id"])
+    write_dict("fuzz_ws_frame", ["HTTP/1.1 101 Switching Protocols\r\n", "HTTP/1.1 401 ",
+                                 "\r\n", "\r\n\r\n", "Upgrade: websocket",
+                                 "Connection: Upgrade", "Sec-WebSocket-Accept: ",
+                                 "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "\x81", "\x01", "\x80",
+                                 "\x88\x02\x03\xe8", "\x89\x00", "\x8a\x00",
+                                 "\x7e\x01\x00", "\x7f\x00\x00\x00\x00\x00\x01\x00\x00"])
     ws_seeds()
     orch_seeds()

@@ -4,7 +4,8 @@
 #   tools/fuzz.sh BUILD_DIR SECONDS [TARGET...]
 #
 # Each target starts from its seed corpus fuzz/corpus/<target>/ (read only:
-# new inputs go to BUILD_DIR/corpus/<target>/, which persists between runs).
+# new inputs go to BUILD_DIR/corpus/<target>/, which persists between runs)
+# and uses the dictionary fuzz/<target>.dict when there is one.
 # A crash, leak, timeout or sanitizer report fails the target; its input is
 # left as BUILD_DIR/artifacts/<target>/crash-* (add it to the seed corpus as
 # a regression seed once fixed). Ends with "N passed, N failed", one per
@@ -29,12 +30,14 @@ for t in "${targets[@]}"; do
     art=$build/artifacts/$t
     mkdir -p "$work" "$art" "fuzz/corpus/$t"
     log=$build/fuzz-$t.log
+    dict=()
+    [ -f "fuzz/$t.dict" ] && dict=(-dict="fuzz/$t.dict")
     echo "== $t: ${secs}s"
     # The seed corpus is listed second, so libFuzzer writes only to $work.
     ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1" \
         UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
         "$bin" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
-        -print_final_stats=1 \
+        -print_final_stats=1 "${dict[@]}" \
         -artifact_prefix="$art/" "$work" "fuzz/corpus/$t" </dev/null >"$log" 2>&1
     rc=$?
     grep -E '^stat::(number_of_executed_units|new_units_added)|^#[0-9]+.*DONE' "$log" | tail -n 3

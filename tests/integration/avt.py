@@ -67,6 +67,13 @@ def tmo(seconds):
     return seconds * TIMEOUT_MULT
 
 
+def scaled(n, minimum=10):
+    """A count for load and soak tests: n, times AVT_SCALE when set, else
+    times 0.1 under valgrind (everything is ~20x slower there)."""
+    f = float(os.environ.get("AVT_SCALE", "0.1" if VALGRIND else "1"))
+    return max(minimum, int(n * f))
+
+
 def wait_for(pred, timeout=10.0, interval=0.02, what="condition"):
     deadline = time.monotonic() + tmo(timeout)
     while time.monotonic() < deadline:
