@@ -68,6 +68,11 @@ SRCS += daemon/orch.c
 SRCS += daemon/daemon.c
 SRCS += daemon/http.c
 SRCS += daemon/ws.c
+SRCS += daemon/spool.c
+SRCS += daemon/journal.c
+SRCS += daemon/tls.c
+SRCS += daemon/orchset.c
+SRCS += daemon/admin.c
 MAIN_SRC = daemon/main.c
 
 OBJS = $(SRCS:%.c=$(BUILD)/obj/%.o)

@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "tls.h"
 #include "util.h"
 
 #ifndef AVT_PLUGINDIR
@@ -65,6 +66,8 @@ enum kind {
     K_JSON_OBJECT, /* any JSON object */
     K_JSON_MODELS, /* JSON array of {"name": str, "version": str} */
     K_JSON_COSTS,  /* JSON object of non-negative numbers */
+    K_MULTI_MODE,  /* FAILOVER or ROUND_ROBIN (enum cfg_multi_mode) */
+    K_LISTEN,      /* off | PORT | IPV4:PORT | [IPV6]:PORT; PORT alone is 127.0.0.1 */
 };
 
 struct key_def {
@@ -87,6 +90,9 @@ static const struct key_def keys[] = {
     {"worker", "state_dir", K_PATH, FIELD(state_dir), 0, 0, 0},
     {"worker", "shutdown_timeout", K_DOUBLE, FIELD(shutdown_timeout), 0, 86400, 0},
     {"worker", "advertise_busy", K_BOOL, FIELD(advertise_busy), 0, 0, 0},
+    {"worker", "crash_limit", K_INT, FIELD(crash_limit), 1, 1000, 0},
+    {"worker", "cancel_grace", K_DOUBLE, FIELD(cancel_grace), 0, 3600, 0},
+    {"worker", "restart_on_stuck", K_BOOL, FIELD(restart_on_stuck), 0, 0, 0},
     {"worker", "log_level", K_LOG_LEVEL, FIELD(log_level), 0, 0, 0},
     {"worker", "log_format", K_LOG_FORMAT, FIELD(log_format), 0, 0, 0},
     {"worker", "hostname", K_STRING, FIELD(hostname), 0, 0, 0},
@@ -107,6 +113,15 @@ static const struct key_def keys[] = {
      3600, 1},
     {"orchestrator", "retry_max_delay", K_DOUBLE, FIELD(retry_max_delay), 0, 86400, 1},
     {"orchestrator", "probe_every", K_INT, FIELD(probe_every), 1, 1000, 0},
+    {"orchestrator", "multi_mode", K_MULTI_MODE, FIELD(multi_mode), 0, 0, 0},
+    {"admin", "listen", K_LISTEN, FIELD(admin_listen), 0, 0, 0},
+    {"tls", "ca_file", K_PATH, FIELD(tls_ca_file), 0, 0, 0},
+    {"tls", "cert_file", K_PATH, FIELD(tls_cert_file), 0, 0, 0},
+    {"tls", "key_file", K_PATH, FIELD(tls_key_file), 0, 0, 0},
+    {"tls", "insecure_skip_verify", K_BOOL, FIELD(tls_insecure), 0, 0, 0},
+    {"spool", "max_bytes", K_DOUBLE, FIELD(spool_max_bytes), 0, 1e15, 0},
+    {"spool", "max_files", K_INT, FIELD(spool_max_files), 0, 100000000, 0},
+    {"spool", "max_age", K_DOUBLE, FIELD(spool_max_age), 0, 31536000, 0},
 };
 
 #define NKEYS ARRAY_LEN(keys)
@@ -148,11 +163,24 @@ static const struct env_def envs[] = {
     {"AVT_PLUGIN_DIR", "plugin_dir", 0},
     {"HOSTNAME_OVERRIDE", "hostname", 0},
     {"IP_ADDRESS", "ip_address", 0},
+    {"MULTI_ORCHESTRATOR_MODE", "multi_mode", 0},
+    {"TLS_CA_PATH", "ca_file", 0},
+    {"TLS_CERT_PATH", "cert_file", 0},
+    {"TLS_KEY_PATH", "key_file", 0},
+    {"TLS_INSECURE", "insecure_skip_verify", 0},
+    {"ADMIN_PORT", "listen", 0},
 };
 
 #define EXTRA_ENV_PREFIX "WORKER_EXTRA_"
 
 static const char *const log_format_names[] = {"auto", "plain", "json", "journal"};
+static const char *const multi_mode_names[] = {"FAILOVER", "ROUND_ROBIN"};
+
+#define ORCHS_ENV "ORCHESTRATORS_CONFIG"
+#define ORCH_PREFIX "orchestrator."
+#define ORCHS_MAX 64
+#define ORCH_PRIORITY_MAX 1000000
+#define ORCH_WEIGHT_MAX 1000
 
 /* ---- Loader state and errors --------------------------------------------- */
 
@@ -182,6 +210,7 @@ struct loader {
     size_t nseen;
     char *origin[NKEYS]; /* where the value in force was set; NULL = default */
     int from_env[NKEYS];
+    char **orch_where; /* per cfg->orchs entry: where it was defined */
 };
 
 static int fail(struct loader *ld, const char *where, const char *fmt, ...)
@@ -212,6 +241,9 @@ static void loader_finish(struct loader *ld)
     free(ld->seen);
     for (size_t i = 0; i < NKEYS; i++)
         free(ld->origin[i]);
+    for (size_t i = 0; ld->orch_where != NULL && i < ld->cfg->norchs; i++)
+        free(ld->orch_where[i]);
+    free(ld->orch_where);
     free(ld->buf);
 }
 
@@ -343,6 +375,40 @@ static int parse_token(struct loader *ld, const char *where, const char *v)
     return 0;
 }
 
+/* [admin] listen: NULL for off/0, else a normalized "ADDRESS:PORT". */
+static int parse_listen(struct loader *ld, const char *where, const char *v, char **out)
+{
+    static const char *const off[] = {"off", "0", "no", "false"};
+    const char *colon = strrchr(v, ':');
+    const char *port_s = colon != NULL ? colon + 1 : v;
+    char host[64], *end;
+    unsigned char a[sizeof(struct in6_addr)];
+    for (size_t i = 0; i < ARRAY_LEN(off); i++) {
+        if (strcasecmp(v, off[i]) == 0) {
+            *out = NULL;
+            return 0;
+        }
+    }
+    errno = 0;
+    long port = isdigit((unsigned char)*port_s) ? strtol(port_s, &end, 10) : -1;
+    if (port < 1 || port > 65535 || errno != 0 || *end != '\0')
+        return fail(ld, where, "\"%s\": expected off, PORT, ADDRESS:PORT or [IPV6]:PORT "
+                    "with PORT 1..65535", v);
+    size_t hl = colon != NULL ? (size_t)(colon - v) : 0;
+    if (hl >= 2 && v[0] == '[' && v[hl - 1] == ']') {
+        v++;
+        hl -= 2;
+    }
+    snprintf(host, sizeof(host), "%.*s", (int)(hl < sizeof(host) ? hl : 0), v);
+    if (colon == NULL || strcmp(host, "localhost") == 0)
+        snprintf(host, sizeof(host), "127.0.0.1");
+    if (inet_pton(AF_INET, host, a) != 1 && inet_pton(AF_INET6, host, a) != 1)
+        return fail(ld, where, "\"%.*s\" is not an IPv4 or IPv6 address", (int)hl, v);
+    *out = strchr(host, ':') != NULL ? xasprintf("[%s]:%ld", host, port)
+                                     : xasprintf("%s:%ld", host, port);
+    return 0;
+}
+
 /* ---- JSON values ------------------------------------------------------------ */
 
 static int parse_json(struct loader *ld, const char *where, const char *v, size_t flags,
@@ -460,6 +526,11 @@ static int parse_string_kind(struct loader *ld, const char *where, const struct 
         if (parse_token(ld, where, v) < 0)
             return -EINVAL;
         break;
+    case K_LISTEN:
+        if (parse_listen(ld, where, v, &url) < 0)
+            return -EINVAL;
+        replace_str(field, url);
+        return 0;
     default: /* K_STRING, K_TOKEN_FILE */
         if (check_text(ld, where, v) < 0)
             return -EINVAL;
@@ -472,6 +543,15 @@ static int parse_string_kind(struct loader *ld, const char *where, const struct 
 static int parse_enum_kind(struct loader *ld, const char *where, const struct key_def *k,
                            const char *v, int *field)
 {
+    if (k->kind == K_MULTI_MODE) {
+        for (size_t i = 0; i < ARRAY_LEN(multi_mode_names); i++) {
+            if (strcasecmp(v, multi_mode_names[i]) == 0) {
+                *field = (int)i;
+                return 0;
+            }
+        }
+        return fail(ld, where, "unknown mode \"%s\" (FAILOVER or ROUND_ROBIN)", v);
+    }
     int n = k->kind == K_LOG_LEVEL ? log_level_parse(v) : log_format_parse(v);
     if (n < 0 && k->kind == K_LOG_LEVEL)
         return fail(ld, where, "unknown log level \"%s\" (error, warning, notice, info, debug)", v);
@@ -501,6 +581,7 @@ static int set_key(struct loader *ld, size_t ki, const char *v, const char *wher
         break;
     case K_LOG_LEVEL:
     case K_LOG_FORMAT:
+    case K_MULTI_MODE:
         rc = parse_enum_kind(ld, where, k, v, field);
         break;
     case K_JSON_OBJECT:
@@ -535,6 +616,158 @@ static int handle_fixed(struct loader *ld, const char *section, const char *name
                         ld->origin[other]);
     }
     return set_key(ld, ki, v, where, 0);
+}
+
+/* ---- [orchestrator.NAME] and ORCHESTRATORS_CONFIG -------------------------- */
+
+static void orchs_free(struct cfg *cfg)
+{
+    for (size_t i = 0; i < cfg->norchs; i++) {
+        free(cfg->orchs[i].name);
+        free(cfg->orchs[i].url);
+        free(cfg->orchs[i].token);
+        free(cfg->orchs[i].token_file);
+    }
+    free_and_null(cfg->orchs);
+    cfg->norchs = 0;
+}
+
+/* Forget every orchestrator entry (and where each was defined). */
+static void orchs_clear(struct loader *ld)
+{
+    for (size_t i = 0; ld->orch_where != NULL && i < ld->cfg->norchs; i++)
+        free(ld->orch_where[i]);
+    free_and_null(ld->orch_where);
+    orchs_free(ld->cfg);
+}
+
+/* A new entry with the defaults of ORCHESTRATORS_CONFIG (4.1). */
+static struct cfg_orch *orch_append(struct loader *ld, const char *name, const char *where)
+{
+    struct cfg *cfg = ld->cfg;
+    cfg->orchs = xrealloc(cfg->orchs, (cfg->norchs + 1) * sizeof(*cfg->orchs));
+    ld->orch_where = xrealloc(ld->orch_where, (cfg->norchs + 1) * sizeof(*ld->orch_where));
+    ld->orch_where[cfg->norchs] = xstrdup(where);
+    struct cfg_orch *e = &cfg->orchs[cfg->norchs++];
+    *e = (struct cfg_orch){.name = xstrdup(name), .priority = 10, .weight = 1};
+    return e;
+}
+
+static struct cfg_orch *orch_find(struct cfg *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->norchs; i++) {
+        if (strcmp(cfg->orchs[i].name, name) == 0)
+            return &cfg->orchs[i];
+    }
+    return NULL;
+}
+
+/* One key of [orchestrator.NAME]: url, priority, weight, token, token_file. */
+static int handle_orch_section(struct loader *ld, const char *name, const char *key,
+                               const char *v, const char *where)
+{
+    if (!str_is_ident(name))
+        return fail(ld, where, "the name in [orchestrator.%s] must match ^[a-zA-Z0-9_-]+$", name);
+    if (ld->cfg->norchs >= ORCHS_MAX && orch_find(ld->cfg, name) == NULL)
+        return fail(ld, where, "at most %d orchestrators", ORCHS_MAX);
+    if (*v == '\0')
+        return fail(ld, where, "empty value (comment the line out to get the default)");
+    struct cfg_orch *e = orch_find(ld->cfg, name);
+    if (e == NULL) {
+        char *sect = xasprintf("%s:%d: [orchestrator.%s]", ld->path, ld->lineno, name);
+        e = orch_append(ld, name, sect);
+        free(sect);
+    }
+    if (strcmp(key, "url") == 0)
+        return parse_url(ld, where, v, &e->url);
+    if (strcmp(key, "priority") == 0)
+        return parse_int(ld, where, v, 0, ORCH_PRIORITY_MAX, &e->priority);
+    if (strcmp(key, "weight") == 0)
+        return parse_int(ld, where, v, 1, ORCH_WEIGHT_MAX, &e->weight);
+    if (strcmp(key, "token") == 0 || strcmp(key, "token_file") == 0) {
+        int is_file = key[5] == '_';
+        if ((is_file ? e->token : e->token_file) != NULL)
+            return fail(ld, where, "token and token_file are both set; keep one");
+        if (is_file ? v[0] != '/' || check_text(ld, where, v) < 0 : parse_token(ld, where, v) < 0)
+            return ld->failed ? -EINVAL : fail(ld, where, "\"%s\" must be an absolute path", v);
+        replace_str(is_file ? &e->token_file : &e->token, xstrdup(v));
+        return 0;
+    }
+    return fail(ld, where, "unknown key (url, priority, weight, token or token_file)");
+}
+
+static int json_int_field(struct loader *ld, const char *where, json_t *o, const char *key,
+                          long min, long max, int *out)
+{
+    json_t *v = json_object_get(o, key);
+    if (v == NULL)
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max)
+        return fail(ld, where, "\"%s\" must be an integer in %ld..%ld", key, min, max);
+    *out = (int)json_integer_value(v);
+    return 0;
+}
+
+/* One element of ORCHESTRATORS_CONFIG: {url, priority?, weight?, token?, name?}. */
+static int parse_orch_json(struct loader *ld, const char *where, size_t i, json_t *o)
+{
+    static const char *const known[] = {"url", "priority", "weight", "token", "name"};
+    const char *key;
+    json_t *v;
+    if (!json_is_object(o))
+        return fail(ld, where, "element %zu is not an object", i);
+    json_object_foreach(o, key, v)
+    {
+        size_t k = 0;
+        while (k < ARRAY_LEN(known) && strcmp(known[k], key) != 0)
+            k++;
+        if (k == ARRAY_LEN(known))
+            return fail(ld, where, "element %zu: unknown key \"%s\" (url, priority, weight, "
+                        "token, name)", i, key);
+    }
+    const char *url = json_string_value(json_object_get(o, "url"));
+    const char *name = json_string_value(json_object_get(o, "name"));
+    json_t *token = json_object_get(o, "token");
+    if (url == NULL)
+        return fail(ld, where, "element %zu: \"url\" must be a string", i);
+    if (json_object_get(o, "name") != NULL && (name == NULL || !str_is_ident(name)))
+        return fail(ld, where, "element %zu: \"name\" must match ^[a-zA-Z0-9_-]+$", i);
+    if (token != NULL && (!json_is_string(token) || json_string_length(token) == 0))
+        return fail(ld, where, "element %zu: \"token\" must be a non-empty string", i);
+    char dflt[32];
+    snprintf(dflt, sizeof(dflt), "orch%zu", i + 1);
+    if (orch_find(ld->cfg, name ? name : dflt) != NULL)
+        return fail(ld, where, "element %zu: the name \"%s\" is used twice", i, name ? name : dflt);
+    struct cfg_orch *e = orch_append(ld, name ? name : dflt, where);
+    if (token != NULL && parse_token(ld, where, json_string_value(token)) == 0)
+        e->token = xstrdup(json_string_value(token));
+    if (ld->failed || parse_url(ld, where, url, &e->url) < 0 ||
+        json_int_field(ld, where, o, "priority", 0, ORCH_PRIORITY_MAX, &e->priority) < 0 ||
+        json_int_field(ld, where, o, "weight", 1, ORCH_WEIGHT_MAX, &e->weight) < 0)
+        return -EINVAL;
+    return 0;
+}
+
+/* ORCHESTRATORS_CONFIG replaces the [orchestrator.NAME] sections. */
+static int apply_orchs_env(struct loader *ld)
+{
+    const char *v = getenv(ORCHS_ENV);
+    const char *where = "environment: " ORCHS_ENV;
+    json_t *j = NULL;
+    if (v == NULL || *v == '\0')
+        return 0;
+    if (parse_json(ld, where, v, 0, &j) < 0)
+        return -EINVAL;
+    int rc = 0;
+    if (!json_is_array(j) || json_array_size(j) == 0 || json_array_size(j) > ORCHS_MAX)
+        rc = fail(ld, where, "must be a JSON array of 1..%d {\"url\": ..., \"priority\": ..., "
+                  "\"weight\": ..., \"token\": ...} objects", ORCHS_MAX);
+    orchs_clear(ld);
+    for (size_t i = 0; rc == 0 && i < json_array_size(j); i++)
+        rc = parse_orch_json(ld, where, i, json_array_get(j, i));
+    json_decref(j);
+    ld->cfg->orchs_listed = 1;
+    return rc;
 }
 
 /* ---- [limits] ------------------------------------------------------------- */
@@ -656,7 +889,8 @@ static char *line_reader(char *str, int num, void *stream)
 /* The key as messages name it: plain for [worker] and [orchestrator]. */
 static char *key_where(const struct loader *ld, const char *section, const char *name)
 {
-    if (strcmp(section, "worker") == 0 || strcmp(section, "orchestrator") == 0)
+    if (strcmp(section, "worker") == 0 || strcmp(section, "orchestrator") == 0 ||
+        strcmp(section, "admin") == 0 || strcmp(section, "tls") == 0)
         return xasprintf("%s:%d: %s", ld->path, ld->lineno, name);
     return xasprintf("%s:%d: %s.%s", ld->path, ld->lineno, section, name);
 }
@@ -684,8 +918,12 @@ static int check_seen(struct loader *ld, const char *section, const char *name, 
 static int dispatch(struct loader *ld, const char *section, const char *name, const char *v,
                     const char *where)
 {
-    if (strcmp(section, "worker") == 0 || strcmp(section, "orchestrator") == 0)
+    if (strcmp(section, "worker") == 0 || strcmp(section, "orchestrator") == 0 ||
+        strcmp(section, "admin") == 0 || strcmp(section, "tls") == 0 ||
+        strcmp(section, "spool") == 0)
         return handle_fixed(ld, section, name, v, where);
+    if (strncmp(section, ORCH_PREFIX, strlen(ORCH_PREFIX)) == 0)
+        return handle_orch_section(ld, section + strlen(ORCH_PREFIX), name, v, where);
     if (strcmp(section, "limits") == 0)
         return handle_limit(ld, name, v, where);
     if (strcmp(section, "capabilities") == 0)
@@ -697,8 +935,8 @@ static int dispatch(struct loader *ld, const char *section, const char *name, co
     if (*section == '\0')
         return fail(ld, sect_where, "key \"%s\" before any [section]", name);
     return fail(ld, sect_where,
-                "unknown section (expected [worker], [orchestrator], [limits], "
-                "[capabilities] or [plugin.NAME])");
+                "unknown section (expected [worker], [orchestrator], [orchestrator.NAME], "
+                "[tls], [admin], [spool], [limits], [capabilities] or [plugin.NAME])");
 }
 
 static int key_handler(void *user, const char *section, const char *name, const char *value)
@@ -801,36 +1039,112 @@ static int apply_env(struct loader *ld)
         if (apply_env_one(ld, &envs[i], v) < 0)
             return -EINVAL;
     }
+    if (apply_orchs_env(ld) < 0)
+        return -EINVAL;
     return apply_extra_env(ld);
 }
 
 /* ---- Finishing ------------------------------------------------------------- */
 
-static int read_token_file(struct loader *ld)
+/* A secret from a file: one trailing newline (and CR) stripped; empty or
+ * control characters refused. The secret itself never appears in a message. */
+static int read_secret_file(struct loader *ld, const char *path, const char *where, char **out)
 {
-    struct cfg *cfg = ld->cfg;
     size_t len;
-    const char *where = ld->origin[key_index("token_file")];
-    char *t = read_file(cfg->token_file, TOKEN_FILE_MAX, &len);
+    char *t = read_file(path, TOKEN_FILE_MAX, &len);
     if (t == NULL)
-        return fail(ld, where, "cannot read %s: %s", cfg->token_file, strerror(errno));
+        return fail(ld, where, "cannot read %s: %s", path, strerror(errno));
     if (len > 0 && t[len - 1] == '\n')
         t[--len] = '\0';
     if (len > 0 && t[len - 1] == '\r')
         t[--len] = '\0';
     int rc = 0;
     if (len == 0)
-        rc = fail(ld, where, "%s is empty", cfg->token_file);
+        rc = fail(ld, where, "%s is empty", path);
     else if (strlen(t) != len || has_control(t))
         rc = fail(ld, where,
                   "%s contains a control character (only one trailing newline is "
                   "stripped)",
-                  cfg->token_file);
+                  path);
     if (rc < 0) {
         free(t);
         return rc;
     }
-    replace_str(&cfg->token, t);
+    replace_str(out, t);
+    return 0;
+}
+
+static int read_token_file(struct loader *ld)
+{
+    struct cfg *cfg = ld->cfg;
+    return read_secret_file(ld, cfg->token_file, ld->origin[key_index("token_file")],
+                            &cfg->token);
+}
+
+static int orch_cmp(const void *a, const void *b)
+{
+    const struct cfg_orch *x = a, *y = b;
+    if (x->priority != y->priority)
+        return x->priority < y->priority ? -1 : 1;
+    return strcmp(x->url, y->url);
+}
+
+/* The list in force: ORCHESTRATORS_CONFIG, else ORCHESTRATOR_URL, else the
+ * file's [orchestrator.NAME] sections, else its url (or the default). */
+static int finalize_orchs(struct loader *ld)
+{
+    struct cfg *cfg = ld->cfg;
+    size_t ki_url = key_index("url");
+    int env_list = getenv(ORCHS_ENV) != NULL && *getenv(ORCHS_ENV) != '\0';
+    if (!env_list && cfg->norchs > 0 && ld->from_env[ki_url])
+        orchs_clear(ld); /* the environment wins over the file */
+    if (!env_list && cfg->norchs > 0 && ld->origin[ki_url] != NULL)
+        return fail(ld, ld->origin[ki_url],
+                    "url and [orchestrator.NAME] sections are both set (%s); keep one",
+                    ld->orch_where[0]);
+    cfg->orchs_listed = cfg->norchs > 0;
+    if (cfg->norchs == 0) {
+        struct cfg_orch *e = orch_append(ld, "default", "url");
+        e->url = xstrdup(cfg->url);
+        e->priority = 1;
+    }
+    for (size_t i = 0; i < cfg->norchs; i++) {
+        struct cfg_orch *e = &cfg->orchs[i];
+        if (e->url == NULL)
+            return fail(ld, ld->orch_where[i], "no url");
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(cfg->orchs[j].url, e->url) == 0)
+                return fail(ld, ld->orch_where[i], "%s is listed twice", e->url);
+        }
+        if (e->token_file != NULL &&
+            read_secret_file(ld, e->token_file, ld->orch_where[i], &e->token) < 0)
+            return -EINVAL;
+    }
+    /* orch_where is indexed like the entries: no errors after sorting. */
+    qsort(cfg->orchs, cfg->norchs, sizeof(*cfg->orchs), orch_cmp);
+    replace_str(&cfg->url, xstrdup(cfg->orchs[0].url));
+    return 0;
+}
+
+/* The client certificate and key come as a pair; the key is private. */
+static int finalize_tls(struct loader *ld)
+{
+    struct cfg *cfg = ld->cfg;
+    char err[AVT_ERRLEN];
+    const char *w_cert = ld->origin[key_index("cert_file")];
+    const char *w_key = ld->origin[key_index("key_file")];
+    const char *w_ca = ld->origin[key_index("ca_file")];
+    if ((cfg->tls_cert_file == NULL) != (cfg->tls_key_file == NULL))
+        return fail(ld, w_cert ? w_cert : w_key,
+                    "a client certificate needs both cert_file and key_file "
+                    "(TLS_CERT_PATH and TLS_KEY_PATH)");
+    if (cfg->tls_ca_file != NULL && tls_check_readable(cfg->tls_ca_file, err, sizeof(err)) < 0)
+        return fail(ld, w_ca, "%s", err);
+    if (cfg->tls_cert_file != NULL &&
+        tls_check_readable(cfg->tls_cert_file, err, sizeof(err)) < 0)
+        return fail(ld, w_cert, "%s", err);
+    if (cfg->tls_key_file != NULL && tls_check_key_file(cfg->tls_key_file, err, sizeof(err)) < 0)
+        return fail(ld, w_key, "%s", err);
     return 0;
 }
 
@@ -853,6 +1167,8 @@ static int finalize(struct loader *ld)
     if (cfg->worker_id == NULL)
         cfg->worker_id = default_worker_id(cfg->hostname);
     if (cfg->token_file != NULL && read_token_file(ld) < 0)
+        return -EINVAL;
+    if (finalize_orchs(ld) < 0 || finalize_tls(ld) < 0)
         return -EINVAL;
     if (cfg->result_retry_initial_delay > cfg->retry_max_delay) {
         const char *where = ld->origin[ki_init] ? ld->origin[ki_init] : ld->origin[ki_max];
@@ -884,6 +1200,12 @@ static struct cfg *cfg_new_defaults(void)
     c->state_dir = xstrdup(STATE_DIR_DEFAULT);
     c->shutdown_timeout = 30;
     c->advertise_busy = 1;
+    c->crash_limit = 3;
+    c->spool_max_bytes = 256.0 * 1024 * 1024;
+    c->spool_max_files = 100000;
+    c->spool_max_age = 7 * 86400;
+    c->cancel_grace = 5;
+    c->restart_on_stuck = 1;
     c->log_level = LOG_INFO;
     c->log_format = LOG_FORMAT_AUTO;
     c->hostname = default_hostname();
@@ -942,9 +1264,11 @@ void cfg_destroy(struct cfg *cfg)
             keys[i].kind == K_JSON_COSTS)
             json_decref(*(json_t **)field);
         else if (keys[i].kind != K_INT && keys[i].kind != K_DOUBLE && keys[i].kind != K_BOOL &&
-                 keys[i].kind != K_LOG_LEVEL && keys[i].kind != K_LOG_FORMAT)
+                 keys[i].kind != K_LOG_LEVEL && keys[i].kind != K_LOG_FORMAT &&
+                 keys[i].kind != K_MULTI_MODE)
             free(*(char **)field);
     }
+    orchs_free(cfg);
     json_decref(cfg->extra);
     for (size_t i = 0; i < cfg->nlimits; i++)
         free(cfg->limits[i].type);
@@ -1005,6 +1329,9 @@ static void dump_key(const struct cfg *cfg, const struct key_def *k, FILE *fp)
     case K_LOG_LEVEL:
         fprintf(fp, "%s = %s\n", k->name, log_level_name(*(const int *)field));
         return;
+    case K_MULTI_MODE:
+        fprintf(fp, "%s = %s\n", k->name, multi_mode_names[*(const int *)field ? 1 : 0]);
+        return;
     case K_LOG_FORMAT: {
         int f = *(const int *)field;
         fprintf(fp, "%s = %s\n", k->name,
@@ -1026,6 +1353,20 @@ static void dump_key(const struct cfg *cfg, const struct key_def *k, FILE *fp)
         fprintf(fp, "%s = ********\n", k->name);
     else
         fprintf(fp, "%s = %s\n", k->name, s);
+}
+
+/* The [orchestrator.NAME] list, when one is in force; tokens masked. */
+static void dump_orchs(const struct cfg *cfg, FILE *fp)
+{
+    for (size_t i = 0; cfg->orchs_listed && i < cfg->norchs; i++) {
+        const struct cfg_orch *e = &cfg->orchs[i];
+        fprintf(fp, "\n[orchestrator.%s]\nurl = %s\npriority = %d\nweight = %d\n", e->name,
+                e->url, e->priority, e->weight);
+        if (e->token_file != NULL)
+            fprintf(fp, "token_file = %s\n", e->token_file);
+        else if (e->token != NULL)
+            fprintf(fp, "token = ********\n");
+    }
 }
 
 static void dump_limits(const struct cfg *cfg, FILE *fp)
@@ -1099,8 +1440,12 @@ void cfg_dump(const struct cfg *cfg, FILE *fp)
             section = keys[i].section;
             fprintf(fp, "%s[%s]\n", i ? "\n" : "", section);
         }
-        dump_key(cfg, &keys[i], fp);
+        if (keys[i].off == FIELD(url) && cfg->orchs_listed)
+            fprintf(fp, "# url: not used, the [orchestrator.NAME] sections below are\n");
+        else
+            dump_key(cfg, &keys[i], fp);
     }
+    dump_orchs(cfg, fp);
     dump_limits(cfg, fp);
     dump_capabilities(cfg, fp);
     dump_plugins(cfg, fp);

@@ -26,6 +26,23 @@ struct cfg_limit {
     double timeout; /* seconds a task of this type may run; 0 = no deadline */
 };
 
+/* One orchestrator: [orchestrator.NAME] sections or ORCHESTRATORS_CONFIG
+ * (PROTOCOL.md 4.9), or the single [orchestrator] url. */
+struct cfg_orch {
+    char *name;       /* the section's NAME, the JSON "name", or "default" / "orchN" */
+    char *url;        /* as [orchestrator] url; unique in the list */
+    int priority;     /* lower is preferred; default 10 (1 for the single url) */
+    int weight;       /* ROUND_ROBIN share, 1..1000; default 1 */
+    char *token;      /* this orchestrator's token; NULL = the global one. Never log. */
+    char *token_file; /* read at load like [orchestrator] token_file */
+};
+
+/* MULTI_ORCHESTRATOR_MODE */
+enum cfg_multi_mode {
+    CFG_MULTI_FAILOVER,    /* poll the first healthy orchestrator in priority order */
+    CFG_MULTI_ROUND_ROBIN, /* smooth weighted round robin of polls */
+};
+
 /* One key of a [plugin.NAME] section, kept for the plugin's configure(). */
 struct cfg_plugin_key {
     char *plugin;
@@ -47,6 +64,11 @@ struct cfg {
     char *state_dir;          /* STATE_DIRECTORY (systemd) or /var/lib/avtworkerd */
     double shutdown_timeout;  /* WORKER_SHUTDOWN_TIMEOUT; seconds, default 30 */
     int advertise_busy;       /* ADVERTISE_BUSY; report "busy" when full; default 1 */
+    int crash_limit;          /* a type running at N crashes in a row fails PERMANENT; default 3 */
+    double cancel_grace;      /* seconds between a task's cancellation (deadline or drain)
+                                 and reporting it failed; default 5 */
+    int restart_on_stuck;     /* drain and exit 75 when a handler ignores its
+                                 cancellation; default 1 */
     int log_level;            /* LOG_LEVEL; syslog level, default LOG_INFO */
     int log_format;           /* LOG_FORMAT; enum log_format, default auto */
     char *hostname;           /* HOSTNAME_OVERRIDE; default gethostname() */
@@ -69,6 +91,30 @@ struct cfg {
     double result_retry_initial_delay; /* RESULT_RETRY_INITIAL_DELAY; default 1.0 */
     double retry_max_delay;    /* BACKOFF_MAX_DELAY; cap of every backoff, default 60 */
     int probe_every;           /* empty-body liveness PATCH every N heartbeats; default 4 */
+
+    /* The orchestrators, sorted by (priority, url); never empty: without a
+     * list it holds one entry made of url (the global token applies). */
+    struct cfg_orch *orchs;
+    size_t norchs;
+    int orchs_listed; /* 1: from [orchestrator.NAME] or ORCHESTRATORS_CONFIG */
+    int multi_mode;   /* [orchestrator] multi_mode; enum cfg_multi_mode */
+
+    /* [tls] (https:// orchestrators; verification is always on unless
+     * insecure_skip_verify) */
+    char *tls_ca_file;   /* TLS_CA_PATH; NULL = the system CA store */
+    char *tls_cert_file; /* TLS_CERT_PATH; client certificate (mTLS + STS tokens) */
+    char *tls_key_file;  /* TLS_KEY_PATH; refused when group/others can access it */
+    int tls_insecure;    /* TLS_INSECURE; do not verify the orchestrator (loudly logged) */
+
+    /* [admin] */
+    char *admin_listen; /* ADMIN_PORT; "ADDRESS:PORT" of the metrics/health endpoint,
+                           NULL = off (the default) */
+
+    /* [spool] the durable result outbox in state_dir/spool (README "Delivery
+     * guarantee") */
+    double spool_max_bytes; /* no new tasks while the spool holds this much; default 256 MiB */
+    int spool_max_files;    /* ... or this many results; default 100000; 0 = no bound */
+    double spool_max_age;   /* seconds; older results are dropped (logged); default 7 days */
 
     /* [limits] */
     struct cfg_limit *limits;

@@ -1,55 +1,380 @@
 /*
  * daemon.c - serving mode: wires the pool, the plugins, the HTTP client and
- * the protocol client to one libev loop, and runs the process lifecycle.
+ * the protocol client to one libev loop, and runs the process lifecycle:
+ * signals, the drain, deadlines, reload and the systemd notifications.
  *
  * Worker threads never touch the loop's state: the pool queues their
  * events (completion, progress, hot-cache change) and wakes the loop with
  * an ev_async; on_pool_events() then hands each to the protocol client.
  *
- * Shutdown (SIGTERM or SIGINT): stop polling, tell the orchestrator we are
- * offline, keep delivering results while running tasks finish, for at most
- * shutdown_timeout. Then the tasks still running are asked to stop; after a
- * short grace those that still did not finish are reported as
- * TRANSIENT_ERROR so that the orchestrator retries them at once instead of
- * waiting for its timeout. A second signal shortens the drain to the grace.
+ * Drain (SIGTERM or SIGINT), in phases, each bounded by drain_timer:
+ *   DRAINING   stop polling, heartbeat "offline" with no skills, keep
+ *              delivering results and heartbeating while running tasks
+ *              finish, for at most shutdown_timeout;
+ *   CANCELLING the tasks still running are cancelled (TASK_CANCEL_SHUTDOWN)
+ *              and get cancel_grace seconds to return;
+ *   FLUSHING   every task still not finished is given up on: reported as
+ *              TRANSIENT_ERROR so that the orchestrator retries it at once
+ *              instead of waiting for its timeout (orch_abandon: built from
+ *              the task's ids only, the late DONE is dropped); the results
+ *              get FLUSH_LIMIT seconds to be delivered.
+ * The loop ends as soon as nothing is left (orch_idle). Every further
+ * signal moves on to the next phase at once. The exit status is 0, or
+ * EXIT_RESTART when the drain was started because handlers were stuck.
+ *
+ * Deadlines: a tick calls orch_supervise(), which cancels a task at its
+ * type's timeout and gives up on it cancel_grace later. A handler given up
+ * on keeps its thread (and its global slot, so that capacity stays right)
+ * until it returns. With restart_on_stuck the daemon then drains and exits
+ * EXIT_RESTART, which systemd's Restart=on-failure turns into a restart
+ * that brings the threads back.
+ *
+ * Reload (SIGHUP) runs to completion on the loop thread, so two reloads
+ * never overlap; SIGHUPs arriving meanwhile are coalesced by libev into one
+ * more reload. The new cfg and plugin set are built completely before
+ * anything is switched; on any error the old ones stay. The old plugin set
+ * (and the cfg loaded with it) is "retired": destroyed only once no task
+ * runs with one of its plugins any more (orch_uses_plugins()).
  */
 #include "daemon.h"
 
 #include <errno.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
 #include <ev.h>
 
+#include "admin.h"
 #include "cfg.h"
 #include "http.h"
+#include "journal.h"
 #include "log.h"
+#include "notify.h"
 #include "orch.h"
+#include "orchset.h"
 #include "plugin.h"
 #include "pool.h"
+#include "spool.h"
 #include "task.h"
+#include "tls.h"
 #include "util.h"
 
-#define CANCEL_GRACE 5.0
-#define FLUSH_LIMIT 10.0
+#define FLUSH_LIMIT 10.0   /* seconds to deliver the last results */
+#define TICK 0.25          /* deadline supervision and STATUS= */
+#define STATUS_MIN_GAP 1.0 /* at most one STATUS= per second */
+#define STATUS_MAX 1024
+
+enum phase { RUNNING = 0, DRAINING, CANCELLING, FLUSHING };
+
+/* A plugin set replaced by a reload, with the cfg it was loaded with. */
+struct retired {
+    struct plugin_set *plugins;
+    struct cfg *cfg; /* owned; NULL for the cfg of daemon_run()'s caller */
+    struct retired *next;
+};
 
 struct daemon {
     struct ev_loop *loop;
-    const struct cfg *cfg;
+    struct cfg *cfg;   /* current */
+    int cfg_owned;     /* cfg came from a reload (else it is the caller's) */
     struct pool *pool;
-    struct plugin_set *plugins;
+    struct plugin_set *plugins; /* current */
+    struct retired *retired;
     struct http *http;
-    struct orch *orch;
+    struct orchset *orchs; /* one orch per orchestrator (orchset.h) */
+    struct orch *orch;     /* the first of them: status line and metrics */
+    struct spool *spool;     /* state_dir/spool: undelivered results */
+    struct journal *journal; /* state_dir/journal: tasks held, for crash reports */
+    int crashed;             /* the previous run died with tasks */
+    struct admin *admin;     /* the admin endpoint; NULL when [admin] listen is off */
+    struct admin_sources admin_src;
+    ev_signal sigusr1; /* thread dump */
     ev_async wake;
-    ev_signal sigterm, sigint;
-    ev_timer drain_timer;
+    ev_signal sigterm, sigint, sighup;
+    ev_timer drain_timer, tick, watchdog;
     ev_check idle_check;
-    int stopping; /* 1 draining, 2 cancelled the rest, 3 flushing orphans */
+    enum phase phase;
     int exit_code;
+    int ready; /* READY=1 sent */
+    char status[STATUS_MAX];
+    double status_at;
 };
+
+/* Static, not on daemon_run()'s stack: a handler given up on may still
+ * wake the loop after daemon_run() returned. */
+static struct daemon the_daemon;
+static const char *plugin_dir_override;
+
+void daemon_set_plugin_dir_override(const char *dir)
+{
+    plugin_dir_override = dir;
+}
+
+/* ---- systemd notifications ---------------------------------------------- */
+
+static unsigned long long mono_usec(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000;
+}
+
+static const char *phase_name(const struct daemon *d, const struct orch_stats *st)
+{
+    switch (d->phase) {
+    case RUNNING:
+        return st->registered ? "serving" : "registering";
+    case DRAINING:
+        return "draining";
+    case CANCELLING:
+        return "draining, tasks cancelled";
+    case FLUSHING:
+        return "draining, delivering the last results";
+    }
+    fatalx("daemon: unknown phase %d", (int)d->phase);
+}
+
+/* "serving: 3/8 slots busy; echo 2, t_conc 1/1 (2 waiting); 1 stuck" */
+static void status_text(struct daemon *d, char *buf, size_t len)
+{
+    struct orch_stats st;
+    struct pool_stats ps;
+    struct pool_type_stats ts[32];
+    orch_get_stats(d->orch, &st);
+    pool_get_stats(d->pool, &ps);
+    size_t n = pool_get_type_stats(d->pool, ts, ARRAY_LEN(ts));
+    size_t o = (size_t)snprintf(buf, len, "%s: %d/%d slots busy", phase_name(d, &st), ps.inflight,
+                                ps.threads);
+    const char *sep = "; ";
+    for (size_t i = 0; i < n && o < len; i++) {
+        if (ts[i].running == 0 && ts[i].waiting == 0)
+            continue;
+        o += (size_t)snprintf(buf + o, len - o, "%s%s %d", sep, ts[i].type, ts[i].running);
+        if (o < len && ts[i].limit > 0)
+            o += (size_t)snprintf(buf + o, len - o, "/%d", ts[i].limit);
+        if (o < len && ts[i].waiting > 0)
+            o += (size_t)snprintf(buf + o, len - o, " (%d waiting)", ts[i].waiting);
+        sep = ", ";
+    }
+    if (o < len && st.stuck > 0)
+        snprintf(buf + o, len - o, "; %d stuck", st.stuck);
+}
+
+/* STATUS= when it changed, at most once per STATUS_MIN_GAP unless forced
+ * (the tick sends a change held back). */
+static void status_update(struct daemon *d, int force)
+{
+    char buf[STATUS_MAX];
+    if (!notify_enabled())
+        return;
+    status_text(d, buf, sizeof(buf));
+    if (strcmp(buf, d->status) == 0 || (!force && now_mono() - d->status_at < STATUS_MIN_GAP))
+        return;
+    memcpy(d->status, buf, sizeof(buf));
+    d->status_at = now_mono();
+    notify_sendf("STATUS=%s", buf);
+}
+
+/* The loop is alive (this runs from it) and not every thread is held by a
+ * stuck handler. */
+static void on_watchdog(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct daemon *d = w->data;
+    struct pool_stats ps;
+    pool_get_stats(d->pool, &ps);
+    if (orchset_stuck_tasks(d->orchs) < ps.threads)
+        notify_send("WATCHDOG=1");
+    else
+        log_err("watchdog: every worker thread is held by a stuck handler; not telling systemd "
+                "that all is well");
+}
+
+/* ---- The drain ------------------------------------------------------------ */
+
+static void drain_extend(struct daemon *d, double seconds)
+{
+    notify_sendf("EXTEND_TIMEOUT_USEC=%llu", (unsigned long long)((seconds + 5.0) * 1e6));
+    status_update(d, 1);
+}
+
+static void drain_timer_after(struct daemon *d, double delay)
+{
+    ev_timer_stop(d->loop, &d->drain_timer);
+    ev_timer_set(&d->drain_timer, delay, 0.);
+    ev_timer_start(d->loop, &d->drain_timer);
+}
+
+static void drain_begin(struct daemon *d, int exit_code)
+{
+    const struct cfg *c = d->cfg;
+    d->phase = DRAINING;
+    d->exit_code = exit_code;
+    orchset_drain(d->orchs);
+    notify_send("STOPPING=1");
+    drain_extend(d, c->shutdown_timeout + c->cancel_grace + FLUSH_LIMIT);
+    drain_timer_after(d, c->shutdown_timeout);
+}
+
+static void on_drain_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    struct daemon *d = w->data;
+    const struct cfg *c = d->cfg;
+    switch (d->phase) {
+    case RUNNING:
+        return;
+    case DRAINING:
+        log_warn("shutdown: %d task(s) still running; asking them to stop (%g s grace)",
+                 orchset_active_tasks(d->orchs), c->cancel_grace);
+        orchset_cancel_all(d->orchs, TASK_CANCEL_SHUTDOWN);
+        d->phase = CANCELLING;
+        drain_extend(d, c->cancel_grace + FLUSH_LIMIT);
+        drain_timer_after(d, c->cancel_grace);
+        return;
+    case CANCELLING:
+        orchset_abandon_all(d->orchs, AVT_TRANSIENT_ERROR,
+                         "worker shutting down: task did not finish in time");
+        d->phase = FLUSHING;
+        drain_extend(d, FLUSH_LIMIT);
+        drain_timer_after(d, FLUSH_LIMIT);
+        return;
+    case FLUSHING:
+        log_err("shutdown: giving up on undelivered results; the orchestrator's timeout covers "
+                "them");
+        ev_break(loop, EVBREAK_ALL);
+        return;
+    }
+}
+
+static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct daemon *d = w->data;
+    if (d->phase != RUNNING) {
+        log_notice("%s again: shortening the drain", strsignal(w->signum));
+        if (d->phase != FLUSHING)
+            drain_timer_after(d, 0.);
+        return;
+    }
+    log_notice("%s: draining (%d task(s) running, up to %g s)", strsignal(w->signum),
+               orchset_active_tasks(d->orchs), d->cfg->shutdown_timeout);
+    drain_begin(d, 0);
+}
+
+/* ---- Reload ------------------------------------------------------------- */
+
+/* Plugin sets no task runs with any more are unloaded. */
+static void retired_reap(struct daemon *d, int all)
+{
+    struct retired **pp = &d->retired;
+    while (*pp != NULL) {
+        struct retired *r = *pp;
+        if (!all && orchset_uses_plugins(d->orchs, r->plugins) > 0) {
+            pp = &r->next;
+            continue;
+        }
+        *pp = r->next;
+        log_info("reload: plugins of the previous configuration unloaded");
+        plugin_set_destroy(r->plugins);
+        cfg_destroy(r->cfg);
+        free(r);
+    }
+}
+
+static void keep_str(char **now, const char *before, const char *what)
+{
+    if (strcmp(*now, before) == 0)
+        return;
+    log_warn("reload: %s changed; it takes effect at the next restart", what);
+    free(*now);
+    *now = xstrdup(before);
+}
+
+/* What the running daemon cannot change: kept as it was. */
+static void keep_identity(const struct cfg *old, struct cfg *c)
+{
+    if (plugin_dir_override != NULL) {
+        free(c->plugin_dir);
+        c->plugin_dir = xstrdup(plugin_dir_override);
+    }
+    keep_str(&c->url, old->url, "[orchestrator] url");
+    keep_str(&c->worker_id, old->worker_id, "[worker] id");
+    keep_str(&c->state_dir, old->state_dir, "[worker] state_dir");
+    if (c->max_concurrent_tasks != old->max_concurrent_tasks) {
+        log_warn("reload: max_concurrent_tasks changed; it takes effect at the next restart");
+        c->max_concurrent_tasks = old->max_concurrent_tasks;
+    }
+}
+
+/* Build the new cfg and plugin set; 0, or -errno with nothing changed. */
+static int reload_load(struct daemon *d, struct cfg **cfgp, struct plugin_set **setp)
+{
+    char err[AVT_ERRLEN];
+    int rc = cfg_load(d->cfg->path, cfgp, err, sizeof(err));
+    if (rc < 0) {
+        log_err("reload rejected, the running configuration stays: %s", err);
+        return rc;
+    }
+    keep_identity(d->cfg, *cfgp);
+    rc = plugin_set_load((*cfgp)->plugin_dir, *cfgp, d->pool, setp, err, sizeof(err));
+    if (rc < 0) {
+        log_err("reload rejected, the running configuration and plugins stay: %s", err);
+        cfg_destroy(*cfgp);
+        *cfgp = NULL;
+    }
+    return rc;
+}
+
+static void daemon_reload(struct daemon *d)
+{
+    struct cfg *c = NULL;
+    struct plugin_set *set = NULL;
+    notify_sendf("RELOADING=1\nMONOTONIC_USEC=%llu", mono_usec());
+    log_notice("SIGHUP: reloading %s and the plugins of %s",
+               d->cfg->path != NULL ? d->cfg->path : "the environment", d->cfg->plugin_dir);
+    if (reload_load(d, &c, &set) == 0) {
+        struct retired *r = xcalloc(1, sizeof(*r));
+        r->plugins = d->plugins;
+        r->cfg = d->cfg_owned ? d->cfg : NULL;
+        r->next = d->retired;
+        d->retired = r;
+        if (c->log_level != d->cfg->log_level || c->log_format != d->cfg->log_format)
+            log_init(c->log_level, (enum log_format)c->log_format);
+        pool_set_limits(d->pool, c);
+        orchset_reconfigure(d->orchs, c, set);
+        d->cfg = c;
+        d->admin_src.cfg = c;
+        d->cfg_owned = 1;
+        d->plugins = set;
+        ev_timer_set(&d->tick, TICK, TICK);
+        log_notice("reloaded: %zu plugin(s), %zu task type(s)", set->nplugins, set->ntypes);
+        retired_reap(d, 0);
+    }
+    notify_send("READY=1");
+    status_update(d, 1);
+}
+
+static void on_sighup(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct daemon *d = w->data;
+    if (d->phase != RUNNING) {
+        log_notice("SIGHUP while shutting down: not reloading");
+        return;
+    }
+    daemon_reload(d);
+}
+
+/* ---- The loop ------------------------------------------------------------- */
 
 static void pool_wake(void *arg)
 {
@@ -63,75 +388,189 @@ static void on_pool_events(struct ev_loop *loop, ev_async *w, int revents)
     (void)revents;
     struct daemon *d = w->data;
     struct pool_event *ev = pool_take_events(d->pool);
+    int done = 0;
     while (ev != NULL) {
         struct pool_event *next = ev->next;
         switch (ev->kind) {
         case POOL_EV_DONE:
             /* orch gives the slot back once the result is delivered. */
-            orch_task_done(d->orch, ev->task);
+            orchset_task_done(d->orchs, ev->task);
+            done = 1;
             break;
         case POOL_EV_PROGRESS:
-            orch_task_progress(d->orch, ev->task, ev->percent, ev->message);
+            orchset_task_progress(d->orchs, ev->task, ev->percent, ev->message);
             break;
         case POOL_EV_HOTCACHE_ADD:
         case POOL_EV_HOTCACHE_REMOVE:
-            orch_hot_cache(d->orch, ev->kind == POOL_EV_HOTCACHE_ADD, ev->name);
+            orchset_hot_cache(d->orchs, ev->kind == POOL_EV_HOTCACHE_ADD, ev->name);
             break;
         }
         pool_event_free(ev);
         ev = next;
     }
+    if (done && d->retired != NULL)
+        retired_reap(d, 0);
 }
 
-/* Stop the loop once a drain has nothing left to wait for. */
+/* After every loop iteration: READY=1 once registered; stop the loop once
+ * a drain has nothing left to wait for. */
 static void on_idle_check(struct ev_loop *loop, ev_check *w, int revents)
 {
     (void)revents;
     struct daemon *d = w->data;
-    if (d->stopping && orch_idle(d->orch))
+    if (!d->ready) {
+        if (orchset_registered(d->orchs) > 0) {
+            d->ready = 1;
+            notify_send("READY=1");
+            status_update(d, 1);
+        }
+    }
+    if (d->phase != RUNNING && orchset_idle(d->orchs))
         ev_break(loop, EVBREAK_ALL);
 }
 
-static void on_drain_timer(struct ev_loop *loop, ev_timer *w, int revents)
+static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
 {
+    (void)loop;
     (void)revents;
     struct daemon *d = w->data;
-    if (d->stopping == 1) {
-        log_warn("shutdown: %d task(s) still running after the drain; asking them to stop",
-                 orch_active_tasks(d->orch));
-        orch_cancel_all(d->orch, TASK_CANCEL_SHUTDOWN);
-        d->stopping = 2;
-        ev_timer_set(w, CANCEL_GRACE, 0.);
-        ev_timer_start(loop, w);
-        return;
+    orchset_supervise(d->orchs, d->cfg->cancel_grace);
+    int stuck = orchset_stuck_tasks(d->orchs);
+    if (stuck > 0 && d->cfg->restart_on_stuck && d->phase == RUNNING) {
+        log_warn("%d handler(s) stuck: finishing the other tasks, then exiting %d to be "
+                 "restarted with all threads (restart_on_stuck)",
+                 stuck, DAEMON_EXIT_RESTART);
+        drain_begin(d, DAEMON_EXIT_RESTART);
     }
-    /* Whatever is still running or undelivered now is given up: the
-     * orchestrator's own timeout covers it. */
-    log_err("shutdown: giving up on %d running task(s) and undelivered results",
-            orch_active_tasks(d->orch));
-    d->exit_code = 0;
-    ev_break(loop, EVBREAK_ALL);
+    status_update(d, 0);
 }
 
-static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
+/* ---- Life cycle ------------------------------------------------------------ */
+
+static void watchers_init(struct daemon *d)
 {
+    ev_signal_init(&d->sigterm, on_signal, SIGTERM);
+    ev_signal_init(&d->sigint, on_signal, SIGINT);
+    ev_signal_init(&d->sighup, on_sighup, SIGHUP);
+    d->sigterm.data = d->sigint.data = d->sighup.data = d;
+    ev_signal_start(d->loop, &d->sigterm);
+    ev_signal_start(d->loop, &d->sigint);
+    ev_signal_start(d->loop, &d->sighup);
+    ev_timer_init(&d->drain_timer, on_drain_timer, 0., 0.);
+    ev_timer_init(&d->tick, on_tick, TICK, TICK);
+    d->drain_timer.data = d->tick.data = d->watchdog.data = d;
+    ev_timer_start(d->loop, &d->tick);
+    double wd = notify_watchdog_interval();
+    if (wd > 0) {
+        ev_timer_init(&d->watchdog, on_watchdog, 0., wd / 2);
+        ev_timer_start(d->loop, &d->watchdog);
+    }
+    ev_check_init(&d->idle_check, on_idle_check);
+    d->idle_check.data = d;
+    ev_check_start(d->loop, &d->idle_check);
+}
+
+/* The pool's start hook: the journal's "started" record, on the worker
+ * thread just before the handler runs. */
+static void on_task_start(void *arg, struct task *t)
+{
+    journal_task_started(arg, t);
+}
+
+/* Spool a failure result for every task the previous run died with. */
+static void report_lost(struct daemon *d, struct journal_lost *lost, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct task *t = task_create(lost[i].task_id, lost[i].job_id, lost[i].type, NULL);
+        task_set_failure(t, lost[i].code, "%s", lost[i].message);
+        json_t *body = task_result_json(t, d->cfg->worker_id);
+        char *s = json_dumps(body, JSON_COMPACT);
+        struct spool_record *rec =
+            spool_record_new(lost[i].url, lost[i].task_id, lost[i].job_id, s, strlen(s));
+        spool_write(d->spool, rec); /* a failure is logged; the orchestrator's timeout remains */
+        spool_record_free(rec);
+        free(s);
+        json_decref(body);
+        task_destroy(t);
+    }
+}
+
+/*
+ * Open the state directory: the spool and the crash journal. Tasks the
+ * previous run died with are reported as failures through the spool before
+ * the journal starts afresh. Returns 0 or EX_CONFIG_CODE (logged).
+ */
+static int open_state(struct daemon *d, const struct cfg *cfg)
+{
+    char err[AVT_ERRLEN];
+    struct spool_limits lim = {(unsigned long long)cfg->spool_max_bytes, cfg->spool_max_files,
+                               cfg->spool_max_age};
+    struct journal_lost *lost = NULL;
+    size_t nlost = 0;
+    if (spool_open(cfg->state_dir, &lim, &d->spool, err, sizeof(err)) < 0 ||
+        journal_open(cfg->state_dir, cfg->crash_limit, &d->journal, &lost, &nlost, err,
+                     sizeof(err)) < 0) {
+        log_err("state directory unusable: %s (set [worker] state_dir or STATE_DIRECTORY to a "
+                "private directory this user can write)",
+                err);
+        return EX_CONFIG_CODE;
+    }
+    if (nlost > 0)
+        log_err("the previous run ended abnormally with %zu task(s): reporting them as failed "
+                "once its long-poll has lapsed (%.0f s)",
+                nlost, cfg->poll_timeout + 1.0);
+    d->crashed = nlost > 0;
+    report_lost(d, lost, nlost);
+    journal_lost_free(lost, nlost);
+    journal_recovered(d->journal);
+    return 0;
+}
+
+/* ---- Admin endpoint and thread dump ---------------------------------------- */
+
+/* SIGUSR1: log what every worker thread is doing, and since when. */
+static void on_sigusr1(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)loop;
     (void)revents;
     struct daemon *d = w->data;
-    if (d->stopping) {
-        log_notice("second signal: shortening the drain");
-        if (d->stopping == 1) {
-            ev_timer_stop(loop, &d->drain_timer);
-            ev_timer_set(&d->drain_timer, 0., 0.);
-            ev_timer_start(loop, &d->drain_timer);
-        }
-        return;
+    admin_log_threads(d->pool);
+}
+
+static int admin_stuck(void *arg)
+{
+    return orchset_stuck_tasks(arg);
+}
+
+/* The admin endpoint (after the orchestrator clients: it reports on them).
+ * A configured port that cannot be opened is a configuration error. */
+static int admin_setup(struct daemon *d)
+{
+    char err[AVT_ERRLEN];
+    d->admin_src = (struct admin_sources){.cfg = d->cfg,
+                                          .pool = d->pool,
+                                          .orch = d->orch,
+                                          .stuck_fn = admin_stuck,
+                                          .stuck_arg = d->orchs,
+                                          .started = now_mono()};
+    ev_signal_init(&d->sigusr1, on_sigusr1, SIGUSR1);
+    d->sigusr1.data = d;
+    ev_signal_start(d->loop, &d->sigusr1);
+    if (d->cfg->admin_listen == NULL)
+        return 0;
+    d->admin = admin_create(d->loop, d->cfg->admin_listen, &d->admin_src, err, sizeof(err));
+    if (d->admin == NULL) {
+        log_err("%s", err);
+        return EX_CONFIG_CODE;
     }
-    log_notice("%s: draining (%d task(s) running, up to %.0f s)", strsignal(w->signum),
-               orch_active_tasks(d->orch), d->cfg->shutdown_timeout);
-    d->stopping = 1;
-    orch_drain(d->orch);
-    ev_timer_set(&d->drain_timer, d->cfg->shutdown_timeout, 0.);
-    ev_timer_start(loop, &d->drain_timer);
+    return 0;
+}
+
+static void admin_teardown(struct daemon *d)
+{
+    admin_destroy(d->admin);
+    d->admin = NULL;
+    ev_signal_stop(d->loop, &d->sigusr1);
 }
 
 static int daemon_setup(struct daemon *d, struct cfg *cfg)
@@ -143,69 +582,103 @@ static int daemon_setup(struct daemon *d, struct cfg *cfg)
     d->wake.data = d;
     ev_async_start(d->loop, &d->wake);
     d->pool = pool_create(cfg, pool_wake, d);
+    if (d->pool == NULL)
+        return 1;
     int rc = plugin_set_load(cfg->plugin_dir, cfg, d->pool, &d->plugins, err, sizeof(err));
     if (rc < 0) {
         log_err("%s", err);
         return EX_CONFIG_CODE;
     }
-    d->http = http_create(d->loop, NULL);
-    d->orch = orch_create(d->loop, d->http, cfg, d->pool, d->plugins);
-    ev_signal_init(&d->sigterm, on_signal, SIGTERM);
-    ev_signal_init(&d->sigint, on_signal, SIGINT);
-    d->sigterm.data = d->sigint.data = d;
-    ev_signal_start(d->loop, &d->sigterm);
-    ev_signal_start(d->loop, &d->sigint);
-    ev_timer_init(&d->drain_timer, on_drain_timer, 0., 0.);
-    d->drain_timer.data = d;
-    ev_check_init(&d->idle_check, on_idle_check);
-    d->idle_check.data = d;
-    ev_check_start(d->loop, &d->idle_check);
-    return 0;
+    struct http_opts hopts = {0};
+    tls_http_opts(cfg, &hopts);
+    d->http = http_create(d->loop, &hopts);
+    d->orchs = orchset_create(d->loop, d->http, cfg, d->pool, d->plugins);
+    d->orch = orchset_get(d->orchs, 0);
+    rc = open_state(d, cfg);
+    if (rc != 0)
+        return rc;
+    orchset_set_durable(d->orchs, d->spool, d->journal);
+    if (d->crashed)
+        orchset_hold_results(d->orchs, cfg->poll_timeout + 1.0);
+    pool_set_start_hook(d->pool, on_task_start, d->journal);
+    notify_init();
+    watchers_init(d);
+    return admin_setup(d);
+}
+
+static void watchers_stop(struct daemon *d)
+{
+    ev_async_stop(d->loop, &d->wake);
+    ev_check_stop(d->loop, &d->idle_check);
+    ev_timer_stop(d->loop, &d->drain_timer);
+    ev_timer_stop(d->loop, &d->tick);
+    ev_timer_stop(d->loop, &d->watchdog);
+    ev_signal_stop(d->loop, &d->sigterm);
+    ev_signal_stop(d->loop, &d->sigint);
+    ev_signal_stop(d->loop, &d->sighup);
 }
 
 static void daemon_teardown(struct daemon *d)
 {
     /* A handler that ignored its cancellation still owns its thread and
-     * its task: joining it would hang the exit, so the pool and the
-     * plugins are only torn down when every task has finished. */
-    int stuck = d->orch != NULL && orch_active_tasks(d->orch) > 0;
-    orch_destroy(d->orch);
+     * its task: joining it would hang the exit, so the pool, the plugins
+     * and the loop (which its completion would wake) are only torn down
+     * when every task has finished; the process exits around them. */
+    int stuck = orchset_active_tasks(d->orchs) + orchset_stuck_tasks(d->orchs);
+    admin_teardown(d);
+    orchset_destroy(d->orchs);
+    d->orchs = NULL;
+    d->orch = NULL;
     http_destroy(d->http);
-    if (!stuck) {
-        pool_destroy(d->pool);
-        plugin_set_destroy(d->plugins);
+    d->http = NULL;
+    watchers_stop(d);
+    if (stuck) {
+        log_warn("exiting with %d handler(s) still running", stuck);
+        return;
     }
-    ev_async_stop(d->loop, &d->wake);
-    ev_check_stop(d->loop, &d->idle_check);
-    ev_timer_stop(d->loop, &d->drain_timer);
-    ev_signal_stop(d->loop, &d->sigterm);
-    ev_signal_stop(d->loop, &d->sigint);
-    if (!stuck)
-        ev_loop_destroy(d->loop);
+    pool_destroy(d->pool);
+    journal_close(d->journal);
+    spool_close(d->spool);
+    plugin_set_destroy(d->plugins);
+    for (struct retired *r = d->retired, *next; r != NULL; r = next) {
+        next = r->next;
+        plugin_set_destroy(r->plugins);
+        cfg_destroy(r->cfg);
+        free(r);
+    }
+    if (d->cfg_owned)
+        cfg_destroy(d->cfg);
+    ev_loop_destroy(d->loop);
 }
 
 int daemon_run(struct cfg *cfg)
 {
-    struct daemon d;
-    memset(&d, 0, sizeof(d));
+    struct daemon *d = &the_daemon;
+    memset(d, 0, sizeof(*d));
     signal(SIGPIPE, SIG_IGN);
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
         fatalx("cannot initialise libcurl");
     srandom((unsigned)getpid() ^ (unsigned)now_wall());
-    int rc = daemon_setup(&d, cfg);
+    int rc = daemon_setup(d, cfg);
     if (rc != 0) {
-        pool_destroy(d.pool);
-        ev_async_stop(d.loop, &d.wake);
-        ev_loop_destroy(d.loop);
+        admin_teardown(d);
+        orchset_destroy(d->orchs);
+        http_destroy(d->http);
+        pool_destroy(d->pool);
+        plugin_set_destroy(d->plugins);
+        journal_close(d->journal);
+        spool_close(d->spool);
+        ev_async_stop(d->loop, &d->wake);
+        ev_loop_destroy(d->loop);
         curl_global_cleanup();
         return rc;
     }
     log_notice("avtworkerd %s starting: worker %s, orchestrator %s, %d slots", AVT_VERSION,
                cfg->worker_id, cfg->url, cfg->max_concurrent_tasks);
-    orch_start(d.orch);
-    ev_run(d.loop, 0);
-    log_notice("stopped");
-    daemon_teardown(&d);
+    orchset_start(d->orchs);
+    ev_run(d->loop, 0);
+    log_notice("stopped (exit status %d)", d->exit_code);
+    daemon_teardown(d);
     curl_global_cleanup();
-    return d.exit_code;
+    return d->exit_code;
 }

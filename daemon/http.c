@@ -654,6 +654,10 @@ static void request_finish(struct http_req *req, CURLcode rc)
         r.curl_code = CURLE_FILESIZE_EXCEEDED;
         r.error = "response body larger than max_body";
     } else if (rc != CURLE_OK) {
+        /* As http.h says: no status on a transport error, even when the
+         * status line had arrived (a truncated answer must never look
+         * like a complete 200). */
+        r.status = 0;
         r.curl_code = rc;
         r.error = req->errbuf[0] ? req->errbuf : curl_easy_strerror(rc);
     } else if (req->in.len > 0) {

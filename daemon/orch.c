@@ -25,6 +25,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <ev.h>
@@ -32,25 +33,31 @@
 
 #include "cfg.h"
 #include "http.h"
+#include "journal.h"
 #include "log.h"
 #include "plugin.h"
 #include "pool.h"
+#include "spool.h"
 #include "task.h"
+#include "tls.h"
 #include "util.h"
 #include "ws.h"
 
 #define RXON_VERSION "1.0b3"
 #define PATH_REGISTER "/_worker/workers/register"
 #define PATH_RESULT "/_worker/tasks/result"
+#define PATH_STS "/_worker/auth/token"
+#define STS_RENEW_AT 0.8 /* of expires_in, as SDK 1.0b7 (4.10) */
+#define STS_RENEW_MIN 1.0
 #define RESULTS_IN_FLIGHT 8
 #define PRECANCEL_SLOTS 64
 #define PRECANCEL_TTL 600.0
 #define REQUEST_TIMEOUT 30.0
-#define RATE_LIMIT_PAUSE 61.0
+#define RATE_LIMIT_PAUSE 61.0 /* the limiter's 60 s window must lapse (1.3) */
 /* The long-poll's client timeout exceeds the server's hold by this much: a
  * poll given up early can lose the task the server pops for it (2.2), so
  * err on the side of a busy orchestrator answering late. */
-#define POLL_MARGIN 15.0 /* the limiter's 60 s window must lapse (1.3) */
+#define POLL_MARGIN 15.0
 
 struct backoff {
     double base, cap, cur;
@@ -59,10 +66,13 @@ struct backoff {
 struct result {
     char *task_id;
     char *job_id;
+    char *type; /* for log lines; NULL when replayed from the spool */
     char *body;
     size_t len;
     int attempts;
     int holds_slot; /* the task's global slot is given back on delivery */
+    unsigned long long seq; /* its spool file; 0 = in memory only */
+    double created;         /* when it was spooled (wall clock) */
     struct http_req *req;
     struct orch *o;
     struct result *next;
@@ -80,7 +90,19 @@ struct orch {
     struct pool *pool;
     const struct plugin_set *plugins;
 
-    char *url_poll, *url_heartbeat, *url_register, *url_result, *url_ws;
+    char *name, *url; /* this orchestrator: its cfg_orch name and base URL */
+    char *url_poll, *url_heartbeat, *url_register, *url_result, *url_ws, *url_sts;
+    char *header_token; /* the token in `headers`, to notice a change */
+    void (*sched)(void *arg); /* decides when to poll (orchset); NULL: poll itself */
+    void *sched_arg;
+
+    /* STS access token (1.2, 2.5): only with a client certificate. */
+    char *sts_token;
+    struct http_req *sts_req;
+    ev_timer sts_timer; /* renewal, or the retry after a failure */
+    struct backoff sts_backoff, sts_401_backoff;
+    double sts_401_after; /* a 401 may trigger a renewal again from then on */
+    int sts_tried;        /* the first attempt, made before registering, is over */
     char **headers; /* NULL-terminated "Name: value" */
 
     int registered;
@@ -109,8 +131,20 @@ struct orch {
 
     struct task **active; /* tasks in the pool */
     int nactive, active_cap;
+    /* Tasks given up on (orch_abandon): their failure is reported, their
+     * handler still runs and owns them; the DONE is dropped. */
+    struct task **abandoned;
+    int nabandoned, abandoned_cap;
+    struct pool_thread_info *threads; /* orch_supervise()'s snapshot buffer */
+    size_t nthreads;
 
+    /* The outbox: every undelivered result, oldest first. With a spool
+     * (orch_set_durable) each is on disk before it is first sent and its
+     * file is removed on the 200. */
     struct result *outbox, *outbox_tail;
+    struct spool *spool;
+    struct journal *journal;
+    double results_hold_until; /* now_mono() before which no result is sent */
     int results_in_flight;
     ev_timer result_timer;
     int results_paused;
@@ -121,7 +155,19 @@ struct orch {
     int told_rate_limit, told_auth;
 
     struct orch_stats stats;
+
+    /* Metrics of finished tasks (orch_get_outcomes/durations); the strings
+     * they point to are interned in `names` and freed with the orch. */
+    struct orch_outcome outcomes[ORCH_OUTCOMES_MAX];
+    size_t noutcomes;
+    struct orch_duration durations[ORCH_TYPES_MAX];
+    size_t ndurations;
+    char **names;
+    size_t nnames;
 };
+
+const double orch_duration_bounds[ORCH_DURATION_BUCKETS] = {
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600};
 
 /* ---- small helpers ---- */
 
@@ -254,27 +300,47 @@ static void answer_text(const struct http_response *r, char *out, size_t outlen)
  * 401 names the token settings; 429 honours Retry-After, else waits out
  * the limiter's window, and tells the operator once how to fix it.
  */
-static double failure_delay(struct orch *o, const char *what, const struct http_response *r,
-                            struct backoff *b)
+static int sts_after_401(struct orch *o);
+
+static int is_https(const struct orch *o)
+{
+    return strncasecmp(o->url, "https://", 8) == 0;
+}
+
+static double failure_delay_ctx(struct orch *o, const char *what, const struct http_response *r,
+                                struct backoff *b, const struct log_ctx *ctx)
 {
     char text[160];
     if (r->status == 0) {
-        log_warn("%s: %s: %s", what, o->cfg->url, r->error ? r->error : "transport error");
+        char msg[AVT_ERRLEN];
+        if (tls_explain(r->curl_code, r->error, is_https(o), msg, sizeof(msg)) != TLS_FAIL_NONE)
+            log_emit(LOG_ERR, ctx, "%s: %s: %s", what, o->url, msg);
+        else
+            log_emit(LOG_WARNING, ctx, "%s: %s: %s", what, o->url,
+                     r->error ? r->error : "transport error");
         return backoff_next(b);
     }
     answer_text(r, text, sizeof(text));
+    if (r->status == 401 && sts_after_401(o)) {
+        log_emit(LOG_WARNING, ctx, "%s: %s answered 401 (%s): renewing the access token", what,
+                 o->url, text);
+        double d = backoff_next(b);
+        return d < 1 ? 1 : d;
+    }
     if (r->status == 401 || r->status == 403) {
-        log_err("%s: the orchestrator refused this worker's credentials (%ld %s): set "
-                "WORKER_TOKEN (or [orchestrator] token/token_file) to the orchestrator's "
-                "GLOBAL_WORKER_TOKEN, or to this worker's individual token from its workers.toml",
-                what, r->status, text);
+        log_emit(LOG_ERR, ctx,
+                 "%s: the orchestrator refused this worker's credentials (%ld %s): set "
+                 "WORKER_TOKEN (or [orchestrator] token/token_file) to the orchestrator's "
+                 "GLOBAL_WORKER_TOKEN, or to this worker's individual token from its workers.toml",
+                 what, r->status, text);
         o->told_auth = 1;
         double d = backoff_next(b);
         return d < 5 ? 5 : d;
     }
     if (r->status == 429) {
         if (!o->told_rate_limit) {
-            log_warn(
+            log_emit(
+                LOG_WARNING, ctx,
                 "%s: the orchestrator's rate limiter answered 429. Avtomatika 1.0b13's limiter "
                 "locks out normally behaving workers (its window re-arms on every request): "
                 "set RATE_LIMITING_ENABLED=false on the orchestrator, or raise "
@@ -287,13 +353,117 @@ static double failure_delay(struct orch *o, const char *what, const struct http_
         return RATE_LIMIT_PAUSE + 5.0 * ((double)random() / (double)RAND_MAX);
     }
     if (r->too_large)
-        log_warn("%s: answer %ld larger than the body limit, ignored", what, r->status);
+        log_emit(LOG_WARNING, ctx, "%s: answer %ld larger than the body limit, ignored", what,
+                 r->status);
     else
-        log_warn("%s: orchestrator answered %ld: %s", what, r->status, text);
+        log_emit(LOG_WARNING, ctx, "%s: orchestrator answered %ld: %s", what, r->status, text);
     return backoff_next(b);
 }
 
+static double failure_delay(struct orch *o, const char *what, const struct http_response *r,
+                            struct backoff *b)
+{
+    return failure_delay_ctx(o, what, r, b, NULL);
+}
+
+/* ---- metrics ---- */
+
+/* Count a completed exchange with endpoint `ep` (not a cancelled one). */
+static void count_exchange(struct orch *o, enum orch_endpoint ep, const struct http_response *r)
+{
+    enum orch_error_kind kind;
+    o->stats.requests[ep]++;
+    if (r->status >= 200 && r->status < 300) {
+        o->stats.last_ok = now_mono();
+        return;
+    }
+    if (r->status == 0)
+        kind = ORCH_ERR_TRANSPORT;
+    else if (r->status == 401 || r->status == 403)
+        kind = ORCH_ERR_AUTH;
+    else if (r->status == 429)
+        kind = ORCH_ERR_RATE_LIMIT;
+    else if (r->status >= 400 && r->status < 500)
+        kind = ORCH_ERR_4XX;
+    else if (r->status >= 500 && r->status < 600)
+        kind = ORCH_ERR_5XX;
+    else
+        kind = ORCH_ERR_INVALID;
+    o->stats.errors[ep][kind]++;
+}
+
+/* A string of the metric tables: one copy per distinct value. Called only
+ * when a table gains an entry, so its linear search is off the hot path. */
+static const char *intern(struct orch *o, const char *s)
+{
+    for (size_t i = 0; i < o->nnames; i++) {
+        if (strcmp(o->names[i], s) == 0)
+            return o->names[i];
+    }
+    o->names = xrealloc(o->names, (o->nnames + 1) * sizeof(*o->names));
+    o->names[o->nnames] = xstrdup(s);
+    return o->names[o->nnames++];
+}
+
+/* The duration entry of a type; the last slot collects "_other". */
+static struct orch_duration *duration_entry(struct orch *o, const char *type)
+{
+    for (size_t i = 0; i < o->ndurations; i++) {
+        if (strcmp(o->durations[i].type, type) == 0)
+            return &o->durations[i];
+    }
+    if (o->ndurations == ORCH_TYPES_MAX - 1)
+        type = "_other";
+    if (o->ndurations == ORCH_TYPES_MAX)
+        return &o->durations[ORCH_TYPES_MAX - 1];
+    struct orch_duration *d = &o->durations[o->ndurations++];
+    d->type = intern(o, type);
+    return d;
+}
+
+static struct orch_outcome *outcome_entry(struct orch *o, const char *type, const char *status,
+                                          const char *code)
+{
+    for (size_t i = 0; i < o->noutcomes; i++) {
+        struct orch_outcome *e = &o->outcomes[i];
+        if (e->type == type && strcmp(e->status, status) == 0 && strcmp(e->code, code) == 0)
+            return e;
+    }
+    if (o->noutcomes == ORCH_OUTCOMES_MAX)
+        return &o->outcomes[ORCH_OUTCOMES_MAX - 1];
+    int last = o->noutcomes == ORCH_OUTCOMES_MAX - 1;
+    struct orch_outcome *e = &o->outcomes[o->noutcomes++];
+    e->type = last ? intern(o, "_other") : type;
+    e->status = intern(o, last ? "_other" : status);
+    e->code = intern(o, last ? "_other" : code);
+    return e;
+}
+
+/* A finished task: its outcome and handler run time. No allocation once
+ * its type and outcome have been seen. */
+static void record_task(struct orch *o, const struct task *t)
+{
+    struct orch_duration *d = duration_entry(o, t->type);
+    const char *status = t->status != NULL ? t->status : "unknown";
+    const char *code = t->outcome == TASK_OUTCOME_FAILURE && t->err_code ? t->err_code : "";
+    outcome_entry(o, d->type, status, code)->count++;
+    double secs = t->t_finished - t->t_started;
+    if (t->t_started <= 0 || secs < 0)
+        return; /* never started (cannot happen for a task of the pool) */
+    size_t b = 0;
+    while (b < ORCH_DURATION_BUCKETS && secs > orch_duration_bounds[b])
+        b++;
+    d->buckets[b]++;
+    d->count++;
+    d->sum += secs;
+}
+
 /* ---- requests ---- */
+
+static int same_token(const char *a, const char *b)
+{
+    return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
 
 static struct http_req *post_json(struct orch *o, const char *method, const char *url, json_t *body,
                                   double timeout, http_done_fn done, void *arg)
@@ -306,12 +476,46 @@ static struct http_req *post_json(struct orch *o, const char *method, const char
     return r;
 }
 
+/* This orchestrator's entry in the configuration in force (reloads swap it). */
+static const struct cfg_orch *my_entry(const struct orch *o)
+{
+    for (size_t i = 0; i < o->cfg->norchs; i++) {
+        if (strcmp(o->cfg->orchs[i].url, o->url) == 0)
+            return &o->cfg->orchs[i];
+    }
+    return NULL;
+}
+
+/* The X-Worker-Token: the STS access token, else this orchestrator's own
+ * token, else the global one. */
+static const char *current_token(const struct orch *o)
+{
+    const struct cfg_orch *e = my_entry(o);
+    if (o->sts_token != NULL)
+        return o->sts_token;
+    return e != NULL && e->token != NULL ? e->token : o->cfg->token;
+}
+
+/* (Re)build the headers every request copies; a WebSocket that is not
+ * open picks them up at its next connect, an open one keeps its session. */
 static void build_headers(struct orch *o)
 {
     int n = 0;
+    const char *token = current_token(o);
+    for (char **h = o->headers; h != NULL && *h; h++)
+        free(*h);
+    free(o->headers);
     o->headers = xcalloc(4, sizeof(char *));
-    if (o->cfg->token != NULL)
-        o->headers[n++] = xasprintf("X-Worker-Token: %s", o->cfg->token);
+    if (token != NULL)
+        o->headers[n++] = xasprintf("X-Worker-Token: %s", token);
+    if (o->ws != NULL && !ws_is_open(o->ws) && !same_token(o->header_token, token)) {
+        ws_destroy(o->ws);
+        o->ws = NULL;
+        if (o->registered && o->cfg->websockets)
+            timer_after(o, &o->ws_timer, 0);
+    }
+    free(o->header_token);
+    o->header_token = token != NULL ? xstrdup(token) : NULL;
     o->headers[n++] = xstrdup("X-RXON-Version: " RXON_VERSION);
     o->headers[n++] = xstrdup("Content-Type: application/json");
     o->headers[n] = NULL;
@@ -388,7 +592,9 @@ static void cancel_by_id(struct orch *o, const char *task_id, const char *source
 {
     struct task *t = active_find(o, task_id);
     if (t == NULL) {
-        log_info("cancel from %s for task %s, which is not running here: remembered", source,
+        struct log_ctx ctx = {NULL, task_id, NULL, NULL};
+        log_emit(LOG_INFO, &ctx,
+                 "cancel from %s for task %s, which is not running here: remembered", source,
                  task_id);
         precancel_add(o, task_id);
         return;
@@ -447,6 +653,7 @@ static void on_heartbeat(void *arg, const struct http_response *r)
     o->hb_req = NULL;
     if (r->cancelled)
         return;
+    count_exchange(o, ORCH_EP_HEARTBEAT, r);
     if (r->status != 200) {
         o->stats.heartbeats_failed++;
         double d = failure_delay(o, probe ? "heartbeat (probe)" : "heartbeat", r, &o->hb_backoff);
@@ -454,6 +661,7 @@ static void on_heartbeat(void *arg, const struct http_response *r)
         return;
     }
     backoff_reset(&o->hb_backoff);
+    backoff_reset(&o->sts_401_backoff);
     o->hb_paused_until = 0;
     enum orch_hb_answer ans =
         orch_parse_heartbeat_answer(r->body, r->len, probe, heartbeat_cancel, o);
@@ -464,6 +672,7 @@ static void on_heartbeat(void *arg, const struct http_response *r)
         o->registered = 0;
         start_register(o);
     } else if (ans == ORCH_HB_UNEXPECTED) {
+        o->stats.errors[ORCH_EP_HEARTBEAT][ORCH_ERR_INVALID]++;
         log_warn("heartbeat: unexpected answer ignored");
     }
     if (o->hb_again) {
@@ -521,6 +730,7 @@ static void result_free(struct result *res)
 {
     free(res->task_id);
     free(res->job_id);
+    free(res->type);
     free(res->body);
     free(res);
 }
@@ -542,7 +752,7 @@ static void outbox_unlink(struct orch *o, struct result *res)
 static void log_result_answer(struct result *res, const struct http_response *r)
 {
     char text[320];
-    struct log_ctx ctx = {NULL, res->task_id, res->job_id, NULL};
+    struct log_ctx ctx = {NULL, res->task_id, res->job_id, res->type};
     if (orch_parse_result_answer(r->body, r->len, text, sizeof(text)))
         log_emit(LOG_WARNING, &ctx, "result ignored by the orchestrator: %s", text);
     else if (log_level >= LOG_DEBUG)
@@ -565,6 +775,42 @@ static void result_release_slot(struct orch *o, struct result *res)
     orch_capacity_changed(o);
 }
 
+/* A spool view of a result (borrowed strings) for spool.c. */
+static struct spool_record result_view(struct orch *o, struct result *res)
+{
+    return (struct spool_record){res->seq,  o->url, res->task_id, res->job_id,
+                                 res->body, res->len,    res->created};
+}
+
+/* Delivered: remove its spool file; leaving a full spool resumes polling. */
+static void result_unspool(struct orch *o, struct result *res)
+{
+    if (o->spool == NULL || res->seq == 0)
+        return;
+    int was_full = spool_is_full(o->spool);
+    struct spool_record v = result_view(o, res);
+    spool_remove(o->spool, &v);
+    res->seq = 0;
+    if (was_full && !spool_is_full(o->spool))
+        orch_capacity_changed(o);
+}
+
+/* Drop the results older than [spool] max_age that are not being sent. */
+static void outbox_expire(struct orch *o)
+{
+    double now = now_wall();
+    for (struct result *res = o->outbox, *next; o->spool != NULL && res != NULL; res = next) {
+        next = res->next;
+        struct spool_record v = result_view(o, res);
+        if (res->req != NULL || res->seq == 0 || !spool_expire(o->spool, &v, now))
+            continue;
+        outbox_unlink(o, res);
+        result_release_slot(o, res);
+        result_free(res);
+        o->stats.results_pending--;
+    }
+}
+
 static void on_result(void *arg, const struct http_response *r)
 {
     struct result *res = arg;
@@ -573,10 +819,12 @@ static void on_result(void *arg, const struct http_response *r)
     o->results_in_flight--;
     if (r->cancelled)
         return;
+    count_exchange(o, ORCH_EP_RESULT, r);
     if (r->status == 200) {
         /* accepted or ignored: delivered either way (Decision 3). */
         log_result_answer(res, r);
         outbox_unlink(o, res);
+        result_unspool(o, res);
         result_release_slot(o, res);
         result_free(res);
         o->stats.results_sent++;
@@ -590,7 +838,8 @@ static void on_result(void *arg, const struct http_response *r)
     result_release_slot(o, res);
     char what[160];
     snprintf(what, sizeof(what), "result of task %s (attempt %d)", res->task_id, res->attempts);
-    double d = failure_delay(o, what, r, &o->result_backoff);
+    struct log_ctx ctx = {NULL, res->task_id, res->job_id, res->type};
+    double d = failure_delay_ctx(o, what, r, &o->result_backoff, &ctx);
     if (!o->results_paused) {
         o->results_paused = 1;
         timer_after(o, &o->result_timer, d);
@@ -601,6 +850,12 @@ static void send_results(struct orch *o)
 {
     if (o->results_paused)
         return;
+    double hold = o->results_hold_until - now_mono();
+    if (hold > 0) {
+        o->results_paused = 1;
+        timer_after(o, &o->result_timer, hold);
+        return;
+    }
     for (struct result *res = o->outbox; res != NULL; res = res->next) {
         if (o->results_in_flight >= RESULTS_IN_FLIGHT)
             return;
@@ -618,19 +873,35 @@ static void on_result_timer(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
     struct orch *o = w->data;
     o->results_paused = 0;
+    outbox_expire(o);
     send_results(o);
 }
 
-static void outbox_add(struct orch *o, struct task *t, int holds_slot)
+static void outbox_link(struct orch *o, struct result *res);
+
+/* Queue a result body (borrowed) for task t (its ids and type are copied). */
+static void outbox_push(struct orch *o, json_t *body, const struct task *t, int holds_slot)
 {
     struct result *res = xcalloc(1, sizeof(*res));
     res->holds_slot = holds_slot;
-    json_t *body = task_result_json(t, o->cfg->worker_id);
     res->body = dump_compact(body, &res->len);
-    json_decref(body);
     res->task_id = xstrdup(t->id);
     res->job_id = xstrdup(t->job_id);
+    res->type = t->type != NULL ? xstrdup(t->type) : NULL;
+    res->created = now_wall();
     res->o = o;
+    if (o->spool != NULL) {
+        /* Durable before the first send; on a disk error spool_write has
+         * logged it and the result is kept in memory only. */
+        struct spool_record v = result_view(o, res);
+        if (spool_write(o->spool, &v) == 0)
+            res->seq = v.seq;
+    }
+    outbox_link(o, res);
+}
+
+static void outbox_link(struct orch *o, struct result *res)
+{
     if (o->outbox_tail != NULL)
         o->outbox_tail->next = res;
     else
@@ -638,6 +909,71 @@ static void outbox_add(struct orch *o, struct task *t, int holds_slot)
     o->outbox_tail = res;
     o->stats.results_pending++;
     send_results(o);
+}
+
+static void outbox_add(struct orch *o, struct task *t, int holds_slot)
+{
+    json_t *body = task_result_json(t, o->cfg->worker_id);
+    outbox_push(o, body, t, holds_slot);
+    json_decref(body);
+}
+
+/* ---- tasks given up on ---- */
+
+static int abandoned_index(const struct orch *o, const struct task *t)
+{
+    for (int i = 0; i < o->nabandoned; i++) {
+        if (o->abandoned[i] == t)
+            return i;
+    }
+    return -1;
+}
+
+static int active_has(const struct orch *o, const struct task *t)
+{
+    for (int i = 0; i < o->nactive; i++) {
+        if (o->active[i] == t)
+            return 1;
+    }
+    return 0;
+}
+
+/*
+ * The DONE of a task given up on: its result was already sent, so this one
+ * is dropped; its thread and its global slot (held until now, because the
+ * thread was busy) come back. Returns 1 when t was such a task.
+ */
+static int abandoned_take(struct orch *o, struct task *t)
+{
+    int i = abandoned_index(o, t);
+    if (i < 0)
+        return 0;
+    o->abandoned[i] = o->abandoned[--o->nabandoned];
+    struct log_ctx ctx = {t->plugin ? t->plugin->name : NULL, t->id, t->job_id, t->type};
+    log_emit(LOG_NOTICE, &ctx,
+             "handler given up on returned after %.1f s: its thread is free again "
+             "(its outcome was not sent: the failure already was)",
+             t->t_finished - t->t_started);
+    journal_task_finished(o->journal, t);
+    task_destroy(t);
+    pool_release(o->pool);
+    orch_capacity_changed(o);
+    return 1;
+}
+
+/* A failure result built only from the ids, which never change while the
+ * task exists: the worker thread may still be writing the rest. */
+static void outbox_add_failure(struct orch *o, const struct task *t, const char *code,
+                               const char *message)
+{
+    json_t *body = json_pack("{s:s, s:s, s:s, s:s, s:n, s:{s:s, s:s}, s:n}", "job_id", t->job_id,
+                             "task_id", t->id, "worker_id", o->cfg->worker_id, "status",
+                             "failure", "data", "error", "code", code, "message", message,
+                             "data_metadata");
+    if (body == NULL)
+        abort(); /* the ids are valid UTF-8 (task_parse): only OOM fails here */
+    outbox_push(o, body, t, 0);
+    json_decref(body);
 }
 
 /* ---- polling (2.2) ---- */
@@ -659,12 +995,16 @@ static void accept_task(struct orch *o, struct task *t)
     if (precancel_take(o, t->id))
         task_cancel(t, TASK_CANCEL_ORCHESTRATOR);
     t->t_received = now_mono();
+    /* Journaled before the pool can start it (journal.c explains why the
+     * "started" record is the worker thread's). */
+    journal_task_accepted(o->journal, t, o->url);
     if (pool_submit(o->pool, t) < 0) {
         /* Cannot happen: we poll only with a free slot. Keep the task's
          * result rather than lose it. */
         log_emit(LOG_ERR, &ctx, "no free slot for a polled task (bug): failing it transiently");
         task_set_failure(t, AVT_TRANSIENT_ERROR, "worker had no free slot");
         outbox_add(o, t, 0);
+        journal_task_finished(o->journal, t);
         task_destroy(t);
         return;
     }
@@ -705,6 +1045,7 @@ static void on_poll(void *arg, const struct http_response *r)
     o->poll_req = NULL;
     if (r->cancelled)
         return;
+    count_exchange(o, ORCH_EP_POLL, r);
     if (r->status == 200 || r->status == 204) {
         backoff_reset(&o->poll_backoff);
         if (r->status == 200)
@@ -716,11 +1057,33 @@ static void on_poll(void *arg, const struct http_response *r)
     timer_after(o, &o->poll_timer, failure_delay(o, "poll", r, &o->poll_backoff));
 }
 
+/* Poll when this orchestrator may: alone, whenever a global slot is free;
+ * with others, when the orchset's scheduler says so (orch_poll). */
 static void maybe_poll(struct orch *o)
 {
-    if (!o->registered || o->draining || o->poll_req != NULL || ev_is_active(&o->poll_timer))
+    if (o->sched != NULL) {
+        o->sched(o->sched_arg);
         return;
-    if (pool_free_slots(o->pool) <= 0)
+    }
+    if (orch_poll_state(o) != ORCH_POLL_READY || pool_free_slots(o->pool) <= 0)
+        return;
+    orch_poll(o);
+}
+
+enum orch_poll_state orch_poll_state(const struct orch *o)
+{
+    if (o->poll_req != NULL)
+        return ORCH_POLL_BUSY;
+    if (!o->registered || o->draining || ev_is_active(&o->poll_timer))
+        return ORCH_POLL_DOWN;
+    if (o->spool != NULL && spool_is_full(o->spool))
+        return ORCH_POLL_DOWN; /* logged and counted by the spool; see result_unspool() */
+    return ORCH_POLL_READY;
+}
+
+void orch_poll(struct orch *o)
+{
+    if (orch_poll_state(o) != ORCH_POLL_READY)
         return;
     o->stats.polls++;
     o->poll_req = http_request(o->http, "GET", o->url_poll, (const char *const *)o->headers, NULL,
@@ -759,8 +1122,14 @@ static void ws_on_text(void *arg, const char *msg, size_t len)
 static void ws_on_close(void *arg, int code, const char *reason, int auth_failed)
 {
     struct orch *o = arg;
+    o->stats.ws_closes++;
     double d = backoff_next(&o->ws_backoff);
-    if (auth_failed)
+    char msg[AVT_ERRLEN];
+    if (auth_failed && sts_after_401(o))
+        log_warn("websocket: %s refused the access token (%s): renewing it", o->url, reason);
+    else if (tls_explain(CURLE_OK, reason, is_https(o), msg, sizeof(msg)) != TLS_FAIL_NONE)
+        log_err("websocket: %s: %s; retrying in %.0f s", o->url_ws, msg, d);
+    else if (auth_failed)
         log_err("websocket: the orchestrator refused this worker's credentials (%s): set "
                 "WORKER_TOKEN to its GLOBAL_WORKER_TOKEN or this worker's individual token; "
                 "retrying in %.0f s",
@@ -770,12 +1139,16 @@ static void ws_on_close(void *arg, int code, const char *reason, int auth_failed
     timer_after(o, &o->ws_timer, d);
 }
 
+static void start_ws(struct orch *o);
+
 static void on_ws_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop;
     (void)revents;
     struct orch *o = w->data;
-    if (o->ws != NULL && !ws_is_open(o->ws))
+    if (o->ws == NULL && o->registered)
+        start_ws(o); /* dropped by build_headers: the token changed */
+    else if (o->ws != NULL && !ws_is_open(o->ws))
         ws_connect(o->ws);
 }
 
@@ -786,6 +1159,112 @@ static void start_ws(struct orch *o)
     static const struct ws_callbacks cb = {ws_on_open, ws_on_text, ws_on_close};
     o->ws = ws_create(o->loop, o->http, o->url_ws, (const char *const *)o->headers, 0, &cb, o);
     ws_connect(o->ws);
+}
+
+/* ---- STS access token (1.2, 2.5, 4.10) ---- */
+
+/* Only a client certificate can obtain a token: a CA-only configuration
+ * must not ask (SDK 1.0b7 does, and gets 403 forever: 4.10). */
+static int sts_enabled(const struct orch *o)
+{
+    return o->cfg->tls_cert_file != NULL && is_https(o);
+}
+
+/* Adopt a token: every later request carries it; running tasks, the
+ * in-flight poll and an open WebSocket are not touched. */
+static void sts_adopt(struct orch *o, const char *token, double expires_in)
+{
+    free(o->sts_token);
+    o->sts_token = xstrdup(token);
+    build_headers(o);
+    double renew = expires_in * STS_RENEW_AT;
+    if (renew < STS_RENEW_MIN)
+        renew = STS_RENEW_MIN;
+    backoff_reset(&o->sts_backoff);
+    o->stats.sts_tokens++;
+    timer_after(o, &o->sts_timer, renew);
+    log_info("access token from %s: valid %.0f s, renewed in %.0f s", o->url, expires_in, renew);
+}
+
+static double sts_failed(struct orch *o, const struct http_response *r)
+{
+    char text[160];
+    if (r->status == 0)
+        return failure_delay(o, "access token", r, &o->sts_backoff);
+    orch_answer_text(r->body, r->len, text, sizeof(text));
+    if (r->status == 401 || r->status == 403)
+        log_err("access token: %s did not accept this worker's client certificate (%ld %s): "
+                "it issues tokens only when it verifies the certificate itself (TLS_ENABLED, "
+                "TLS_CA_PATH naming the CA of TLS_CERT_PATH, no TLS-terminating proxy in "
+                "between) and its Common Name is the worker id %s",
+                o->url, r->status, text, o->cfg->worker_id);
+    else
+        log_warn("access token: %s answered %ld: %s", o->url, r->status, text);
+    return backoff_next(&o->sts_backoff);
+}
+
+static void on_sts(void *arg, const struct http_response *r)
+{
+    struct orch *o = arg;
+    o->sts_req = NULL;
+    if (r->cancelled)
+        return;
+    int first = !o->sts_tried;
+    o->sts_tried = 1;
+    json_t *j = r->status == 200 ? json_loadb(r->body, r->len, 0, NULL) : NULL;
+    const char *token = json_string_value(json_object_get(j, "access_token"));
+    json_t *exp = json_object_get(j, "expires_in");
+    if (token != NULL && *token != '\0' && strpbrk(token, "\r\n") == NULL &&
+        json_is_number(exp) && json_number_value(exp) > 0) {
+        sts_adopt(o, token, json_number_value(exp));
+    } else {
+        double d;
+        if (r->status == 200) {
+            log_warn("access token: unusable answer from %s", o->url);
+            d = backoff_next(&o->sts_backoff);
+        } else {
+            d = sts_failed(o, r);
+        }
+        log_info("access token: asking again in %.1f s%s", d,
+                 o->sts_token != NULL ? " (the current one stays in use)" : "");
+        timer_after(o, &o->sts_timer, d);
+    }
+    json_decref(j);
+    if (first)
+        start_register(o); /* with the token, or with the configured one */
+}
+
+static void sts_request(struct orch *o)
+{
+    if (o->sts_req != NULL)
+        return;
+    ev_timer_stop(o->loop, &o->sts_timer);
+    o->sts_req =
+        http_request(o->http, "POST", o->url_sts, (const char *const *)o->headers, NULL, 0,
+                     REQUEST_TIMEOUT, on_sts, o);
+}
+
+static void on_sts_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    sts_request(w->data);
+}
+
+/* A 401 while we hold an access token: renew it, once per burst of 401s
+ * (the poll, heartbeat and results fail together), then back off. Returns
+ * 1 when STS is in use (a renewal is under way or was just made). */
+static int sts_after_401(struct orch *o)
+{
+    if (!sts_enabled(o))
+        return 0;
+    double now = now_mono();
+    if (o->sts_req == NULL && now >= o->sts_401_after) {
+        o->sts_401_after = now + backoff_next(&o->sts_401_backoff);
+        log_notice("%s answered 401: renewing the access token", o->url);
+        sts_request(o);
+    }
+    return 1;
 }
 
 /* ---- registration (2.1) ---- */
@@ -821,26 +1300,34 @@ static void on_register(void *arg, const struct http_response *r)
     o->register_req = NULL;
     if (r->cancelled)
         return;
+    count_exchange(o, ORCH_EP_REGISTER, r);
     char *warning = NULL;
     if (r->status == 200 && orch_parse_register_answer(r->body, r->len, &warning)) {
         if (warning != NULL)
             log_warn("orchestrator: %s", warning);
         free(warning);
-        log_notice("registered with %s as %s (%zu task types, %d slots)", o->cfg->url,
+        log_notice("registered with %s as %s (%zu task types, %d slots)", o->url,
                    o->cfg->worker_id, o->plugins->ntypes, o->cfg->max_concurrent_tasks);
         o->registered = 1;
         o->told_auth = 0;
+        backoff_reset(&o->sts_401_backoff);
         o->stats.registrations++;
         backoff_reset(&o->register_backoff);
         start_ws(o);
         send_heartbeat(o, 0);
         maybe_poll(o);
+        /* (Re-)registered: the orchestrator is back, so replay the outbox
+         * now instead of waiting out the result backoff. */
+        ev_timer_stop(o->loop, &o->result_timer);
+        o->results_paused = 0;
+        backoff_reset(&o->result_backoff);
         send_results(o);
         return;
     }
     double d;
     if (r->status == 200) {
-        log_warn("register: unexpected answer from %s", o->cfg->url);
+        o->stats.errors[ORCH_EP_REGISTER][ORCH_ERR_INVALID]++;
+        log_warn("register: unexpected answer from %s", o->url);
         d = backoff_next(&o->register_backoff);
     } else {
         d = failure_delay(o, "register", r, &o->register_backoff);
@@ -849,10 +1336,17 @@ static void on_register(void *arg, const struct http_response *r)
     timer_after(o, &o->register_timer, d);
 }
 
+static int sts_enabled(const struct orch *o);
+static void sts_request(struct orch *o);
+
 static void start_register(struct orch *o)
 {
     if (o->register_req != NULL || ev_is_active(&o->register_timer))
         return;
+    if (sts_enabled(o) && !o->sts_tried) {
+        sts_request(o); /* registers when it is answered, whatever the answer */
+        return;
+    }
     json_t *body = register_body(o);
     o->register_req = post_json(o, "POST", o->url_register, body, REQUEST_TIMEOUT, on_register, o);
     json_decref(body);
@@ -870,20 +1364,34 @@ static void on_register_timer(struct ev_loop *loop, ev_timer *w, int revents)
 struct orch *orch_create(struct ev_loop *loop, struct http *http, const struct cfg *cfg,
                          struct pool *pool, const struct plugin_set *plugins)
 {
+    return orch_create_for(loop, http, cfg, 0, pool, plugins);
+}
+
+struct orch *orch_create_for(struct ev_loop *loop, struct http *http, const struct cfg *cfg,
+                             size_t index, struct pool *pool, const struct plugin_set *plugins)
+{
     struct orch *o = xcalloc(1, sizeof(*o));
+    const struct cfg_orch *e = index < cfg->norchs ? &cfg->orchs[index] : NULL;
     o->loop = loop;
     o->http = http;
     o->cfg = cfg;
     o->pool = pool;
     o->plugins = plugins;
-    o->url_register = xasprintf("%s" PATH_REGISTER, cfg->url);
-    o->url_result = xasprintf("%s" PATH_RESULT, cfg->url);
-    o->url_poll = xasprintf("%s/_worker/workers/%s/tasks/next", cfg->url, cfg->worker_id);
-    o->url_heartbeat = xasprintf("%s/_worker/workers/%s", cfg->url, cfg->worker_id);
-    o->url_ws = xasprintf("%s/_worker/ws/%s", cfg->url, cfg->worker_id);
+    o->name = xstrdup(e != NULL ? e->name : "default");
+    o->url = xstrdup(e != NULL ? e->url : cfg->url);
+    o->url_register = xasprintf("%s" PATH_REGISTER, o->url);
+    o->url_result = xasprintf("%s" PATH_RESULT, o->url);
+    o->url_sts = xasprintf("%s" PATH_STS, o->url);
+    o->url_poll = xasprintf("%s/_worker/workers/%s/tasks/next", o->url, cfg->worker_id);
+    o->url_heartbeat = xasprintf("%s/_worker/workers/%s", o->url, cfg->worker_id);
+    o->url_ws = xasprintf("%s/_worker/ws/%s", o->url, cfg->worker_id);
     o->hot_cache = json_array();
     build_headers(o);
     double cap = cfg->retry_max_delay;
+    backoff_init(&o->sts_backoff, 1.0, cap);
+    backoff_init(&o->sts_401_backoff, 1.0, cap);
+    ev_timer_init(&o->sts_timer, on_sts_timer, 0., 0.);
+    o->sts_timer.data = o;
     backoff_init(&o->register_backoff, 0.5, cap);
     backoff_init(&o->poll_backoff, 0.5, cap);
     backoff_init(&o->hb_backoff, 0.5, cap);
@@ -901,9 +1409,48 @@ struct orch *orch_create(struct ev_loop *loop, struct http *http, const struct c
     return o;
 }
 
+void orch_hold_results(struct orch *o, double seconds)
+{
+    o->results_hold_until = now_mono() + seconds;
+}
+
+void orch_set_durable(struct orch *o, struct spool *spool, struct journal *journal)
+{
+    o->spool = spool;
+    o->journal = journal;
+}
+
+/* The spooled results of this orchestrator from a previous run, oldest
+ * first, ahead of anything new. */
+static void outbox_load(struct orch *o)
+{
+    struct spool_record **recs = NULL;
+    size_t n = 0;
+    if (o->spool == NULL || spool_load(o->spool, o->url, &recs, &n) < 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        struct result *res = xcalloc(1, sizeof(*res));
+        res->task_id = xstrdup(recs[i]->task_id);
+        res->job_id = xstrdup(recs[i]->job_id);
+        res->body = recs[i]->body; /* taken over */
+        res->len = recs[i]->len;
+        res->seq = recs[i]->seq;
+        res->created = recs[i]->created;
+        res->o = o;
+        recs[i]->body = NULL;
+        spool_record_free(recs[i]);
+        outbox_link(o, res);
+    }
+    if (n > 0)
+        log_notice("spool: %zu undelivered result(s) of %s from a previous run queued", n,
+                   o->url);
+    free(recs);
+}
+
 void orch_start(struct orch *o)
 {
     o->started = 1;
+    outbox_load(o);
     ev_timer_start(o->loop, &o->hb_periodic);
     start_register(o);
 }
@@ -912,10 +1459,12 @@ void orch_destroy(struct orch *o)
 {
     if (o == NULL)
         return;
-    ev_timer *timers[] = {&o->register_timer, &o->poll_timer, &o->hb_periodic,
-                          &o->hb_debounce,    &o->ws_timer,   &o->result_timer};
+    ev_timer *timers[] = {&o->register_timer, &o->poll_timer,   &o->hb_periodic, &o->hb_debounce,
+                          &o->ws_timer,       &o->result_timer, &o->sts_timer};
     for (size_t i = 0; i < ARRAY_LEN(timers); i++)
         ev_timer_stop(o->loop, timers[i]);
+    if (o->sts_req)
+        http_cancel(o->sts_req);
     if (o->register_req)
         http_cancel(o->register_req);
     if (o->poll_req)
@@ -935,24 +1484,38 @@ void orch_destroy(struct orch *o)
         free(*h);
     free(o->headers);
     free(o->active);
+    free(o->abandoned);
+    free(o->threads);
+    for (size_t i = 0; i < o->nnames; i++)
+        free(o->names[i]);
+    free(o->names);
     json_decref(o->hot_cache);
     free(o->url_register);
     free(o->url_result);
     free(o->url_poll);
     free(o->url_heartbeat);
     free(o->url_ws);
+    free(o->url_sts);
+    free(o->name);
+    free(o->url);
+    free(o->header_token);
+    free(o->sts_token);
     free(o);
 }
 
 void orch_task_done(struct orch *o, struct task *t)
 {
+    if (abandoned_take(o, t))
+        return;
     active_remove(o, t);
+    record_task(o, t);
     struct log_ctx ctx = {t->plugin ? t->plugin->name : NULL, t->id, t->job_id, t->type};
     if (t->outcome == TASK_OUTCOME_FAILURE)
         log_emit(LOG_WARNING, &ctx, "task failed: %s: %s", t->err_code, t->err_msg);
     else
         log_emit(LOG_DEBUG, &ctx, "task %s in %.3f s", t->status, t->t_finished - t->t_started);
     outbox_add(o, t, 1);
+    journal_task_finished(o->journal, t); /* after the result is spooled */
     task_destroy(t);
     heartbeat_soon(o);
 }
@@ -1028,4 +1591,202 @@ void orch_get_stats(const struct orch *o, struct orch_stats *st)
 {
     *st = o->stats;
     st->registered = o->registered;
+    st->draining = o->draining;
+    st->stuck = o->nabandoned;
+}
+
+const struct orch_outcome *orch_get_outcomes(const struct orch *o, size_t *n)
+{
+    *n = o->noutcomes;
+    return o->outcomes;
+}
+
+const struct orch_duration *orch_get_durations(const struct orch *o, size_t *n)
+{
+    *n = o->ndurations;
+    return o->durations;
+}
+
+/* ---- deadlines, stuck handlers, reload ---- */
+
+int orch_abandon(struct orch *o, struct task *t, const char *code, const char *message)
+{
+    if (!active_has(o, t))
+        return -ENOENT;
+    active_remove(o, t);
+    if (o->nabandoned == o->abandoned_cap) {
+        o->abandoned_cap = o->abandoned_cap ? o->abandoned_cap * 2 : 8;
+        o->abandoned = xrealloc(o->abandoned, (size_t)o->abandoned_cap * sizeof(*o->abandoned));
+    }
+    o->abandoned[o->nabandoned++] = t;
+    o->stats.tasks_abandoned++;
+    outbox_add_failure(o, t, code, message);
+    heartbeat_soon(o);
+    return 0;
+}
+
+int orch_abandon_all(struct orch *o, const char *code, const char *message)
+{
+    int n = 0;
+    while (o->nactive > 0) {
+        struct task *t = o->active[o->nactive - 1];
+        struct log_ctx ctx = {t->plugin ? t->plugin->name : NULL, t->id, t->job_id, t->type};
+        log_emit(LOG_ERR, &ctx, "task did not finish in time: reported as %s", code);
+        orch_abandon(o, t, code, message);
+        n++;
+    }
+    return n;
+}
+
+int orch_stuck_tasks(const struct orch *o)
+{
+    return o->nabandoned;
+}
+
+/* The deadline of one running task: cancel at the type's timeout, give it
+ * up cancel_grace later. */
+static void supervise_one(struct orch *o, const struct pool_thread_info *th, double now,
+                          double grace)
+{
+    struct task *t = th->task;
+    if (!active_has(o, t))
+        return; /* another orchestrator's task (orchset), or given up on */
+    const struct cfg_limit *lim = cfg_limit_find(o->cfg, t->type);
+    if (lim == NULL || lim->timeout <= 0 || now - th->since < lim->timeout)
+        return;
+    struct log_ctx ctx = {t->plugin ? t->plugin->name : NULL, t->id, t->job_id, t->type};
+    double ran = now - th->since;
+    if (th->cancel == TASK_CANCEL_NONE) {
+        log_emit(LOG_WARNING, &ctx, "deadline: running for %.1f s (timeout %g s): cancelling", ran,
+                 lim->timeout);
+        o->stats.deadlines++;
+        pool_cancel(o->pool, t, TASK_CANCEL_DEADLINE);
+        return;
+    }
+    if (ran < lim->timeout + grace || !active_has(o, t))
+        return;
+    log_emit(LOG_ERR, &ctx,
+             "handler is stuck: running for %.1f s, ignored its cancellation for %.1f s; "
+             "reported TIMEOUT_ERROR, its thread stays busy until it returns",
+             ran, ran - lim->timeout);
+    o->stats.stuck_total++;
+    char msg[160];
+    snprintf(msg, sizeof(msg), "task exceeded its timeout of %g s and did not stop", lim->timeout);
+    orch_abandon(o, t, AVT_TIMEOUT_ERROR, msg);
+}
+
+void orch_supervise(struct orch *o, double grace)
+{
+    struct pool_stats ps;
+    pool_get_stats(o->pool, &ps);
+    if ((size_t)ps.threads > o->nthreads) {
+        o->nthreads = (size_t)ps.threads;
+        o->threads = xrealloc(o->threads, o->nthreads * sizeof(*o->threads));
+    }
+    size_t n = pool_get_threads(o->pool, o->threads, o->nthreads);
+    double now = now_mono();
+    for (size_t i = 0; i < n; i++) {
+        if (o->threads[i].busy && o->threads[i].task != NULL)
+            supervise_one(o, &o->threads[i], now, grace);
+    }
+}
+
+static int plugin_in_set(const struct plugin *p, const struct plugin_set *set)
+{
+    for (size_t i = 0; p != NULL && i < set->nplugins; i++) {
+        if (set->plugins[i] == p)
+            return 1;
+    }
+    return 0;
+}
+
+int orch_uses_plugins(const struct orch *o, const struct plugin_set *set)
+{
+    int n = 0;
+    for (int i = 0; i < o->nactive; i++)
+        n += plugin_in_set(o->active[i]->plugin, set);
+    for (int i = 0; i < o->nabandoned; i++)
+        n += plugin_in_set(o->abandoned[i]->plugin, set);
+    return n;
+}
+
+/* 1 when both sets handle exactly the same types (the lists are sorted). */
+static int same_types(const struct plugin_set *a, const struct plugin_set *b)
+{
+    if (a->ntypes != b->ntypes)
+        return 0;
+    for (size_t i = 0; i < a->ntypes; i++) {
+        if (strcmp(a->types[i].type, b->types[i].type) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+static int same_str(const char *a, const char *b)
+{
+    return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* Apply a reloaded configuration's WebSocket setting and token. */
+static void reconfigure_ws(struct orch *o, int token_changed)
+{
+    if (o->ws != NULL && (!o->cfg->websockets || token_changed)) {
+        ws_destroy(o->ws);
+        o->ws = NULL;
+        ev_timer_stop(o->loop, &o->ws_timer);
+    }
+    if (o->registered)
+        start_ws(o);
+}
+
+void orch_reconfigure(struct orch *o, const struct cfg *cfg, const struct plugin_set *plugins)
+{
+    char *old_token = o->header_token != NULL ? xstrdup(o->header_token) : NULL;
+    int skills_changed = !same_types(o->plugins, plugins);
+    o->cfg = cfg;
+    o->plugins = plugins;
+    build_headers(o); /* a token file is re-read by the reload's cfg_load */
+    int token_changed = !same_str(old_token, o->header_token);
+    free(old_token);
+    double cap = cfg->retry_max_delay;
+    backoff_init(&o->register_backoff, 0.5, cap);
+    backoff_init(&o->poll_backoff, 0.5, cap);
+    backoff_init(&o->hb_backoff, 0.5, cap);
+    backoff_init(&o->ws_backoff, 1.0, cap);
+    backoff_init(&o->result_backoff, cfg->result_retry_initial_delay, cap);
+    if (o->hb_periodic.repeat != cfg->heartbeat_interval) {
+        o->hb_periodic.repeat = cfg->heartbeat_interval;
+        if (o->started)
+            ev_timer_again(o->loop, &o->hb_periodic);
+    }
+    reconfigure_ws(o, token_changed);
+    if (skills_changed && o->registered && !o->draining && o->register_req == NULL) {
+        log_notice("reload: the task types changed: registering them");
+        ev_timer_stop(o->loop, &o->register_timer);
+        start_register(o);
+    }
+    heartbeat_soon(o);
+}
+
+/* ---- several orchestrators (orchset.c) ---- */
+
+const char *orch_name(const struct orch *o)
+{
+    return o->name;
+}
+
+const char *orch_url(const struct orch *o)
+{
+    return o->url;
+}
+
+void orch_set_scheduler(struct orch *o, void (*kick)(void *arg), void *arg)
+{
+    o->sched = kick;
+    o->sched_arg = arg;
+}
+
+int orch_has_task(const struct orch *o, const struct task *t)
+{
+    return active_has(o, t);
 }

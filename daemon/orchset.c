@@ -218,6 +218,12 @@ static struct orch *origin_of(struct orchset *s, const struct task *t)
     return s->orchs[0];
 }
 
+void orchset_hold_results(struct orchset *s, double seconds)
+{
+    for (size_t i = 0; i < s->n; i++)
+        orch_hold_results(s->orchs[i], seconds);
+}
+
 void orchset_set_durable(struct orchset *s, struct spool *spool, struct journal *journal)
 {
     for (size_t i = 0; i < s->n; i++)

@@ -55,6 +55,9 @@ void orchset_start(struct orchset *s);
 /* The orch_* operation of the same name, applied to every orchestrator
  * (counts are summed) or, for a task, to the task's own orchestrator. */
 void orchset_set_durable(struct orchset *s, struct spool *spool, struct journal *journal);
+
+/* orch_hold_results() on every orchestrator (after a crash). */
+void orchset_hold_results(struct orchset *s, double seconds);
 void orchset_task_done(struct orchset *s, struct task *t);
 void orchset_task_progress(struct orchset *s, struct task *t, double percent, const char *message);
 void orchset_hot_cache(struct orchset *s, int add, const char *name);

@@ -31,6 +31,12 @@
  * which frees a task only after its DONE, never sees a PROGRESS event for a
  * freed task.
  *
+ * Each thread records the task it runs and since when (current, since;
+ * guarded by `mu`), so that pool_get_threads() can say what every thread
+ * is doing (SIGUSR1, the admin endpoint) without touching the task after
+ * the worker handed it to the loop: the record is cleared under the same
+ * lock hold that queues the DONE event.
+ *
  * Per-type limits are copied out of the cfg (which a reload may free) into
  * `types`, which also records every type seen (for statistics; bounded by
  * TYPES_MAX). Type names stay allocated until pool_destroy().
@@ -50,6 +56,7 @@
 #include "avt_plugin.h"
 #include "cfg.h"
 #include "log.h"
+#include "plugin.h"
 #include "task.h"
 #include "util.h"
 
@@ -68,6 +75,8 @@ struct pool_thread {
     struct pool *pool;
     pthread_t tid;
     int index;
+    struct task *current; /* running on this thread, or NULL; guarded by mu */
+    double since;         /* now_mono() when current started or the thread went idle; mu */
 };
 
 struct pool {
@@ -89,6 +98,8 @@ struct pool {
 
     pool_notify_fn notify;
     void *arg;
+    pool_start_fn start_hook; /* set before the first submit */
+    void *start_arg;
 };
 
 /* ---- Types (mu held) ---------------------------------------------------- */
@@ -198,11 +209,18 @@ static struct task *queue_pick(struct pool *pool)
 }
 
 /* Run one task with mu released; returns with mu held again. */
-static void worker_run(struct pool *pool, struct task *t)
+static void worker_run(struct pool_thread *th, struct task *t)
 {
+    struct pool *pool = th->pool;
+    th->current = t;
+    th->since = now_mono();
     pthread_mutex_unlock(&pool->mu);
+    if (pool->start_hook != NULL)
+        pool->start_hook(pool->start_arg, t);
     task_run(t);
     pthread_mutex_lock(&pool->mu);
+    th->current = NULL;
+    th->since = now_mono();
 
     struct pool_type *ty = type_of(pool, t);
     if (ty != NULL)
@@ -230,10 +248,11 @@ static void *worker_main(void *arg)
     snprintf(name, sizeof(name), "avt-worker-%d", th->index);
     pthread_setname_np(pthread_self(), name);
     pthread_mutex_lock(&pool->mu);
+    th->since = now_mono();
     while (!pool->stopping) {
         struct task *t = queue_pick(pool);
         if (t != NULL)
-            worker_run(pool, t);
+            worker_run(th, t);
         else
             pthread_cond_wait(&pool->cv, &pool->mu);
     }
@@ -418,6 +437,12 @@ void pool_cancel(struct pool *pool, struct task *t, int reason)
     pthread_mutex_unlock(&pool->mu);
 }
 
+void pool_set_start_hook(struct pool *pool, pool_start_fn fn, void *arg)
+{
+    pool->start_hook = fn;
+    pool->start_arg = arg;
+}
+
 void pool_get_stats(struct pool *pool, struct pool_stats *st)
 {
     pthread_mutex_lock(&pool->mu);
@@ -439,6 +464,34 @@ size_t pool_get_type_stats(struct pool *pool, struct pool_type_stats *out, size_
                                           .limit = pool->types[i].limit,
                                           .running = pool->types[i].running,
                                           .waiting = pool->types[i].waiting};
+    }
+    pthread_mutex_unlock(&pool->mu);
+    return i;
+}
+
+static void copy_str(char *dst, size_t n, const char *src)
+{
+    snprintf(dst, n, "%s", src != NULL ? src : "");
+}
+
+size_t pool_get_threads(struct pool *pool, struct pool_thread_info *out, size_t n)
+{
+    size_t i;
+
+    pthread_mutex_lock(&pool->mu);
+    for (i = 0; i < n && i < (size_t)pool->nthreads; i++) {
+        const struct pool_thread *th = &pool->threads[i];
+        const struct task *t = th->current;
+        out[i] = (struct pool_thread_info){.index = th->index, .since = th->since};
+        if (t == NULL)
+            continue;
+        out[i].busy = 1;
+        out[i].task = th->current;
+        out[i].cancel = atomic_load(&t->cancel);
+        copy_str(out[i].task_id, sizeof(out[i].task_id), t->id);
+        copy_str(out[i].job_id, sizeof(out[i].job_id), t->job_id);
+        copy_str(out[i].type, sizeof(out[i].type), t->type);
+        copy_str(out[i].plugin, sizeof(out[i].plugin), t->plugin ? t->plugin->name : NULL);
     }
     pthread_mutex_unlock(&pool->mu);
     return i;

@@ -105,6 +105,29 @@ void pool_get_stats(struct pool *pool, struct pool_stats *st);
  * count written (at most n). */
 size_t pool_get_type_stats(struct pool *pool, struct pool_type_stats *out, size_t n);
 
+/* What one worker thread is doing (SIGUSR1 dump, admin /threads). */
+struct pool_thread_info {
+    int index;    /* the thread is named avt-worker-<index> */
+    int busy;     /* running a task (the fields below are set) */
+    double since; /* now_mono() when the task started, or when the thread went idle */
+    int cancel;   /* enum task_cancel of the running task: asked to stop, and why */
+    char task_id[160], job_id[160], type[130], plugin[130]; /* truncated copies */
+    struct task *task; /* the task itself; for the loop thread only, which may use it
+                          until it takes the task's DONE event */
+};
+
+/* A snapshot of the first n threads, taken under the pool's lock; returns
+ * the count written. Any thread. */
+size_t pool_get_threads(struct pool *pool, struct pool_thread_info *out, size_t n);
+
+/* Called on the worker thread just before a task's handler is run (the
+ * crash journal's "started" record); it must be cheap and thread-safe. */
+typedef void (*pool_start_fn)(void *arg, struct task *t);
+
+/* Loop thread, before the first pool_submit(): install the start hook
+ * (NULL: none). */
+void pool_set_start_hook(struct pool *pool, pool_start_fn fn, void *arg);
+
 /* Replace the per-type limits (reload). Running tasks are not affected; a
  * lowered limit only delays later starts. */
 void pool_set_limits(struct pool *pool, const struct cfg *cfg);

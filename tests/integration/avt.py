@@ -217,7 +217,8 @@ def daemon_env(extra=None, clean=True):
                      "WORKER_HEARTBEAT_DEBOUNCE_DELAY", "RESULT_RETRY_INITIAL_DELAY",
                      "BACKOFF_MAX_DELAY", "WORKER_SHUTDOWN_TIMEOUT", "WORKER_ENABLE_WEBSOCKETS",
                      "ADVERTISE_BUSY", "AVT_PLUGIN_DIR", "HOSTNAME_OVERRIDE", "IP_ADDRESS",
-                     "TLS_CA_PATH", "TLS_CERT_PATH", "TLS_KEY_PATH", "MULTI_ORCHESTRATOR_MODE") \
+                     "TLS_CA_PATH", "TLS_CERT_PATH", "TLS_KEY_PATH", "MULTI_ORCHESTRATOR_MODE",
+                     "TLS_INSECURE") \
                     or k.startswith("WORKER_EXTRA_"):
                 del env[k]
     if extra:

@@ -1,0 +1,232 @@
+"""Nothing lost: the result spool and the crash journal under faults, with
+the real daemon binary against the fake orchestrator. The orchestrator goes
+away and comes back, answers slowly, truncated or with garbage, the daemon
+is killed with SIGKILL mid-task and between spooling and sending, a handler
+crashes the process; at the end every result is delivered, none twice.
+
+Soak size: AVT_SOAK_TASKS (default 3000, a fifth of it under sanitizers or
+valgrind, i.e. when TIMEOUT_MULT > 1)."""
+import glob
+import os
+import signal
+
+from avt import *  # noqa: F401,F403
+from avt import TIMEOUT_MULT, check, main, test, tmo, wait_for
+from orch import FakeOrch, FINAL
+
+WID = "w1"
+
+
+def ini(t, slots=4, extra_worker="", extra=""):
+    return t.ini("""
+[worker]
+max_concurrent_tasks = %d
+shutdown_timeout = 5
+log_level = debug
+%s
+[orchestrator]
+poll_timeout = 2
+heartbeat_interval = 0.5
+heartbeat_debounce = 0.05
+probe_every = 2
+result_retry_initial_delay = 0.1
+retry_max_delay = 0.5
+%s
+""" % (slots, extra_worker, extra))
+
+
+def spawn(t, o, conf, wait=True):
+    p = t.spawn(["-c", conf, "-P", t.plugin_dir("echo", "t_crash")], env=o.worker_env(WID))
+    if wait:
+        o.wait_worker(WID, timeout=15)
+    return p
+
+
+def spooled(t):
+    return sorted(glob.glob(t.path("state", "spool", "*.res")))
+
+
+def results_of(job):
+    return job.get("results") or []
+
+
+def result_ids(o):
+    return [r["body"]["task_id"] for r in o.log(kind="result")
+            if isinstance(r.get("body"), dict) and "task_id" in r["body"]]
+
+
+def stop(p, timeout=20):
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=tmo(timeout))
+    return p.returncode
+
+
+@test
+def orchestrator_down_while_tasks_finish_then_everything_is_delivered(t):
+    with FakeOrch(poll_timeout=2) as o:
+        p = spawn(t, o, ini(t, slots=4))
+        o.prequeue(WID, "t_slow", {"ms": 1500}, count=4)
+        st = wait_for(lambda: (lambda s: s if s.get("outstanding") == 4 else None)(o.worker_stats(WID)),
+                      what="4 tasks handed out")
+        running = set(st["outstanding_task_ids"])
+        o.stop()
+        # The tasks finish while nobody listens: their results go to disk.
+        wait_for(lambda: len(spooled(t)) == 4, timeout=20, what="4 spooled results")
+        check(p.poll() is None, "daemon died", p.log()[-2000:])
+        o.start()  # same port, a fresh orchestrator: the worker must register again
+        o.wait_worker(WID, timeout=20)
+        wait_for(lambda: set(result_ids(o)) >= running, timeout=20, what="replayed results")
+        ids = result_ids(o)
+        check(sorted(ids) == sorted(running), "each result once", ids, running)
+        wait_for(lambda: not spooled(t), what="spool emptied")
+        # Work continues on the new instance.
+        jobs = o.wait_jobs(o.prequeue(WID, "echo", {"x": 1}, count=5), timeout=30)
+        check(all(j["status"] == "finished" and len(results_of(j)) == 1 for j in jobs), jobs)
+        check(stop(p) == 0, p.log()[-2000:])
+        check(p.log().count("registered with") >= 2, p.log()[-2000:])
+
+
+@test
+def result_endpoint_faults_are_retried_from_the_spool(t):
+    with FakeOrch(poll_timeout=2) as o:
+        p = spawn(t, o, ini(t, slots=4))
+        # Unanswered, 503, slow, truncated; then garbage with a 200 (which
+        # counts as delivered: the orchestrator said 200).
+        o.inject("result", "drop", count=3)
+        o.inject("result", "respond", count=3, status=503, body={"error": "busy"})
+        o.inject("result", "slow", count=2, delay=1.0)
+        o.inject("result", "truncate", count=2)
+        ids = o.prequeue(WID, "echo", {"x": 2}, count=12)
+        jobs = o.wait_jobs(ids, timeout=60)
+        check(all(j["status"] == "finished" for j in jobs), [j["status"] for j in jobs])
+        twice = [j["id"] for j in jobs if len(results_of(j)) != 1]
+        check(not twice, "results per job", [len(results_of(o.job(i))) for i in twice])
+        wait_for(lambda: not spooled(t), what="spool emptied")
+        check(p.poll() is None)
+        check(stop(p) == 0)
+
+
+@test
+def sigkill_between_spooling_and_sending_delivers_exactly_once(t):
+    with FakeOrch(poll_timeout=2) as o:
+        conf = ini(t, slots=4)
+        p = spawn(t, o, conf)
+        o.inject("result", "drop", count=100000)  # spooled, never acknowledged
+        ids = o.prequeue(WID, "echo", {"x": 3}, count=6)
+        wait_for(lambda: len(spooled(t)) == 6, timeout=30, what="6 spooled results")
+        p.kill()
+        p.wait()
+        o.clear_faults()
+        p2 = spawn(t, o, conf)
+        jobs = o.wait_jobs(ids, timeout=30)
+        check(all(j["status"] == "finished" for j in jobs), [j["status"] for j in jobs])
+        check(all(len(results_of(j)) == 1 for j in jobs), [len(results_of(j)) for j in jobs])
+        wait_for(lambda: not spooled(t), what="spool emptied")
+        check("from a previous run" in p2.log(), p2.log()[-2000:])
+        check(stop(p2) == 0)
+
+
+@test
+def sigkill_mid_task_is_reported_on_restart(t):
+    with FakeOrch(poll_timeout=2, max_retries=3) as o:
+        conf = ini(t, slots=2)
+        p = spawn(t, o, conf)
+        ids = o.prequeue(WID, "t_slow", {"ms": 60000}, count=2)
+        journal = t.path("state", "journal", "running.log")
+        wait_for(lambda: os.path.exists(journal) and open(journal).read().count("S ") == 2,
+                 what="both handlers started")
+        p.kill()
+        p.wait()
+        t_kill = max(r["t"] for r in o.log())
+        p2 = spawn(t, o, conf)
+        wait_for(lambda: all(results_of(o.job(i)) for i in ids), timeout=20, what="crash reports")
+        for i in ids:
+            r = results_of(o.job(i))[0]
+            check(r["status"] == "failure" and r["error"]["code"] == "TRANSIENT_ERROR"
+                  and r["error"]["message"] == "worker crashed while running this task", r)
+        check("ended abnormally with 2 task(s)" in p2.log(), p2.log()[-3000:])
+        # Not before the dead process's long-poll (2 s hold) has lapsed.
+        first = min(r["t"] for r in o.log(kind="result"))
+        check(first - t_kill >= 2.0, "reported %.2f s after the kill" % (first - t_kill))
+        for i in ids:
+            o.cancel(i)
+        p2.kill()
+
+
+@test
+def poison_task_is_failed_permanently_after_crash_limit(t):
+    t.expect_crash = True
+    with FakeOrch(poll_timeout=2, max_retries=10) as o:
+        conf = ini(t, slots=2, extra_worker="crash_limit = 2")
+        jid = o.prequeue(WID, "t_crash", {}, count=1)[0]
+        crashes = 0
+        for _ in range(4):
+            p = spawn(t, o, conf, wait=False)
+            try:
+                p.wait(timeout=tmo(20))
+            except Exception:
+                break  # it stopped crashing
+            crashes += 1
+            check(p.returncode != 0, p.returncode)
+        check(crashes == 2, "crashes", crashes)
+        job = o.wait_job(jid, timeout=20)
+        res = results_of(job)
+        check(res and res[-1]["error"]["code"] == "PERMANENT_ERROR"
+              and res[-1]["error"]["message"] == "worker crashed in handler", res)
+        check(res[0]["error"]["code"] == "TRANSIENT_ERROR", res)
+        check("crash-loop" in p.log(), p.log()[-3000:])
+        # The service keeps working for everything else.
+        jobs = o.wait_jobs(o.prequeue(WID, "echo", {"x": 4}, count=3), timeout=30)
+        check(all(j["status"] == "finished" for j in jobs), jobs)
+        check(stop(p) == 0)
+
+
+@test
+def unusable_state_dir_exits_78_but_run_once_does_not_need_it(t):
+    bad = t.write("not-a-dir", "x")
+    with FakeOrch(poll_timeout=2) as o:
+        env = o.worker_env(WID)
+        env["STATE_DIRECTORY"] = bad
+        p = t.spawn(["-c", ini(t), "-P", t.plugin_dir("echo")], env=env)
+        p.wait(timeout=tmo(20))
+        check(p.returncode == 78, p.returncode, p.log())
+        check("state directory unusable" in p.log(), p.log())
+    r = run_daemon(["-P", t.plugin_dir("echo"), "run-once", "echo", "{}"],
+                   env={"STATE_DIRECTORY": bad})
+    check(r.returncode == 0, r)
+    r = run_daemon(["-P", t.plugin_dir("echo"), "--check-config"], env={"STATE_DIRECTORY": bad})
+    check(r.returncode == 0, r)
+
+
+@test
+def soak_with_faults_loses_nothing_and_duplicates_nothing(t):
+    n = int(os.environ.get("AVT_SOAK_TASKS", "3000" if TIMEOUT_MULT <= 1 else "600"))
+    with FakeOrch(poll_timeout=2) as o:
+        conf = ini(t, slots=8)
+        p = spawn(t, o, conf)
+        ids = []
+        for k in range(5):
+            ids += o.prequeue(WID, "echo", {"k": k}, count=n // 5)
+            o.inject("result", "drop", count=5)
+            o.inject("result", "respond", count=5, status=502, body={"error": "bad gateway"})
+            o.inject("result", "truncate", count=3)
+            o.inject("poll", "respond", count=2, status=503, body={"error": "busy"})
+            o.inject("heartbeat", "drop", count=2)
+            if k == 2:
+                # A graceful restart in the middle: results still queued
+                # are spooled and replayed.
+                check(stop(p) == 0)
+                p = spawn(t, o, conf)
+        jobs = o.wait_jobs(ids, timeout=180)
+        lost = [j["id"] for j in jobs if j["status"] != "finished"]
+        check(not lost, "%d not finished, e.g. %s" % (len(lost), lost[:3]))
+        counts = [len(results_of(j)) for j in jobs]
+        check(all(c == 1 for c in counts), "results per job: %s" % {c: counts.count(c) for c in set(counts)})
+        ignored = [r for r in o.log(kind="result") if isinstance(r.get("resp"), dict)
+                   and r["resp"].get("status") == "ignored"]
+        check(not ignored, "ignored (duplicate) results", ignored[:2])
+        wait_for(lambda: not spooled(t), what="spool emptied")
+        check(stop(p) == 0)
+
+
+main()
