@@ -354,7 +354,6 @@ static void daemon_reload(struct daemon *d)
         d->admin_src.cfg = c;
         d->cfg_owned = 1;
         d->plugins = set;
-        ev_timer_set(&d->tick, TICK, TICK);
         log_notice("reloaded: %zu plugin(s), %zu task type(s)", set->nplugins, set->ntypes);
         retired_reap(d, 0);
     }

@@ -62,8 +62,14 @@ static const struct pattern patterns[] = {
     {"unable to set client certificate", TLS_FAIL_CLIENT_CERT},
 };
 
-enum tls_failure tls_classify(CURLcode rc, const char *error)
+enum tls_failure tls_classify(CURLcode rc, const char *error, int https)
 {
+    /* With TLS 1.3 the client's handshake is over before the server checks
+     * the client certificate; Python's ssl (aiohttp, i.e. Avtomatika) then
+     * just closes the connection, and libcurl sees an empty reply. */
+    if (https && (rc == CURLE_GOT_NOTHING ||
+                  (error != NULL && strcasestr(error, "empty reply from server") != NULL)))
+        return TLS_FAIL_HUNG_UP;
     for (size_t i = 0; error != NULL && i < ARRAY_LEN(patterns); i++) {
         if (strcasestr(error, patterns[i].text) != NULL)
             return patterns[i].kind;
@@ -117,6 +123,11 @@ static const char *advice(enum tls_failure kind)
     case TLS_FAIL_NOT_TLS:
         return "the orchestrator does not speak TLS on this port: use http:// or the "
                "orchestrator's TLS port";
+    case TLS_FAIL_HUNG_UP:
+        return "the orchestrator closed the connection without answering; over TLS 1.3 this is "
+               "how it refuses a client certificate that is missing or not signed by the CA in "
+               "its TLS_CA_PATH: check TLS_CERT_PATH and TLS_KEY_PATH ([tls] cert_file, "
+               "key_file)";
     case TLS_FAIL_OTHER:
         return "the TLS handshake failed: check that the orchestrator has TLS_ENABLED and "
                "that both sides share a TLS version";
@@ -126,9 +137,10 @@ static const char *advice(enum tls_failure kind)
     return NULL;
 }
 
-enum tls_failure tls_explain(CURLcode rc, const char *error, char *out, size_t outlen)
+enum tls_failure tls_explain(CURLcode rc, const char *error, int https, char *out,
+                             size_t outlen)
 {
-    enum tls_failure kind = tls_classify(rc, error);
+    enum tls_failure kind = tls_classify(rc, error, https);
     const char *text = error != NULL && *error ? error : curl_easy_strerror(rc);
     const char *fix = advice(kind);
     if (fix == NULL)

@@ -25,12 +25,14 @@ enum tls_failure {
     TLS_FAIL_CERT_REQUIRED, /* the server wants a client certificate, we sent none */
     TLS_FAIL_CERT_REFUSED,  /* the server refused our client certificate */
     TLS_FAIL_NOT_TLS,       /* the port does not speak TLS */
+    TLS_FAIL_HUNG_UP,       /* https: closed without an answer (TLS 1.3 client-cert refusal) */
     TLS_FAIL_OTHER,         /* another TLS handshake error */
 };
 
 /* The kind of failure behind a libcurl result code and its error text
- * (either may be absent: CURLE_OK / NULL). Pure. */
-enum tls_failure tls_classify(CURLcode rc, const char *error);
+ * (either may be absent: CURLE_OK / NULL) of an exchange over https (1) or
+ * plain http (0). Pure. */
+enum tls_failure tls_classify(CURLcode rc, const char *error, int https);
 
 /*
  * Write an operator message for a failed exchange into out
@@ -38,7 +40,8 @@ enum tls_failure tls_classify(CURLcode rc, const char *error);
  * library's text>)", otherwise the library's text as it is. Returns the
  * kind. Pure.
  */
-enum tls_failure tls_explain(CURLcode rc, const char *error, char *out, size_t outlen);
+enum tls_failure tls_explain(CURLcode rc, const char *error, int https, char *out,
+                             size_t outlen);
 
 /*
  * Start-up check of the client key file: it must be a regular file this
