@@ -135,6 +135,7 @@ int main(int argc, char **argv)
         cfg_destroy(cfg);
         return 0;
     }
+    daemon_set_plugin_dir_override(plugin_dir);
     rc = daemon_run(cfg);
     cfg_destroy(cfg);
     return rc;
