@@ -7,6 +7,7 @@ import hashlib
 import base64
 import os
 import struct
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -209,6 +210,30 @@ def orch_seeds():
         write(t, "%02d" % i, body)
 
 
+def state_seeds():
+    """fuzz_state: first byte 0 = a spool file, 1 = running.log, 2 = crashes."""
+    t = "fuzz_state"
+    url = "http://127.0.0.1:8080"
+    body = ('{"job_id":"%s","task_id":"%s","worker_id":"w1","status":"success",'
+            '"data":{"echo":"hi"},"error":null,"data_metadata":null}' % (ID, ID)).encode()
+    hdr = b"AVTSPOOL 1 %d %08x 1700000000 %s\n" % (len(body), zlib.crc32(body), url.encode())
+    write(t, "spool", b"\x00" + hdr + body)
+    write(t, "spool_badcrc", b"\x00" + hdr.replace(b"%08x" % zlib.crc32(body), b"00000000") + body)
+    write(t, "spool_truncated", b"\x00" + hdr + body[:20])
+    write(t, "spool_version", b"\x00" + hdr.replace(b"AVTSPOOL 1", b"AVTSPOOL 2") + body)
+    bad = b"[1, 2]"
+    write(t, "spool_notresult", b"\x00" + b"AVTSPOOL 1 %d %08x 1700000000 %s\n" % (
+        len(bad), zlib.crc32(bad), url.encode()) + bad)
+    write(t, "spool_foreign", b"\x00#!/bin/sh\necho hi\n")
+    acc = ('{"a":1,"u":"%s","t":"echo","i":"%s","j":"%s"}\n' % (url, ID, ID)).encode()
+    acc2 = ('{"a":2,"u":"%s","t":"crash","i":"t2","j":"j2"}\n' % url).encode()
+    write(t, "journal", b"\x01" + acc + b"S 1\n" + acc2 + b"S 2\nE 1\n")
+    write(t, "journal_torn", b"\x01" + acc + b"S 1\n" + acc2[:17])
+    write(t, "journal_garbage", b"\x01S 99\nE -1\nX\n{\"a\":\"x\"}\n\x00\xff")
+    write(t, "crashes", b"\x02" + b"2 crash\n5 echo\n")
+    write(t, "crashes_bad", b"\x02" + b"-1 x\n99999999999999999999 y\nz\n 3\n")
+
+
 if __name__ == "__main__":
     task_seeds()
     cfg_seeds()
@@ -227,3 +252,6 @@ if __name__ == "__main__":
                                  "\x7e\x01\x00", "\x7f\x00\x00\x00\x00\x00\x01\x00\x00"])
     ws_seeds()
     orch_seeds()
+    state_seeds()
+    write_dict("fuzz_state", ["AVTSPOOL 1 ", "\n", "S ", "E ", '{"a":', '"u":', '"t":', '"i":',
+                              '"j":', "http://127.0.0.1:8080", "1700000000 ", "00000000"])
