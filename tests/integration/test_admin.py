@@ -1,0 +1,430 @@
+"""The admin endpoint (/metrics, /healthz, /threads), the SIGUSR1 thread
+dump and the logs, with the real daemon against the fake orchestrator.
+Metrics are parsed as Prometheus text and checked against what the
+orchestrator itself recorded."""
+import json
+import os
+import re
+import signal
+import socket
+import time
+import urllib.error
+import urllib.request
+
+from avt import *  # noqa: F401,F403
+from avt import check, main, test, tmo, wait_for
+from orch import FakeOrch
+
+WID = "w1"
+TOKEN = "tok-Zq8VxN3-distinctive"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def ini(t, port=None, slots=4, hb=0.5, extra=""):
+    admin = "[admin]\nlisten = 127.0.0.1:%d\n" % port if port else ""
+    return t.ini("""
+[worker]
+max_concurrent_tasks = %d
+shutdown_timeout = 5
+log_level = debug
+%s
+[orchestrator]
+poll_timeout = 2
+heartbeat_interval = %s
+heartbeat_debounce = 0.05
+probe_every = 2
+result_retry_initial_delay = 0.2
+retry_max_delay = 1
+%s""" % (slots, extra, hb, admin))
+
+
+def spawn(t, o, conf, env=None, plugins=("echo", "steps", "t_behave")):
+    e = o.worker_env(WID) if o is not None else {}
+    e.update(env or {})
+    return t.spawn(["-c", conf, "-P", t.plugin_dir(*plugins)], env=e)
+
+
+def get(port, path, method="GET", timeout=5):
+    """(status, body text); status 0 when the connection failed."""
+    req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=tmo(timeout)) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except (urllib.error.URLError, ConnectionError, socket.timeout):
+        return 0, ""
+
+
+LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$')
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text):
+    """{(name, ((label, value), ...)): float}; checks that every sample's
+    family was announced by # HELP and # TYPE first."""
+    out, typed, helped = {}, {}, set()
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            helped.add(line.split()[2])
+            continue
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            typed[name] = kind
+            continue
+        check(line and not line.startswith("#"), "stray line %r" % line)
+        m = LINE.match(line)
+        check(m, "unparsable sample %r" % line)
+        name, labels, value = m.group(1), m.group(3) or "", float(m.group(4))
+        family = re.sub(r'_(bucket|sum|count)$', '', name) if name not in typed else name
+        check(family in typed and family in helped, "no HELP/TYPE before %s" % name)
+        out[(name, tuple(sorted(LABEL.findall(labels))))] = value
+    return out
+
+
+def metric(ms, name, **labels):
+    return ms.get((name, tuple(sorted(labels.items()))))
+
+
+def scrape(port):
+    st, body = get(port, "/metrics")
+    check(st == 200, "metrics answered %s" % st, body[:500])
+    return parse_metrics(body)
+
+
+@test
+def metrics_count_tasks_by_outcome_with_durations_and_slots(t):
+    port = free_port()
+    with FakeOrch(poll_timeout=2) as o:
+        p = spawn(t, o, ini(t, port, slots=4))
+        o.wait_worker(WID, timeout=15)
+        ids = o.prequeue(WID, "echo", {"x": 1}, count=6)
+        ids += o.prequeue(WID, "t_fail", {"code": "PERMANENT_ERROR"}, count=3)
+        ids += o.prequeue(WID, "t_conc", {"ms": 300}, count=2)
+        ids += o.prequeue(WID, "t_custom", {"status": "needs_review"}, count=1)
+        o.wait_jobs(ids, timeout=30)
+        # What the orchestrator received, by (type, status, code).
+        want, by_id = {}, {}
+        for ty, lo, hi in (("echo", 0, 6), ("t_fail", 6, 9), ("t_conc", 9, 11), ("t_custom", 11, 12)):
+            for i in ids[lo:hi]:
+                by_id[i] = ty
+        for r in o.log(kind="result", worker_id=None):
+            b = r["body"] or {}
+            if b.get("task_id") not in by_id:
+                continue
+            code = (b.get("error") or {}).get("code", "") if b.get("status") == "failure" else ""
+            k = (by_id[b["task_id"]], b["status"], code)
+            want[k] = want.get(k, 0) + 1
+        check(want.get(("echo", "success", "")) == 6, want)
+        ms = wait_for(lambda: (lambda m: m if metric(m, "avtworkerd_results_pending") == 0
+                               and metric(m, "avtworkerd_slots_free") == 4 else None)(scrape(port)),
+                      what="all results delivered and slots free")
+        for (ty, status, code), n in want.items():
+            got = metric(ms, "avtworkerd_tasks_total", type=ty, status=status, code=code)
+            check(got == n, "tasks_total %s/%s/%s: %s, orchestrator saw %d" % (ty, status, code, got, n))
+        check(metric(ms, "avtworkerd_tasks_total", type="t_fail", status="failure",
+                     code="PERMANENT_ERROR") == 3, ms)
+        check(metric(ms, "avtworkerd_tasks_total", type="t_custom", status="needs_review", code="") == 1)
+        # The histogram: t_conc slept 300 ms, so nothing at or below 0.25 s,
+        # everything at 0.5 s; buckets are cumulative and end at +Inf = count.
+        h = "avtworkerd_task_duration_seconds"
+        check(metric(ms, h + "_bucket", type="t_conc", le="0.25") == 0, "fast t_conc?")
+        check(metric(ms, h + "_bucket", type="t_conc", le="0.5") == 2, "t_conc not in 0.5 bucket")
+        check(metric(ms, h + "_count", type="t_conc") == 2)
+        check(0.6 <= metric(ms, h + "_sum", type="t_conc") < 2.0, metric(ms, h + "_sum", type="t_conc"))
+        check(metric(ms, h + "_bucket", type="echo", le="+Inf") == 6)
+        les = sorted(float(dict(k[1])["le"]) for k in ms if k[0] == h + "_bucket"
+                     and dict(k[1])["type"] == "echo")
+        vals = [metric(ms, h + "_bucket", type="echo", le=("+Inf" if le == float("inf") else "%g" % le))
+                for le in les]
+        check(vals == sorted(vals), "buckets not cumulative", vals)
+        check(metric(ms, "avtworkerd_slots") == 4 and metric(ms, "avtworkerd_registered") == 1, ms)
+        check(metric(ms, "avtworkerd_tasks_received_total") == len(ids), ms)
+        check(metric(ms, "avtworkerd_results_sent_total") >= len(ids))
+        check(metric(ms, "avtworkerd_orchestrator_requests_total", endpoint="register") == 1)
+        check(metric(ms, "avtworkerd_orchestrator_requests_total", endpoint="result") >= len(ids))
+        check(metric(ms, "avtworkerd_orchestrator_requests_total", endpoint="poll") >= len(ids))
+        check(metric(ms, "process_resident_memory_bytes") > 1e6, "RSS")
+        check(metric(ms, "avtworkerd_uptime_seconds") > 0)
+        check(metric(ms, "avtworkerd_websocket_connects_total") == 1)
+        # A running task shows in the per-type gauges and in /threads.
+        jid = o.prequeue(WID, "t_block", {}, count=1)[0]
+        ms = wait_for(lambda: (lambda m: m if metric(m, "avtworkerd_tasks_running", type="t_block") == 1
+                               else None)(scrape(port)), what="t_block running")
+        check(metric(ms, "avtworkerd_slots_free") == 3, metric(ms, "avtworkerd_slots_free"))
+        st, threads = get(port, "/threads")
+        busy = [ln for ln in threads.splitlines() if " busy " in ln]
+        check(st == 200 and len(busy) == 1 and "task_id=%s" % jid in busy[0] and "type=t_block" in busy[0]
+              and "plugin=t_behave" in busy[0], threads)
+        check(len(threads.splitlines()) == 4 and threads.count(" idle ") == 3, threads)
+        o.cancel(jid)
+        o.wait_job(jid)
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=tmo(20))
+        check(p.returncode == 0, p.log()[-2000:])
+
+
+@test
+def errors_are_counted_by_endpoint_and_kind(t):
+    port = free_port()
+    with FakeOrch(poll_timeout=2) as o:
+        o.inject("register", status=503, body={"error": "busy"}, count=1)
+        p = spawn(t, o, ini(t, port))
+        o.wait_worker(WID, timeout=15)
+        o.inject("result", status=500, body={"error": "boom"}, count=2)
+        o.inject("poll", status=429, headers={"Retry-After": "0"}, body={"error": "slow"}, count=1)
+        ids = o.prequeue(WID, "echo", {}, count=2)
+        o.wait_jobs(ids, timeout=30)
+        ms = wait_for(lambda: (lambda m: m if metric(m, "avtworkerd_results_pending") == 0 else None)(
+            scrape(port)), what="results delivered")
+        e = "avtworkerd_orchestrator_request_errors_total"
+        check(metric(ms, e, endpoint="register", kind="5xx") == 1, ms)
+        check(metric(ms, e, endpoint="result", kind="5xx") == 2, metric(ms, e, endpoint="result", kind="5xx"))
+        check(metric(ms, e, endpoint="poll", kind="rate_limited") == 1)
+        check(metric(ms, e, endpoint="heartbeat", kind="transport") == 0)
+        check(metric(ms, "avtworkerd_orchestrator_requests_total", endpoint="register") == 2)
+        p.kill()
+
+
+@test
+def healthz_follows_registration_and_orchestrator_contact(t):
+    port = free_port()
+    o = FakeOrch(poll_timeout=1).start()
+    t.on_cleanup(o.stop)
+    o.stop()  # keep the port; the worker starts while the orchestrator is down
+    p = spawn(t, o, ini(t, port, hb=0.5))
+    st, body = wait_for(lambda: (lambda r: r if r[0] else None)(get(port, "/healthz")), what="admin up")
+    check(st == 503 and "not registered" in body, st, body)
+    ms = scrape(port)
+    check(metric(ms, "avtworkerd_registered") == 0, ms)
+    wait_for(lambda: metric(scrape(port), "avtworkerd_orchestrator_request_errors_total",
+                            endpoint="register", kind="transport") >= 1, what="transport error counted")
+    o.start()
+    o.wait_worker(WID, timeout=20)
+    wait_for(lambda: get(port, "/healthz") == (200, "ok\n"), what="healthy")
+    st, body = get(port, "/healthz", method="HEAD")
+    check(st == 200 and body == "", st, body)
+    # The orchestrator vanishes: still "registered", but no exchange succeeds.
+    o.kill()
+    st, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(get(port, "/healthz")),
+                        timeout=15, what="unhealthy after the orchestrator left")
+    check("no successful exchange" in body, body)
+    check(metric(scrape(port), "avtworkerd_orchestrator_last_success_age_seconds") > 1.5)
+    o.start()
+    wait_for(lambda: get(port, "/healthz")[0] == 200, timeout=20, what="healthy again")
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=tmo(20))
+    check(p.returncode == 0, p.log()[-2000:])
+
+
+@test
+def admin_is_off_unless_configured(t):
+    port = free_port()
+    with FakeOrch(poll_timeout=2) as o:
+        p = spawn(t, o, ini(t, None))
+        o.wait_worker(WID, timeout=15)
+        check(get(port, "/healthz")[0] == 0, "something answers on the port")
+        check("admin endpoint" not in p.log(), p.log())
+        p.kill()
+    # ADMIN_PORT turns it on (loopback), and "off" in the file turns it off.
+    with FakeOrch(poll_timeout=2) as o:
+        p = spawn(t, o, ini(t, None), env={"ADMIN_PORT": str(port)})
+        o.wait_worker(WID, timeout=15)
+        wait_for(lambda: get(port, "/healthz")[0] == 200, what="admin via ADMIN_PORT")
+        p.kill()
+    r = run_daemon(["--check-config", "-c", t.ini("[admin]\nlisten = off\n", name="off.ini"),
+                    "-P", t.plugin_dir("echo")])
+    check(r.returncode == 0 and "# listen = (not set)" in r.stdout, r.stdout, r.stderr)
+
+
+@test
+def port_in_use_is_a_startup_error(t):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    port = s.getsockname()[1]
+    try:
+        with FakeOrch(poll_timeout=2) as o:
+            p = spawn(t, o, ini(t, port))
+            p.wait(timeout=tmo(20))
+            log = p.log()
+            check(p.returncode == 78, p.returncode, log[-2000:])
+            check("admin: cannot listen on 127.0.0.1:%d: Address already in use" % port in log, log)
+            check(not o.log(kind="register"), "registered although it could not start")
+    finally:
+        s.close()
+
+
+def raw(port, data, timeout=5, read=True):
+    c = socket.create_connection(("127.0.0.1", port), timeout=tmo(timeout))
+    try:
+        c.sendall(data)
+        if not read:
+            return c
+        chunks = []
+        while True:
+            try:
+                b = c.recv(65536)
+            except ConnectionResetError:
+                break
+            if not b:
+                break
+            chunks.append(b)
+        return b"".join(chunks)
+    finally:
+        if read:
+            c.close()
+
+
+def status_of(answer):
+    m = re.match(rb"HTTP/1\.1 (\d+) ", answer)
+    return int(m.group(1)) if m else None
+
+
+@test
+def hostile_clients_get_errors_and_cannot_stall_the_loop(t):
+    port = free_port()
+    with FakeOrch(poll_timeout=2) as o:
+        p = spawn(t, o, ini(t, port))
+        o.wait_worker(WID, timeout=15)
+        check(status_of(raw(port, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")) == 404)
+        check(status_of(raw(port, b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")) == 405)
+        check(status_of(raw(port, b"\x00\x01garbage\xff\r\n\r\n")) == 400)
+        check(status_of(raw(port, b"GET\r\n\r\n")) == 400)
+        check(status_of(raw(port, b"GET metrics HTTP/1.1\r\n\r\n")) == 400)
+        check(status_of(raw(port, b"GET /metrics SPDY/9\r\n\r\n")) == 400)
+        check(status_of(raw(port, b"GET /metrics?x=1 HTTP/1.0\n\n")) == 200)
+        big = b"GET /metrics HTTP/1.1\r\n" + b"X-Junk: " + b"a" * 20000 + b"\r\n\r\n"
+        check(status_of(raw(port, big)) == 431)
+        # Slowloris: connections that send part of a request and then
+        # trickle. The endpoint keeps answering, and they are cut off within
+        # ADMIN_REQUEST_TIMEOUT (5 s) of connecting, however they trickle.
+        t0 = time.monotonic()
+        slow = [raw(port, b"GET /metrics HTTP/1.1\r\n", read=False) for _ in range(5)]
+        st, body = get(port, "/healthz")
+        check(st == 200 and time.monotonic() - t0 < tmo(3), "healthz slow or refused", st)
+        for s in slow:
+            s.settimeout(tmo(15))
+        for i in range(4):
+            for s in slow:
+                try:
+                    s.sendall(b"X-A: b\r\n")
+                except OSError:
+                    pass
+            time.sleep(0.5)
+        for s in slow:
+            data = b""
+            try:
+                while True:
+                    b = s.recv(4096)
+                    if not b:
+                        break
+                    data += b
+            except ConnectionResetError:
+                pass
+            check(data == b"", "a partial request was answered", data[:100])
+        took = time.monotonic() - t0
+        check(4.5 <= took < tmo(12), "slow clients cut off after %.1f s" % took)
+        for s in slow:
+            s.close()
+        # A flood of idle connections: the oldest are closed to make room,
+        # so a scrape still gets through; tasks keep running meanwhile.
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]
+        t0 = time.monotonic()
+        st, body = get(port, "/healthz")
+        check(st == 200 and time.monotonic() - t0 < tmo(3), "healthz refused during a flood", st)
+        ids = o.prequeue(WID, "echo", {}, count=5)
+        o.wait_jobs(ids, timeout=20)
+        for s in idle:
+            s.close()
+        check(get(port, "/metrics")[0] == 200)
+        check(p.poll() is None, "daemon died", p.log()[-2000:])
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=tmo(20))
+        check(p.returncode == 0, p.log()[-2000:])
+
+
+@test
+def sigusr1_dumps_every_worker_thread(t):
+    with FakeOrch(poll_timeout=2) as o:
+        p = spawn(t, o, ini(t, None, slots=3))
+        o.wait_worker(WID, timeout=15)
+        jid = o.prequeue(WID, "t_block", {}, count=1)[0]
+        wait_for(lambda: "reports progress" in p.log() or o.job(jid)["status"] == "running"
+                 or "task accepted" in p.log(), what="task running")
+        time.sleep(0.2)
+        p.send_signal(signal.SIGUSR1)
+        log = wait_for(lambda: (lambda s: s if s.count("avt-worker-") >= 3 and "thread dump" in s
+                                else None)(p.log()), what="thread dump")
+        busy = [ln for ln in log.splitlines() if "running for" in ln]
+        check(len(busy) == 1, log[-2000:])
+        check("task_id=%s" % jid in busy[0] and "job_id=%s" % jid in busy[0] and "type=t_block" in busy[0]
+              and "plugin=t_behave" in busy[0], busy)
+        check(len([ln for ln in log.splitlines() if re.search(r"avt-worker-\d idle for", ln)]) == 2, log[-2000:])
+        o.cancel(jid)
+        o.wait_job(jid)
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=tmo(20))
+        check(p.returncode == 0)
+
+
+def task_lines_carry_ids(lines, ids, fmt):
+    """Every line naming one of the task ids also carries task_id, job_id, type."""
+    n = 0
+    for ln in lines:
+        if not any(i in ln for i in ids):
+            continue
+        n += 1
+        if fmt == "json":
+            j = json.loads(ln)
+            check(j.get("task_id") in ids and j.get("job_id") and j.get("type"), "line without ids: " + ln)
+        else:
+            check(re.search(r" task_id=\S+", ln) and re.search(r" job_id=\S+", ln) and
+                  re.search(r" type=\S+", ln), "line without ids: " + ln)
+    return n
+
+
+@test
+def logs_never_show_the_token_and_task_lines_carry_ids(t):
+    for fmt in ("plain", "json", "journal"):
+        with FakeOrch(poll_timeout=2, token=TOKEN) as o:
+            env = {"LOG_FORMAT": fmt} if fmt != "journal" else {"JOURNAL_STREAM": "8:12345"}
+            p = spawn(t, o, ini(t, None), env=env)
+            o.wait_worker(WID, timeout=15)
+            ids = o.prequeue(WID, "echo", {"x": 1}, count=2)
+            ids += o.prequeue(WID, "t_fail", {"code": "PERMANENT_ERROR"}, count=1)
+            ids += o.prequeue(WID, "t_progress", {"n": 2}, count=1)
+            o.wait_jobs(ids, timeout=20)
+            o.inject("heartbeat", status=401, body={"error": "Unauthorized"}, count=1)
+            o.inject("result", status=500, body={"error": "x"}, count=1)
+            ids += o.prequeue(WID, "echo", {}, count=1)
+            o.wait_jobs(ids, timeout=20)
+            wait_for(lambda: o.log(kind="heartbeat") and o.log(kind="heartbeat")[-1]["status"] == 200,
+                     what="a heartbeat after the 401")
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=tmo(20))
+            log = p.log()
+            check(TOKEN not in log, "%s: the token is in the log" % fmt)
+            check(TOKEN not in open(p.out_path).read(), "token on stdout")
+            lines = log.splitlines()
+            check(lines, "empty log")
+            if fmt == "json":
+                for ln in lines:
+                    json.loads(ln)
+            if fmt == "journal":
+                check(all(re.match(r"^<[0-7]>\S", ln) for ln in lines), [ln for ln in lines
+                                                                       if not re.match(r"^<[0-7]>", ln)][:3])
+                check(any(ln.startswith("<4>") for ln in lines) and any(ln.startswith("<5>") for ln in lines))
+            n = task_lines_carry_ids(lines, ids, fmt)
+            check(n >= len(ids), "%s: only %d task lines" % (fmt, n))
+
+
+main()
