@@ -499,7 +499,9 @@ def machine():
         ("kernel", platform.release()),
         ("OS", cmd_out(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"])),
         ("compiler", cmd_out(["cc", "--version"]).splitlines()[0] if cmd_out(["cc", "--version"]) else "?"),
-        ("avtworkerd", cmd_out([os.path.join(BUILD, "avtworkerd"), "--version"]) + " (CFLAGS -O2 -g)"),
+        ("avtworkerd", (cmd_out([os.path.join(BUILD, "avtworkerd"), "--version"]).splitlines() or ["?"])[0]
+         + " (CFLAGS -O2 -g)"),
+        ("source tree", cmd_out(["git", "-C", ROOT, "describe", "--always", "--dirty"])),
         ("Python (baseline, fake)", platform.python_version()),
         ("libraries", "; ".join(pkgs.splitlines())),
     ]
@@ -528,7 +530,7 @@ set multiplot layout 1,2 title "avtworkerd vs baseline Python worker: no-op task
 set logscale x 2
 set xlabel "concurrency (task slots)"
 set grid
-set key top left
+set key below
 set xtics (%s)
 set xrange [%g:%g]
 set title "throughput"
