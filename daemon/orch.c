@@ -49,6 +49,7 @@
 #define PATH_STS "/_worker/auth/token"
 #define STS_RENEW_AT 0.8 /* of expires_in, as SDK 1.0b7 (4.10) */
 #define STS_RENEW_MIN 1.0
+#define STS_401_SPACING 5.0 /* a 401 renews at most this often at first, then less */
 #define RESULTS_IN_FLIGHT 8
 #define PRECANCEL_SLOTS 64
 #define PRECANCEL_TTL 600.0
@@ -1389,7 +1390,7 @@ struct orch *orch_create_for(struct ev_loop *loop, struct http *http, const stru
     build_headers(o);
     double cap = cfg->retry_max_delay;
     backoff_init(&o->sts_backoff, 1.0, cap);
-    backoff_init(&o->sts_401_backoff, 1.0, cap);
+    backoff_init(&o->sts_401_backoff, STS_401_SPACING, cap);
     ev_timer_init(&o->sts_timer, on_sts_timer, 0., 0.);
     o->sts_timer.data = o;
     backoff_init(&o->register_backoff, 0.5, cap);
