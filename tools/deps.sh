@@ -20,6 +20,8 @@ gcc:/usr/bin/gcc
 g++:/usr/bin/g++
 make:/usr/bin/make
 python3-aiohttp:/usr/lib/python3/dist-packages/aiohttp/__init__.py
+openssl:/usr/bin/openssl
+ca-certificates:/etc/ssl/certs/ca-certificates.crt
 "
 
 missing=""
