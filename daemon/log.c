@@ -21,7 +21,7 @@
 
 #include "util.h"
 
-int log_level = LOG_INFO;
+_Atomic int log_level = LOG_INFO;
 static enum log_format log_fmt = LOG_FORMAT_PLAIN;
 
 static const char *const level_names[] = {"emerg",   "alert",  "crit", "error",

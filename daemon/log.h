@@ -28,7 +28,9 @@ struct log_ctx {
     const char *type;
 };
 
-extern int log_level; /* lines above this level are dropped; default LOG_INFO */
+/* Lines above this level are dropped; default LOG_INFO. Atomic because a
+ * reload changes it while worker threads log. */
+extern _Atomic int log_level;
 
 void log_init(int level, enum log_format format);
 void log_set_level(int level);
