@@ -123,8 +123,13 @@ class TestCtx:
                         src = cand
                         break
             dst = os.path.join(d, os.path.basename(src))
-            shutil.copy(src, dst)
-            os.chmod(dst, 0o755)
+            # Copy, then rename into place: overwriting a .so in place that a
+            # running daemon has mapped discards even its relocated private
+            # pages (truncate), and it crashes later, e.g. in its
+            # destructors at exit (found by the valgrind run).
+            shutil.copy(src, dst + ".tmp")
+            os.chmod(dst + ".tmp", 0o755)
+            os.replace(dst + ".tmp", dst)
         return d
 
     def spawn(self, args, env=None, **kw):
