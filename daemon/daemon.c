@@ -407,6 +407,10 @@ static void on_pool_events(struct ev_loop *loop, ev_async *w, int revents)
         pool_event_free(ev);
         ev = next;
     }
+    /* One spool commit (fdatasync) for all the results of this wake-up,
+     * then they are sent. */
+    if (done)
+        orchset_flush(d->orchs);
     if (done && d->retired != NULL)
         retired_reap(d, 0);
 }
@@ -492,6 +496,8 @@ static void report_lost(struct daemon *d, struct journal_lost *lost, size_t n)
         json_decref(body);
         task_destroy(t);
     }
+    if (n > 0)
+        spool_commit(d->spool); /* durable before the journal starts afresh */
 }
 
 /*

@@ -72,8 +72,9 @@ struct result {
     size_t len;
     int attempts;
     int holds_slot; /* the task's global slot is given back on delivery */
-    unsigned long long seq; /* its spool file; 0 = in memory only */
+    unsigned long long seq; /* its spool record; 0 = in memory only */
     double created;         /* when it was spooled (wall clock) */
+    int uncommitted;        /* appended to the spool, not yet durable: not sent */
     struct http_req *req;
     struct orch *o;
     struct result *next;
@@ -140,10 +141,12 @@ struct orch {
     size_t nthreads;
 
     /* The outbox: every undelivered result, oldest first. With a spool
-     * (orch_set_durable) each is on disk before it is first sent and its
-     * file is removed on the 200. */
+     * (orch_set_durable) each is appended to it, sent only after the
+     * spool_commit() that made it durable (orch_flush: one fdatasync per
+     * batch of results), and acknowledged in it on the 200. */
     struct result *outbox, *outbox_tail;
     struct spool *spool;
+    int uncommitted; /* results in the outbox waiting for orch_flush() */
     struct journal *journal;
     double results_hold_until; /* now_mono() before which no result is sent */
     int results_in_flight;
@@ -860,7 +863,7 @@ static void send_results(struct orch *o)
     for (struct result *res = o->outbox; res != NULL; res = res->next) {
         if (o->results_in_flight >= RESULTS_IN_FLIGHT)
             return;
-        if (res->req != NULL)
+        if (res->req != NULL || res->uncommitted)
             continue;
         res->req = http_request(o->http, "POST", o->url_result, (const char *const *)o->headers,
                                 res->body, res->len, REQUEST_TIMEOUT, on_result, res);
@@ -892,13 +895,30 @@ static void outbox_push(struct orch *o, json_t *body, const struct task *t, int 
     res->created = now_wall();
     res->o = o;
     if (o->spool != NULL) {
-        /* Durable before the first send; on a disk error spool_write has
-         * logged it and the result is kept in memory only. */
+        /* Durable before the first send: appended now, sent after the
+         * commit in orch_flush(). On a disk error spool_write has logged
+         * it and the result is kept in memory only. */
         struct spool_record v = result_view(o, res);
-        if (spool_write(o->spool, &v) == 0)
+        if (spool_write(o->spool, &v) == 0) {
             res->seq = v.seq;
+            res->uncommitted = 1;
+            o->uncommitted++;
+        }
     }
     outbox_link(o, res);
+}
+
+void orch_flush(struct orch *o)
+{
+    if (o->uncommitted == 0)
+        return;
+    /* A failed commit has been logged; the results are sent anyway (kept
+     * in memory), as after a failed write. */
+    spool_commit(o->spool);
+    for (struct result *res = o->outbox; res != NULL; res = res->next)
+        res->uncommitted = 0;
+    o->uncommitted = 0;
+    send_results(o);
 }
 
 static void outbox_link(struct orch *o, struct result *res)
@@ -1005,6 +1025,7 @@ static void accept_task(struct orch *o, struct task *t)
         log_emit(LOG_ERR, &ctx, "no free slot for a polled task (bug): failing it transiently");
         task_set_failure(t, AVT_TRANSIENT_ERROR, "worker had no free slot");
         outbox_add(o, t, 0);
+        orch_flush(o);
         journal_task_finished(o->journal, t);
         task_destroy(t);
         return;
@@ -1037,6 +1058,7 @@ static void on_poll_task(struct orch *o, const struct http_response *r)
     struct log_ctx ctx = {NULL, t->id, t->job_id, t->type};
     log_emit(LOG_ERR, &ctx, "invalid task payload (%s): answering INVALID_INPUT_ERROR", err);
     outbox_add(o, t, 0);
+    orch_flush(o);
     task_destroy(t);
 }
 
@@ -1622,6 +1644,7 @@ int orch_abandon(struct orch *o, struct task *t, const char *code, const char *m
     o->abandoned[o->nabandoned++] = t;
     o->stats.tasks_abandoned++;
     outbox_add_failure(o, t, code, message);
+    orch_flush(o);
     heartbeat_soon(o);
     return 0;
 }

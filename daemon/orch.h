@@ -120,9 +120,17 @@ void orch_hold_results(struct orch *o, double seconds);
 /* Begin: register, then poll and heartbeat. */
 void orch_start(struct orch *o);
 
-/* A task finished (its DONE event); orch takes ownership, sends its result
- * and frees it once delivered. */
+/* A task finished (its DONE event); orch takes ownership and queues its
+ * result, which is appended to the spool and sent after the next
+ * orch_flush() (at once without a spool), and frees it once delivered. */
 void orch_task_done(struct orch *o, struct task *t);
+
+/*
+ * The end of a batch of orch_task_done() calls (loop thread): one
+ * spool_commit() makes the results appended since the last flush durable,
+ * then they are sent. Cheap when there is nothing to commit.
+ */
+void orch_flush(struct orch *o);
 
 /* Progress of a running task (0..100) and its message (may be NULL). */
 void orch_task_progress(struct orch *o, struct task *t, double percent, const char *message);

@@ -235,6 +235,12 @@ void orchset_task_done(struct orchset *s, struct task *t)
     orch_task_done(origin_of(s, t), t);
 }
 
+void orchset_flush(struct orchset *s)
+{
+    for (size_t i = 0; i < s->n; i++)
+        orch_flush(s->orchs[i]);
+}
+
 void orchset_task_progress(struct orchset *s, struct task *t, double percent, const char *message)
 {
     orch_task_progress(origin_of(s, t), t, percent, message);

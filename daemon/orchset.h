@@ -59,6 +59,8 @@ void orchset_set_durable(struct orchset *s, struct spool *spool, struct journal 
 /* orch_hold_results() on every orchestrator (after a crash). */
 void orchset_hold_results(struct orchset *s, double seconds);
 void orchset_task_done(struct orchset *s, struct task *t);
+/* The end of a batch of orchset_task_done() calls: orch_flush() on each. */
+void orchset_flush(struct orchset *s);
 void orchset_task_progress(struct orchset *s, struct task *t, double percent, const char *message);
 void orchset_hot_cache(struct orchset *s, int add, const char *name);
 void orchset_capacity_changed(struct orchset *s);

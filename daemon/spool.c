@@ -1,26 +1,41 @@
 /*
- * spool.c - the durable result outbox (spool.h has the file format and the
- * rules). This module only moves bytes between memory and STATE_DIR/spool;
- * what is sent when, and what counts as delivered, is orch.c's business.
+ * spool.c - the durable result outbox (spool.h has the on-disk format and
+ * the rules). This module only moves bytes between memory and
+ * STATE_DIR/spool; what is sent when, and what counts as delivered, is
+ * orch.c's business.
  *
- * Durability: a record is written to "tmp.<seq>" (O_EXCL), fsynced, renamed
- * to "<seq>.res" and the directory fsynced, so that after a crash or a power
- * loss the file is either absent (the result was never sent: the crash
- * journal reports the task) or complete. Removal after a 200 is a plain
- * unlink without fsync: if it is lost in a power failure the result is sent
- * once more, which the orchestrator answers "ignored" (the at-least-once
- * half of the guarantee, README "Delivery guarantee").
+ * Cost. The previous format (one file per result: open, write, fsync,
+ * rename, directory fsync, later unlink) cost two fsyncs per result on the
+ * loop thread. Here a result is one write(2) to an O_APPEND segment, the
+ * batch of results one loop wake-up finished shares one fdatasync
+ * (spool_commit), and an acknowledgement is one write(2) of 36 bytes. The
+ * directory is fsynced only when a segment is created or deleted (every
+ * SPOOL_SEGMENT_MAX bytes).
  *
- * The spool keeps only counters in memory (files, bytes); the records
- * themselves are held by the caller.
+ * Memory. The spool keeps an index of the live (unacknowledged) results:
+ * seq, segment and size, sorted by seq (new seqs are always the highest);
+ * an acknowledged entry is marked dead and the array compacted when half of
+ * it is dead, so acknowledging oldest-first stays O(log n). Per segment it
+ * keeps the count of live results in it and the acks it holds for results
+ * of older segments ("cross acks"), which are appended again before the
+ * segment is deleted so that no acknowledgement is lost while its result's
+ * segment still exists. Result bodies are held by the caller only.
+ *
+ * Durability. A result is durable once spool_commit() returned 0: the
+ * segment's name was made durable (directory fsync) when the segment was
+ * created, and fdatasync covers the data and the file size. A crash between
+ * an append and its commit leaves at worst a record cut short at the end of
+ * the segment, which loading ignores: such a result was never sent, and the
+ * crash journal reports its task. A new process never appends to an old
+ * segment; it starts a new one with its first write.
  */
 #include "spool.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <inttypes.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,13 +48,37 @@
 #include "log.h"
 #include "util.h"
 
-#define SPOOL_MAGIC "AVTSPOOL"
 #define SPOOL_SUBDIR "spool"
 #define CORRUPT_SUBDIR "corrupt"
-#define SUFFIX ".res"
+#define SEG_SUFFIX ".seg"
+#define V1_SUFFIX ".res"
+#define V1_MAGIC "AVTSPOOL"
+#define V1_VERSION 1
 #define TMP_PREFIX "tmp."
-#define HEADER_MAX 4096
-#define FILE_MAX (512UL << 20) /* a larger file is not one of ours */
+#define MAGIC "AVSP"
+#define HDR 36
+#define URL_MAX 65535U
+#define BODY_MAX (256UL << 20)
+#define V1_HEADER_MAX 4096
+#define FILE_MAX (1024UL << 20) /* a larger file is not one of ours */
+
+/* An ack written in one segment for a result of another (older) one. */
+struct xack {
+    unsigned long long seq, seg;
+};
+
+struct seg {
+    unsigned long long id;
+    unsigned long live;     /* unacknowledged results in it */
+    unsigned long long size; /* bytes on disk */
+    struct xack *xacks;
+    size_t nxacks, xcap;
+};
+
+struct live {
+    unsigned long long seq, seg, size;
+    int dead;
+};
 
 struct spool {
     char *dir;     /* STATE_DIR/spool */
@@ -47,7 +86,14 @@ struct spool {
     int dirfd;
     int lockfd;
     struct spool_limits lim;
-    unsigned long long next_seq;
+    unsigned long long next_seq, next_seg;
+    struct seg *segs; /* by id; the last one is current while curfd >= 0 */
+    size_t nsegs, segcap;
+    int curfd;
+    int dirty; /* results appended since the last commit */
+    int told_ack_error;
+    struct live *live; /* by seq */
+    size_t nlive, livecap, ndead;
     struct spool_stats st;
 };
 
@@ -66,14 +112,154 @@ static void crc_init(void)
     }
 }
 
-unsigned long spool_crc32(const void *buf, size_t len)
+/* Feed len bytes into a running (pre-inverted) CRC register. */
+static uint32_t crc_run(uint32_t c, const void *buf, size_t len)
 {
     const unsigned char *p = buf;
-    uint32_t c = 0xFFFFFFFFu;
     pthread_once(&crc_once, crc_init);
     for (size_t i = 0; i < len; i++)
         c = crc_table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
-    return c ^ 0xFFFFFFFFu;
+    return c;
+}
+
+unsigned long spool_crc32(const void *buf, size_t len)
+{
+    return crc_run(0xFFFFFFFFu, buf, len) ^ 0xFFFFFFFFu;
+}
+
+/* ---- Record encoding and parsing (pure) ------------------------------------- */
+
+static void put_le(unsigned char *p, uint64_t v, int n)
+{
+    for (int i = 0; i < n; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint64_t get_le(const unsigned char *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static uint32_t payload_crc(const struct spool_item *it)
+{
+    uint32_t c = crc_run(0xFFFFFFFFu, it->url, it->url_len);
+    return crc_run(c, it->body, it->len) ^ 0xFFFFFFFFu;
+}
+
+unsigned char *spool_encode(const struct spool_item *it, size_t *size)
+{
+    *size = HDR + it->url_len + it->len;
+    unsigned char *h = xmalloc(*size);
+    double ms = it->created > 0 ? it->created * 1000.0 + 0.5 : 0;
+    memcpy(h, MAGIC, 4);
+    h[4] = SPOOL_VERSION;
+    h[5] = (unsigned char)it->kind;
+    put_le(h + 6, it->url_len, 2);
+    put_le(h + 8, it->seq, 8);
+    put_le(h + 16, ms < 1e18 ? (uint64_t)ms : 0, 8);
+    put_le(h + 24, it->len, 4);
+    put_le(h + 28, payload_crc(it), 4);
+    put_le(h + 32, spool_crc32(h, 32), 4);
+    if (it->url_len > 0)
+        memcpy(h + HDR, it->url, it->url_len);
+    if (it->len > 0)
+        memcpy(h + HDR + it->url_len, it->body, it->len);
+    return h;
+}
+
+/* The header's fields are consistent (its own checksum already matched). */
+static int header_sane(const struct spool_item *it)
+{
+    if (it->seq == 0 || it->len > BODY_MAX)
+        return 0;
+    if (it->kind == SPOOL_ITEM_DONE)
+        return it->url_len == 0 && it->len == 0;
+    return it->kind == SPOOL_ITEM_RESULT && it->url_len > 0 && it->len > 0;
+}
+
+/* The record at off: 1 intact (in *it), 0 cut short by the end, -1 damaged. */
+static int parse_at(const unsigned char *p, size_t len, size_t off, struct spool_item *it)
+{
+    const unsigned char *h = p + off;
+    size_t rest = len - off;
+    if (memcmp(h, MAGIC, rest < 4 ? rest : 4) != 0 || (rest > 4 && h[4] != SPOOL_VERSION))
+        return -1;
+    if (rest < HDR)
+        return 0;
+    if (get_le(h + 32, 4) != spool_crc32(h, 32))
+        return -1;
+    it->kind = h[5];
+    it->url_len = (size_t)get_le(h + 6, 2);
+    it->seq = get_le(h + 8, 8);
+    it->created = (double)get_le(h + 16, 8) / 1000.0;
+    it->len = (size_t)get_le(h + 24, 4);
+    if (!header_sane(it))
+        return -1;
+    if (rest - HDR < it->url_len + it->len)
+        return 0;
+    it->url = (const char *)h + HDR;
+    it->body = it->url + it->url_len;
+    it->off = off;
+    it->size = HDR + it->url_len + it->len;
+    return payload_crc(it) == get_le(h + 28, 4) ? 1 : -1;
+}
+
+/* The next offset from `from` on where an intact record starts, or len. */
+static size_t resync(const unsigned char *p, size_t len, size_t from)
+{
+    static const unsigned char mark[5] = {'A', 'V', 'S', 'P', SPOOL_VERSION};
+    while (from < len) {
+        const unsigned char *m = memmem(p + from, len - from, mark, sizeof(mark));
+        if (m == NULL)
+            break;
+        struct spool_item it;
+        size_t off = (size_t)(m - p);
+        if (parse_at(p, len, off, &it) == 1)
+            return off;
+        from = off + 1;
+    }
+    return len;
+}
+
+int spool_parse_segment(const void *buf, size_t len, spool_item_fn cb, void *arg, size_t *bad)
+{
+    const unsigned char *p = buf;
+    size_t off = 0;
+    int rc = 0;
+    while (off < len) {
+        struct spool_item it;
+        int r = parse_at(p, len, off, &it);
+        if (r > 0) {
+            cb(arg, &it);
+            off += it.size;
+            continue;
+        }
+        if (rc == 0 && bad != NULL)
+            *bad = off;
+        if (r == 0) {
+            rc = rc ? rc : SPOOL_PARSE_TORN;
+            break;
+        }
+        rc = SPOOL_PARSE_CORRUPT;
+        off = resync(p, len, off + 1);
+    }
+    return rc;
+}
+
+/* The ids of a result body (json to decref), or NULL when it is not one. */
+static json_t *result_ids(const char *body, size_t len, const char **tid, const char **jid)
+{
+    json_t *j = json_loadb(body, len, 0, NULL);
+    *tid = json_string_value(json_object_get(j, "task_id"));
+    *jid = json_string_value(json_object_get(j, "job_id"));
+    if (*tid == NULL || *jid == NULL) {
+        json_decref(j);
+        return NULL;
+    }
+    return j;
 }
 
 /* ---- Bounds ------------------------------------------------------------------ */
@@ -93,11 +279,11 @@ static void update_full(struct spool *sp)
     sp->st.full = full;
     if (full) {
         sp->st.full_events++;
-        log_err("spool full (%lu files, %llu bytes; limits max_files=%ld max_bytes=%llu): "
+        log_err("spool full (%lu results, %llu bytes; limits max_files=%ld max_bytes=%llu): "
                 "asking the orchestrator for no new tasks until results are delivered",
                 sp->st.files, sp->st.bytes, sp->lim.max_files, sp->lim.max_bytes);
     } else {
-        log_notice("spool below its limits again (%lu files, %llu bytes): taking tasks again",
+        log_notice("spool below its limits again (%lu results, %llu bytes): taking tasks again",
                    sp->st.files, sp->st.bytes);
     }
 }
@@ -107,6 +293,390 @@ static void account(struct spool *sp, long files, long long bytes)
     sp->st.files = (unsigned long)((long)sp->st.files + files);
     sp->st.bytes = (unsigned long long)((long long)sp->st.bytes + bytes);
     update_full(sp);
+}
+
+/* ---- The index: segments and live results ------------------------------------ */
+
+static struct seg *seg_find(struct spool *sp, unsigned long long id)
+{
+    size_t lo = 0, hi = sp->nsegs;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (sp->segs[mid].id == id)
+            return &sp->segs[mid];
+        if (sp->segs[mid].id < id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+/* Ids only grow, so appending keeps the table sorted. */
+static struct seg *seg_add(struct spool *sp, unsigned long long id, unsigned long long size)
+{
+    if (sp->nsegs == sp->segcap) {
+        sp->segcap = sp->segcap ? sp->segcap * 2 : 8;
+        sp->segs = xrealloc(sp->segs, sp->segcap * sizeof(*sp->segs));
+    }
+    struct seg *g = &sp->segs[sp->nsegs++];
+    memset(g, 0, sizeof(*g));
+    g->id = id;
+    g->size = size;
+    sp->st.segments++;
+    sp->st.disk_bytes += size;
+    return g;
+}
+
+static struct seg *seg_current(struct spool *sp)
+{
+    return sp->curfd >= 0 ? &sp->segs[sp->nsegs - 1] : NULL;
+}
+
+static void xack_push(struct seg *g, unsigned long long seq, unsigned long long target)
+{
+    if (g->nxacks == g->xcap) {
+        g->xcap = g->xcap ? g->xcap * 2 : 16;
+        g->xacks = xrealloc(g->xacks, g->xcap * sizeof(*g->xacks));
+    }
+    g->xacks[g->nxacks++] = (struct xack){seq, target};
+}
+
+static struct live *live_find(struct spool *sp, unsigned long long seq)
+{
+    size_t lo = 0, hi = sp->nlive;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (sp->live[mid].seq == seq)
+            return sp->live[mid].dead ? NULL : &sp->live[mid];
+        if (sp->live[mid].seq < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+/* Seqs must come in increasing order (the caller guarantees it). */
+static void live_push(struct spool *sp, unsigned long long seq, unsigned long long seg,
+                      unsigned long long size)
+{
+    if (sp->nlive == sp->livecap) {
+        sp->livecap = sp->livecap ? sp->livecap * 2 : 64;
+        sp->live = xrealloc(sp->live, sp->livecap * sizeof(*sp->live));
+    }
+    sp->live[sp->nlive++] = (struct live){seq, seg, size, 0};
+    account(sp, 1, (long long)size);
+}
+
+static void live_compact(struct spool *sp)
+{
+    if (sp->ndead < 32 || sp->ndead * 2 < sp->nlive)
+        return;
+    size_t k = 0;
+    for (size_t i = 0; i < sp->nlive; i++) {
+        if (!sp->live[i].dead)
+            sp->live[k++] = sp->live[i];
+    }
+    sp->nlive = k;
+    sp->ndead = 0;
+}
+
+/* ---- Files ------------------------------------------------------------------- */
+
+static void seg_name(char *buf, size_t len, unsigned long long id)
+{
+    snprintf(buf, len, "%016llx" SEG_SUFFIX, id);
+}
+
+/* The number in "<16 hex digits><suffix>", or 0 when the name is not one. */
+static unsigned long long hex_name(const char *name, const char *suffix)
+{
+    if (strlen(name) != 16 + strlen(suffix) || strcmp(name + 16, suffix) != 0)
+        return 0;
+    unsigned long long v = 0;
+    for (int i = 0; i < 16; i++) {
+        char c = name[i];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (d < 0)
+            return 0;
+        v = v << 4 | (unsigned long long)d;
+    }
+    return v;
+}
+
+/* Move a file to corrupt/ (never over an earlier one), with a log line. */
+static int move_aside(struct spool *sp, const char *name, const char *why)
+{
+    char *to = xasprintf(CORRUPT_SUBDIR "/%s", name);
+    int rc;
+    for (int i = 1;; i++) {
+        rc = renameat2(sp->dirfd, name, sp->dirfd, to, RENAME_NOREPLACE);
+        if (rc < 0 && errno == EINVAL)
+            rc = renameat(sp->dirfd, name, sp->dirfd, to); /* no RENAME_NOREPLACE here */
+        if (rc == 0 || errno != EEXIST || i == 1000)
+            break;
+        free(to);
+        to = xasprintf(CORRUPT_SUBDIR "/%s.%d", name, i);
+    }
+    if (rc < 0) {
+        log_err("spool: %s/%s is %s and cannot be moved to %s: %s", sp->dir, name, why,
+                sp->corrupt, strerror(errno));
+    } else {
+        log_err("spool: %s/%s is %s: moved to %s/%s", sp->dir, name, why, sp->dir, to);
+        sp->st.corrupt++;
+    }
+    free(to);
+    return rc;
+}
+
+static int write_all(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static char *read_seg(struct spool *sp, unsigned long long id, size_t *size)
+{
+    char name[32];
+    seg_name(name, sizeof(name), id);
+    char *path = xasprintf("%s/%s", sp->dir, name);
+    char *buf = read_file(path, FILE_MAX, size);
+    if (buf == NULL)
+        log_err("spool: cannot read %s: %s", path, strerror(errno));
+    free(path);
+    return buf;
+}
+
+/* ---- Appending --------------------------------------------------------------- */
+
+static void seg_retire(struct spool *sp, unsigned long long id);
+
+/* Start a new current segment; its name is durable before any record. */
+static int open_segment(struct spool *sp)
+{
+    char name[32];
+    unsigned long long id = sp->next_seg++;
+    seg_name(name, sizeof(name), id);
+    int fd = openat(sp->dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -errno;
+    if (fsync(sp->dirfd) < 0) {
+        int e = errno;
+        close(fd);
+        unlinkat(sp->dirfd, name, 0);
+        return -e;
+    }
+    seg_add(sp, id, 0);
+    sp->curfd = fd;
+    return 0;
+}
+
+/* Stop appending to the current segment (committed or not: the caller
+ * decides); it is deleted when nothing in it is live. */
+static void close_current(struct spool *sp)
+{
+    struct seg *g = seg_current(sp);
+    if (g == NULL)
+        return;
+    unsigned long long id = g->id;
+    close(sp->curfd);
+    sp->curfd = -1;
+    sp->dirty = 0;
+    seg_retire(sp, id);
+}
+
+/* A current segment with room for `need` more bytes (rotating when full). */
+static int ensure_current(struct spool *sp, size_t need)
+{
+    struct seg *g = seg_current(sp);
+    if (g != NULL && (g->size == 0 || g->size + need <= SPOOL_SEGMENT_MAX))
+        return 0;
+    if (g != NULL) {
+        spool_commit(sp); /* its results must be durable before its fd goes */
+        close_current(sp);
+    }
+    return sp->curfd >= 0 ? 0 : open_segment(sp);
+}
+
+/* Append one record to the current segment; on a failed write the segment
+ * is cut back to where it was (or abandoned when that fails too). */
+static int append_item(struct spool *sp, const struct spool_item *it)
+{
+    size_t size;
+    unsigned char *buf = spool_encode(it, &size);
+    int rc = ensure_current(sp, size);
+    if (rc == 0) {
+        struct seg *g = seg_current(sp);
+        rc = write_all(sp->curfd, buf, size);
+        if (rc == 0) {
+            g->size += size;
+            sp->st.disk_bytes += size;
+        } else if (ftruncate(sp->curfd, (off_t)g->size) < 0) {
+            spool_commit(sp);
+            close_current(sp);
+        }
+    }
+    free(buf);
+    return rc;
+}
+
+/* Append a result with a new seq; it is live (not durable before a commit). */
+static int append_result(struct spool *sp, const char *url, const char *body, size_t len,
+                         double created, unsigned long long *seq)
+{
+    struct spool_item it = {SPOOL_ITEM_RESULT, sp->next_seq, created, url, strlen(url), body,
+                            len, 0, 0};
+    if (it.url_len == 0 || it.url_len > URL_MAX || len == 0 || len > BODY_MAX)
+        return -EINVAL;
+    int rc = append_item(sp, &it);
+    if (rc < 0)
+        return rc;
+    struct seg *g = seg_current(sp);
+    sp->next_seq++;
+    g->live++;
+    sp->dirty = 1;
+    live_push(sp, it.seq, g->id, HDR + it.url_len + len);
+    *seq = it.seq;
+    return 0;
+}
+
+/* Append "done seq" (no fsync: a lost ack only means a second send). */
+static void append_ack(struct spool *sp, unsigned long long seq, unsigned long long target)
+{
+    struct spool_item it = {SPOOL_ITEM_DONE, seq, 0, "", 0, "", 0, 0, 0};
+    int rc = sp->curfd >= 0 ? 0 : open_segment(sp);
+    if (rc == 0)
+        rc = append_item(sp, &it);
+    struct seg *g = seg_current(sp);
+    if (rc == 0 && g->id != target)
+        xack_push(g, seq, target);
+    if (rc < 0 && !sp->told_ack_error) {
+        sp->told_ack_error = 1;
+        log_warn("spool: cannot record a delivery in %s: %s (the result may be sent again "
+                 "after a restart; said once)",
+                 sp->dir, strerror(-rc));
+    }
+}
+
+int spool_write(struct spool *sp, struct spool_record *rec)
+{
+    int rc = append_result(sp, rec->url, rec->body, rec->len, rec->created, &rec->seq);
+    if (rc < 0) {
+        rec->seq = 0;
+        sp->st.write_errors++;
+        struct log_ctx ctx = {NULL, rec->task_id, rec->job_id, NULL};
+        log_emit(LOG_ERR, &ctx,
+                 "spool: cannot write the result to %s: %s; it is kept in memory only and "
+                 "is lost if the worker stops before it is delivered",
+                 sp->dir, strerror(-rc));
+        return rc;
+    }
+    sp->st.written++;
+    return 0;
+}
+
+int spool_commit(struct spool *sp)
+{
+    if (!sp->dirty || sp->curfd < 0)
+        return 0;
+    sp->dirty = 0;
+    if (fdatasync(sp->curfd) == 0) {
+        sp->st.commits++;
+        return 0;
+    }
+    int e = errno;
+    sp->st.write_errors++;
+    log_err("spool: cannot make the results in %s durable: %s; they are kept in memory and "
+            "sent, and are lost if the worker stops before they are delivered",
+            sp->dir, strerror(e));
+    close_current(sp);
+    return -e;
+}
+
+/* ---- Acknowledging and deleting ---------------------------------------------- */
+
+/*
+ * Delete segment id when it is not the current one and nothing in it is
+ * live. Its cross acks whose results' segments still exist are appended
+ * again first, so that none of them is lost.
+ */
+static void seg_retire(struct spool *sp, unsigned long long id)
+{
+    struct seg *g = seg_find(sp, id);
+    if (g == NULL || g->live > 0 || g == seg_current(sp))
+        return;
+    struct xack *x = g->xacks;
+    size_t nx = g->nxacks;
+    g->xacks = NULL;
+    g->nxacks = g->xcap = 0;
+    for (size_t i = 0; i < nx; i++) {
+        if (x[i].seg != id && seg_find(sp, x[i].seg) != NULL)
+            append_ack(sp, x[i].seq, x[i].seg);
+    }
+    free(x);
+    char name[32];
+    seg_name(name, sizeof(name), id);
+    if (unlinkat(sp->dirfd, name, 0) < 0 && errno != ENOENT) {
+        log_warn("spool: cannot remove %s/%s: %s", sp->dir, name, strerror(errno));
+        return;
+    }
+    fsync(sp->dirfd);
+    g = seg_find(sp, id); /* append_ack may have grown the table */
+    sp->st.segments--;
+    sp->st.disk_bytes -= g->size;
+    size_t i = (size_t)(g - sp->segs);
+    memmove(g, g + 1, (sp->nsegs - i - 1) * sizeof(*g));
+    sp->nsegs--;
+}
+
+static void ack_live(struct spool *sp, struct live *l)
+{
+    unsigned long long seq = l->seq, id = l->seg;
+    l->dead = 1;
+    sp->ndead++;
+    account(sp, -1, -(long long)l->size);
+    append_ack(sp, seq, id);
+    struct seg *g = seg_find(sp, id);
+    if (g != NULL && g->live > 0 && --g->live == 0)
+        seg_retire(sp, id);
+    live_compact(sp);
+}
+
+void spool_remove(struct spool *sp, struct spool_record *rec)
+{
+    struct live *l = rec->seq ? live_find(sp, rec->seq) : NULL;
+    rec->seq = 0;
+    if (l == NULL)
+        return;
+    ack_live(sp, l);
+    sp->st.removed++;
+}
+
+int spool_expire(struct spool *sp, struct spool_record *rec, double now)
+{
+    if (sp->lim.max_age <= 0 || now - rec->created <= sp->lim.max_age)
+        return 0;
+    struct log_ctx ctx = {NULL, rec->task_id, rec->job_id, NULL};
+    log_emit(LOG_ERR, &ctx,
+             "spool: result for %s undelivered for %.0f s (max_age %.0f s): dropped; the "
+             "orchestrator's own timeout decides what happens to the task",
+             rec->url, now - rec->created, sp->lim.max_age);
+    struct live *l = rec->seq ? live_find(sp, rec->seq) : NULL;
+    rec->seq = 0;
+    if (l != NULL)
+        ack_live(sp, l);
+    sp->st.expired++;
+    return 1;
 }
 
 /* ---- Opening ----------------------------------------------------------------- */
@@ -148,39 +718,31 @@ static int lock_dir(struct spool *sp, char *err, size_t errlen)
     return rc;
 }
 
-/* The sequence number of "<16 hex>.res", or 0 when the name is not one. */
-static unsigned long long seq_of(const char *name)
+/* A growing array of numbers. */
+struct nums {
+    unsigned long long *v;
+    size_t n, cap;
+};
+
+static void nums_push(struct nums *a, unsigned long long x)
 {
-    size_t n = strlen(name);
-    if (n != 16 + strlen(SUFFIX) || strcmp(name + 16, SUFFIX) != 0)
-        return 0;
-    unsigned long long v = 0;
-    for (int i = 0; i < 16; i++) {
-        char c = name[i];
-        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-        if (d < 0)
-            return 0;
-        v = v << 4 | (unsigned long long)d;
+    if (a->n == a->cap) {
+        a->cap = a->cap ? a->cap * 2 : 16;
+        a->v = xrealloc(a->v, a->cap * sizeof(*a->v));
     }
-    return v;
+    a->v[a->n++] = x;
 }
 
-static void move_aside(struct spool *sp, const char *name, const char *why)
+static int cmp_ull(const void *a, const void *b)
 {
-    char *to = xasprintf("%s/%s", sp->corrupt, name);
-    if (renameat(sp->dirfd, name, sp->dirfd, to) < 0) {
-        log_err("spool: %s/%s is %s and cannot be moved to %s: %s", sp->dir, name, why,
-                sp->corrupt, strerror(errno));
-    } else {
-        log_err("spool: %s/%s is %s: moved to %s", sp->dir, name, why, sp->corrupt);
-        sp->st.corrupt++;
-    }
-    free(to);
+    unsigned long long x = *(const unsigned long long *)a, y = *(const unsigned long long *)b;
+    return x < y ? -1 : x > y;
 }
 
-/* Count the files, find the next sequence number, drop stale temporaries
- * and move foreign files aside. */
-static int scan(struct spool *sp, char *err, size_t errlen)
+/* Sort the directory into segments and version-1 files; drop stale
+ * temporaries and move anything else aside. */
+static int scan_dir(struct spool *sp, struct nums *segs, struct nums *v1, char *err,
+                    size_t errlen)
 {
     DIR *d = opendir(sp->dir);
     if (d == NULL)
@@ -197,19 +759,359 @@ static int scan(struct spool *sp, char *err, size_t errlen)
             unlinkat(sp->dirfd, name, 0);
             continue;
         }
-        unsigned long long seq = seq_of(name);
-        if (seq == 0 || fstatat(sp->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
-            !S_ISREG(st.st_mode)) {
+        unsigned long long s = hex_name(name, SEG_SUFFIX), r = hex_name(name, V1_SUFFIX);
+        int reg = fstatat(sp->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
+        if (reg && s > 0)
+            nums_push(segs, s);
+        else if (reg && r > 0)
+            nums_push(v1, r);
+        else
             move_aside(sp, name, "not a spool file");
-            continue;
-        }
-        if (seq >= sp->next_seq)
-            sp->next_seq = seq + 1;
-        sp->st.files++;
-        sp->st.bytes += (unsigned long long)st.st_size;
     }
     closedir(d);
+    if (segs->n > 1)
+        qsort(segs->v, segs->n, sizeof(*segs->v), cmp_ull);
+    if (v1->n > 1)
+        qsort(v1->v, v1->n, sizeof(*v1->v), cmp_ull);
     return 0;
+}
+
+/* What the first pass over the segments found. */
+struct meta {
+    unsigned long long seq, seg, size;
+    int acked;
+};
+
+struct scan {
+    struct spool *sp;
+    unsigned long long seg; /* the segment being parsed */
+    int bad_body;           /* it holds a result whose body is not a result */
+    struct meta *recs;      /* every intact result */
+    size_t nrecs, cap;
+    struct xack *acks; /* every ack: seq, and the segment holding the ack */
+    size_t nacks, acap;
+    unsigned long long max_seq;
+    struct nums corrupt; /* segments to recover and move aside */
+};
+
+static void scan_item(void *arg, const struct spool_item *it)
+{
+    struct scan *s = arg;
+    const char *tid, *jid;
+    if (it->seq > s->max_seq)
+        s->max_seq = it->seq;
+    if (it->kind == SPOOL_ITEM_DONE) {
+        if (s->nacks == s->acap) {
+            s->acap = s->acap ? s->acap * 2 : 64;
+            s->acks = xrealloc(s->acks, s->acap * sizeof(*s->acks));
+        }
+        s->acks[s->nacks++] = (struct xack){it->seq, s->seg};
+        return;
+    }
+    json_t *j = result_ids(it->body, it->len, &tid, &jid);
+    if (j == NULL) {
+        s->bad_body = 1;
+        return;
+    }
+    json_decref(j);
+    if (s->nrecs == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 64;
+        s->recs = xrealloc(s->recs, s->cap * sizeof(*s->recs));
+    }
+    s->recs[s->nrecs++] = (struct meta){it->seq, s->seg, it->size, 0};
+}
+
+static int cmp_meta(const void *a, const void *b)
+{
+    const struct meta *x = a, *y = b;
+    if (x->seq != y->seq)
+        return x->seq < y->seq ? -1 : 1;
+    return x->seg < y->seg ? -1 : x->seg > y->seg;
+}
+
+static struct meta *meta_find(struct scan *s, unsigned long long seq)
+{
+    struct meta key = {seq, 0, 0, 0};
+    size_t lo = 0, hi = s->nrecs;
+    while (lo < hi) { /* the first entry with this seq */
+        size_t mid = lo + (hi - lo) / 2;
+        if (cmp_meta(&s->recs[mid], &key) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < s->nrecs && s->recs[lo].seq == seq ? &s->recs[lo] : NULL;
+}
+
+/* The entry of seq that came from segment seg. */
+static struct meta *meta_find_in(struct scan *s, unsigned long long seq, unsigned long long seg)
+{
+    struct meta *m = meta_find(s, seq);
+    for (; m != NULL && m < s->recs + s->nrecs && m->seq == seq; m++) {
+        if (m->seg == seg)
+            return m;
+    }
+    return NULL;
+}
+
+static int is_corrupt(const struct scan *s, unsigned long long id)
+{
+    return s->corrupt.n > 0 &&
+           bsearch(&id, s->corrupt.v, s->corrupt.n, sizeof(id), cmp_ull) != NULL;
+}
+
+/* Pass one over a segment: its records into s, its damage logged. */
+static void scan_segment(struct scan *s, unsigned long long id)
+{
+    size_t size = 0, bad = 0;
+    char *buf = read_seg(s->sp, id, &size);
+    s->seg = id;
+    s->bad_body = 0;
+    int rc = buf ? spool_parse_segment(buf, size, scan_item, s, &bad) : SPOOL_PARSE_CORRUPT;
+    free(buf);
+    if (rc == SPOOL_PARSE_TORN) {
+        log_warn("spool: %s/%016llx" SEG_SUFFIX ": a record cut short at byte %zu (a crash "
+                 "during a write; that result was never sent): ignored",
+                 s->sp->dir, id, bad);
+        s->sp->st.torn++;
+    }
+    if (rc == SPOOL_PARSE_CORRUPT || s->bad_body)
+        nums_push(&s->corrupt, id); /* ids come in order: stays sorted */
+    else
+        seg_add(s->sp, id, size);
+}
+
+/*
+ * Match every ack to its result. An ack in a healthy segment for a result
+ * of another healthy segment becomes a cross ack of its segment; one in a
+ * corrupt segment is appended again (that segment goes).
+ */
+static void match_acks(struct scan *s, struct nums *reack)
+{
+    if (s->nrecs > 1)
+        qsort(s->recs, s->nrecs, sizeof(*s->recs), cmp_meta);
+    for (size_t i = 0; i < s->nacks; i++) {
+        struct meta *m = meta_find(s, s->acks[i].seq);
+        for (; m != NULL && m < s->recs + s->nrecs && m->seq == s->acks[i].seq; m++) {
+            m->acked = 1;
+            if (m->seg == s->acks[i].seg || is_corrupt(s, m->seg))
+                continue;
+            struct seg *g = seg_find(s->sp, s->acks[i].seg);
+            if (g != NULL)
+                xack_push(g, m->seq, m->seg);
+            else
+                nums_push(reack, m->seq);
+        }
+    }
+}
+
+/* The live index from the healthy segments' unacknowledged results (a
+ * duplicated seq, which only a foreign write can make, counts once). */
+static void build_live(struct scan *s)
+{
+    struct spool *sp = s->sp;
+    for (size_t i = 0; i < s->nrecs; i++) {
+        struct meta *m = &s->recs[i];
+        if (m->acked || is_corrupt(s, m->seg) ||
+            (sp->nlive > 0 && sp->live[sp->nlive - 1].seq == m->seq))
+            continue;
+        struct seg *g = seg_find(sp, m->seg);
+        g->live++;
+        live_push(sp, m->seq, m->seg, m->size);
+    }
+}
+
+/* Pass two over a corrupt segment: its unacknowledged results again. */
+struct recover {
+    struct scan *s;
+    unsigned long long seg;
+    unsigned long n;
+};
+
+static void recover_item(void *arg, const struct spool_item *it)
+{
+    struct recover *r = arg;
+    const char *tid, *jid;
+    if (it->kind != SPOOL_ITEM_RESULT)
+        return;
+    struct meta *m = meta_find_in(r->s, it->seq, r->seg);
+    json_t *j = result_ids(it->body, it->len, &tid, &jid);
+    char *url = xstrndup(it->url, it->url_len);
+    unsigned long long seq;
+    if (j != NULL && m != NULL && !m->acked &&
+        append_result(r->s->sp, url, it->body, it->len, it->created, &seq) == 0)
+        r->n++;
+    free(url);
+    json_decref(j);
+}
+
+static void recover_segment(struct scan *s, unsigned long long id)
+{
+    size_t size = 0;
+    char *buf = read_seg(s->sp, id, &size);
+    struct recover r = {s, id, 0};
+    if (buf != NULL)
+        spool_parse_segment(buf, size, recover_item, &r, NULL);
+    free(buf);
+    if (r.n > 0)
+        log_notice("spool: %lu undelivered result(s) recovered from the damaged segment "
+                   "%016llx" SEG_SUFFIX,
+                   r.n, id);
+}
+
+/* ---- The version-1 format: migrated at open ------------------------------------ */
+
+/* Parse a version-1 file; returns the record, or NULL with why set. */
+static struct spool_record *parse_v1(const char *buf, size_t size, const char **why)
+{
+    const char *nl = memchr(buf, '\n', size < V1_HEADER_MAX ? size : V1_HEADER_MAX);
+    char url[V1_HEADER_MAX];
+    int version, used = 0;
+    size_t len;
+    unsigned long crc;
+    double created;
+    *why = "truncated or not a spool file";
+    if (nl == NULL || strncmp(buf, V1_MAGIC " ", strlen(V1_MAGIC) + 1) != 0)
+        return NULL;
+    char *hdr = xstrndup(buf, (size_t)(nl - buf));
+    int n = sscanf(hdr, V1_MAGIC " %d %zu %lx %lf %4095s%n", &version, &len, &crc, &created, url,
+                   &used);
+    int hdr_ok = n == 5 && (size_t)used == strlen(hdr);
+    free(hdr);
+    if (hdr_ok && version != V1_VERSION)
+        *why = "of an unknown spool version";
+    if (!hdr_ok || version != V1_VERSION)
+        return NULL;
+    const char *body = nl + 1;
+    if ((size_t)(buf + size - body) != len)
+        return NULL;
+    *why = "damaged (checksum mismatch)";
+    if (spool_crc32(body, len) != crc)
+        return NULL;
+    const char *tid, *jid;
+    json_t *j = result_ids(body, len, &tid, &jid);
+    *why = "not a result body";
+    if (j == NULL)
+        return NULL;
+    struct spool_record *rec = spool_record_new(url, tid, jid, body, len);
+    rec->created = created;
+    json_decref(j);
+    return rec;
+}
+
+/* Append one version-1 file as a record; 1 when it is to be unlinked. */
+static int migrate_one(struct spool *sp, const char *name)
+{
+    char *path = xasprintf("%s/%s", sp->dir, name);
+    size_t size = 0;
+    char *buf = read_file(path, FILE_MAX, &size);
+    free(path);
+    const char *why = errno == EFBIG ? "too large" : "unreadable";
+    struct spool_record *rec = buf ? parse_v1(buf, size, &why) : NULL;
+    free(buf);
+    if (rec == NULL) {
+        move_aside(sp, name, why);
+        return 0;
+    }
+    int rc = spool_write(sp, rec);
+    spool_record_free(rec);
+    return rc == 0;
+}
+
+/*
+ * Take over the results of the previous format, oldest first: appended,
+ * committed, then the old files unlinked. If the commit fails the files
+ * stay (the next start migrates them again; a result may then be sent
+ * twice, which the orchestrator answers "ignored").
+ */
+static void migrate_v1(struct spool *sp, const struct nums *v1)
+{
+    char name[32];
+    struct nums done = {0};
+    for (size_t i = 0; i < v1->n; i++) {
+        snprintf(name, sizeof(name), "%016llx" V1_SUFFIX, v1->v[i]);
+        if (migrate_one(sp, name))
+            nums_push(&done, v1->v[i]);
+    }
+    if (done.n > 0 && spool_commit(sp) == 0) {
+        for (size_t i = 0; i < done.n; i++) {
+            snprintf(name, sizeof(name), "%016llx" V1_SUFFIX, done.v[i]);
+            unlinkat(sp->dirfd, name, 0);
+        }
+        fsync(sp->dirfd);
+        sp->st.migrated += done.n;
+        log_notice("spool: %zu result(s) migrated from the version-1 format (one file per "
+                   "result) to segments",
+                   done.n);
+    }
+    free(done.v);
+}
+
+/* ---- Loading at open ---------------------------------------------------------- */
+
+/*
+ * Build the index from the segments: pass one collects every record, the
+ * acks are matched, the live results indexed. Then the corrupt segments'
+ * unacknowledged results are appended again and committed, and the corrupt
+ * segments moved aside; finally segments without live results are deleted.
+ */
+static void load_segments(struct spool *sp, const struct nums *ids)
+{
+    struct scan s = {.sp = sp};
+    struct nums reack = {0};
+    for (size_t i = 0; i < ids->n; i++)
+        scan_segment(&s, ids->v[i]);
+    if (ids->n > 0)
+        sp->next_seg = ids->v[ids->n - 1] + 1;
+    sp->next_seq = s.max_seq + 1;
+    match_acks(&s, &reack);
+    build_live(&s);
+    for (size_t i = 0; i < s.corrupt.n; i++)
+        recover_segment(&s, s.corrupt.v[i]);
+    for (size_t i = 0; i < reack.n; i++) {
+        struct meta *m = meta_find(&s, reack.v[i]);
+        append_ack(sp, reack.v[i], m->seg);
+    }
+    spool_commit(sp);
+    for (size_t i = 0; i < s.corrupt.n; i++) {
+        char name[32];
+        seg_name(name, sizeof(name), s.corrupt.v[i]);
+        if (move_aside(sp, name, "damaged (its intact undelivered results were kept)") == 0)
+            sp->st.corrupt_segments++;
+    }
+    if (s.corrupt.n > 0)
+        fsync(sp->dirfd);
+    free(s.recs);
+    free(s.acks);
+    free(s.corrupt.v);
+    free(reack.v);
+}
+
+/* Delete the segments (none is current yet) that hold no live result. */
+static void retire_empty(struct spool *sp)
+{
+    struct nums ids = {0};
+    for (size_t i = 0; i < sp->nsegs; i++) {
+        if (sp->segs[i].live == 0)
+            nums_push(&ids, sp->segs[i].id);
+    }
+    for (size_t i = 0; i < ids.n; i++)
+        seg_retire(sp, ids.v[i]);
+    free(ids.v);
+}
+
+static int load_dir(struct spool *sp, char *err, size_t errlen)
+{
+    struct nums segs = {0}, v1 = {0};
+    int rc = scan_dir(sp, &segs, &v1, err, errlen);
+    if (rc == 0) {
+        load_segments(sp, &segs);
+        migrate_v1(sp, &v1);
+        retire_empty(sp);
+    }
+    free(segs.v);
+    free(v1.v);
+    return rc;
 }
 
 int spool_open(const char *state_dir, const struct spool_limits *lim, struct spool **out,
@@ -220,9 +1122,9 @@ int spool_open(const char *state_dir, const struct spool_limits *lim, struct spo
     if (rc < 0)
         return rc;
     struct spool *sp = xcalloc(1, sizeof(*sp));
-    sp->dirfd = sp->lockfd = -1;
+    sp->dirfd = sp->lockfd = sp->curfd = -1;
     sp->lim = *lim;
-    sp->next_seq = 1;
+    sp->next_seq = sp->next_seg = 1;
     sp->dir = xasprintf("%s/" SPOOL_SUBDIR, state_dir);
     sp->corrupt = xasprintf("%s/" CORRUPT_SUBDIR, sp->dir);
     rc = make_dir(sp->dir, err, errlen);
@@ -233,13 +1135,11 @@ int spool_open(const char *state_dir, const struct spool_limits *lim, struct spo
     if (rc == 0 && (sp->dirfd = open(sp->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
         rc = -errno, fmt_err(err, errlen, "%s: %s", sp->dir, strerror(errno));
     if (rc == 0)
-        rc = scan(sp, err, errlen);
+        rc = load_dir(sp, err, errlen);
     if (rc < 0) {
         spool_close(sp);
         return rc;
     }
-    sp->st.full = 0;
-    update_full(sp);
     *out = sp;
     return 0;
 }
@@ -248,10 +1148,17 @@ void spool_close(struct spool *sp)
 {
     if (sp == NULL)
         return;
+    spool_commit(sp);
+    if (sp->curfd >= 0)
+        close(sp->curfd);
     if (sp->dirfd >= 0)
         close(sp->dirfd);
     if (sp->lockfd >= 0)
         close(sp->lockfd); /* releases the lock */
+    for (size_t i = 0; i < sp->nsegs; i++)
+        free(sp->segs[i].xacks);
+    free(sp->segs);
+    free(sp->live);
     free(sp->dir);
     free(sp->corrupt);
     free(sp);
@@ -283,236 +1190,77 @@ void spool_record_free(struct spool_record *rec)
     free(rec);
 }
 
-static int write_all(int fd, const char *buf, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, buf, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return -errno;
-        buf += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
+/* ---- Loading for a client ------------------------------------------------------ */
 
-/* Header and body into a new temporary file, fsynced. */
-static int write_tmp(struct spool *sp, const char *tmp, const struct spool_record *rec,
-                     size_t *size)
-{
-    char hdr[HEADER_MAX];
-    int hl = snprintf(hdr, sizeof(hdr), SPOOL_MAGIC " %d %zu %08lx %.3f %s\n", SPOOL_VERSION,
-                      rec->len, spool_crc32(rec->body, rec->len), rec->created, rec->url);
-    if (hl < 0 || (size_t)hl >= sizeof(hdr))
-        return -ENAMETOOLONG;
-    int fd = openat(sp->dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return -errno;
-    int rc = write_all(fd, hdr, (size_t)hl);
-    if (rc == 0)
-        rc = write_all(fd, rec->body, rec->len);
-    if (rc == 0 && fsync(fd) < 0)
-        rc = -errno;
-    if (close(fd) < 0 && rc == 0)
-        rc = -errno;
-    *size = (size_t)hl + rec->len;
-    return rc;
-}
+struct load {
+    struct spool *sp;
+    unsigned long long seg;
+    const char *url;
+    struct spool_record **recs;
+    size_t n, cap;
+};
 
-int spool_write(struct spool *sp, struct spool_record *rec)
+static void load_item(void *arg, const struct spool_item *it)
 {
-    char tmp[64], name[64];
-    unsigned long long seq = sp->next_seq++;
-    size_t size = 0;
-    snprintf(tmp, sizeof(tmp), TMP_PREFIX "%016llx", seq);
-    snprintf(name, sizeof(name), "%016llx" SUFFIX, seq);
-    int rc = write_tmp(sp, tmp, rec, &size);
-    if (rc == 0 && renameat(sp->dirfd, tmp, sp->dirfd, name) < 0)
-        rc = -errno;
-    if (rc == 0 && fsync(sp->dirfd) < 0)
-        rc = -errno;
-    if (rc < 0) {
-        unlinkat(sp->dirfd, tmp, 0);
-        sp->st.write_errors++;
-        struct log_ctx ctx = {NULL, rec->task_id, rec->job_id, NULL};
-        log_emit(LOG_ERR, &ctx,
-                 "spool: cannot write the result to %s: %s; it is kept in memory only and "
-                 "is lost if the worker stops before it is delivered",
-                 sp->dir, strerror(-rc));
-        return rc;
-    }
-    rec->seq = seq;
-    sp->st.written++;
-    account(sp, 1, (long long)size);
-    return 0;
-}
-
-/* Unlink a record's file and uncount it. */
-static void unlink_record(struct spool *sp, struct spool_record *rec)
-{
-    char name[64];
-    struct stat st;
-    if (rec->seq == 0)
+    struct load *ld = arg;
+    const char *tid, *jid;
+    struct live *l = it->kind == SPOOL_ITEM_RESULT ? live_find(ld->sp, it->seq) : NULL;
+    if (l == NULL || l->seg != ld->seg)
         return;
-    snprintf(name, sizeof(name), "%016llx" SUFFIX, rec->seq);
-    long long size = fstatat(sp->dirfd, name, &st, 0) == 0 ? (long long)st.st_size : 0;
-    if (unlinkat(sp->dirfd, name, 0) < 0) {
-        log_warn("spool: cannot remove %s/%s: %s", sp->dir, name, strerror(errno));
-    } else {
-        account(sp, -1, -size);
-    }
-    rec->seq = 0;
-}
-
-void spool_remove(struct spool *sp, struct spool_record *rec)
-{
-    if (rec->seq == 0)
+    if (ld->url != NULL && (strlen(ld->url) != it->url_len ||
+                            memcmp(ld->url, it->url, it->url_len) != 0)) {
+        ld->sp->st.other_orchestrator++;
         return;
-    unlink_record(sp, rec);
-    sp->st.removed++;
-}
-
-int spool_expire(struct spool *sp, struct spool_record *rec, double now)
-{
-    if (sp->lim.max_age <= 0 || now - rec->created <= sp->lim.max_age)
-        return 0;
-    struct log_ctx ctx = {NULL, rec->task_id, rec->job_id, NULL};
-    log_emit(LOG_ERR, &ctx,
-             "spool: result for %s undelivered for %.0f s (max_age %.0f s): dropped; the "
-             "orchestrator's own timeout decides what happens to the task",
-             rec->url, now - rec->created, sp->lim.max_age);
-    unlink_record(sp, rec);
-    sp->st.expired++;
-    return 1;
-}
-
-/* ---- Loading ----------------------------------------------------------------- */
-
-/* Parse one file's bytes; returns the record, or NULL with why set. */
-static struct spool_record *parse_file(const char *buf, size_t size, const char **why)
-{
-    const char *nl = memchr(buf, '\n', size < HEADER_MAX ? size : HEADER_MAX);
-    char url[HEADER_MAX];
-    int version, used = 0;
-    size_t len;
-    unsigned long crc;
-    double created;
-    *why = "truncated or not a spool file";
-    if (nl == NULL || strncmp(buf, SPOOL_MAGIC " ", strlen(SPOOL_MAGIC) + 1) != 0)
-        return NULL;
-    char *hdr = xstrndup(buf, (size_t)(nl - buf));
-    int n = sscanf(hdr, SPOOL_MAGIC " %d %zu %lx %lf %4095s%n", &version, &len, &crc, &created,
-                   url, &used);
-    int hdr_ok = n == 5 && (size_t)used == strlen(hdr);
-    free(hdr);
-    if (hdr_ok && version != SPOOL_VERSION)
-        *why = "of another spool version";
-    if (!hdr_ok || version != SPOOL_VERSION)
-        return NULL;
-    const char *body = nl + 1;
-    if ((size_t)(buf + size - body) != len)
-        return NULL;
-    *why = "damaged (checksum mismatch)";
-    if (spool_crc32(body, len) != crc)
-        return NULL;
-    json_t *j = json_loadb(body, len, 0, NULL);
-    const char *tid = json_string_value(json_object_get(j, "task_id"));
-    const char *jid = json_string_value(json_object_get(j, "job_id"));
-    struct spool_record *rec = NULL;
-    *why = "not a result body";
-    if (tid != NULL && jid != NULL) {
-        rec = spool_record_new(url, tid, jid, body, len);
-        rec->created = created;
     }
+    json_t *j = result_ids(it->body, it->len, &tid, &jid);
+    if (j == NULL)
+        return;
+    char *url = xstrndup(it->url, it->url_len);
+    struct spool_record *rec = spool_record_new(url, tid, jid, it->body, it->len);
+    rec->seq = it->seq;
+    rec->created = it->created;
+    free(url);
     json_decref(j);
-    return rec;
+    if (ld->n == ld->cap) {
+        ld->cap = ld->cap ? ld->cap * 2 : 16;
+        ld->recs = xrealloc(ld->recs, ld->cap * sizeof(*ld->recs));
+    }
+    ld->recs[ld->n++] = rec;
 }
 
-static struct spool_record *load_one(struct spool *sp, const char *name, unsigned long long seq)
+static int cmp_rec(const void *a, const void *b)
 {
-    char *path = xasprintf("%s/%s", sp->dir, name);
-    size_t size = 0;
-    char *buf = read_file(path, FILE_MAX, &size);
-    free(path);
-    if (buf == NULL) {
-        move_aside(sp, name, errno == EFBIG ? "too large" : "unreadable");
-        return NULL;
-    }
-    const char *why = NULL;
-    struct spool_record *rec = parse_file(buf, size, &why);
-    free(buf);
-    if (rec == NULL) {
-        struct stat st;
-        long long sz = fstatat(sp->dirfd, name, &st, 0) == 0 ? (long long)st.st_size : 0;
-        move_aside(sp, name, why);
-        account(sp, -1, -sz);
-        return NULL;
-    }
-    rec->seq = seq;
-    return rec;
-}
-
-static int cmp_seq(const void *a, const void *b)
-{
-    unsigned long long x = *(const unsigned long long *)a, y = *(const unsigned long long *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* The sequence numbers of the files on disk, sorted. */
-static int list_seqs(struct spool *sp, unsigned long long **out, size_t *n)
-{
-    DIR *d = opendir(sp->dir);
-    size_t cap = 16;
-    *n = 0;
-    *out = NULL;
-    if (d == NULL)
-        return -errno;
-    unsigned long long *seqs = xmalloc(cap * sizeof(*seqs));
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        unsigned long long seq = seq_of(de->d_name);
-        if (seq == 0)
-            continue;
-        if (*n == cap)
-            seqs = xrealloc(seqs, (cap *= 2) * sizeof(*seqs));
-        seqs[(*n)++] = seq;
-    }
-    closedir(d);
-    qsort(seqs, *n, sizeof(*seqs), cmp_seq);
-    *out = seqs;
-    return 0;
+    const struct spool_record *x = *(struct spool_record *const *)a;
+    const struct spool_record *y = *(struct spool_record *const *)b;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
 int spool_load(struct spool *sp, const char *url, struct spool_record ***out, size_t *n)
 {
-    unsigned long long *seqs;
-    size_t nseq, count = 0;
-    *out = NULL;
-    *n = 0;
-    int rc = list_seqs(sp, &seqs, &nseq);
-    if (rc < 0)
-        return rc;
-    struct spool_record **recs = xcalloc(nseq + 1, sizeof(*recs));
-    double now = now_wall();
-    for (size_t i = 0; i < nseq; i++) {
-        char name[64];
-        snprintf(name, sizeof(name), "%016llx" SUFFIX, seqs[i]);
-        struct spool_record *rec = load_one(sp, name, seqs[i]);
-        if (rec == NULL)
-            continue;
-        if (url != NULL && strcmp(rec->url, url) != 0) {
-            sp->st.other_orchestrator++;
-            spool_record_free(rec);
-        } else if (spool_expire(sp, rec, now)) {
-            spool_record_free(rec);
-        } else {
-            recs[count++] = rec;
-        }
+    struct load ld = {.sp = sp, .url = url};
+    for (size_t i = 0; i < sp->nsegs; i++) {
+        size_t size = 0;
+        char *buf = sp->segs[i].live > 0 ? read_seg(sp, sp->segs[i].id, &size) : NULL;
+        ld.seg = sp->segs[i].id;
+        if (buf != NULL && spool_parse_segment(buf, size, load_item, &ld, NULL) ==
+                               SPOOL_PARSE_CORRUPT)
+            log_err("spool: %s/%016llx" SEG_SUFFIX " was damaged after the start; its intact "
+                    "results were loaded",
+                    sp->dir, ld.seg);
+        free(buf);
     }
-    free(seqs);
-    *out = recs;
-    *n = count;
+    if (ld.n > 1)
+        qsort(ld.recs, ld.n, sizeof(*ld.recs), cmp_rec);
+    double now = now_wall();
+    size_t k = 0;
+    for (size_t i = 0; i < ld.n; i++) {
+        if (spool_expire(sp, ld.recs[i], now))
+            spool_record_free(ld.recs[i]);
+        else
+            ld.recs[k++] = ld.recs[i];
+    }
+    *out = ld.recs ? ld.recs : xcalloc(1, sizeof(*ld.recs));
+    *n = k;
     return 0;
 }
 

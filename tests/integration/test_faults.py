@@ -9,6 +9,8 @@ valgrind, i.e. when TIMEOUT_MULT > 1)."""
 import glob
 import os
 import signal
+import struct
+import zlib
 
 from avt import *  # noqa: F401,F403
 from avt import TIMEOUT_MULT, check, main, test, tmo, wait_for
@@ -42,8 +44,30 @@ def spawn(t, o, conf, wait=True):
     return p
 
 
+SEG_HEADER = struct.Struct("<4sBBHQQIII")  # daemon/spool.h: the record header
+
+
 def spooled(t):
-    return sorted(glob.glob(t.path("state", "spool", "*.res")))
+    """The seqs of the undelivered results in the spool's segments: result
+    records without a "done" record, read the way spool.c does (an
+    incomplete or damaged record ends a segment)."""
+    results, done = [], set()
+    for f in sorted(glob.glob(t.path("state", "spool", "*.seg"))):
+        with open(f, "rb") as fh:
+            data = fh.read()
+        off = 0
+        while off + SEG_HEADER.size <= len(data):
+            magic, ver, kind, ulen, seq, _, blen, _, hcrc = SEG_HEADER.unpack_from(data, off)
+            end = off + SEG_HEADER.size + ulen + blen
+            if magic != b"AVSP" or ver != 2 or zlib.crc32(data[off:off + 32]) != hcrc \
+                    or end > len(data):
+                break
+            if kind == ord("R"):
+                results.append(seq)
+            else:
+                done.add(seq)
+            off = end
+    return [s for s in results if s not in done]
 
 
 def results_of(job):
