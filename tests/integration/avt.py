@@ -156,6 +156,14 @@ class TestCtx:
     def on_cleanup(self, fn):
         self._cleanups.append(fn)
 
+    def crashed(self):
+        """Daemons of this test that died of SIGSEGV, SIGABRT, SIGBUS, SIGFPE
+        or SIGILL (checked after the test unless expect_crash is set)."""
+        bad = (-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS, -signal.SIGFPE, -signal.SIGILL)
+        return ["daemon %d died of signal %d; its log ends:\n%s"
+                % (i, -p.returncode, "\n".join(p.log().splitlines()[-15:]))
+                for i, p in enumerate(self._procs) if p.returncode in bad]
+
     def cleanup(self):
         for p in self._procs:
             if VALGRIND and p.poll() is None:
@@ -176,6 +184,7 @@ class TestCtx:
                 fn()
             except Exception:
                 traceback.print_exc()
+        self.crash_report = [] if self.expect_crash else self.crashed()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -260,6 +269,8 @@ def main():
         finally:
             ctx.cleanup()
         vg = valgrind_findings(ctx.expect_crash)
+        if ctx.crash_report:
+            vg = "\n".join(ctx.crash_report + [vg])
         if vg:
             if ok:
                 failed += 1
