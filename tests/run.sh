@@ -5,6 +5,7 @@
 # (tests/integration/test_*.py) all print TAP; each "ok"/"not ok" line is one
 # test. A binary or script that crashes, times out or prints no plan counts
 # as one failure. Environment: BUILD (build dir), SANITIZE, VALGRIND=1,
+# TEST_JOBS (test files run at once, default 3),
 # TIMEOUT_MULT (default 1, 3 under sanitizers, 10 under valgrind), ONLY (a
 # substring: run only matching files).
 set -u
@@ -30,19 +31,41 @@ failed=0
 failures=()
 logdir=$(mktemp -d "${TMPDIR:-/tmp}/avt-tests.XXXXXX")
 
-run_one() { # name, timeout, command...
+# Test files run TEST_JOBS at a time (default 3: most of their time is
+# spent waiting on a daemon or an orchestrator, not computing); their output
+# is reported in a fixed order once all have finished.
+JOBS=${TEST_JOBS:-3}
+names=()
+
+start_one() { # name, timeout, command...
     local name=$1 limit=$2
     shift 2
     local log="$logdir/$(basename "$name").log"
-    timeout --kill-after=10 "$((limit * TIMEOUT_MULT))" "$@" >"$log" 2>&1
-    local rc=$?
-    local ok nok plan
+    names+=("$name")
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do
+        wait -n
+    done
+    (
+        t0=$(date +%s)
+        timeout --kill-after=10 "$((limit * TIMEOUT_MULT))" "$@" >"$log" 2>&1
+        echo $? >"$log.rc"
+        echo $(($(date +%s) - t0)) >"$log.time"
+    ) &
+}
+
+report_one() { # name
+    local name=$1
+    local log="$logdir/$(basename "$name").log"
+    local rc secs ok nok plan
+    rc=$(cat "$log.rc" 2>/dev/null || echo 255)
+    secs=$(cat "$log.time" 2>/dev/null || echo "?")
     ok=$(grep -cE '^ok [0-9]+' "$log")
     nok=$(grep -cE '^not ok [0-9]+' "$log")
     plan=$(grep -cE '^1\.\.[0-9]+' "$log")
     passed=$((passed + ok))
     failed=$((failed + nok))
     grep -E '^(not ok|ok) ' "$log" | sed "s|^|$(basename "$name"): |"
+    echo "# $(basename "$name"): ${secs}s"
     if [ "$nok" -gt 0 ] || [ "$rc" -ne 0 ] || [ "$plan" -eq 0 ]; then
         if [ "$nok" -eq 0 ]; then
             failed=$((failed + 1))
@@ -58,12 +81,16 @@ run_one() { # name, timeout, command...
 for bin in "$BUILD"/tests/unit/test_*; do
     [ -x "$bin" ] || continue
     [ -n "${ONLY:-}" ] && [[ "$bin" != *"$ONLY"* ]] && continue
-    run_one "$bin" 60 "$bin"
+    start_one "$bin" 120 "$bin"
 done
 for script in tests/integration/test_*.py; do
     [ -e "$script" ] || continue
     [ -n "${ONLY:-}" ] && [[ "$script" != *"$ONLY"* ]] && continue
-    run_one "$script" 600 "$PYTHON" "$script"
+    start_one "$script" 900 "$PYTHON" "$script"
+done
+wait
+for name in "${names[@]}"; do
+    report_one "$name"
 done
 
 [ ${#failures[@]} -gt 0 ] && printf 'failed: %s\n' "${failures[@]}"
