@@ -211,7 +211,7 @@ def a_401_renews_the_token_once_per_burst(t):
         n0 = len(issued_tokens(o))
         o.inject("poll", status=401, body={"error": "Unauthorized: No valid token found"}, count=3)
         wait_for(lambda: len(issued_tokens(o)) > n0, what="a renewal after the 401", timeout=15)
-        time.sleep(tmo(1))
+        time.sleep(1)  # a fixed window: the renewal limit is wall-clock, not load-scaled
         n1 = len(issued_tokens(o))
         check(n1 - n0 <= 2, "one renewal per burst of 401s (then backoff), got %d" % (n1 - n0))
         jid = o.create_job("echo", {"msg": "after 401"})
