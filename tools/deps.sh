@@ -22,6 +22,9 @@ make:/usr/bin/make
 python3-aiohttp:/usr/lib/python3/dist-packages/aiohttp/__init__.py
 openssl:/usr/bin/openssl
 ca-certificates:/etc/ssl/certs/ca-certificates.crt
+man-db:/usr/bin/man
+groff-base:/usr/bin/groff
+systemd:/usr/bin/systemd-analyze
 "
 
 missing=""
