@@ -69,7 +69,7 @@ struct xack {
 
 struct seg {
     unsigned long long id;
-    unsigned long live;     /* unacknowledged results in it */
+    unsigned long live;      /* unacknowledged results in it */
     unsigned long long size; /* bytes on disk */
     struct xack *xacks;
     size_t nxacks, xcap;
