@@ -65,6 +65,8 @@ struct crash {
     int count;
 };
 
+#define POISONED_MAX 256
+
 struct journal {
     pthread_mutex_t mu;
     char *dir;
@@ -76,6 +78,11 @@ struct journal {
     struct crash *crashes; /* loop thread only */
     size_t ncrashes;
     int crash_limit;
+    /* Task ids failed permanently for crashing the worker (loop thread
+     * only): a copy the orchestrator delivers again (its timeout watcher
+     * re-dispatches) is answered without running it. Bounded. */
+    char *poisoned[POISONED_MAX];
+    size_t npoisoned;
 };
 
 /* ---- Crash counts ------------------------------------------------------------- */
@@ -213,6 +220,25 @@ static void read_log(struct journal *j, struct journal_lost **lost, size_t *n)
     free(buf);
 }
 
+static void poison(struct journal *j, const char *task_id)
+{
+    if (j->npoisoned == POISONED_MAX) {
+        free(j->poisoned[0]);
+        memmove(j->poisoned, j->poisoned + 1, (POISONED_MAX - 1) * sizeof(char *));
+        j->npoisoned--;
+    }
+    j->poisoned[j->npoisoned++] = xstrdup(task_id);
+}
+
+int journal_is_poisoned(const struct journal *j, const char *task_id)
+{
+    for (size_t i = 0; j != NULL && i < j->npoisoned; i++) {
+        if (strcmp(j->poisoned[i], task_id) == 0)
+            return 1;
+    }
+    return 0;
+}
+
 /* Raise the crash count of every type that was running, then decide each
  * lost task's failure. */
 static void judge(struct journal *j, struct journal_lost *lost, size_t n)
@@ -231,6 +257,7 @@ static void judge(struct journal *j, struct journal_lost *lost, size_t n)
         if (l->started && count >= j->crash_limit) {
             l->code = AVT_PERMANENT_ERROR;
             l->message = xstrdup("worker crashed in handler");
+            poison(j, l->task_id);
             log_emit(LOG_CRIT, &ctx,
                      "task type %s was running when the worker died %d times in a row "
                      "(crash_limit %d): failing this task permanently so that it cannot "
@@ -332,6 +359,8 @@ void journal_close(struct journal *j)
     for (size_t i = 0; i < j->ncrashes; i++)
         free(j->crashes[i].type);
     free(j->crashes);
+    for (size_t i = 0; i < j->npoisoned; i++)
+        free(j->poisoned[i]);
     free(j->entries);
     free(j->dir);
     pthread_mutex_destroy(&j->mu);

@@ -68,4 +68,9 @@ void journal_task_finished(struct journal *j, const struct task *t);
 /* Crash count of a type (tests, metrics). */
 int journal_crash_count(const struct journal *j, const char *type);
 
+/* 1 when task_id was failed permanently at start for crashing the worker
+ * crash_limit times: a copy delivered again must not run. Loop thread; NULL
+ * journal: 0. */
+int journal_is_poisoned(const struct journal *j, const char *task_id);
+
 #endif /* AVT_DAEMON_JOURNAL_H */

@@ -1013,6 +1013,15 @@ static void accept_task(struct orch *o, struct task *t)
     }
     t->plugin = plugin_set_find(o->plugins, t->type);
     t->origin = o;
+    if (journal_is_poisoned(o->journal, t->id)) {
+        log_emit(LOG_CRIT, &ctx, "a task that crashed the worker crash_limit times was delivered "
+                                 "again: failing it permanently without running it");
+        task_set_failure(t, AVT_PERMANENT_ERROR, "worker crashed in handler");
+        outbox_add(o, t, 0);
+        orch_flush(o);
+        task_destroy(t);
+        return;
+    }
     if (precancel_take(o, t->id))
         task_cancel(t, TASK_CANCEL_ORCHESTRATOR);
     t->t_received = now_mono();

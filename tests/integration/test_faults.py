@@ -192,13 +192,24 @@ def poison_task_is_failed_permanently_after_crash_limit(t):
                 break  # it stopped crashing
             crashes += 1
             check(p.returncode != 0, p.returncode)
-        check(crashes == 2, "crashes", crashes)
+        check(crashes == 2, "crashes", crashes, p.log()[-3000:], [r["body"] for r in o.log(kind="result")])
         job = o.wait_job(jid, timeout=20)
         res = results_of(job)
         check(res and res[-1]["error"]["code"] == "PERMANENT_ERROR"
               and res[-1]["error"]["message"] == "worker crashed in handler", res)
         check(res[0]["error"]["code"] == "TRANSIENT_ERROR", res)
         check("crash-loop" in p.log(), p.log()[-3000:])
+        # A copy the orchestrator delivers again (its timeout watcher
+        # re-dispatches the job) is answered the same way without running.
+        sent = lambda: [r["body"] for r in o.log(kind="result")
+                        if isinstance(r.get("body"), dict) and r["body"].get("task_id") == jid]
+        n = len(sent())
+        o.inject("poll", status=200, body={"job_id": jid, "task_id": jid, "type": "t_crash",
+                                           "params": {}, "tracing_context": {},
+                                           "params_metadata": None})
+        again = wait_for(lambda: sent()[n:], timeout=20, what="the answer to the poison's copy")
+        check(again[0]["error"]["code"] == "PERMANENT_ERROR", again)
+        check(p.poll() is None, "the copy crashed the worker again", p.log()[-2000:])
         # The service keeps working for everything else.
         jobs = o.wait_jobs(o.prequeue(WID, "echo", {"x": 4}, count=3), timeout=30)
         check(all(j["status"] == "finished" for j in jobs), jobs)
