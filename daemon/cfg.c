@@ -392,8 +392,10 @@ static int parse_listen(struct loader *ld, const char *where, const char *v, cha
     errno = 0;
     long port = isdigit((unsigned char)*port_s) ? strtol(port_s, &end, 10) : -1;
     if (port < 1 || port > 65535 || errno != 0 || *end != '\0')
-        return fail(ld, where, "\"%s\": expected off, PORT, ADDRESS:PORT or [IPV6]:PORT "
-                    "with PORT 1..65535", v);
+        return fail(ld, where,
+                    "\"%s\": expected off, PORT, ADDRESS:PORT or [IPV6]:PORT "
+                    "with PORT 1..65535",
+                    v);
     size_t hl = colon != NULL ? (size_t)(colon - v) : 0;
     if (hl >= 2 && v[0] == '[' && v[hl - 1] == ']') {
         v++;
@@ -663,8 +665,8 @@ static struct cfg_orch *orch_find(struct cfg *cfg, const char *name)
 }
 
 /* One key of [orchestrator.NAME]: url, priority, weight, token, token_file. */
-static int handle_orch_section(struct loader *ld, const char *name, const char *key,
-                               const char *v, const char *where)
+static int handle_orch_section(struct loader *ld, const char *name, const char *key, const char *v,
+                               const char *where)
 {
     if (!str_is_ident(name))
         return fail(ld, where, "the name in [orchestrator.%s] must match ^[a-zA-Z0-9_-]+$", name);
@@ -722,8 +724,10 @@ static int parse_orch_json(struct loader *ld, const char *where, size_t i, json_
         while (k < ARRAY_LEN(known) && strcmp(known[k], key) != 0)
             k++;
         if (k == ARRAY_LEN(known))
-            return fail(ld, where, "element %zu: unknown key \"%s\" (url, priority, weight, "
-                        "token, name)", i, key);
+            return fail(ld, where,
+                        "element %zu: unknown key \"%s\" (url, priority, weight, "
+                        "token, name)",
+                        i, key);
     }
     const char *url = json_string_value(json_object_get(o, "url"));
     const char *name = json_string_value(json_object_get(o, "name"));
@@ -760,8 +764,10 @@ static int apply_orchs_env(struct loader *ld)
         return -EINVAL;
     int rc = 0;
     if (!json_is_array(j) || json_array_size(j) == 0 || json_array_size(j) > ORCHS_MAX)
-        rc = fail(ld, where, "must be a JSON array of 1..%d {\"url\": ..., \"priority\": ..., "
-                  "\"weight\": ..., \"token\": ...} objects", ORCHS_MAX);
+        rc = fail(ld, where,
+                  "must be a JSON array of 1..%d {\"url\": ..., \"priority\": ..., "
+                  "\"weight\": ..., \"token\": ...} objects",
+                  ORCHS_MAX);
     orchs_clear(ld);
     for (size_t i = 0; rc == 0 && i < json_array_size(j); i++)
         rc = parse_orch_json(ld, where, i, json_array_get(j, i));
@@ -1077,8 +1083,7 @@ static int read_secret_file(struct loader *ld, const char *path, const char *whe
 static int read_token_file(struct loader *ld)
 {
     struct cfg *cfg = ld->cfg;
-    return read_secret_file(ld, cfg->token_file, ld->origin[key_index("token_file")],
-                            &cfg->token);
+    return read_secret_file(ld, cfg->token_file, ld->origin[key_index("token_file")], &cfg->token);
 }
 
 static int orch_cmp(const void *a, const void *b)
@@ -1140,8 +1145,7 @@ static int finalize_tls(struct loader *ld)
                     "(TLS_CERT_PATH and TLS_KEY_PATH)");
     if (cfg->tls_ca_file != NULL && tls_check_readable(cfg->tls_ca_file, err, sizeof(err)) < 0)
         return fail(ld, w_ca, "%s", err);
-    if (cfg->tls_cert_file != NULL &&
-        tls_check_readable(cfg->tls_cert_file, err, sizeof(err)) < 0)
+    if (cfg->tls_cert_file != NULL && tls_check_readable(cfg->tls_cert_file, err, sizeof(err)) < 0)
         return fail(ld, w_cert, "%s", err);
     if (cfg->tls_key_file != NULL && tls_check_key_file(cfg->tls_key_file, err, sizeof(err)) < 0)
         return fail(ld, w_key, "%s", err);
@@ -1360,8 +1364,8 @@ static void dump_orchs(const struct cfg *cfg, FILE *fp)
 {
     for (size_t i = 0; cfg->orchs_listed && i < cfg->norchs; i++) {
         const struct cfg_orch *e = &cfg->orchs[i];
-        fprintf(fp, "\n[orchestrator.%s]\nurl = %s\npriority = %d\nweight = %d\n", e->name,
-                e->url, e->priority, e->weight);
+        fprintf(fp, "\n[orchestrator.%s]\nurl = %s\npriority = %d\nweight = %d\n", e->name, e->url,
+                e->priority, e->weight);
         if (e->token_file != NULL)
             fprintf(fp, "token_file = %s\n", e->token_file);
         else if (e->token != NULL)

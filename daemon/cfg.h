@@ -89,8 +89,8 @@ struct cfg {
     double heartbeat_debounce; /* WORKER_HEARTBEAT_DEBOUNCE_DELAY; seconds, default 0.1 */
     int websockets;            /* WORKER_ENABLE_WEBSOCKETS; default 1 */
     double result_retry_initial_delay; /* RESULT_RETRY_INITIAL_DELAY; default 1.0 */
-    double retry_max_delay;    /* BACKOFF_MAX_DELAY; cap of every backoff, default 60 */
-    int probe_every;           /* empty-body liveness PATCH every N heartbeats; default 4 */
+    double retry_max_delay;            /* BACKOFF_MAX_DELAY; cap of every backoff, default 60 */
+    int probe_every;                   /* empty-body liveness PATCH every N heartbeats; default 4 */
 
     /* The orchestrators, sorted by (priority, url); never empty: without a
      * list it holds one entry made of url (the global token applies). */

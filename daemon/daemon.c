@@ -80,14 +80,14 @@ struct retired {
 
 struct daemon {
     struct ev_loop *loop;
-    struct cfg *cfg;   /* current */
-    int cfg_owned;     /* cfg came from a reload (else it is the caller's) */
+    struct cfg *cfg; /* current */
+    int cfg_owned;   /* cfg came from a reload (else it is the caller's) */
     struct pool *pool;
     struct plugin_set *plugins; /* current */
     struct retired *retired;
     struct http *http;
-    struct orchset *orchs; /* one orch per orchestrator (orchset.h) */
-    struct orch *orch;     /* the first of them: status line and metrics */
+    struct orchset *orchs;   /* one orch per orchestrator (orchset.h) */
+    struct orch *orch;       /* the first of them: status line and metrics */
     struct spool *spool;     /* state_dir/spool: undelivered results */
     struct journal *journal; /* state_dir/journal: tasks held, for crash reports */
     int crashed;             /* the previous run died with tasks */
@@ -240,7 +240,7 @@ static void on_drain_timer(struct ev_loop *loop, ev_timer *w, int revents)
         return;
     case CANCELLING:
         orchset_abandon_all(d->orchs, AVT_TRANSIENT_ERROR,
-                         "worker shutting down: task did not finish in time");
+                            "worker shutting down: task did not finish in time");
         d->phase = FLUSHING;
         drain_extend(d, FLUSH_LIMIT);
         drain_timer_after(d, FLUSH_LIMIT);

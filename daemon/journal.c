@@ -186,8 +186,8 @@ static void replay_line(const char *line, struct journal_lost **lost, unsigned l
     if (u != NULL && t != NULL && id != NULL && jid != NULL && json_is_integer(a)) {
         *lost = xrealloc(*lost, (*n + 1) * sizeof(**lost));
         *seqs = xrealloc(*seqs, (*n + 1) * sizeof(**seqs));
-        (*lost)[*n] = (struct journal_lost){xstrdup(u), xstrdup(t), xstrdup(id), xstrdup(jid), 0,
-                                            NULL, NULL};
+        (*lost)[*n] =
+            (struct journal_lost){xstrdup(u), xstrdup(t), xstrdup(id), xstrdup(jid), 0, NULL, NULL};
         (*seqs)[(*n)++] = (unsigned long long)json_integer_value(a);
         if ((unsigned long long)json_integer_value(a) > *maxseq)
             *maxseq = (unsigned long long)json_integer_value(a);
@@ -209,8 +209,8 @@ static void read_log(struct journal *j, struct journal_lost **lost, size_t *n)
         log_err("journal: cannot read %s: %s; tasks of a crash cannot be reported", path,
                 strerror(errno));
     free(path);
-    for (char *line = buf, *nl; line != NULL && (nl = memchr(line, '\n', len - (size_t)(line - buf)));
-         line = nl + 1) {
+    for (char *line = buf, *nl;
+         line != NULL && (nl = memchr(line, '\n', len - (size_t)(line - buf))); line = nl + 1) {
         *nl = '\0';
         if (*line != '\0')
             replay_line(line, lost, &seqs, n, &maxseq);
@@ -414,8 +414,8 @@ void journal_task_accepted(struct journal *j, const struct task *t, const char *
 {
     if (j == NULL)
         return;
-    json_t *r = json_pack("{s:I, s:s, s:s, s:s, s:s}", "a", (json_int_t)j->next_seq, "u", url,
-                          "t", t->type, "i", t->id, "j", t->job_id);
+    json_t *r = json_pack("{s:I, s:s, s:s, s:s, s:s}", "a", (json_int_t)j->next_seq, "u", url, "t",
+                          t->type, "i", t->id, "j", t->job_id);
     char *s = r != NULL ? json_dumps(r, JSON_COMPACT) : NULL;
     json_decref(r);
     if (s == NULL)

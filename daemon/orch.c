@@ -71,7 +71,7 @@ struct result {
     char *body;
     size_t len;
     int attempts;
-    int holds_slot; /* the task's global slot is given back on delivery */
+    int holds_slot;         /* the task's global slot is given back on delivery */
     unsigned long long seq; /* its spool record; 0 = in memory only */
     double created;         /* when it was spooled (wall clock) */
     int uncommitted;        /* appended to the spool, not yet durable: not sent */
@@ -94,7 +94,7 @@ struct orch {
 
     char *name, *url; /* this orchestrator: its cfg_orch name and base URL */
     char *url_poll, *url_heartbeat, *url_register, *url_result, *url_ws, *url_sts;
-    char *header_token; /* the token in `headers`, to notice a change */
+    char *header_token;       /* the token in `headers`, to notice a change */
     void (*sched)(void *arg); /* decides when to poll (orchset); NULL: poll itself */
     void *sched_arg;
 
@@ -105,7 +105,7 @@ struct orch {
     struct backoff sts_backoff, sts_401_backoff;
     double sts_401_after; /* a 401 may trigger a renewal again from then on */
     int sts_tried;        /* the first attempt, made before registering, is over */
-    char **headers; /* NULL-terminated "Name: value" */
+    char **headers;       /* NULL-terminated "Name: value" */
 
     int registered;
     int draining;
@@ -287,8 +287,8 @@ char *orch_parse_ws_command(const char *msg, size_t len)
     json_t *j = json_loadb(msg, len, 0, NULL);
     const char *cmd = json_string_value(json_object_get(j, "command"));
     const char *id = json_string_value(json_object_get(j, "task_id"));
-    char *task_id = cmd != NULL && strcmp(cmd, "cancel_task") == 0 && id != NULL ? xstrdup(id)
-                                                                                 : NULL;
+    char *task_id =
+        cmd != NULL && strcmp(cmd, "cancel_task") == 0 && id != NULL ? xstrdup(id) : NULL;
     json_decref(j);
     return task_id;
 }
@@ -782,8 +782,8 @@ static void result_release_slot(struct orch *o, struct result *res)
 /* A spool view of a result (borrowed strings) for spool.c. */
 static struct spool_record result_view(struct orch *o, struct result *res)
 {
-    return (struct spool_record){res->seq,  o->url, res->task_id, res->job_id,
-                                 res->body, res->len,    res->created};
+    return (struct spool_record){res->seq,  o->url,   res->task_id, res->job_id,
+                                 res->body, res->len, res->created};
 }
 
 /* Delivered: remove its spool file; leaving a full spool resumes polling. */
@@ -988,9 +988,8 @@ static void outbox_add_failure(struct orch *o, const struct task *t, const char 
                                const char *message)
 {
     json_t *body = json_pack("{s:s, s:s, s:s, s:s, s:n, s:{s:s, s:s}, s:n}", "job_id", t->job_id,
-                             "task_id", t->id, "worker_id", o->cfg->worker_id, "status",
-                             "failure", "data", "error", "code", code, "message", message,
-                             "data_metadata");
+                             "task_id", t->id, "worker_id", o->cfg->worker_id, "status", "failure",
+                             "data", "error", "code", code, "message", message, "data_metadata");
     if (body == NULL)
         abort(); /* the ids are valid UTF-8 (task_parse): only OOM fails here */
     outbox_push(o, body, t, 0);
@@ -1014,8 +1013,9 @@ static void accept_task(struct orch *o, struct task *t)
     t->plugin = plugin_set_find(o->plugins, t->type);
     t->origin = o;
     if (journal_is_poisoned(o->journal, t->id)) {
-        log_emit(LOG_CRIT, &ctx, "a task that crashed the worker crash_limit times was delivered "
-                                 "again: failing it permanently without running it");
+        log_emit(LOG_CRIT, &ctx,
+                 "a task that crashed the worker crash_limit times was delivered "
+                 "again: failing it permanently without running it");
         task_set_failure(t, AVT_PERMANENT_ERROR, "worker crashed in handler");
         outbox_add(o, t, 0);
         orch_flush(o);
@@ -1246,8 +1246,8 @@ static void on_sts(void *arg, const struct http_response *r)
     json_t *j = r->status == 200 ? json_loadb(r->body, r->len, 0, NULL) : NULL;
     const char *token = json_string_value(json_object_get(j, "access_token"));
     json_t *exp = json_object_get(j, "expires_in");
-    if (token != NULL && *token != '\0' && strpbrk(token, "\r\n") == NULL &&
-        json_is_number(exp) && json_number_value(exp) > 0) {
+    if (token != NULL && *token != '\0' && strpbrk(token, "\r\n") == NULL && json_is_number(exp) &&
+        json_number_value(exp) > 0) {
         sts_adopt(o, token, json_number_value(exp));
     } else {
         double d;
@@ -1271,9 +1271,8 @@ static void sts_request(struct orch *o)
     if (o->sts_req != NULL)
         return;
     ev_timer_stop(o->loop, &o->sts_timer);
-    o->sts_req =
-        http_request(o->http, "POST", o->url_sts, (const char *const *)o->headers, NULL, 0,
-                     REQUEST_TIMEOUT, on_sts, o);
+    o->sts_req = http_request(o->http, "POST", o->url_sts, (const char *const *)o->headers, NULL, 0,
+                              REQUEST_TIMEOUT, on_sts, o);
 }
 
 static void on_sts_timer(struct ev_loop *loop, ev_timer *w, int revents)
@@ -1338,8 +1337,8 @@ static void on_register(void *arg, const struct http_response *r)
         if (warning != NULL)
             log_warn("orchestrator: %s", warning);
         free(warning);
-        log_notice("registered with %s as %s (%zu task types, %d slots)", o->url,
-                   o->cfg->worker_id, o->plugins->ntypes, o->cfg->max_concurrent_tasks);
+        log_notice("registered with %s as %s (%zu task types, %d slots)", o->url, o->cfg->worker_id,
+                   o->plugins->ntypes, o->cfg->max_concurrent_tasks);
         o->registered = 1;
         o->told_auth = 0;
         backoff_reset(&o->sts_401_backoff);
@@ -1474,8 +1473,7 @@ static void outbox_load(struct orch *o)
         outbox_link(o, res);
     }
     if (n > 0)
-        log_notice("spool: %zu undelivered result(s) of %s from a previous run queued", n,
-                   o->url);
+        log_notice("spool: %zu undelivered result(s) of %s from a previous run queued", n, o->url);
     free(recs);
 }
 

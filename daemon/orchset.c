@@ -29,7 +29,7 @@ struct orchset {
     struct ev_loop *loop;
     const struct cfg *cfg;
     struct pool *pool;
-    struct orch **orchs; /* in cfg->orchs order */
+    struct orch **orchs;   /* in cfg->orchs order */
     int *weight, *current; /* smooth weighted round robin state */
     size_t n;
     int kicking, kick_again;
@@ -312,8 +312,7 @@ void orchset_supervise(struct orchset *s, double grace)
 /* The list of orchestrators itself is fixed until a restart; tokens (and
  * token files), weights, the mode and everything orch_reconfigure covers
  * apply now. */
-void orchset_reconfigure(struct orchset *s, const struct cfg *cfg,
-                         const struct plugin_set *plugins)
+void orchset_reconfigure(struct orchset *s, const struct cfg *cfg, const struct plugin_set *plugins)
 {
     int same = cfg->norchs == s->n;
     for (size_t i = 0; same && i < s->n; i++)

@@ -24,12 +24,12 @@ struct pool;
 struct plugin {
     struct avt_host host; /* first: the table handed to the plugin; see plugin_of_host() */
     const struct avt_plugin *desc;
-    void *state;   /* what init() returned */
-    void *dl;      /* dlopen() handle */
-    char *path;    /* the .so file */
-    char *name;    /* copy of desc->name */
+    void *state;       /* what init() returned */
+    void *dl;          /* dlopen() handle */
+    char *path;        /* the .so file */
+    char *name;        /* copy of desc->name */
     struct pool *pool; /* where hot-cache events go; NULL outside the daemon */
-    int started;   /* init() succeeded; shutdown() is owed */
+    int started;       /* init() succeeded; shutdown() is owed */
 };
 
 struct plugin_type {

@@ -420,8 +420,8 @@ static int move_aside(struct spool *sp, const char *name, const char *why)
         to = xasprintf(CORRUPT_SUBDIR "/%s.%d", name, i);
     }
     if (rc < 0) {
-        log_err("spool: %s/%s is %s and cannot be moved to %s: %s", sp->dir, name, why,
-                sp->corrupt, strerror(errno));
+        log_err("spool: %s/%s is %s and cannot be moved to %s: %s", sp->dir, name, why, sp->corrupt,
+                strerror(errno));
     } else {
         log_err("spool: %s/%s is %s: moved to %s/%s", sp->dir, name, why, sp->dir, to);
         sp->st.corrupt++;
@@ -534,8 +534,8 @@ static int append_item(struct spool *sp, const struct spool_item *it)
 static int append_result(struct spool *sp, const char *url, const char *body, size_t len,
                          double created, unsigned long long *seq)
 {
-    struct spool_item it = {SPOOL_ITEM_RESULT, sp->next_seq, created, url, strlen(url), body,
-                            len, 0, 0};
+    struct spool_item it = {
+        SPOOL_ITEM_RESULT, sp->next_seq, created, url, strlen(url), body, len, 0, 0};
     if (it.url_len == 0 || it.url_len > URL_MAX || len == 0 || len > BODY_MAX)
         return -EINVAL;
     int rc = append_item(sp, &it);
@@ -741,8 +741,7 @@ static int cmp_ull(const void *a, const void *b)
 
 /* Sort the directory into segments and version-1 files; drop stale
  * temporaries and move anything else aside. */
-static int scan_dir(struct spool *sp, struct nums *segs, struct nums *v1, char *err,
-                    size_t errlen)
+static int scan_dir(struct spool *sp, struct nums *segs, struct nums *v1, char *err, size_t errlen)
 {
     DIR *d = opendir(sp->dir);
     if (d == NULL)
@@ -1114,8 +1113,8 @@ static int load_dir(struct spool *sp, char *err, size_t errlen)
     return rc;
 }
 
-int spool_open(const char *state_dir, const struct spool_limits *lim, struct spool **out,
-               char *err, size_t errlen)
+int spool_open(const char *state_dir, const struct spool_limits *lim, struct spool **out, char *err,
+               size_t errlen)
 {
     *out = NULL;
     int rc = make_dir(state_dir, err, errlen);
@@ -1207,8 +1206,8 @@ static void load_item(void *arg, const struct spool_item *it)
     struct live *l = it->kind == SPOOL_ITEM_RESULT ? live_find(ld->sp, it->seq) : NULL;
     if (l == NULL || l->seg != ld->seg)
         return;
-    if (ld->url != NULL && (strlen(ld->url) != it->url_len ||
-                            memcmp(ld->url, it->url, it->url_len) != 0)) {
+    if (ld->url != NULL &&
+        (strlen(ld->url) != it->url_len || memcmp(ld->url, it->url, it->url_len) != 0)) {
         ld->sp->st.other_orchestrator++;
         return;
     }
@@ -1242,8 +1241,8 @@ int spool_load(struct spool *sp, const char *url, struct spool_record ***out, si
         size_t size = 0;
         char *buf = sp->segs[i].live > 0 ? read_seg(sp, sp->segs[i].id, &size) : NULL;
         ld.seg = sp->segs[i].id;
-        if (buf != NULL && spool_parse_segment(buf, size, load_item, &ld, NULL) ==
-                               SPOOL_PARSE_CORRUPT)
+        if (buf != NULL &&
+            spool_parse_segment(buf, size, load_item, &ld, NULL) == SPOOL_PARSE_CORRUPT)
             log_err("spool: %s/%016llx" SEG_SUFFIX " was damaged after the start; its intact "
                     "results were loaded",
                     sp->dir, ld.seg);

@@ -103,8 +103,8 @@ struct spool_stats {
  * state directory itself is created when missing (not its parents).
  * Returns 0, or -errno with a message in err (the caller exits 78).
  */
-int spool_open(const char *state_dir, const struct spool_limits *lim, struct spool **out,
-               char *err, size_t errlen);
+int spool_open(const char *state_dir, const struct spool_limits *lim, struct spool **out, char *err,
+               size_t errlen);
 
 /* Close and unlock; the files stay. NULL is a no-op. */
 void spool_close(struct spool *sp);
@@ -168,7 +168,7 @@ struct spool_item {
     size_t url_len;
     const char *body;
     size_t len;
-    size_t off; /* where the record starts in the buffer */
+    size_t off;  /* where the record starts in the buffer */
     size_t size; /* its bytes, header included */
 };
 

@@ -137,8 +137,7 @@ static const char *advice(enum tls_failure kind)
     return NULL;
 }
 
-enum tls_failure tls_explain(CURLcode rc, const char *error, int https, char *out,
-                             size_t outlen)
+enum tls_failure tls_explain(CURLcode rc, const char *error, int https, char *out, size_t outlen)
 {
     enum tls_failure kind = tls_classify(rc, error, https);
     const char *text = error != NULL && *error ? error : curl_easy_strerror(rc);

@@ -40,8 +40,7 @@ enum tls_failure tls_classify(CURLcode rc, const char *error, int https);
  * library's text>)", otherwise the library's text as it is. Returns the
  * kind. Pure.
  */
-enum tls_failure tls_explain(CURLcode rc, const char *error, int https, char *out,
-                             size_t outlen);
+enum tls_failure tls_explain(CURLcode rc, const char *error, int https, char *out, size_t outlen);
 
 /*
  * Start-up check of the client key file: it must be a regular file this

@@ -1,10 +1,12 @@
 /*
  * fuzz_state.c - libFuzzer target for what the daemon reads back from its
- * state directory at start: a result spool file (spool_load) and the crash
- * journal's running.log and crashes files (journal_open). A disk can hand
- * back anything after a crash or a foreign write; none of it may crash the
- * daemon. The first input byte picks the file (0: spool/<seq>.res,
- * 1: journal/running.log, 2: journal/crashes), the rest is its content. The
+ * state directory at start: a result spool segment (spool_parse_segment,
+ * spool_open, spool_load), a version-1 spool file (migrated at open) and the
+ * crash journal's running.log and crashes files (journal_open). A disk can
+ * hand back anything after a crash or a foreign write; none of it may crash
+ * the daemon. The first input byte picks the file (0: spool/<id>.seg,
+ * 1: journal/running.log, 2: journal/crashes, 3: spool/<seq>.res), the rest
+ * is its content. The
  * state directory is a private one under /dev/shm (fsync is cheap there),
  * emptied after every input.
  */
@@ -86,14 +88,27 @@ static void write_file(const char *dir, const char *name, const uint8_t *data, s
     close(fd);
 }
 
-static void load_spool(const uint8_t *data, size_t size)
+static void count_item(void *arg, const struct spool_item *it)
 {
+    size_t *n = arg;
+    assert(it->url_len == 0 || it->url != NULL);
+    (*n)++;
+}
+
+/* The spool as spool_open() finds it after a crash: one segment (or one
+ * version-1 .res file, which open migrates) holding the input, then the
+ * records spool_load() hands back. The pure parser sees the bytes too. */
+static void load_spool(const char *name, const uint8_t *data, size_t size)
+{
+    size_t items = 0, bad = 0;
+    spool_parse_segment(data, size, count_item, &items, &bad);
+    assert(bad <= size);
+    write_file("spool", name, data, size);
     struct spool_limits lim = {1 << 20, 100, 0};
     struct spool *sp;
     char err[512];
-    int rc = spool_open(base, &lim, &sp, err, sizeof(err));
-    assert(rc == 0);
-    write_file("spool", "0000000000000001.res", data, size);
+    if (spool_open(base, &lim, &sp, err, sizeof(err)) != 0)
+        return;
     struct spool_record **recs = NULL;
     size_t n = 0;
     if (spool_load(sp, NULL, &recs, &n) == 0) {
@@ -126,9 +141,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
-    switch (data[0] % 3) {
+    switch (data[0] % 4) {
     case 0:
-        load_spool(data + 1, size - 1);
+        load_spool("0000000000000001.seg", data + 1, size - 1);
+        break;
+    case 3:
+        load_spool("0000000000000001.res", data + 1, size - 1);
         break;
     case 1:
         load_journal("running.log", data + 1, size - 1);

@@ -286,8 +286,10 @@ struct avt__plugin_fields {
 
 static inline constexpr struct avt_plugin avt__plugin_make(struct avt__plugin_fields f)
 {
-    return {AVT_ABI_VERSION, (uint32_t)sizeof(struct avt_plugin), f.name,   f.version,
-            f.task_types,    f.init,                             f.configure, f.start,
+    return {AVT_ABI_VERSION, (uint32_t)sizeof(struct avt_plugin),
+            f.name,          f.version,
+            f.task_types,    f.init,
+            f.configure,     f.start,
             f.handle,        f.shutdown};
 }
 

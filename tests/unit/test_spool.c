@@ -141,8 +141,7 @@ static char *spool_path(const char *state, const char *name)
     return xasprintf("%s/spool%s%s", state, name[0] ? "/" : "", name);
 }
 
-static void write_raw(const char *state, const char *name, const void *data, size_t len,
-                      int append)
+static void write_raw(const char *state, const char *name, const void *data, size_t len, int append)
 {
     char *p = spool_path(state, name);
     int fd = open(p, O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC), 0600);
@@ -560,8 +559,9 @@ static size_t encode_into(unsigned char *buf, size_t at, int kind, unsigned long
 {
     const char *body = "{\"job_id\":\"j\",\"task_id\":\"t\"}";
     int r = kind == SPOOL_ITEM_RESULT;
-    struct spool_item it = {kind, seq, 5.0, r ? URL : "", r ? strlen(URL) : 0, r ? body : "",
-                            r ? strlen(body) : 0, 0, 0};
+    struct spool_item it = {
+        kind, seq, 5.0, r ? URL : "", r ? strlen(URL) : 0, r ? body : "", r ? strlen(body) : 0,
+        0,    0};
     size_t size;
     unsigned char *rec = spool_encode(&it, &size);
     memcpy(buf + at, rec, size);
@@ -612,11 +612,9 @@ TEST(parser_resyncs_after_damage_and_survives_garbage)
     EXPECT_EQ_INT(spool_parse_segment("", 0, on_item, &s, NULL), 0);
 }
 
-
 /* ---- crash journal ---- */
 
-static struct journal *open_j(const char *state, int limit, struct journal_lost **lost,
-                              size_t *n)
+static struct journal *open_j(const char *state, int limit, struct journal_lost **lost, size_t *n)
 {
     char err[AVT_ERRLEN];
     struct journal *j = NULL;

@@ -46,10 +46,16 @@ static void setup(void)
         if (mkdtemp(tmpdir) == NULL)
             abort();
     }
-    static const char *const vars[] = {
-        "ORCHESTRATOR_URL", "ORCHESTRATORS_CONFIG", "MULTI_ORCHESTRATOR_MODE", "TLS_CA_PATH",
-        "TLS_CERT_PATH",    "TLS_KEY_PATH",         "TLS_INSECURE",            "WORKER_TOKEN",
-        "WORKER_TOKEN_FILE", "WORKER_INDIVIDUAL_TOKEN"};
+    static const char *const vars[] = {"ORCHESTRATOR_URL",
+                                       "ORCHESTRATORS_CONFIG",
+                                       "MULTI_ORCHESTRATOR_MODE",
+                                       "TLS_CA_PATH",
+                                       "TLS_CERT_PATH",
+                                       "TLS_KEY_PATH",
+                                       "TLS_INSECURE",
+                                       "WORKER_TOKEN",
+                                       "WORKER_TOKEN_FILE",
+                                       "WORKER_INDIVIDUAL_TOKEN"};
     for (size_t i = 0; i < ARRAY_LEN(vars); i++)
         unsetenv(vars[i]);
 }
@@ -57,12 +63,13 @@ static void setup(void)
 TEST(classify_verification_failures)
 {
     EXPECT_EQ_INT(tls_classify(CURLE_PEER_FAILED_VERIFICATION,
-                               "SSL certificate problem: unable to get local issuer certificate", 1),
-                  TLS_FAIL_UNKNOWN_CA);
-    EXPECT_EQ_INT(tls_classify(CURLE_PEER_FAILED_VERIFICATION,
-                               "SSL certificate problem: self signed certificate in certificate chain",
+                               "SSL certificate problem: unable to get local issuer certificate",
                                1),
                   TLS_FAIL_UNKNOWN_CA);
+    EXPECT_EQ_INT(
+        tls_classify(CURLE_PEER_FAILED_VERIFICATION,
+                     "SSL certificate problem: self signed certificate in certificate chain", 1),
+        TLS_FAIL_UNKNOWN_CA);
     EXPECT_EQ_INT(tls_classify(CURLE_PEER_FAILED_VERIFICATION,
                                "SSL certificate problem: certificate has expired", 1),
                   TLS_FAIL_EXPIRED);
@@ -189,9 +196,10 @@ TEST(env_list_replaces_ini_list)
 {
     char err[AVT_ERRLEN];
     setup();
-    setenv("ORCHESTRATORS_CONFIG",
-           "[{\"url\": \"http://e2\", \"priority\": 3}, {\"url\": \"http://e1\", \"token\": \"t\"}]",
-           1);
+    setenv(
+        "ORCHESTRATORS_CONFIG",
+        "[{\"url\": \"http://e2\", \"priority\": 3}, {\"url\": \"http://e1\", \"token\": \"t\"}]",
+        1);
     struct cfg *c = load("[orchestrator.x]\nurl = http://x\n", err, sizeof(err));
     unsetenv("ORCHESTRATORS_CONFIG");
     ASSERT(c != NULL);
