@@ -97,6 +97,8 @@ struct orch {
     char *header_token;       /* the token in `headers`, to notice a change */
     void (*sched)(void *arg); /* decides when to poll (orchset); NULL: poll itself */
     void *sched_arg;
+    void (*state_hook)(void *arg); /* see orch_set_state_hook() */
+    void *state_hook_arg;
 
     /* STS access token (1.2, 2.5): only with a client certificate. */
     char *sts_token;
@@ -719,11 +721,20 @@ static void on_hb_debounce(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* A state change: one heartbeat heartbeat_debounce from now (at most one
  * per debounce interval, so a busy worker does not flood the orchestrator). */
-static void heartbeat_soon(struct orch *o)
+void orch_heartbeat_soon(struct orch *o)
 {
     if (!o->registered || ev_is_active(&o->hb_debounce))
         return;
     timer_after(o, &o->hb_debounce, o->cfg->heartbeat_debounce);
+}
+
+/* The pool is shared: a state change is news for every orchestrator. */
+static void heartbeat_soon(struct orch *o)
+{
+    if (o->state_hook != NULL)
+        o->state_hook(o->state_hook_arg);
+    else
+        orch_heartbeat_soon(o);
 }
 
 /* ---- results (2.4) ---- */
@@ -1809,6 +1820,12 @@ const char *orch_name(const struct orch *o)
 const char *orch_url(const struct orch *o)
 {
     return o->url;
+}
+
+void orch_set_state_hook(struct orch *o, void (*beat)(void *arg), void *arg)
+{
+    o->state_hook = beat;
+    o->state_hook_arg = arg;
 }
 
 void orch_set_scheduler(struct orch *o, void (*kick)(void *arg), void *arg)

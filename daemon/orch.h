@@ -262,6 +262,18 @@ const char *orch_url(const struct orch *o);
  */
 void orch_set_scheduler(struct orch *o, void (*kick)(void *arg), void *arg);
 
+/*
+ * The pool is shared by every orchestrator, so a task accepted or finished,
+ * or a slot given back, changes what each of them must be told (status,
+ * skills with a free slot). Without a hook such a change schedules a
+ * debounced heartbeat to this orchestrator; with one it calls beat(arg),
+ * which should call orch_heartbeat_soon() on every orch (loop thread).
+ */
+void orch_set_state_hook(struct orch *o, void (*beat)(void *arg), void *arg);
+
+/* A heartbeat heartbeat_debounce from now (at most one per interval). */
+void orch_heartbeat_soon(struct orch *o);
+
 enum orch_poll_state {
     ORCH_POLL_DOWN,  /* not registered, draining, or backing off after a failure */
     ORCH_POLL_READY, /* healthy and without a poll in flight */

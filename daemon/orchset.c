@@ -107,6 +107,14 @@ static void kick(void *arg)
     s->kicking = 0;
 }
 
+/* Every orchestrator advertises the one pool's capacity: tell them all. */
+static void beat_all(void *arg)
+{
+    struct orchset *s = arg;
+    for (size_t i = 0; i < s->n; i++)
+        orch_heartbeat_soon(s->orchs[i]);
+}
+
 /* ---- life cycle ---- */
 
 static void load_weights(struct orchset *s)
@@ -134,8 +142,10 @@ struct orchset *orchset_create(struct ev_loop *loop, struct http *http, const st
     for (size_t i = 0; i < s->n; i++) {
         s->orchs[i] = orch_create_for(loop, http, cfg, i, pool, plugins);
         s->weight[i] = 1;
-        if (s->n > 1)
+        if (s->n > 1) {
             orch_set_scheduler(s->orchs[i], kick, s);
+            orch_set_state_hook(s->orchs[i], beat_all, s);
+        }
     }
     load_weights(s);
     return s;

@@ -113,6 +113,32 @@ def round_robin_shares_polls_by_weight(t):
 
 
 @test
+def every_orchestrator_hears_of_capacity_changes_at_once(t):
+    # One slot shared by two orchestrators, periodic heartbeats far apart:
+    # when B's task takes the slot A must hear "busy", and when it ends A
+    # must hear "idle" within the debounce, not at its next periodic beat
+    # (the orchestrator quarantines jobs while no worker is idle).
+    with FakeOrch(poll_timeout=1) as a, FakeOrch(poll_timeout=1) as b:
+        text = ("[worker]\nmax_concurrent_tasks = 1\n[orchestrator]\nheartbeat_interval = 60\n"
+                "heartbeat_debounce = 0.05\nretry_max_delay = 1\n")
+        d = t.spawn(["-c", t.ini(text), "-P", t.plugin_dir("echo", "steps")],
+                    env=orchs_env([{"url": a.url}, {"url": b.url}], "ROUND_ROBIN", WORKER_TOKEN=a.token))
+        a.wait_worker("w1")
+        b.wait_worker("w1")
+        status = lambda o: [r["body"]["status"] for r in o.log(kind="heartbeat")
+                            if isinstance(r.get("body"), dict) and "status" in r["body"]]
+        jb = b.create_job("sleep", {"seconds": 1})
+        wait_for(lambda: "busy" in status(a), timeout=10, what="A told busy while B's task runs")
+        check(b.wait_job(jb, timeout=20)["status"] == "finished")
+        t_done = time.monotonic()
+        wait_for(lambda: status(a) and status(a)[-1] == "idle", timeout=10, what="A told idle")
+        check(time.monotonic() - t_done < tmo(5), "A heard of the free slot only after %.1f s"
+              % (time.monotonic() - t_done), d.log()[-2000:])
+        ja = a.create_job("echo", {"msg": "right after"})
+        check(a.wait_job(ja)["status"] == "finished", a.job(ja), d.log()[-2000:])
+
+
+@test
 def one_pool_polls_never_exceed_free_slots(t):
     with FakeOrch(poll_timeout=1) as a, FakeOrch(poll_timeout=1) as b:
         d = spawn(t, orchs_env([{"url": a.url}, {"url": b.url}], "ROUND_ROBIN",
