@@ -10,6 +10,7 @@ import socket
 import time
 
 from avt import *  # noqa: F401,F403
+from avt import TIMEOUT_MULT
 from avt import check, main, test, tmo, wait_for
 from orch import FakeOrch
 
@@ -280,7 +281,8 @@ def reload_adds_and_removes_plugins_without_dropping_tasks(t):
         pdir = t.plugin_dir("echo", "t_behave")
         conf = ini(t, limits="t_conc = 1\n")
         p = start(t, o, conf, pdir=pdir)
-        blk = o.prequeue(WID, "t_progress", {"n": 8, "ms": 600})[0]
+        # Long enough to outlive the reload even under valgrind.
+        blk = o.prequeue(WID, "t_progress", {"n": 8, "ms": int(600 * TIMEOUT_MULT)})[0]
         wait_running(o, [blk])
         nreg = len(o.log(kind="register"))
         # t_behave goes, steps comes; its task keeps running meanwhile.
