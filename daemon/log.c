@@ -110,16 +110,21 @@ static void ctx_pairs(char *out, size_t outlen, const struct log_ctx *ctx)
     }
 }
 
-static void emit_json(int level, const struct log_ctx *ctx, const char *msg)
+/* "2026-11-26T10:00:00.123Z" (UTC) into ts. */
+static void format_ts(char ts[40])
 {
-    char ts[40];
     struct timeval tv;
     gettimeofday(&tv, NULL);
     struct tm tm;
     gmtime_r(&tv.tv_sec, &tm);
-    size_t n = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(ts + n, sizeof(ts) - n, ".%03dZ", (int)(tv.tv_usec / 1000));
+    size_t n = strftime(ts, 40, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(ts + n, 40 - n, ".%03dZ", (int)(tv.tv_usec / 1000));
+}
 
+static void emit_json(int level, const struct log_ctx *ctx, const char *msg)
+{
+    char ts[40];
+    format_ts(ts);
     json_t *o = json_object();
     json_object_set_new(o, "ts", json_string(ts));
     json_object_set_new(o, "level", json_string(log_level_name(level)));
@@ -139,7 +144,6 @@ static void emit_json(int level, const struct log_ctx *ctx, const char *msg)
     if (s == NULL)
         return;
     size_t len = strlen(s);
-    s[len] = '\0';
     char *line = xasprintf("%s\n", s);
     write_all(line, len + 1);
     free(line);
@@ -171,12 +175,7 @@ void log_vemit(int level, const struct log_ctx *ctx, const char *fmt, va_list ap
         n = snprintf(line, sizeof(line), "<%d>%s%s\n", level, msg, pairs);
     } else {
         char ts[40];
-        struct timeval tv;
-        gettimeofday(&tv, NULL);
-        struct tm tm;
-        gmtime_r(&tv.tv_sec, &tm);
-        size_t k = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
-        snprintf(ts + k, sizeof(ts) - k, ".%03dZ", (int)(tv.tv_usec / 1000));
+        format_ts(ts);
         n = snprintf(line, sizeof(line), "%s %s %s%s\n", ts, level_names[level], msg, pairs);
     }
     if (n > 0) {
