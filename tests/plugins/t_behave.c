@@ -22,6 +22,10 @@
  *                  (default 60000) without ever checking for cancellation
  *   t_hot          adds params.name to the hot cache, removes
  *                  params.remove when given, and succeeds
+ *   t_gate         reports progress 0 "gated", then waits until the file
+ *                  params.path exists (the test opens the gate) and
+ *                  succeeds with {"gate": "opened"}, or until cancelled and
+ *                  succeeds with {"gate": "cancelled"}
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -31,6 +35,7 @@
 #include <stdatomic.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static atomic_int conc_cur[2], conc_peak[2], all_cur, all_peak;
 
@@ -90,6 +95,18 @@ static int do_block(struct avt_task *task)
     return avt_succeed(task, json_pack("{s:b}", "saw_cancel", 1));
 }
 
+static int do_gate(struct avt_task *task)
+{
+    const char *path = param_str(task, "path", "/nonexistent");
+    avt_progress(task, 0, "gated");
+    while (access(path, F_OK) != 0) {
+        if (avt_is_cancelled(task))
+            return avt_succeed(task, json_pack("{s:s}", "gate", "cancelled"));
+        sleep_ms(10);
+    }
+    return avt_succeed(task, json_pack("{s:s}", "gate", "opened"));
+}
+
 static int do_two(struct avt_task *task)
 {
     avt_succeed(task, json_pack("{s:i}", "first", 1));
@@ -136,6 +153,8 @@ static int t_handle(void *state, struct avt_task *task)
         return do_conc(task, type[6] == '2');
     if (strcmp(type, "t_hot") == 0)
         return do_hot(task);
+    if (strcmp(type, "t_gate") == 0)
+        return do_gate(task);
     if (strcmp(type, "t_stubborn") == 0) {
         avt_progress(task, 0, "stubborn");
         sleep_ms(param_long(task, "ms", 60000));
@@ -146,6 +165,6 @@ static int t_handle(void *state, struct avt_task *task)
 
 static const char *const t_types[] = {
     "t_no_outcome", "t_eio",  "t_fail",  "t_two", "t_not_object", "t_custom", "t_progress",
-    "t_block",      "t_conc", "t_conc2", "t_hot", "t_stubborn",   NULL};
+    "t_block",      "t_conc", "t_conc2", "t_hot", "t_stubborn",   "t_gate", NULL};
 
 AVT_PLUGIN(.name = "t_behave", .version = "1.0", .task_types = t_types, .handle = t_handle);
