@@ -165,6 +165,6 @@ static int t_handle(void *state, struct avt_task *task)
 
 static const char *const t_types[] = {
     "t_no_outcome", "t_eio",  "t_fail",  "t_two", "t_not_object", "t_custom", "t_progress",
-    "t_block",      "t_conc", "t_conc2", "t_hot", "t_stubborn",   "t_gate", NULL};
+    "t_block",      "t_conc", "t_conc2", "t_hot", "t_stubborn",   "t_gate",   NULL};
 
 AVT_PLUGIN(.name = "t_behave", .version = "1.0", .task_types = t_types, .handle = t_handle);
