@@ -34,6 +34,7 @@
 #include "cfg.h"
 #include "log.h"
 #include "orch.h"
+#include "orchset.h"
 #include "pool.h"
 #include "util.h"
 
@@ -128,8 +129,27 @@ static double rss_bytes(void)
     return (double)resident * (double)sysconf(_SC_PAGESIZE);
 }
 
+/* One orchestrator's counters, taken once per scrape. */
+struct orch_view {
+    const char *url;
+    struct orch_stats st;
+};
+
+/* Every orchestrator's stats (caller frees); *n is set to their number. */
+static struct orch_view *orch_views(const struct admin_sources *src, size_t *n)
+{
+    *n = orchset_count(src->orchs);
+    struct orch_view *v = xcalloc(*n > 0 ? *n : 1, sizeof(*v));
+    for (size_t i = 0; i < *n; i++) {
+        const struct orch *o = orchset_get(src->orchs, i);
+        v[i].url = orch_url(o);
+        orch_get_stats(o, &v[i].st);
+    }
+    return v;
+}
+
 static void render_process(struct buf *b, const struct admin_sources *src,
-                           const struct orch_stats *st)
+                           const struct orch_view *v, size_t nv)
 {
     metric_head(b, "avtworkerd_build_info", "gauge", "Version of the running daemon.");
     buf_printf(b, "avtworkerd_build_info{version=\"%s\"} 1\n", AVT_VERSION);
@@ -138,16 +158,8 @@ static void render_process(struct buf *b, const struct admin_sources *src,
     metric_head(b, "process_resident_memory_bytes", "gauge",
                 "Resident set size (/proc/self/statm).");
     metric_value(b, "process_resident_memory_bytes", rss_bytes());
-    metric_head(b, "avtworkerd_registered", "gauge",
-                "1 while the orchestrator has accepted this worker's registration.");
-    metric_value(b, "avtworkerd_registered", st->registered ? 1 : 0);
     metric_head(b, "avtworkerd_draining", "gauge", "1 while the daemon drains for shutdown.");
-    metric_value(b, "avtworkerd_draining", st->draining ? 1 : 0);
-    metric_head(b, "avtworkerd_orchestrator_last_success_age_seconds", "gauge",
-                "Seconds since the orchestrator last answered any request with 2xx "
-                "(-1: never).");
-    metric_value(b, "avtworkerd_orchestrator_last_success_age_seconds",
-                 st->last_ok > 0 ? now_mono() - st->last_ok : -1);
+    metric_value(b, "avtworkerd_draining", nv > 0 && v[0].st.draining ? 1 : 0);
 }
 
 static void render_slots(struct buf *b, const struct admin_sources *src)
@@ -185,10 +197,60 @@ static void render_types(struct buf *b, const struct admin_sources *src)
     }
 }
 
-static void render_outcomes(struct buf *b, const struct orch *o)
+/* ---- Task outcomes, summed over the orchestrators ---------------------- */
+
+/* Every orchestrator's outcome table merged by (type, status, code); the
+ * strings stay borrowed from the orchestrators' tables. Caller frees. */
+static struct orch_outcome *merged_outcomes(const struct admin_sources *src, size_t *n)
+{
+    size_t cap = orchset_count(src->orchs) * ORCH_OUTCOMES_MAX, len = 0;
+    struct orch_outcome *m = xcalloc(cap > 0 ? cap : 1, sizeof(*m));
+    for (size_t i = 0; i < orchset_count(src->orchs); i++) {
+        size_t k;
+        const struct orch_outcome *oc = orch_get_outcomes(orchset_get(src->orchs, i), &k);
+        for (size_t j = 0; j < k; j++) {
+            size_t at = 0;
+            while (at < len &&
+                   (strcmp(m[at].type, oc[j].type) != 0 ||
+                    strcmp(m[at].status, oc[j].status) != 0 || strcmp(m[at].code, oc[j].code) != 0))
+                at++;
+            if (at == len)
+                m[len++] = (struct orch_outcome){oc[j].type, oc[j].status, oc[j].code, 0};
+            m[at].count += oc[j].count;
+        }
+    }
+    *n = len;
+    return m;
+}
+
+/* The same for the duration histograms, merged by type. */
+static struct orch_duration *merged_durations(const struct admin_sources *src, size_t *n)
+{
+    size_t cap = orchset_count(src->orchs) * (ORCH_TYPES_MAX + 1), len = 0;
+    struct orch_duration *m = xcalloc(cap > 0 ? cap : 1, sizeof(*m));
+    for (size_t i = 0; i < orchset_count(src->orchs); i++) {
+        size_t k;
+        const struct orch_duration *d = orch_get_durations(orchset_get(src->orchs, i), &k);
+        for (size_t j = 0; j < k; j++) {
+            size_t at = 0;
+            while (at < len && strcmp(m[at].type, d[j].type) != 0)
+                at++;
+            if (at == len)
+                m[len++].type = d[j].type;
+            m[at].count += d[j].count;
+            m[at].sum += d[j].sum;
+            for (size_t q = 0; q <= ORCH_DURATION_BUCKETS; q++)
+                m[at].buckets[q] += d[j].buckets[q];
+        }
+    }
+    *n = len;
+    return m;
+}
+
+static void render_outcomes(struct buf *b, const struct admin_sources *src)
 {
     size_t n;
-    const struct orch_outcome *oc = orch_get_outcomes(o, &n);
+    struct orch_outcome *oc = merged_outcomes(src, &n);
     metric_head(b, "avtworkerd_tasks_total", "counter",
                 "Finished tasks by type, result status and error code (empty unless failed).");
     for (size_t i = 0; i < n; i++) {
@@ -200,12 +262,13 @@ static void render_outcomes(struct buf *b, const struct orch *o)
         buf_label(b, oc[i].code);
         buf_printf(b, "\"} %lu\n", oc[i].count);
     }
+    free(oc);
 }
 
-static void render_durations(struct buf *b, const struct orch *o)
+static void render_durations(struct buf *b, const struct admin_sources *src)
 {
     size_t n;
-    const struct orch_duration *d = orch_get_durations(o, &n);
+    struct orch_duration *d = merged_durations(src, &n);
     const char *name = "avtworkerd_task_duration_seconds";
     metric_head(b, name, "histogram", "Handler run time per task type.");
     for (size_t i = 0; i < n; i++) {
@@ -225,31 +288,90 @@ static void render_durations(struct buf *b, const struct orch *o)
         buf_label(b, d[i].type);
         buf_printf(b, "\"} %lu\n", d[i].count);
     }
+    free(d);
 }
 
-static void render_requests(struct buf *b, const struct orch_stats *st)
+/* Deadline and stuck-handler counters: task-level, summed. */
+static void render_deadlines(struct buf *b, const struct orch_view *v, size_t nv)
+{
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } cs[] = {
+        {"avtworkerd_deadlines_total",
+         "Tasks cancelled because their type's timeout passed ([limits] TYPE.timeout).",
+         offsetof(struct orch_stats, deadlines)},
+        {"avtworkerd_tasks_abandoned_total",
+         "Tasks reported failed while their handler still ran (deadline grace or shutdown).",
+         offsetof(struct orch_stats, tasks_abandoned)},
+        {"avtworkerd_tasks_stuck_total",
+         "Handlers given up on after ignoring a deadline's cancellation.",
+         offsetof(struct orch_stats, stuck_total)},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(cs); i++) {
+        unsigned long sum = 0, x;
+        for (size_t k = 0; k < nv; k++) {
+            memcpy(&x, (const char *)&v[k].st + cs[i].off, sizeof(x));
+            sum += x;
+        }
+        metric_head(b, cs[i].name, "counter", cs[i].help);
+        buf_printf(b, "%s %lu\n", cs[i].name, sum);
+    }
+}
+
+/* ---- Per orchestrator (label orchestrator="URL") ------------------------- */
+
+static void orch_label(struct buf *b, const char *name, const struct orch_view *v)
+{
+    buf_printf(b, "%s{orchestrator=\"", name);
+    buf_label(b, v->url);
+    buf_printf(b, "\"");
+}
+
+static void render_links(struct buf *b, const struct orch_view *v, size_t nv)
+{
+    const char *reg = "avtworkerd_registered",
+               *age = "avtworkerd_orchestrator_last_success_age_seconds";
+    metric_head(b, reg, "gauge",
+                "1 while the orchestrator has accepted this worker's registration.");
+    for (size_t i = 0; i < nv; i++) {
+        orch_label(b, reg, &v[i]);
+        buf_printf(b, "} %d\n", v[i].st.registered ? 1 : 0);
+    }
+    metric_head(b, age, "gauge",
+                "Seconds since the orchestrator last answered any request with 2xx (-1: never).");
+    for (size_t i = 0; i < nv; i++) {
+        orch_label(b, age, &v[i]);
+        buf_printf(b, "} %.15g\n", v[i].st.last_ok > 0 ? now_mono() - v[i].st.last_ok : -1);
+    }
+}
+
+static void render_requests(struct buf *b, const struct orch_view *v, size_t nv)
 {
     static const char *const eps[ORCH_EP_COUNT] = {"register", "poll", "heartbeat", "result"};
     static const char *const kinds[ORCH_ERR_COUNT] = {"transport", "auth", "rate_limited",
                                                       "4xx",       "5xx",  "invalid"};
-    metric_head(b, "avtworkerd_orchestrator_requests_total", "counter",
-                "Completed requests to the orchestrator, per endpoint.");
-    for (size_t e = 0; e < ORCH_EP_COUNT; e++)
-        buf_printf(b, "avtworkerd_orchestrator_requests_total{endpoint=\"%s\"} %lu\n", eps[e],
-                   st->requests[e]);
-    metric_head(b, "avtworkerd_orchestrator_request_errors_total", "counter",
+    const char *req = "avtworkerd_orchestrator_requests_total";
+    const char *err = "avtworkerd_orchestrator_request_errors_total";
+    metric_head(b, req, "counter", "Completed requests to the orchestrator, per endpoint.");
+    for (size_t i = 0; i < nv; i++)
+        for (size_t e = 0; e < ORCH_EP_COUNT; e++) {
+            orch_label(b, req, &v[i]);
+            buf_printf(b, ",endpoint=\"%s\"} %lu\n", eps[e], v[i].st.requests[e]);
+        }
+    metric_head(b, err, "counter",
                 "Failed requests to the orchestrator, per endpoint and kind (transport: no "
                 "answer; auth: 401/403; rate_limited: 429; 4xx; 5xx; invalid: unusable answer).");
-    for (size_t e = 0; e < ORCH_EP_COUNT; e++) {
-        for (size_t k = 0; k < ORCH_ERR_COUNT; k++)
-            buf_printf(b,
-                       "avtworkerd_orchestrator_request_errors_total{endpoint=\"%s\",kind=\"%s\"}"
-                       " %lu\n",
-                       eps[e], kinds[k], st->errors[e][k]);
-    }
+    for (size_t i = 0; i < nv; i++)
+        for (size_t e = 0; e < ORCH_EP_COUNT; e++)
+            for (size_t k = 0; k < ORCH_ERR_COUNT; k++) {
+                orch_label(b, err, &v[i]);
+                buf_printf(b, ",endpoint=\"%s\",kind=\"%s\"} %lu\n", eps[e], kinds[k],
+                           v[i].st.errors[e][k]);
+            }
 }
 
-static void render_counters(struct buf *b, const struct orch_stats *st)
+static void render_counters(struct buf *b, const struct orch_view *v, size_t nv)
 {
     static const struct {
         const char *name, *type, *help;
@@ -272,55 +394,88 @@ static void render_counters(struct buf *b, const struct orch_stats *st)
           "WebSocket connections lost or refused (each is followed by a reconnect).", ws_closes),
         C("avtworkerd_websocket_messages_total", "counter", "WebSocket messages received.",
           ws_messages),
+        C("avtworkerd_sts_tokens_total", "counter",
+          "Access tokens obtained from /_worker/auth/token (mTLS).", sts_tokens),
 #undef C
     };
     for (size_t i = 0; i < ARRAY_LEN(cs); i++) {
-        unsigned long v;
-        memcpy(&v, (const char *)st + cs[i].off, sizeof(v));
         metric_head(b, cs[i].name, cs[i].type, cs[i].help);
-        buf_printf(b, "%s %lu\n", cs[i].name, v);
+        for (size_t k = 0; k < nv; k++) {
+            unsigned long x;
+            memcpy(&x, (const char *)&v[k].st + cs[i].off, sizeof(x));
+            orch_label(b, cs[i].name, &v[k]);
+            buf_printf(b, "} %lu\n", x);
+        }
     }
 }
 
 char *admin_metrics_text(const struct admin_sources *src, size_t *len)
 {
     struct buf b = {0};
-    struct orch_stats st;
-    orch_get_stats(src->orch, &st);
-    render_process(&b, src, &st);
+    size_t nv;
+    struct orch_view *v = orch_views(src, &nv);
+    render_process(&b, src, v, nv);
     render_slots(&b, src);
     render_types(&b, src);
-    render_outcomes(&b, src->orch);
-    render_durations(&b, src->orch);
-    render_requests(&b, &st);
-    render_counters(&b, &st);
+    render_outcomes(&b, src);
+    render_durations(&b, src);
+    render_deadlines(&b, v, nv);
+    render_links(&b, v, nv);
+    render_requests(&b, v, nv);
+    render_counters(&b, v, nv);
+    free(v);
     *len = b.len;
     return b.p;
 }
 
 /* ---- /healthz and /threads ------------------------------------------------ */
 
-/* 1 and "ok", or 0 and the reason. */
-static int health(const struct admin_sources *src, char *why, size_t n)
+/* 1 when this orchestrator can hand out work, else 0 and the reason. */
+static int orch_healthy(const struct orch_stats *st, double window, char *why, size_t n)
 {
-    struct orch_stats st;
-    orch_get_stats(src->orch, &st);
-    double window = 3 * src->cfg->heartbeat_interval;
-    double age = now_mono() - st.last_ok;
-    if (st.draining)
+    double age = now_mono() - st->last_ok;
+    if (st->draining)
         snprintf(why, n, "draining for shutdown");
-    else if (!st.registered)
+    else if (!st->registered)
         snprintf(why, n, "not registered with the orchestrator");
-    else if (st.last_ok <= 0)
+    else if (st->last_ok <= 0)
         snprintf(why, n, "no successful exchange with the orchestrator yet");
     else if (age > window)
-        snprintf(why, n, "no successful exchange with the orchestrator for %.0f s (limit %.0f s)",
+        snprintf(why, n, "no successful exchange with the orchestrator for %.0f s (limit %g s)",
                  age, window);
     else {
         snprintf(why, n, "ok");
         return 1;
     }
     return 0;
+}
+
+/*
+ * The /healthz answer (caller frees): healthy while at least one
+ * orchestrator is, since the worker then still gets work. With one
+ * orchestrator the text is "ok" or the reason; with several it is "ok" when
+ * all are healthy, else a summary line and one "URL: state" line each.
+ */
+static char *health_text(const struct admin_sources *src, int *ok)
+{
+    struct buf b = {0};
+    size_t nv, good = 0;
+    struct orch_view *v = orch_views(src, &nv);
+    double window = 3 * src->cfg->heartbeat_interval;
+    char(*why)[200] = xcalloc(nv > 0 ? nv : 1, sizeof(*why));
+    for (size_t i = 0; i < nv; i++)
+        good += (size_t)orch_healthy(&v[i].st, window, why[i], sizeof(why[i]));
+    *ok = good > 0;
+    if (nv == 1 || (good == nv && nv > 0))
+        buf_printf(&b, "%s\n", nv == 1 ? why[0] : "ok");
+    else
+        buf_printf(&b, "%s: %zu of %zu orchestrators healthy\n", good > 0 ? "degraded" : "down",
+                   good, nv);
+    for (size_t i = 0; nv > 1 && good < nv && i < nv; i++)
+        buf_printf(&b, "%s: %s\n", v[i].url, why[i]);
+    free(why);
+    free(v);
+    return b.p;
 }
 
 static const char *const cancel_names[] = {"", "cancel requested by the orchestrator",
@@ -462,10 +617,10 @@ static void handle_request(struct conn *c, char *line)
         respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", body, len, head);
         free(body);
     } else if (strcmp(path, "/healthz") == 0) {
-        char why[200], text[210];
-        int ok = health(src, why, sizeof(why));
-        snprintf(text, sizeof(text), "%s\n", why);
-        respond_text(c, ok ? 200 : 503, text, head);
+        int ok;
+        body = health_text(src, &ok);
+        respond_text(c, ok ? 200 : 503, body, head);
+        free(body);
     } else if (strcmp(path, "/threads") == 0) {
         body = threads_text(src->pool, &len);
         respond(c, 200, "text/plain; charset=utf-8", body, len, head);

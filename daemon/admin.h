@@ -4,9 +4,14 @@
  *
  *   /metrics   Prometheus text format 0.0.4 (README "Operations" lists the
  *              metrics)
- *   /healthz   200 "ok" when registered, not draining, and the last
- *              successful exchange with the orchestrator is at most
- *              3 x heartbeat_interval old; else 503 and the reason
+ *   /healthz   200 while at least one orchestrator is healthy (registered,
+ *              not draining, and its last successful exchange at most
+ *              3 x heartbeat_interval old); else 503. The text is "ok" or
+ *              the reason, and with several orchestrators names each one
+ *              that is not healthy
+ *
+ * Connection-level metrics carry the label orchestrator="URL"; task-level
+ * ones (outcomes, durations, deadlines) are summed over the orchestrators.
  *   /threads   what every worker thread does, and for how long (text)
  *
  * Malformed requests get 400, a request head over 8 KiB 431, another
@@ -25,7 +30,7 @@
 
 struct cfg;
 struct ev_loop;
-struct orch;
+struct orchset;
 struct pool;
 
 #define ADMIN_REQUEST_TIMEOUT 5.0
@@ -37,7 +42,7 @@ struct pool;
 struct admin_sources {
     const struct cfg *cfg;
     struct pool *pool;
-    struct orch *orch;
+    const struct orchset *orchs;
     int (*stuck_fn)(void *arg);
     void *stuck_arg;
     double started; /* now_mono() at start-up, for the uptime */

@@ -344,7 +344,8 @@ static int parse_bool(struct loader *ld, const char *where, const char *v, int *
     return fail(ld, where, "not a boolean: \"%s\" (use true/false, yes/no, on/off, 1/0)", v);
 }
 
-/* http(s)://host[:port][/path]; trailing '/' removed; no query/fragment. */
+/* http(s)://host[:port][/path]; trailing '/' removed; no user:password@,
+ * query or fragment. */
 static int parse_url(struct loader *ld, const char *where, const char *v, char **out)
 {
     size_t scheme;
@@ -357,6 +358,10 @@ static int parse_url(struct loader *ld, const char *where, const char *v, char *
     size_t host = strcspn(v + scheme, "/?#");
     if (host == 0 || v[scheme] == ':')
         return fail(ld, where, "\"%s\" has no host", v);
+    if (memchr(v + scheme, '@', host) != NULL) /* the URL itself is a secret then */
+        return fail(ld, where,
+                    "credentials in the URL are not supported (they would appear in "
+                    "logs and metrics); put the token in token or token_file");
     if (strpbrk(v, "?# \t") != NULL || has_control(v))
         return fail(ld, where, "\"%s\" must not contain blanks, a query or a fragment", v);
     char *u = xstrdup(v);

@@ -554,7 +554,7 @@ static int admin_setup(struct daemon *d)
     char err[AVT_ERRLEN];
     d->admin_src = (struct admin_sources){.cfg = d->cfg,
                                           .pool = d->pool,
-                                          .orch = d->orch,
+                                          .orchs = d->orchs,
                                           .stuck_fn = admin_stuck,
                                           .stuck_arg = d->orchs,
                                           .started = now_mono()};

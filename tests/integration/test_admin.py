@@ -90,7 +90,12 @@ def parse_metrics(text):
 
 
 def metric(ms, name, **labels):
-    return ms.get((name, tuple(sorted(labels.items()))))
+    """The sum of the samples of `name` whose labels include `labels` (so a
+    per-orchestrator series is summed over its orchestrator label), or
+    None when there is none."""
+    want = set(labels.items())
+    vals = [v for (n, ls), v in ms.items() if n == name and want <= set(ls)]
+    return sum(vals) if vals else None
 
 
 def scrape(port):
@@ -219,6 +224,59 @@ def healthz_follows_registration_and_orchestrator_contact(t):
     check(metric(scrape(port), "avtworkerd_orchestrator_last_success_age_seconds") > 1.5)
     o.start()
     wait_for(lambda: get(port, "/healthz")[0] == 200, timeout=20, what="healthy again")
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=tmo(20))
+    check(p.returncode == 0, p.log()[-2000:])
+
+
+@test
+def metrics_and_healthz_cover_every_orchestrator(t):
+    port = free_port()
+    a = FakeOrch(poll_timeout=1).start()
+    b = FakeOrch(poll_timeout=1).start()
+    t.on_cleanup(a.stop)
+    t.on_cleanup(b.stop)
+    env = {"ORCHESTRATORS_CONFIG": json.dumps([{"url": a.url}, {"url": b.url}]),
+           "MULTI_ORCHESTRATOR_MODE": "ROUND_ROBIN", "WORKER_ID": WID, "WORKER_TOKEN": a.token}
+    p = spawn(t, None, ini(t, port), env=env)
+    a.wait_worker(WID, timeout=15)
+    b.wait_worker(WID, timeout=15)
+    ids_a = a.prequeue(WID, "echo", {}, count=3)
+    ids_b = b.prequeue(WID, "echo", {}, count=2) + b.prequeue(WID, "t_fail", {"code": "PERMANENT_ERROR"}, count=1)
+    a.wait_jobs(ids_a, timeout=30)
+    b.wait_jobs(ids_b, timeout=30)
+    ms = wait_for(lambda: (lambda m: m if metric(m, "avtworkerd_results_pending") == 0 else None)(
+        scrape(port)), what="results delivered")
+    # Task-level series count the tasks of both; link-level ones are per orchestrator.
+    check(metric(ms, "avtworkerd_tasks_total", type="echo", status="success", code="") == 5, ms)
+    check(metric(ms, "avtworkerd_tasks_total", type="t_fail", status="failure",
+                 code="PERMANENT_ERROR") == 1, ms)
+    check(metric(ms, "avtworkerd_task_duration_seconds_count", type="echo") == 5)
+    for o, n in ((a, 3), (b, 3)):
+        check(metric(ms, "avtworkerd_registered", orchestrator=o.url) == 1, o.url, ms)
+        check(metric(ms, "avtworkerd_tasks_received_total", orchestrator=o.url) == n, o.url)
+        check(metric(ms, "avtworkerd_results_sent_total", orchestrator=o.url) == n, o.url)
+        check(metric(ms, "avtworkerd_orchestrator_requests_total", orchestrator=o.url,
+                     endpoint="register") == 1, o.url)
+        check(0 <= metric(ms, "avtworkerd_orchestrator_last_success_age_seconds",
+                          orchestrator=o.url) < tmo(5), o.url)
+    check(get(port, "/healthz") == (200, "ok\n"), get(port, "/healthz"))
+    # One gone: still serving through the other, so healthy, and it says which.
+    b.kill()
+    st, body = wait_for(lambda: (lambda r: r if "degraded" in r[1] else None)(get(port, "/healthz")),
+                        timeout=15, what="degraded health")
+    check(st == 200 and body.startswith("degraded: 1 of 2 orchestrators healthy\n"), st, body)
+    check("%s: ok\n" % a.url in body and "%s: " % b.url in body and "%s: ok" % b.url not in body,
+          body)
+    # Both gone: 503, each named.
+    a.kill()
+    st, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(get(port, "/healthz")),
+                        timeout=15, what="unhealthy with both down")
+    check(body.startswith("down: 0 of 2 orchestrators healthy\n") and a.url in body and b.url in body,
+          body)
+    a.start()
+    b.start()
+    wait_for(lambda: get(port, "/healthz") == (200, "ok\n"), timeout=30, what="healthy again")
     p.send_signal(signal.SIGTERM)
     p.wait(timeout=tmo(20))
     check(p.returncode == 0, p.log()[-2000:])

@@ -402,6 +402,7 @@ TEST(invalid_values_name_file_line_and_key)
         {"[orchestrator]\nurl = ftp://x\n", "2: url: \"ftp://x\" must start with http://"},
         {"[orchestrator]\nurl = http://\n", "2: url: \"http://\" has no host"},
         {"[orchestrator]\nurl = http:///path\n", "2: url: "},
+        {"[orchestrator]\nurl = https://u:s3cret@h/x\n", "2: url: credentials in the URL"},
         {"[orchestrator]\npoll_timeout = 0.5\n", "2: poll_timeout: 0.5 is out of range"},
         {"[orchestrator]\npoll_timeout = 3601\n", "2: poll_timeout: "},
         {"[orchestrator]\nheartbeat_interval = 0.05\n", "2: heartbeat_interval: "},
@@ -425,6 +426,21 @@ TEST(invalid_values_name_file_line_and_key)
     };
     for (size_t i = 0; i < ARRAY_LEN(cases); i++)
         EXPECT(expect_error(cases[i].ini, cases[i].want));
+}
+
+TEST(credentials_in_the_url_are_refused_without_showing_them)
+{
+    char err[AVT_ERRLEN];
+    struct cfg *cfg = NULL;
+    int rc = cfg_load(ini("[orchestrator]\nurl = https://bob:s3cret@orch.example\n"), &cfg, err,
+                      sizeof(err));
+    EXPECT(rc == -EINVAL && cfg == NULL);
+    EXPECT(strstr(err, "credentials in the URL") != NULL);
+    EXPECT(strstr(err, "s3cret") == NULL && strstr(err, "bob") == NULL);
+    /* An '@' in the path is not a credential. */
+    rc = cfg_load(ini("[orchestrator]\nurl = https://orch.example/a@b\n"), &cfg, err, sizeof(err));
+    EXPECT(rc == 0 && cfg != NULL);
+    cfg_destroy(cfg);
 }
 
 TEST(env_errors_name_the_variable)
