@@ -283,6 +283,34 @@ def metrics_and_healthz_cover_every_orchestrator(t):
 
 
 @test
+def deadlines_and_stuck_handlers_are_counted(t):
+    port = free_port()
+    with FakeOrch(poll_timeout=2, max_retries=0) as o:
+        conf = ini(t, port, extra="cancel_grace = 0.5\nrestart_on_stuck = false\n"
+                   "[limits]\nsleep.timeout = 0.5\nt_stubborn.timeout = 0.5\n")
+        p = spawn(t, o, conf)
+        o.wait_worker(WID, timeout=15)
+        jb = o.prequeue(WID, "sleep", {"seconds": 30})[0]
+        js = o.prequeue(WID, "t_stubborn", {"ms": int(tmo(3) * 1000)})[0]
+        for j in (jb, js):
+            r = o.wait_job(j, pred=lambda x: len(x.get("results") or []) >= 1, timeout=20)["results"][0]
+            check(r["status"] == "failure" and r["error"]["code"] == "TIMEOUT_ERROR", j, r)
+        # Both passed their deadline; only the stubborn one was given up on.
+        ms = wait_for(lambda: (lambda m: m if metric(m, "avtworkerd_tasks_stuck_total") == 1 else None)(
+            scrape(port)), what="stuck counted")
+        check(metric(ms, "avtworkerd_deadlines_total") == 2, ms)
+        check(metric(ms, "avtworkerd_tasks_abandoned_total") == 1, ms)
+        # The gauge goes back to 0 once the handler returns; the counters stay.
+        ms = wait_for(lambda: (lambda m: m if metric(m, "avtworkerd_tasks_stuck") == 0 else None)(
+            scrape(port)), timeout=30, what="stuck handler returned")
+        check(metric(ms, "avtworkerd_tasks_stuck_total") == 1 and
+              metric(ms, "avtworkerd_deadlines_total") == 2, ms)
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=tmo(20))
+        check(p.returncode == 0, p.log()[-2000:])
+
+
+@test
 def admin_is_off_unless_configured(t):
     port = free_port()
     with FakeOrch(poll_timeout=2) as o:
