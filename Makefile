@@ -64,6 +64,7 @@ SRCS += daemon/task.c
 SRCS += daemon/pool.c
 SRCS += daemon/runonce.c
 SRCS += daemon/notify.c
+SRCS += daemon/taskstats.c
 SRCS += daemon/orch.c
 SRCS += daemon/daemon.c
 SRCS += daemon/http.c

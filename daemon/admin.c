@@ -36,6 +36,7 @@
 #include "orch.h"
 #include "orchset.h"
 #include "pool.h"
+#include "taskstats.h"
 #include "util.h"
 
 #define REQ_MAX 8192
@@ -197,60 +198,12 @@ static void render_types(struct buf *b, const struct admin_sources *src)
     }
 }
 
-/* ---- Task outcomes, summed over the orchestrators ---------------------- */
-
-/* Every orchestrator's outcome table merged by (type, status, code); the
- * strings stay borrowed from the orchestrators' tables. Caller frees. */
-static struct orch_outcome *merged_outcomes(const struct admin_sources *src, size_t *n)
-{
-    size_t cap = orchset_count(src->orchs) * ORCH_OUTCOMES_MAX, len = 0;
-    struct orch_outcome *m = xcalloc(cap > 0 ? cap : 1, sizeof(*m));
-    for (size_t i = 0; i < orchset_count(src->orchs); i++) {
-        size_t k;
-        const struct orch_outcome *oc = orch_get_outcomes(orchset_get(src->orchs, i), &k);
-        for (size_t j = 0; j < k; j++) {
-            size_t at = 0;
-            while (at < len &&
-                   (strcmp(m[at].type, oc[j].type) != 0 ||
-                    strcmp(m[at].status, oc[j].status) != 0 || strcmp(m[at].code, oc[j].code) != 0))
-                at++;
-            if (at == len)
-                m[len++] = (struct orch_outcome){oc[j].type, oc[j].status, oc[j].code, 0};
-            m[at].count += oc[j].count;
-        }
-    }
-    *n = len;
-    return m;
-}
-
-/* The same for the duration histograms, merged by type. */
-static struct orch_duration *merged_durations(const struct admin_sources *src, size_t *n)
-{
-    size_t cap = orchset_count(src->orchs) * (ORCH_TYPES_MAX + 1), len = 0;
-    struct orch_duration *m = xcalloc(cap > 0 ? cap : 1, sizeof(*m));
-    for (size_t i = 0; i < orchset_count(src->orchs); i++) {
-        size_t k;
-        const struct orch_duration *d = orch_get_durations(orchset_get(src->orchs, i), &k);
-        for (size_t j = 0; j < k; j++) {
-            size_t at = 0;
-            while (at < len && strcmp(m[at].type, d[j].type) != 0)
-                at++;
-            if (at == len)
-                m[len++].type = d[j].type;
-            m[at].count += d[j].count;
-            m[at].sum += d[j].sum;
-            for (size_t q = 0; q <= ORCH_DURATION_BUCKETS; q++)
-                m[at].buckets[q] += d[j].buckets[q];
-        }
-    }
-    *n = len;
-    return m;
-}
+/* ---- Task outcomes (all orchestrators together) ------------------------ */
 
 static void render_outcomes(struct buf *b, const struct admin_sources *src)
 {
     size_t n;
-    struct orch_outcome *oc = merged_outcomes(src, &n);
+    const struct taskstats_outcome *oc = taskstats_get_outcomes(orchset_taskstats(src->orchs), &n);
     metric_head(b, "avtworkerd_tasks_total", "counter",
                 "Finished tasks by type, result status and error code (empty unless failed).");
     for (size_t i = 0; i < n; i++) {
@@ -262,23 +215,22 @@ static void render_outcomes(struct buf *b, const struct admin_sources *src)
         buf_label(b, oc[i].code);
         buf_printf(b, "\"} %lu\n", oc[i].count);
     }
-    free(oc);
 }
 
 static void render_durations(struct buf *b, const struct admin_sources *src)
 {
     size_t n;
-    struct orch_duration *d = merged_durations(src, &n);
+    const struct taskstats_duration *d = taskstats_get_durations(orchset_taskstats(src->orchs), &n);
     const char *name = "avtworkerd_task_duration_seconds";
     metric_head(b, name, "histogram", "Handler run time per task type.");
     for (size_t i = 0; i < n; i++) {
         unsigned long cum = 0;
-        for (size_t k = 0; k <= ORCH_DURATION_BUCKETS; k++) {
+        for (size_t k = 0; k <= TASKSTATS_BUCKETS; k++) {
             cum += d[i].buckets[k];
             buf_printf(b, "%s_bucket{type=\"", name);
             buf_label(b, d[i].type);
-            if (k < ORCH_DURATION_BUCKETS)
-                buf_printf(b, "\",le=\"%g\"} %lu\n", orch_duration_bounds[k], cum);
+            if (k < TASKSTATS_BUCKETS)
+                buf_printf(b, "\",le=\"%g\"} %lu\n", taskstats_bounds[k], cum);
             else
                 buf_printf(b, "\",le=\"+Inf\"} %lu\n", cum);
         }
@@ -288,7 +240,6 @@ static void render_durations(struct buf *b, const struct admin_sources *src)
         buf_label(b, d[i].type);
         buf_printf(b, "\"} %lu\n", d[i].count);
     }
-    free(d);
 }
 
 /* Deadline and stuck-handler counters: task-level, summed. */

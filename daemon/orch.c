@@ -38,6 +38,7 @@
 #include "plugin.h"
 #include "pool.h"
 #include "spool.h"
+#include "taskstats.h"
 #include "task.h"
 #include "tls.h"
 #include "util.h"
@@ -162,18 +163,8 @@ struct orch {
 
     struct orch_stats stats;
 
-    /* Metrics of finished tasks (orch_get_outcomes/durations); the strings
-     * they point to are interned in `names` and freed with the orch. */
-    struct orch_outcome outcomes[ORCH_OUTCOMES_MAX];
-    size_t noutcomes;
-    struct orch_duration durations[ORCH_TYPES_MAX];
-    size_t ndurations;
-    char **names;
-    size_t nnames;
+    struct taskstats *taskstats; /* shared by all orchestrators; NULL: none */
 };
-
-const double orch_duration_bounds[ORCH_DURATION_BUCKETS] = {
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600};
 
 /* ---- small helpers ---- */
 
@@ -398,70 +389,13 @@ static void count_exchange(struct orch *o, enum orch_endpoint ep, const struct h
     o->stats.errors[ep][kind]++;
 }
 
-/* A string of the metric tables: one copy per distinct value. Called only
- * when a table gains an entry, so its linear search is off the hot path. */
-static const char *intern(struct orch *o, const char *s)
-{
-    for (size_t i = 0; i < o->nnames; i++) {
-        if (strcmp(o->names[i], s) == 0)
-            return o->names[i];
-    }
-    o->names = xrealloc(o->names, (o->nnames + 1) * sizeof(*o->names));
-    o->names[o->nnames] = xstrdup(s);
-    return o->names[o->nnames++];
-}
-
-/* The duration entry of a type; the last slot collects "_other". */
-static struct orch_duration *duration_entry(struct orch *o, const char *type)
-{
-    for (size_t i = 0; i < o->ndurations; i++) {
-        if (strcmp(o->durations[i].type, type) == 0)
-            return &o->durations[i];
-    }
-    if (o->ndurations == ORCH_TYPES_MAX - 1)
-        type = "_other";
-    if (o->ndurations == ORCH_TYPES_MAX)
-        return &o->durations[ORCH_TYPES_MAX - 1];
-    struct orch_duration *d = &o->durations[o->ndurations++];
-    d->type = intern(o, type);
-    return d;
-}
-
-static struct orch_outcome *outcome_entry(struct orch *o, const char *type, const char *status,
-                                          const char *code)
-{
-    for (size_t i = 0; i < o->noutcomes; i++) {
-        struct orch_outcome *e = &o->outcomes[i];
-        if (e->type == type && strcmp(e->status, status) == 0 && strcmp(e->code, code) == 0)
-            return e;
-    }
-    if (o->noutcomes == ORCH_OUTCOMES_MAX)
-        return &o->outcomes[ORCH_OUTCOMES_MAX - 1];
-    int last = o->noutcomes == ORCH_OUTCOMES_MAX - 1;
-    struct orch_outcome *e = &o->outcomes[o->noutcomes++];
-    e->type = last ? intern(o, "_other") : type;
-    e->status = intern(o, last ? "_other" : status);
-    e->code = intern(o, last ? "_other" : code);
-    return e;
-}
-
-/* A finished task: its outcome and handler run time. No allocation once
- * its type and outcome have been seen. */
+/* A finished task: its outcome and handler run time. */
 static void record_task(struct orch *o, const struct task *t)
 {
-    struct orch_duration *d = duration_entry(o, t->type);
-    const char *status = t->status != NULL ? t->status : "unknown";
-    const char *code = t->outcome == TASK_OUTCOME_FAILURE && t->err_code ? t->err_code : "";
-    outcome_entry(o, d->type, status, code)->count++;
-    double secs = t->t_finished - t->t_started;
-    if (t->t_started <= 0 || secs < 0)
-        return; /* never started (cannot happen for a task of the pool) */
-    size_t b = 0;
-    while (b < ORCH_DURATION_BUCKETS && secs > orch_duration_bounds[b])
-        b++;
-    d->buckets[b]++;
-    d->count++;
-    d->sum += secs;
+    const char *code = t->outcome == TASK_OUTCOME_FAILURE ? t->err_code : NULL;
+    taskstats_outcome(o->taskstats, t->type, t->status, code);
+    if (t->t_started > 0) /* else it never ran: a poison task, say */
+        taskstats_duration(o->taskstats, t->type, t->t_finished - t->t_started);
 }
 
 /* ---- requests ---- */
@@ -981,6 +915,7 @@ static int abandoned_take(struct orch *o, struct task *t)
     if (i < 0)
         return 0;
     o->abandoned[i] = o->abandoned[--o->nabandoned];
+    taskstats_duration(o->taskstats, t->type, t->t_finished - t->t_started);
     struct log_ctx ctx = {t->plugin ? t->plugin->name : NULL, t->id, t->job_id, t->type};
     log_emit(LOG_NOTICE, &ctx,
              "handler given up on returned after %.1f s: its thread is free again "
@@ -1028,6 +963,7 @@ static void accept_task(struct orch *o, struct task *t)
                  "a task that crashed the worker crash_limit times was delivered "
                  "again: failing it permanently without running it");
         task_set_failure(t, AVT_PERMANENT_ERROR, "worker crashed in handler");
+        record_task(o, t);
         outbox_add(o, t, 0);
         orch_flush(o);
         task_destroy(t);
@@ -1044,6 +980,7 @@ static void accept_task(struct orch *o, struct task *t)
          * result rather than lose it. */
         log_emit(LOG_ERR, &ctx, "no free slot for a polled task (bug): failing it transiently");
         task_set_failure(t, AVT_TRANSIENT_ERROR, "worker had no free slot");
+        record_task(o, t);
         outbox_add(o, t, 0);
         orch_flush(o);
         journal_task_finished(o->journal, t);
@@ -1527,9 +1464,6 @@ void orch_destroy(struct orch *o)
     free(o->active);
     free(o->abandoned);
     free(o->threads);
-    for (size_t i = 0; i < o->nnames; i++)
-        free(o->names[i]);
-    free(o->names);
     json_decref(o->hot_cache);
     free(o->url_register);
     free(o->url_result);
@@ -1636,16 +1570,9 @@ void orch_get_stats(const struct orch *o, struct orch_stats *st)
     st->stuck = o->nabandoned;
 }
 
-const struct orch_outcome *orch_get_outcomes(const struct orch *o, size_t *n)
+void orch_set_taskstats(struct orch *o, struct taskstats *ts)
 {
-    *n = o->noutcomes;
-    return o->outcomes;
-}
-
-const struct orch_duration *orch_get_durations(const struct orch *o, size_t *n)
-{
-    *n = o->ndurations;
-    return o->durations;
+    o->taskstats = ts;
 }
 
 /* ---- deadlines, stuck handlers, reload ---- */
@@ -1661,6 +1588,7 @@ int orch_abandon(struct orch *o, struct task *t, const char *code, const char *m
     }
     o->abandoned[o->nabandoned++] = t;
     o->stats.tasks_abandoned++;
+    taskstats_outcome(o->taskstats, t->type, "failure", code);
     outbox_add_failure(o, t, code, message);
     orch_flush(o);
     heartbeat_soon(o);

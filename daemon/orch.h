@@ -27,6 +27,7 @@ struct http;
 struct plugin_set;
 struct pool;
 struct task;
+struct taskstats;
 
 struct orch;
 
@@ -68,28 +69,6 @@ struct orch_stats {
     unsigned long stuck_total;     /* of those, given up on after ignoring a deadline */
     int stuck;                     /* handlers given up on that still run now */
 };
-
-/* Finished tasks (those that went through orch_task_done) by type, status
- * and error code (empty for non-failures). Types beyond ORCH_TYPES_MAX and
- * combinations beyond ORCH_OUTCOMES_MAX are counted under type "_other",
- * so that made-up types or plugin error codes cannot grow memory. */
-#define ORCH_TYPES_MAX 128
-#define ORCH_OUTCOMES_MAX 256
-#define ORCH_DURATION_BUCKETS 16
-struct orch_outcome {
-    const char *type, *status, *code;
-    unsigned long count;
-};
-/* Handler run time per type: counts per bucket (not cumulative), bucket i
- * holds durations <= orch_duration_bounds[i] and above the previous bound;
- * the last one (index ORCH_DURATION_BUCKETS) everything longer. */
-struct orch_duration {
-    const char *type;
-    unsigned long count;
-    double sum;
-    unsigned long buckets[ORCH_DURATION_BUCKETS + 1];
-};
-extern const double orch_duration_bounds[ORCH_DURATION_BUCKETS];
 
 struct orch *orch_create(struct ev_loop *loop, struct http *http, const struct cfg *cfg,
                          struct pool *pool, const struct plugin_set *plugins);
@@ -197,10 +176,9 @@ void orch_reconfigure(struct orch *o, const struct cfg *cfg, const struct plugin
 /* How many active or given-up tasks run with a plugin of `set`. */
 int orch_uses_plugins(const struct orch *o, const struct plugin_set *set);
 
-/* The outcome and duration tables (borrowed: valid until the loop runs
- * again); *n is set to the number of entries. Loop thread. */
-const struct orch_outcome *orch_get_outcomes(const struct orch *o, size_t *n);
-const struct orch_duration *orch_get_durations(const struct orch *o, size_t *n);
+/* Record finished tasks (outcome, handler run time) in ts from now on;
+ * NULL: not recorded. Borrowed; ts may be shared by several orchs. */
+void orch_set_taskstats(struct orch *o, struct taskstats *ts);
 
 /*
  * Reading the orchestrator's answers: pure functions, exposed for unit tests

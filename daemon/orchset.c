@@ -19,6 +19,7 @@
 #include "cfg.h"
 #include "log.h"
 #include "orch.h"
+#include "taskstats.h"
 #include "pool.h"
 #include "task.h"
 #include "util.h"
@@ -33,7 +34,8 @@ struct orchset {
     int *weight, *current; /* smooth weighted round robin state */
     size_t n;
     int kicking, kick_again;
-    ev_timer nag; /* "TLS verification is off" */
+    ev_timer nag;             /* "TLS verification is off" */
+    struct taskstats *tstats; /* finished tasks of all of them */
 };
 
 /* ---- the scheduler ---- */
@@ -139,8 +141,10 @@ struct orchset *orchset_create(struct ev_loop *loop, struct http *http, const st
     s->orchs = xcalloc(s->n, sizeof(*s->orchs));
     s->weight = xcalloc(s->n, sizeof(*s->weight));
     s->current = xcalloc(s->n, sizeof(*s->current));
+    s->tstats = taskstats_create();
     for (size_t i = 0; i < s->n; i++) {
         s->orchs[i] = orch_create_for(loop, http, cfg, i, pool, plugins);
+        orch_set_taskstats(s->orchs[i], s->tstats);
         s->weight[i] = 1;
         if (s->n > 1) {
             orch_set_scheduler(s->orchs[i], kick, s);
@@ -161,7 +165,13 @@ void orchset_destroy(struct orchset *s)
     free(s->orchs);
     free(s->weight);
     free(s->current);
+    taskstats_destroy(s->tstats);
     free(s);
+}
+
+const struct taskstats *orchset_taskstats(const struct orchset *s)
+{
+    return s->tstats;
 }
 
 size_t orchset_count(const struct orchset *s)

@@ -35,6 +35,7 @@ struct plugin_set;
 struct pool;
 struct spool;
 struct task;
+struct taskstats;
 
 struct orchset;
 
@@ -74,6 +75,9 @@ void orchset_supervise(struct orchset *s, double grace);
 void orchset_reconfigure(struct orchset *s, const struct cfg *cfg,
                          const struct plugin_set *plugins);
 int orchset_uses_plugins(const struct orchset *s, const struct plugin_set *set);
+
+/* The finished-task tables of all the orchestrators together. */
+const struct taskstats *orchset_taskstats(const struct orchset *s);
 
 /* How many orchestrators are registered now. */
 int orchset_registered(const struct orchset *s);
