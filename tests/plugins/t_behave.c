@@ -19,7 +19,9 @@
  *                  highest number of handlers of the same type, and of both
  *                  types, seen running at once: {"max": n, "max_all": n}
  *   t_stubborn     reports progress 0 "stubborn", then sleeps params.ms
- *                  (default 60000) without ever checking for cancellation
+ *                  (default 60000) without ever checking for cancellation;
+ *                  with params.path, it waits until that file exists
+ *                  instead (still deaf to cancellation) and succeeds
  *   t_hot          adds params.name to the hot cache, removes
  *                  params.remove when given, and succeeds
  *   t_gate         reports progress 0 "gated", then waits until the file
@@ -107,6 +109,17 @@ static int do_gate(struct avt_task *task)
     return avt_succeed(task, json_pack("{s:s}", "gate", "opened"));
 }
 
+static int do_stubborn(struct avt_task *task)
+{
+    const char *path = param_str(task, "path", NULL);
+    avt_progress(task, 0, "stubborn");
+    if (path == NULL)
+        sleep_ms(param_long(task, "ms", 60000));
+    while (path != NULL && access(path, F_OK) != 0)
+        sleep_ms(10);
+    return avt_succeed(task, NULL);
+}
+
 static int do_two(struct avt_task *task)
 {
     avt_succeed(task, json_pack("{s:i}", "first", 1));
@@ -155,11 +168,8 @@ static int t_handle(void *state, struct avt_task *task)
         return do_hot(task);
     if (strcmp(type, "t_gate") == 0)
         return do_gate(task);
-    if (strcmp(type, "t_stubborn") == 0) {
-        avt_progress(task, 0, "stubborn");
-        sleep_ms(param_long(task, "ms", 60000));
-        return avt_succeed(task, NULL);
-    }
+    if (strcmp(type, "t_stubborn") == 0)
+        return do_stubborn(task);
     return avt_fail(task, AVT_PERMANENT_ERROR, "t_behave: unexpected type %s", type);
 }
 
