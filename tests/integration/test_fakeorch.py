@@ -355,12 +355,12 @@ def websocket_cancel_and_progress(t):
         asyncio.run(run(o))
 
 
-def raw_ws_handshake(o, path, token, timeout=5):
+def raw_ws_handshake(o, path, token, timeout=5, until=None):
     """The raw bytes the server sends for a WebSocket upgrade, until it closes
     (or "<timeout>" appended when it keeps the connection open)."""
     return raw_request(o, ("GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-                           "X-Worker-Token: %s\r\n\r\n" % (path, token)).encode(), timeout)
+                           "X-Worker-Token: %s\r\n\r\n" % (path, token)).encode(), timeout, until)
 
 
 @test
@@ -368,12 +368,12 @@ def websocket_bad_token_101_then_401(t):
     """Sections 1.1/2.6: 101, then a plain HTTP 401 inside the upgraded stream. Like the real
     1.0b13 (checked live), the server then leaves the connection open."""
     with FakeOrch() as o:
-        out = raw_ws_handshake(o, "/_worker/ws/w1", "wrong", timeout=1)
+        out = raw_ws_handshake(o, "/_worker/ws/w1", "wrong", timeout=1, until=b"No valid token found")
         check(out.startswith(b"HTTP/1.1 101 Switching Protocols\r\n"), out)
         tail = out.split(b"\r\n\r\n", 1)[1]
         check(tail.startswith(b"HTTP/1.1 401 Unauthorized\r\nContent-Type: text/plain; charset=utf-8\r\n"), out)
         check(tail.endswith(b"\r\n\r\nUnauthorized: No valid token found<timeout>"), out)
-        out = raw_ws_handshake(o, "/_worker/ws", "wrong", timeout=1)
+        out = raw_ws_handshake(o, "/_worker/ws", "wrong", timeout=1, until=b"missing worker_id hint")
         check(out.endswith(b"Unauthorized: Invalid token or missing worker_id hint<timeout>"), out)
 
         async def client_view():
@@ -388,12 +388,18 @@ def websocket_bad_token_101_then_401(t):
         check(kind in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSE), kind)
 
 
-def raw_request(o, req, timeout=5):
-    c = socket.create_connection(("127.0.0.1", o.port), timeout=tmo(timeout))
+def raw_request(o, req, timeout=5, until=None):
+    """The bytes answered to req until the server closes, or until it is
+    silent for `timeout` (then "<timeout>" is appended). With `until`, the
+    server first has a generous 10 s to send those bytes, however loaded the
+    machine: `timeout` is then only the window in which it must not close."""
+    c = socket.create_connection(("127.0.0.1", o.port), timeout=tmo(timeout if until is None else 10))
     c.sendall(req)
     out = b""
     try:
         while True:
+            if until is not None and until in out:
+                c.settimeout(tmo(timeout))
             d = c.recv(4096)
             if not d:
                 break
@@ -448,7 +454,7 @@ def fault_injection(t):
         t0 = time.monotonic()
         check(poll(o).status == 204 and time.monotonic() - t0 >= 0.75, "delay + hold")
         o.inject("ws", status=503, body={"error": "busy"})
-        out = raw_ws_handshake(o, "/_worker/ws/w1", "worker-token", timeout=1)
+        out = raw_ws_handshake(o, "/_worker/ws/w1", "worker-token", timeout=1, until=b'{"error": "busy"}')
         check(out.startswith(b"HTTP/1.1 503") and b'{"error": "busy"}' in out, out)
         o.inject("any", status=500, body={"error": "x"})
         check(beat(o).status == 500)
@@ -460,7 +466,9 @@ def fault_injection(t):
 @test
 def concurrency_stats(t):
     """Outstanding polls and tasks, measured on the orchestrator side."""
-    with FakeOrch(poll_timeout=1.0) as o:
+    # The three polls must still be held when the jobs arrive, however
+    # loaded the machine: a long hold, shortened for the last poll.
+    with FakeOrch(poll_timeout=tmo(10)) as o:
         reg(o, skills=["echo", "sleep"])
         got = []
         ths = [threading.Thread(target=lambda: got.append(poll(o))) for _ in range(3)]
@@ -475,6 +483,7 @@ def concurrency_stats(t):
         st = o.worker_stats("w1")
         check(st["max_polls_outstanding"] == 3 and st["outstanding"] == 3, st)
         check(st["max_outstanding_by_type"] == {"echo": 2, "sleep": 1}, st)
+        o.config(poll_timeout=0.3)
         poll(o)
         check(o.polls_while_full("w1", 3) == 1, o.worker_stats("w1"))
         result(o, a)
@@ -505,11 +514,12 @@ def compression_and_router_errors(t):
 def rate_limit_simulation(t):
     with FakeOrch(poll_timeout=0.1) as o:
         reg(o)
-        o.config(rate_limit={"poll_limit": 2, "period": 0.5, "retry_after": 3})
+        # A period long enough for four polls in a row on a loaded machine.
+        o.config(rate_limit={"poll_limit": 2, "period": 2, "retry_after": 3})
         check([poll(o).status for _ in range(3)] == [204, 204, 429])
         r = poll(o)
         check(r.json() == {"error": "Too Many Requests"} and r.headers["Retry-After"] == "3", r)
-        time.sleep(0.7)
+        time.sleep(2.2)  # no request for longer than the period: a fresh window
         check(poll(o).status == 204, "window re-armed only by requests")
 
 

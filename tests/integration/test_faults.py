@@ -38,7 +38,7 @@ retry_max_delay = 0.5
 
 
 def spawn(t, o, conf, wait=True):
-    p = t.spawn(["-c", conf, "-P", t.plugin_dir("echo", "t_crash")], env=o.worker_env(WID))
+    p = t.spawn(["-c", conf, "-P", t.plugin_dir("echo", "t_crash", "t_behave")], env=o.worker_env(WID))
     if wait:
         o.wait_worker(WID, timeout=15)
     return p
@@ -89,11 +89,14 @@ def stop(p, timeout=20):
 def orchestrator_down_while_tasks_finish_then_everything_is_delivered(t):
     with FakeOrch(poll_timeout=2) as o:
         p = spawn(t, o, ini(t, slots=4))
-        o.prequeue(WID, "t_slow", {"ms": 1500}, count=4)
+        # The tasks run until the test opens their gate, with the orchestrator gone.
+        gate = t.path("gate")
+        o.prequeue(WID, "t_gate", {"path": gate}, count=4)
         st = wait_for(lambda: (lambda s: s if s.get("outstanding") == 4 else None)(o.worker_stats(WID)),
                       what="4 tasks handed out")
         running = set(st["outstanding_task_ids"])
         o.stop()
+        open(gate, "w").close()
         # The tasks finish while nobody listens: their results go to disk.
         wait_for(lambda: len(spooled(t)) == 4, timeout=20, what="4 spooled results")
         check(p.poll() is None, "daemon died", p.log()[-2000:])

@@ -25,7 +25,7 @@ def orchs_env(entries, mode=None, **extra):
 def spawn(t, env, slots=2, ini=""):
     text = ("[worker]\nmax_concurrent_tasks = %d\n[orchestrator]\nheartbeat_interval = 0.3\n"
             "probe_every = 2\nretry_max_delay = 1\n" % slots) + ini
-    return t.spawn(["-c", t.ini(text), "-P", t.plugin_dir("echo", "steps")], env=env)
+    return t.spawn(["-c", t.ini(text), "-P", t.plugin_dir("echo", "steps", "t_behave")], env=env)
 
 
 def results_for(o, ids):
@@ -57,11 +57,14 @@ def failover_polls_the_first_healthy_and_routes_results_home(t):
           b.worker_stats("w1"))
     ja = a.create_job("echo", {"msg": "for a"})
     check(a.wait_job(ja)["status"] == "finished", a.job(ja), d.log())
-    # A long task from A is running when A goes away.
-    jlong = a.create_job("steps", {"steps": 4, "step_ms": 500})
+    # A long task from A is running when A goes away: it ends when the test
+    # opens its gate, with A gone.
+    gate = t.path("gate")
+    jlong = a.create_job("t_gate", {"path": gate})
     a.wait_job(jlong, lambda j: j["status"] == "running" or j.get("task_worker_id") == "w1")
     wait_for(lambda: a.worker_stats("w1").get("outstanding") == 1, what="the long task picked up")
     a.stop()
+    open(gate, "w").close()
     check(b.wait_job(jb, timeout=20)["status"] == "finished", "B did not take over", d.log())
     # A comes back on the same port: the worker registers again, A polls again,
     # and the long task's result, kept meanwhile, is delivered to A (never B).
@@ -121,14 +124,16 @@ def every_orchestrator_hears_of_capacity_changes_at_once(t):
     with FakeOrch(poll_timeout=1) as a, FakeOrch(poll_timeout=1) as b:
         text = ("[worker]\nmax_concurrent_tasks = 1\n[orchestrator]\nheartbeat_interval = 60\n"
                 "heartbeat_debounce = 0.05\nretry_max_delay = 1\n")
-        d = t.spawn(["-c", t.ini(text), "-P", t.plugin_dir("echo", "steps")],
+        d = t.spawn(["-c", t.ini(text), "-P", t.plugin_dir("echo", "steps", "t_behave")],
                     env=orchs_env([{"url": a.url}, {"url": b.url}], "ROUND_ROBIN", WORKER_TOKEN=a.token))
         a.wait_worker("w1")
         b.wait_worker("w1")
         status = lambda o: [r["body"]["status"] for r in o.log(kind="heartbeat")
                             if isinstance(r.get("body"), dict) and "status" in r["body"]]
-        jb = b.create_job("sleep", {"seconds": 1})
+        gate = t.path("gate")
+        jb = b.create_job("t_gate", {"path": gate})
         wait_for(lambda: "busy" in status(a), timeout=10, what="A told busy while B's task runs")
+        open(gate, "w").close()
         check(b.wait_job(jb, timeout=20)["status"] == "finished")
         t_done = time.monotonic()
         wait_for(lambda: status(a) and status(a)[-1] == "idle", timeout=10, what="A told idle")
@@ -153,9 +158,12 @@ def one_pool_polls_never_exceed_free_slots(t):
         deadline = time.monotonic() + tmo(30)
         while checks < 6 and time.monotonic() < deadline:
             for x, y in ((a, b), (b, a)):
-                if x.worker_stats("w1").get("outstanding") == 1:
+                # The same task outstanding before and after: it held the
+                # slot all the time y was looked at.
+                held = x.worker_stats("w1").get("outstanding_task_ids", [])
+                if len(held) == 1:
                     sy = y.worker_stats("w1")
-                    if x.worker_stats("w1").get("outstanding") == 1:
+                    if x.worker_stats("w1").get("outstanding_task_ids", []) == held:
                         check(sy.get("outstanding", 0) == 0 and sy.get("polls_outstanding", 0) == 0,
                               "second orchestrator served with one slot", sy, d.log()[-1500:])
                         checks += 1
