@@ -20,8 +20,12 @@ def pki():
     """One PKI for the whole file (making it costs a second or two)."""
     global _pki
     if _pki is None:
+        import atexit
+        import shutil
         import tempfile
-        _pki = make_pki(tempfile.mkdtemp(prefix="avt-pki."), worker_id="w1")
+        d = tempfile.mkdtemp(prefix="avt-pki.")
+        atexit.register(shutil.rmtree, d, ignore_errors=True)
+        _pki = make_pki(d, worker_id="w1")
     return _pki
 
 

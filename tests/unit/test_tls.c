@@ -4,6 +4,7 @@
  * on: [tls], [orchestrator.NAME], ORCHESTRATORS_CONFIG and multi_mode in
  * cfg_load().
  */
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,12 +40,27 @@ static const char *write_file(const char *name, const char *text, mode_t mode)
     return p;
 }
 
+/* The files are all directly in tmpdir. */
+static void remove_tmpdir(void)
+{
+    DIR *dir = opendir(tmpdir);
+    struct dirent *de;
+    while (dir != NULL && (de = readdir(dir)) != NULL) {
+        if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+            unlink(path_in_tmp(de->d_name));
+    }
+    if (dir != NULL)
+        closedir(dir);
+    rmdir(tmpdir);
+}
+
 static void setup(void)
 {
     if (tmpdir[0] == '\0') {
         snprintf(tmpdir, sizeof(tmpdir), "/tmp/avt-test-tls.XXXXXX");
         if (mkdtemp(tmpdir) == NULL)
             abort();
+        atexit(remove_tmpdir);
     }
     static const char *const vars[] = {"ORCHESTRATOR_URL",
                                        "ORCHESTRATORS_CONFIG",
