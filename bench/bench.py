@@ -86,6 +86,16 @@ def pct(values, p):
     return v[min(len(v) - 1, max(0, int(round(p / 100.0 * len(v) + 0.5)) - 1))]
 
 
+# CPU times come from /proc in clock ticks: a figure built on fewer than
+# this many is noise (a tiny smoke run), reported as n/a rather than as 0.
+MIN_TICKS = 10
+
+
+def per_task_us(cpu_s, n):
+    """CPU microseconds per task, or None when cpu_s is too few ticks to mean anything."""
+    return cpu_s / n * 1e6 if cpu_s * TICK >= MIN_TICKS else None
+
+
 def med(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -231,8 +241,8 @@ def sc_throughput(kind, args, slots, tmpfs=False):
     with Session(kind, slots, args, tmpfs=tmpfs) as s:
         s.batch(s.w.noop(), {}, args.warmup)
         rate, cpu, fcpu = s.batch(s.w.noop(), {}, args.n)
-        return {"tps_c%d%s" % (slots, sfx): rate, "cpu_us_c%d%s" % (slots, sfx): cpu / args.n * 1e6,
-                "orch_cpu_us_c%d%s" % (slots, sfx): fcpu / args.n * 1e6}
+        return {"tps_c%d%s" % (slots, sfx): rate, "cpu_us_c%d%s" % (slots, sfx): per_task_us(cpu, args.n),
+                "orch_cpu_us_c%d%s" % (slots, sfx): per_task_us(fcpu, args.n)}
 
 
 def sc_latency(kind, args):
@@ -447,11 +457,11 @@ def floor_lines(f):
     a, b, fl = f.get("avtworkerd", {}), f.get("baseline", {}), f.get("floor", {})
     out = []
     fc, ac, bc = fl.get("cpu_us_c1"), a.get("cpu_us_c1"), b.get("cpu_us_c1")
-    if fc is not None:
+    if fl.get("tps_c1") is not None:
         out.append("- `bench/floor serve` (one thread, one keep-alive libcurl handle, the two HTTP "
                    "exchanges per task and a jansson parse, nothing else): **%s CPU per task**, %s tasks/s "
                    "at concurrency 1." % (fmt(fc, " us"), fmt(fl.get("tps_c1"))))
-        if ac is not None:
+        if ac is not None and fc is not None:
             out.append("- avtworkerd at concurrency 1: %s per task, i.e. %s above that floor (thread hand-off, "
                        "heartbeats, WebSocket, bookkeeping)." % (fmt(ac, " us"), fmt(ac - fc, " us")))
         if bc and fc:
