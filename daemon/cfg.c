@@ -344,11 +344,25 @@ static int parse_bool(struct loader *ld, const char *where, const char *v, int *
     return fail(ld, where, "not a boolean: \"%s\" (use true/false, yes/no, on/off, 1/0)", v);
 }
 
+/* 1 when v may carry user:password@: an '@' before the path (after "://",
+ * or anywhere before a query when there is no "://"). Checked before any
+ * message that would echo v, whatever else is wrong with it. */
+static int url_has_userinfo(const char *v)
+{
+    const char *a = strstr(v, "://");
+    size_t n = a != NULL ? strcspn(a + 3, "/?#") : strcspn(v, "?#");
+    return memchr(a != NULL ? a + 3 : v, '@', n) != NULL;
+}
+
 /* http(s)://host[:port][/path]; trailing '/' removed; no user:password@,
  * query or fragment. */
 static int parse_url(struct loader *ld, const char *where, const char *v, char **out)
 {
     size_t scheme;
+    if (url_has_userinfo(v)) /* the URL itself is a secret then */
+        return fail(ld, where,
+                    "credentials in the URL are not supported (they would appear in "
+                    "logs and metrics); put the token in token or token_file");
     if (strncasecmp(v, "http://", 7) == 0)
         scheme = 7;
     else if (strncasecmp(v, "https://", 8) == 0)
@@ -358,10 +372,6 @@ static int parse_url(struct loader *ld, const char *where, const char *v, char *
     size_t host = strcspn(v + scheme, "/?#");
     if (host == 0 || v[scheme] == ':')
         return fail(ld, where, "\"%s\" has no host", v);
-    if (memchr(v + scheme, '@', host) != NULL) /* the URL itself is a secret then */
-        return fail(ld, where,
-                    "credentials in the URL are not supported (they would appear in "
-                    "logs and metrics); put the token in token or token_file");
     if (strpbrk(v, "?# \t") != NULL || has_control(v))
         return fail(ld, where, "\"%s\" must not contain blanks, a query or a fragment", v);
     char *u = xstrdup(v);

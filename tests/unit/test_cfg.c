@@ -437,6 +437,18 @@ TEST(credentials_in_the_url_are_refused_without_showing_them)
     EXPECT(rc == -EINVAL && cfg == NULL);
     EXPECT(strstr(err, "credentials in the URL") != NULL);
     EXPECT(strstr(err, "s3cret") == NULL && strstr(err, "bob") == NULL);
+    /* Nor when something else is wrong with the URL too (a message about
+     * that would echo it): no user, another scheme, none. */
+    static const char *const others[] = {"http://:s3cret@orch.example", "ftp://bob:s3cret@h",
+                                         "bob:s3cret@orch.example", "http:/bob:s3cret@h/x"};
+    for (size_t i = 0; i < ARRAY_LEN(others); i++) {
+        char text[128];
+        snprintf(text, sizeof(text), "[orchestrator]\nurl = %s\n", others[i]);
+        EXPECT(cfg_load(ini(text), &cfg, err, sizeof(err)) == -EINVAL);
+        EXPECT_CONTAINS(err, "credentials in the URL");
+        if (strstr(err, "s3cret") != NULL)
+            TAP_FAIL_("the password shown: %s", err);
+    }
     /* An '@' in the path is not a credential. */
     rc = cfg_load(ini("[orchestrator]\nurl = https://orch.example/a@b\n"), &cfg, err, sizeof(err));
     EXPECT(rc == 0 && cfg != NULL);
