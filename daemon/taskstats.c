@@ -56,18 +56,41 @@ static const char *intern(struct taskstats *ts, const char *s)
     return ts->names[ts->nnames++];
 }
 
-/* The entry of a type; once only one is left, it collects "_other". */
-static struct taskstats_duration *type_entry(struct taskstats *ts, const char *type)
+static struct taskstats_duration *type_find(struct taskstats *ts, const char *type)
 {
     for (size_t i = 0; i < ts->ntypes; i++) {
         if (strcmp(ts->durations[i].type, type) == 0)
             return &ts->durations[i];
     }
-    if (ts->ntypes == TASKSTATS_TYPES_MAX)
-        return &ts->durations[TASKSTATS_TYPES_MAX - 1];
-    struct taskstats_duration *d = &ts->durations[ts->ntypes++];
-    d->type = intern(ts, ts->ntypes == TASKSTATS_TYPES_MAX ? OTHER : type);
+    return NULL;
+}
+
+/* The entry of a type; once only one is left, it collects "_other" (the
+ * entry of a type that is itself called "_other", if there is one: no two
+ * entries may have the same name). */
+static struct taskstats_duration *type_entry(struct taskstats *ts, const char *type)
+{
+    struct taskstats_duration *d = type_find(ts, type);
+    if (d == NULL && ts->ntypes >= TASKSTATS_TYPES_MAX - 1) {
+        type = OTHER;
+        d = type_find(ts, type);
+    }
+    if (d != NULL)
+        return d;
+    d = &ts->durations[ts->ntypes++];
+    d->type = intern(ts, type);
     return d;
+}
+
+static struct taskstats_outcome *outcome_find(struct taskstats *ts, const char *type,
+                                              const char *status, const char *code)
+{
+    for (size_t i = 0; i < ts->noutcomes; i++) {
+        struct taskstats_outcome *e = &ts->outcomes[i];
+        if (e->type == type && strcmp(e->status, status) == 0 && strcmp(e->code, code) == 0)
+            return e;
+    }
+    return NULL;
 }
 
 void taskstats_outcome(struct taskstats *ts, const char *type, const char *status, const char *code)
@@ -77,23 +100,18 @@ void taskstats_outcome(struct taskstats *ts, const char *type, const char *statu
     const char *ty = type_entry(ts, type != NULL ? type : "")->type;
     status = status != NULL ? status : "unknown";
     code = code != NULL ? code : "";
-    for (size_t i = 0; i < ts->noutcomes; i++) {
-        struct taskstats_outcome *e = &ts->outcomes[i];
-        if (e->type == ty && strcmp(e->status, status) == 0 && strcmp(e->code, code) == 0) {
-            e->count++;
-            return;
-        }
+    struct taskstats_outcome *e = outcome_find(ts, ty, status, code);
+    if (e == NULL && ts->noutcomes >= TASKSTATS_OUTCOMES_MAX - 1) {
+        /* The last entry: "_other" three times, unless that exists already.
+         * intern() gives the type table's own "_other" if it has one. */
+        ty = status = code = intern(ts, OTHER);
+        e = outcome_find(ts, ty, status, code);
     }
-    if (ts->noutcomes == TASKSTATS_OUTCOMES_MAX) {
-        ts->outcomes[TASKSTATS_OUTCOMES_MAX - 1].count++;
-        return;
+    if (e == NULL) {
+        e = &ts->outcomes[ts->noutcomes++];
+        *e = (struct taskstats_outcome){intern(ts, ty), intern(ts, status), intern(ts, code), 0};
     }
-    int last = ts->noutcomes == TASKSTATS_OUTCOMES_MAX - 1;
-    struct taskstats_outcome *e = &ts->outcomes[ts->noutcomes++];
-    e->type = last ? intern(ts, OTHER) : ty;
-    e->status = intern(ts, last ? OTHER : status);
-    e->code = intern(ts, last ? OTHER : code);
-    e->count = 1;
+    e->count++;
 }
 
 void taskstats_duration(struct taskstats *ts, const char *type, double seconds)

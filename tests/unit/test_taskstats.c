@@ -114,6 +114,45 @@ TEST(outcomes_beyond_the_bound_are_other)
     taskstats_destroy(ts);
 }
 
+/* No two entries of a table with the same labels: a type or code that is
+ * itself "_other" (the orchestrator chooses types) shares the overflow
+ * entry instead of repeating its series in /metrics. */
+TEST(a_type_named_other_is_not_a_second_other)
+{
+    struct taskstats *ts = taskstats_create();
+    char type[32];
+    taskstats_outcome(ts, "_other", "_other", "_other");
+    taskstats_duration(ts, "_other", 0.01);
+    for (int i = 0; i < TASKSTATS_TYPES_MAX + TASKSTATS_OUTCOMES_MAX; i++) {
+        snprintf(type, sizeof(type), "type-%d", i);
+        taskstats_outcome(ts, type, "success", "");
+        taskstats_duration(ts, type, 0.01);
+        snprintf(type, sizeof(type), "E%d", i); /* an error code */
+        taskstats_outcome(ts, "t", "failure", type);
+    }
+    size_t n, m;
+    const struct taskstats_duration *d = taskstats_get_durations(ts, &n);
+    const struct taskstats_outcome *oc = taskstats_get_outcomes(ts, &m);
+    for (size_t i = 0; i < n; i++) {
+        for (size_t k = i + 1; k < n; k++)
+            EXPECT(strcmp(d[i].type, d[k].type) != 0);
+    }
+    for (size_t i = 0; i < m; i++) {
+        for (size_t k = i + 1; k < m; k++)
+            EXPECT(strcmp(oc[i].type, oc[k].type) != 0 || strcmp(oc[i].status, oc[k].status) != 0 ||
+                   strcmp(oc[i].code, oc[k].code) != 0);
+    }
+    /* Nothing lost: every task is in some entry. */
+    unsigned long tasks = 0, runs = 0;
+    for (size_t i = 0; i < m; i++)
+        tasks += oc[i].count;
+    for (size_t i = 0; i < n; i++)
+        runs += d[i].count;
+    EXPECT(tasks == 2 * (TASKSTATS_TYPES_MAX + TASKSTATS_OUTCOMES_MAX) + 1);
+    EXPECT(runs == TASKSTATS_TYPES_MAX + TASKSTATS_OUTCOMES_MAX + 1);
+    taskstats_destroy(ts);
+}
+
 TEST(null_tables_are_ignored)
 {
     taskstats_outcome(NULL, "t", "success", "");
