@@ -255,7 +255,7 @@ static void render_deadlines(struct buf *b, const struct orch_view *v, size_t nv
         {"avtworkerd_tasks_abandoned_total",
          "Tasks reported failed while their handler still ran (deadline grace or shutdown).",
          offsetof(struct orch_stats, tasks_abandoned)},
-        {"avtworkerd_tasks_stuck_total",
+        {"avtworkerd_handlers_stuck_total",
          "Handlers given up on after ignoring a deadline's cancellation.",
          offsetof(struct orch_stats, stuck_total)},
     };

@@ -69,14 +69,19 @@ LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 def parse_metrics(text):
     """{(name, ((label, value), ...)): float}; checks that every sample's
-    family was announced by # HELP and # TYPE first."""
-    out, typed, helped = {}, {}, set()
+    family was announced once by # HELP and # TYPE first, that a family's
+    samples all have the same label names (le aside), that no series
+    repeats, and that no counter X_total sits beside a family X (OpenMetrics
+    and the client libraries read both as the family X)."""
+    out, typed, helped, names = {}, {}, set(), {}
     for line in text.splitlines():
         if line.startswith("# HELP "):
+            check(line.split()[2] not in helped, "HELP twice: %r" % line)
             helped.add(line.split()[2])
             continue
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split()
+            check(name not in typed, "TYPE twice: %r" % line)
             typed[name] = kind
             continue
         check(line and not line.startswith("#"), "stray line %r" % line)
@@ -85,7 +90,15 @@ def parse_metrics(text):
         name, labels, value = m.group(1), m.group(3) or "", float(m.group(4))
         family = re.sub(r'_(bucket|sum|count)$', '', name) if name not in typed else name
         check(family in typed and family in helped, "no HELP/TYPE before %s" % name)
-        out[(name, tuple(sorted(LABEL.findall(labels))))] = value
+        key = (name, tuple(sorted(LABEL.findall(labels))))
+        check(key not in out, "series twice: %r" % line)
+        out[key] = value
+        lnames = tuple(k for k, _ in key[1] if k != "le")
+        check(names.setdefault(family, lnames) == lnames, "label names differ in %s" % family,
+              line)
+    for name, kind in typed.items():
+        check(kind != "counter" or not name.endswith("_total") or name[:-6] not in typed,
+              "counter %s clashes with the family %s" % (name, name[:-6]))
     return out
 
 
@@ -299,7 +312,7 @@ def deadlines_and_stuck_handlers_are_counted(t):
             r = o.wait_job(j, pred=lambda x: len(x.get("results") or []) >= 1, timeout=20)["results"][0]
             check(r["status"] == "failure" and r["error"]["code"] == "TIMEOUT_ERROR", j, r)
         # Both passed their deadline; only the stubborn one was given up on.
-        ms = wait_for(lambda: (lambda m: m if metric(m, "avtworkerd_tasks_stuck_total") == 1 else None)(
+        ms = wait_for(lambda: (lambda m: m if metric(m, "avtworkerd_handlers_stuck_total") == 1 else None)(
             scrape(port)), what="stuck counted")
         check(metric(ms, "avtworkerd_deadlines_total") == 2, ms)
         check(metric(ms, "avtworkerd_tasks_abandoned_total") == 1, ms)
@@ -308,7 +321,7 @@ def deadlines_and_stuck_handlers_are_counted(t):
         open(gate, "w").close()
         ms = wait_for(lambda: (lambda m: m if metric(m, "avtworkerd_tasks_stuck") == 0 else None)(
             scrape(port)), timeout=30, what="stuck handler returned")
-        check(metric(ms, "avtworkerd_tasks_stuck_total") == 1 and
+        check(metric(ms, "avtworkerd_handlers_stuck_total") == 1 and
               metric(ms, "avtworkerd_deadlines_total") == 2, ms)
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=tmo(20))
