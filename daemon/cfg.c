@@ -433,8 +433,14 @@ static int parse_json(struct loader *ld, const char *where, const char *v, size_
 {
     json_error_t jerr;
     json_t *j = json_loads(v, JSON_REJECT_DUPLICATES | flags, &jerr);
-    if (j == NULL)
+    if (j == NULL) {
+        /* jansson quotes the input ("':' expected near '\"tok\"'"), which
+         * may be a token of ORCHESTRATORS_CONFIG: the column must do. */
+        char *near = strstr(jerr.text, " near '");
+        if (near != NULL)
+            *near = '\0';
         return fail(ld, where, "invalid JSON at column %d: %s", jerr.column, jerr.text);
+    }
     *out = j;
     return 0;
 }

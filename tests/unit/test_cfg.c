@@ -487,6 +487,14 @@ TEST(token_never_in_error_messages)
     EXPECT_EQ_INT(rc, -EINVAL);
     EXPECT(strstr(err, "topsecret") == NULL);
     EXPECT_CONTAINS(err, "environment: WORKER_TOKEN: ");
+    /* A JSON syntax error next to a token: the parser's "near ..." is not
+     * shown. */
+    setenv("ORCHESTRATORS_CONFIG", "[{\"url\": \"http://h\", \"token\" \"topsecret\"}]", 1);
+    rc = cfg_load(NULL, &cfg, err, sizeof(err));
+    unsetenv("ORCHESTRATORS_CONFIG");
+    EXPECT_EQ_INT(rc, -EINVAL);
+    EXPECT(strstr(err, "topsecret") == NULL);
+    EXPECT_CONTAINS(err, "ORCHESTRATORS_CONFIG: invalid JSON at column ");
 }
 
 TEST(long_line)
