@@ -7,12 +7,13 @@
  *   /healthz   200 while at least one orchestrator is healthy (registered,
  *              not draining, and its last successful exchange at most
  *              3 x heartbeat_interval old); else 503. The text is "ok" or
- *              the reason, and with several orchestrators names each one
- *              that is not healthy
+ *              the reason; with several orchestrators, unless all are
+ *              healthy, "degraded: K of N ..." or "down: ..." and one
+ *              "URL: state" line for each of them
+ *   /threads   what every worker thread does, and for how long (text)
  *
  * Connection-level metrics carry the label orchestrator="URL"; task-level
  * ones (outcomes, durations, deadlines) are summed over the orchestrators.
- *   /threads   what every worker thread does, and for how long (text)
  *
  * Malformed requests get 400, a request head over 8 KiB 431, another
  * method 405, an unknown path 404. A request must arrive whole within
