@@ -316,6 +316,10 @@ def deadlines_and_stuck_handlers_are_counted(t):
             scrape(port)), what="stuck counted")
         check(metric(ms, "avtworkerd_deadlines_total") == 2, ms)
         check(metric(ms, "avtworkerd_tasks_abandoned_total") == 1, ms)
+        # What the orchestrator got for each is what tasks_total says.
+        for ty in ("sleep", "t_stubborn"):
+            check(metric(ms, "avtworkerd_tasks_total", type=ty, status="failure",
+                         code="TIMEOUT_ERROR") == 1, ty, ms)
         check(metric(ms, "avtworkerd_tasks_stuck") == 1, ms)
         # The gauge goes back to 0 once the handler returns; the counters stay.
         open(gate, "w").close()
@@ -323,6 +327,10 @@ def deadlines_and_stuck_handlers_are_counted(t):
             scrape(port)), timeout=30, what="stuck handler returned")
         check(metric(ms, "avtworkerd_handlers_stuck_total") == 1 and
               metric(ms, "avtworkerd_deadlines_total") == 2, ms)
+        # The stubborn handler's run time is recorded when it returns, once.
+        check(metric(ms, "avtworkerd_task_duration_seconds_count", type="t_stubborn") == 1, ms)
+        check(metric(ms, "avtworkerd_tasks_total", type="t_stubborn", status="success", code="")
+              is None, "a late outcome was counted", ms)
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=tmo(20))
         check(p.returncode == 0, p.log()[-2000:])
