@@ -438,6 +438,8 @@ static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
     struct daemon *d = w->data;
     orchset_supervise(d->orchs, d->cfg->cancel_grace);
+    if (d->retired != NULL)
+        retired_reap(d, 0); /* e.g. once a poll sent before a reload came back empty */
     int stuck = orchset_stuck_tasks(d->orchs);
     if (stuck > 0 && d->cfg->restart_on_stuck && d->phase == RUNNING) {
         log_warn("%d handler(s) stuck: finishing the other tasks, then exiting %d to be "

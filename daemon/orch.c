@@ -118,6 +118,9 @@ struct orch {
     struct backoff register_backoff;
 
     struct http_req *poll_req;
+    /* The plugins the poll in flight was sent under: a reload may retire
+     * them before its answer arrives (orch_uses_plugins counts it). */
+    const struct plugin_set *poll_plugins;
     ev_timer poll_timer; /* pause after a failed poll */
     struct backoff poll_backoff;
 
@@ -957,6 +960,16 @@ static void accept_task(struct orch *o, struct task *t)
         return;
     }
     t->plugin = plugin_set_find(o->plugins, t->type);
+    if (t->plugin == NULL && o->poll_plugins != o->plugins && o->poll_plugins != NULL) {
+        /* Handed out before a reload removed its plugin, which stays
+         * loaded until this task ends: run it rather than refuse it. */
+        t->plugin = plugin_set_find(o->poll_plugins, t->type);
+        if (t->plugin != NULL)
+            log_emit(LOG_NOTICE, &ctx,
+                     "task polled before the reload: run with plugin %s of the "
+                     "previous configuration",
+                     t->plugin->name);
+    }
     t->origin = o;
     if (journal_is_poisoned(o->journal, t->id)) {
         log_emit(LOG_CRIT, &ctx,
@@ -1066,6 +1079,7 @@ void orch_poll(struct orch *o)
     if (orch_poll_state(o) != ORCH_POLL_READY)
         return;
     o->stats.polls++;
+    o->poll_plugins = o->plugins;
     o->poll_req = http_request(o->http, "GET", o->url_poll, (const char *const *)o->headers, NULL,
                                0, o->cfg->poll_timeout + POLL_MARGIN, on_poll, o);
 }
@@ -1677,6 +1691,8 @@ int orch_uses_plugins(const struct orch *o, const struct plugin_set *set)
         n += plugin_in_set(o->active[i]->plugin, set);
     for (int i = 0; i < o->nabandoned; i++)
         n += plugin_in_set(o->abandoned[i]->plugin, set);
+    if (o->poll_req != NULL && o->poll_plugins == set)
+        n++; /* its task may need one of them (accept_task) */
     return n;
 }
 

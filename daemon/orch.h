@@ -167,13 +167,15 @@ void orch_supervise(struct orch *o, double grace);
  * Reload: use cfg and plugins from now on (token, intervals, backoff caps,
  * WebSocket, advertised types; registers again when the set of types
  * changed). The URL and worker id are the caller's to keep unchanged. The
- * old cfg and plugin set are no longer referenced by orch once this
- * returns, but tasks may still run with the old plugins: see
- * orch_uses_plugins().
+ * old cfg is no longer referenced by orch once this returns; the old
+ * plugin set may be, by tasks still running with its plugins and by a poll
+ * sent before the reload (its task runs with the old plugin when the new
+ * set lacks the type): see orch_uses_plugins().
  */
 void orch_reconfigure(struct orch *o, const struct cfg *cfg, const struct plugin_set *plugins);
 
-/* How many active or given-up tasks run with a plugin of `set`. */
+/* How many active or given-up tasks run with a plugin of `set`, plus one
+ * while a poll sent under `set` is in flight. */
 int orch_uses_plugins(const struct orch *o, const struct plugin_set *set);
 
 /* Record finished tasks (outcome, handler run time) in ts from now on;

@@ -284,7 +284,9 @@ def heartbeat_cancel_ids_cancel_running_task(t):
 @test
 def hot_cache_in_next_heartbeat(t):
     with FakeOrch(poll_timeout=2) as o:
-        p = start(t, o, ini(t, hb=5))
+        # The periodic heartbeat comes far later than the wait below: only the
+        # heartbeat the change itself causes can pass the test.
+        p = start(t, o, ini(t, hb=int(tmo(3) * 4) + 1))
         jid = o.create_job("steps", {"steps": 1, "step_ms": 1, "hot_cache_add": "llama-7b"})
         o.wait_job(jid)
         hb = wait_for(lambda: [r for r in o.log(kind="heartbeat") if r["body"]

@@ -297,8 +297,12 @@ def reload_adds_and_removes_plugins_without_dropping_tasks(t):
         p = start(t, o, conf, pdir=pdir)
         # The task runs until the test opens its gate, whatever the speed.
         gate = os.path.join(t.dir, "gate")
+        wait_for(lambda: "websocket connected" in p.log(), what="websocket")
         blk = o.prequeue(WID, "t_gate", {"path": gate})[0]
-        wait_running(o, [blk])
+        # Handed out is not enough: its handler must run here (its progress
+        # arrives) before the reload; reload_while_a_poll_is_in_flight is the
+        # other order.
+        wait_for(lambda: o.job(blk).get("progress_message") == "gated", what="t_gate running")
         nreg = len(o.log(kind="register"))
         # t_behave goes, steps comes; its task keeps running meanwhile.
         os.unlink(os.path.join(pdir, "t_behave.so"))
@@ -310,7 +314,8 @@ def reload_adds_and_removes_plugins_without_dropping_tasks(t):
         jid = o.prequeue(WID, "sleep", {"seconds": 0.1})[0]
         check(one_result(o, jid)["status"] == "success", "new plugin's type not served")
         check(p.poll() is None)
-        check(blk in outstanding(o), "the removed plugin's task was dropped")
+        check(blk in outstanding(o), "the removed plugin's task was dropped",
+              o.log(kind="result"), p.log()[-4000:])
         check("plugins of the previous configuration unloaded" not in p.log(),
               "unloaded while its task still runs")
         open(gate, "w").close()
@@ -318,6 +323,46 @@ def reload_adds_and_removes_plugins_without_dropping_tasks(t):
         check(r["status"] == "success" and r["data"] == {"gate": "opened"}, r)
         wait_for(lambda: "plugins of the previous configuration unloaded" in p.log(),
                  what="old plugins unloaded after their task ended")
+        p.send_signal(signal.SIGTERM)
+        rc, log = wait_exit(p, 20)
+        check(rc == 0, rc, log[-2000:])
+
+
+@test
+def reload_while_a_poll_is_in_flight_keeps_its_task(t):
+    """A task handed out by a poll sent before the reload, whose plugin the
+    reload removed, runs with the old plugin instead of failing as
+    "Unsupported task" (found by CI: the answer arrived just after SIGHUP)."""
+    with FakeOrch(poll_timeout=2) as o:
+        pdir = t.plugin_dir("echo", "t_behave")
+        p = start(t, o, ini(t, slots=1), pdir=pdir)
+        # One slot, taken by A: no poll in flight until A ends.
+        gate_a, gate_b = t.path("gate-a"), t.path("gate-b")
+        a = o.prequeue(WID, "t_gate", {"path": gate_a})[0]
+        wait_running(o, [a])
+        # The next poll is held at the orchestrator; B is what it will carry.
+        o.inject("poll", "slow", delay=tmo(5), count=1)
+        b = o.prequeue(WID, "t_gate", {"path": gate_b})[0]
+        open(gate_a, "w").close()
+        # The fault is taken when the poll arrives, before it is held.
+        wait_for(lambda: not o.faults()["poll"], what="the held poll")
+        # While it is held, t_behave goes away.
+        os.unlink(os.path.join(pdir, "t_behave.so"))
+        t.plugin_dir("steps")
+        p.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded:" in p.log(), what="reload")
+        # The held poll answers with B: it runs with the retired plugin.
+        wait_for(lambda: "task polled before the reload: run with plugin t_behave" in p.log(),
+                 timeout=20, what="B accepted with the old plugin")
+        wait_for(lambda: o.job(b).get("progress_message") == "gated", what="B running")
+        check(not results(o, b), "B answered before its gate opened", results(o, b))
+        check("plugins of the previous configuration unloaded" not in p.log(),
+              "unloaded while B still needs it")
+        open(gate_b, "w").close()
+        r = one_result(o, b, timeout=20)
+        check(r["status"] == "success" and r["data"] == {"gate": "opened"}, r)
+        wait_for(lambda: "plugins of the previous configuration unloaded" in p.log(),
+                 what="old plugins unloaded after B ended")
         p.send_signal(signal.SIGTERM)
         rc, log = wait_exit(p, 20)
         check(rc == 0, rc, log[-2000:])
