@@ -341,7 +341,8 @@ def reload_while_a_poll_is_in_flight_keeps_its_task(t):
         a = o.prequeue(WID, "t_gate", {"path": gate_a})[0]
         wait_running(o, [a])
         # The next poll is held at the orchestrator; B is what it will carry.
-        o.inject("poll", "slow", delay=tmo(5), count=1)
+        # (Not longer than the daemon waits for a poll: poll_timeout + 15 s.)
+        o.inject("poll", "slow", delay=min(tmo(5), 12), count=1)
         b = o.prequeue(WID, "t_gate", {"path": gate_b})[0]
         open(gate_a, "w").close()
         # The fault is taken when the poll arrives, before it is held.
