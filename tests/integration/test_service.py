@@ -403,7 +403,8 @@ def bad_reload_keeps_the_running_configuration(t):
                     .replace("[limits]", "[limits]\nt_conc = 1"))
         p.send_signal(signal.SIGHUP)
         wait_for(lambda: "reloaded:" in p.log(), what="good reload")
-        ids = o.prequeue(WID, "t_conc", {"ms": 100}, count=3)
+        # Three free slots and tasks long enough to overlap without the limit.
+        ids = o.prequeue(WID, "t_conc", {"ms": int(tmo(0.4) * 1000)}, count=3)
         jobs = o.wait_jobs(ids, timeout=20)
         check(max(j["state_history"]["max"] for j in jobs) == 1, "new limit not applied", jobs)
         o.cancel(blk)
