@@ -240,6 +240,19 @@ def daemon_env(extra=None, clean=True):
     return env
 
 
+def private_build(t):
+    """The test's own copy of the build directory, for tests that run
+    `make install PREFIX=/usr`: that recompiles the paths in and relinks the
+    daemon, which must not happen under the test files that run the shared
+    binary meanwhile (they saw "Permission denied" mid-link). Timestamps are
+    kept, so make only redoes what the new paths touch. Relative to ROOT."""
+    if getattr(t, "_private_build", None) is None:
+        dst = t.path("build")
+        shutil.copytree(BUILD, dst, symlinks=True, ignore=shutil.ignore_patterns("tests", "bench"))
+        t._private_build = os.path.relpath(dst, ROOT)
+    return t._private_build
+
+
 def run_daemon(args, env=None, timeout=30, input=None):
     """Run the daemon to completion; returns CompletedProcess (text)."""
     return subprocess.run(daemon_argv(args), env=daemon_env(env), capture_output=True, text=True,

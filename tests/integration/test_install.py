@@ -10,7 +10,7 @@ import stat
 import subprocess
 
 from avt import *  # noqa: F401,F403
-from avt import BUILD, ROOT, Skip, check, main, test
+from avt import BUILD, ROOT, Skip, check, main, private_build, test
 
 PAGES = {"usr/share/man/man8/avtworkerd.8": "AVTWORKERD",
          "usr/share/man/man5/worker.ini.5": "WORKER.INI",
@@ -28,8 +28,8 @@ FILES = {  # path: mode
 FILES.update({p: 0o644 for p in PAGES})
 
 
-def make(dest, target="install"):
-    r = subprocess.run(["make", "-s", "BUILD=" + os.path.relpath(BUILD, ROOT), "PREFIX=/usr",
+def make(t, dest, target="install"):
+    r = subprocess.run(["make", "-s", "BUILD=" + private_build(t), "PREFIX=/usr",
                         "DESTDIR=" + dest, target], cwd=ROOT, capture_output=True, text=True)
     check(r.returncode == 0, r.stdout, r.stderr)
     return r
@@ -45,7 +45,7 @@ def files_under(dest):
 @test
 def install_puts_every_file_in_place(t):
     dest = t.path("root")
-    make(dest)
+    make(t, dest)
     for p, mode in FILES.items():
         full = os.path.join(dest, p)
         check(os.path.isfile(full), "missing after install: " + p)
@@ -72,25 +72,25 @@ def a_live_config_is_never_overwritten_or_removed(t):
     os.makedirs(os.path.dirname(live))
     with open(live, "w") as f:
         f.write("[worker]\nmax_concurrent_tasks = 3\n")
-    make(dest)
+    make(t, dest)
     check(open(live).read() == "[worker]\nmax_concurrent_tasks = 3\n", "live config overwritten")
     check(os.path.exists(live + ".example"))
-    make(dest, "uninstall")
+    make(t, dest, "uninstall")
     check(files_under(dest) == ["etc/avtworkerd/worker.ini"], files_under(dest))
 
 
 @test
 def uninstall_removes_what_install_added(t):
     dest = t.path("root")
-    make(dest)
-    make(dest, "uninstall")
+    make(t, dest)
+    make(t, dest, "uninstall")
     check(files_under(dest) == [], "left behind: %s" % files_under(dest))
 
 
 @test
 def man_pages_render_without_warnings(t):
     dest = t.path("root")
-    make(dest)
+    make(t, dest)
     sections = ("NAME", "SYNOPSIS", "DESCRIPTION", "SIGNALS", "EXIT STATUS", "FILES", "ENVIRONMENT",
                 "EXAMPLES", "SEE ALSO")
     for page, title in PAGES.items():
@@ -118,7 +118,7 @@ def installed_unit(t):
     """The installed unit, with ExecStart pointing at the DESTDIR copy of
     the binary (verify checks that the executable exists)."""
     dest = t.path("root")
-    make(dest)
+    make(t, dest)
     unit = open(os.path.join(dest, UNIT)).read()
     unit = unit.replace("ExecStart=/usr/sbin/", "ExecStart=%s/usr/sbin/" % dest)
     d = t.path("units")

@@ -7,7 +7,7 @@ import re
 import subprocess
 
 from avt import *  # noqa: F401,F403
-from avt import ROOT, BUILD, check, run_daemon, test, main
+from avt import ROOT, BUILD, check, private_build, run_daemon, test, main
 
 
 def readme_plugin():
@@ -19,7 +19,7 @@ def readme_plugin():
 
 def install_sdk(t):
     dest = t.path("root")
-    r = subprocess.run(["make", "-s", "BUILD=" + os.path.relpath(BUILD, ROOT), "PREFIX=/usr",
+    r = subprocess.run(["make", "-s", "BUILD=" + private_build(t), "PREFIX=/usr",
                         "DESTDIR=" + dest, "install"], cwd=ROOT, capture_output=True, text=True)
     check(r.returncode == 0, r.stdout, r.stderr)
     return dest
