@@ -529,14 +529,16 @@ def chart(f, args, png):
         log("gnuplot not found (apt-get install -y gnuplot-nox): no chart")
         return False
     dat = png + ".dat"
+    have_cpu = False
     with open(dat, "w") as o:
         for c in args.conc:
             vals = [f.get(k, {}).get(key % c) for k in WORKERS for key in ("tps_c%d", "cpu_us_c%d")]
+            have_cpu = have_cpu or any(v is not None for v in vals[1::2])
             o.write("%d %s\n" % (c, " ".join("NaN" if v is None else "%g" % v for v in vals)))
     script = """
 set terminal pngcairo size 1000,420 font ",10"
 set output '%s'
-set multiplot layout 1,2 title "avtworkerd vs baseline Python worker: no-op tasks (fake orchestrator, %s CPUs)"
+set multiplot layout 1,%d title "avtworkerd vs baseline Python worker: no-op tasks (fake orchestrator, %s CPUs)"
 set logscale x 2
 set xlabel "concurrency (task slots)"
 set grid
@@ -547,14 +549,17 @@ set title "throughput"
 set ylabel "tasks/s"
 set yrange [0:*]
 plot '%s' using 1:2 with linespoints lw 2 pt 7 title "avtworkerd", '' using 1:4 with linespoints lw 2 pt 5 title "baseline (aiohttp)"
+""" % (png, 2 if have_cpu else 1, os.cpu_count(), ", ".join(str(c) for c in args.conc),
+       min(args.conc) / 1.5, max(args.conc) * 1.5, dat)
+    if have_cpu:  # not in a run too short for the clock tick (n/a everywhere)
+        script += """
 set title "worker CPU time per task"
 set ylabel "microseconds per task (log scale)"
 set logscale y
 set yrange [*:*]
 plot '%s' using 1:3 with linespoints lw 2 pt 7 title "avtworkerd", '' using 1:5 with linespoints lw 2 pt 5 title "baseline (aiohttp)"
-unset multiplot
-""" % (png, os.cpu_count(), ", ".join(str(c) for c in args.conc), min(args.conc) / 1.5,
-       max(args.conc) * 1.5, dat, dat)
+""" % dat
+    script += "unset multiplot\n"
     r = subprocess.run([gp], input=script, text=True, capture_output=True)
     os.unlink(dat)
     if r.returncode != 0:

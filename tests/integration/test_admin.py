@@ -52,6 +52,13 @@ def spawn(t, o, conf, env=None, plugins=("echo", "steps", "t_behave")):
     return t.spawn(["-c", conf, "-P", t.plugin_dir(*plugins)], env=e)
 
 
+def stop(p):
+    """SIGTERM: the daemon drains and exits 0."""
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=tmo(20))
+    check(p.returncode == 0, p.log()[-2000:])
+
+
 def get(port, path, method="GET", timeout=5):
     """(status, body text); status 0 when the connection failed."""
     req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), method=method)
@@ -186,9 +193,7 @@ def metrics_count_tasks_by_outcome_with_durations_and_slots(t):
         check(len(threads.splitlines()) == 4 and threads.count(" idle ") == 3, threads)
         o.cancel(jid)
         o.wait_job(jid)
-        p.send_signal(signal.SIGTERM)
-        p.wait(timeout=tmo(20))
-        check(p.returncode == 0, p.log()[-2000:])
+        stop(p)
 
 
 @test
@@ -239,9 +244,7 @@ def healthz_follows_registration_and_orchestrator_contact(t):
     check(metric(scrape(port), "avtworkerd_orchestrator_last_success_age_seconds") > 1.5)
     o.start()
     wait_for(lambda: get(port, "/healthz")[0] == 200, timeout=20, what="healthy again")
-    p.send_signal(signal.SIGTERM)
-    p.wait(timeout=tmo(20))
-    check(p.returncode == 0, p.log()[-2000:])
+    stop(p)
 
 
 @test
@@ -292,9 +295,7 @@ def metrics_and_healthz_cover_every_orchestrator(t):
     a.start()
     b.start()
     wait_for(lambda: get(port, "/healthz") == (200, "ok\n"), timeout=30, what="healthy again")
-    p.send_signal(signal.SIGTERM)
-    p.wait(timeout=tmo(20))
-    check(p.returncode == 0, p.log()[-2000:])
+    stop(p)
 
 
 @test
@@ -332,9 +333,7 @@ def deadlines_and_stuck_handlers_are_counted(t):
         check(metric(ms, "avtworkerd_task_duration_seconds_count", type="t_stubborn") == 1, ms)
         check(metric(ms, "avtworkerd_tasks_total", type="t_stubborn", status="success", code="")
               is None, "a late outcome was counted", ms)
-        p.send_signal(signal.SIGTERM)
-        p.wait(timeout=tmo(20))
-        check(p.returncode == 0, p.log()[-2000:])
+        stop(p)
 
 
 @test
@@ -458,9 +457,7 @@ def hostile_clients_get_errors_and_cannot_stall_the_loop(t):
             s.close()
         check(get(port, "/metrics")[0] == 200)
         check(p.poll() is None, "daemon died", p.log()[-2000:])
-        p.send_signal(signal.SIGTERM)
-        p.wait(timeout=tmo(20))
-        check(p.returncode == 0, p.log()[-2000:])
+        stop(p)
 
 
 @test
@@ -483,9 +480,7 @@ def sigusr1_dumps_every_worker_thread(t):
         check(len([ln for ln in log.splitlines() if re.search(r"avt-worker-\d idle for", ln)]) == 2, log[-2000:])
         o.cancel(jid)
         o.wait_job(jid)
-        p.send_signal(signal.SIGTERM)
-        p.wait(timeout=tmo(20))
-        check(p.returncode == 0)
+        stop(p)
 
 
 def task_lines_carry_ids(lines, ids, fmt):

@@ -289,6 +289,22 @@ def sd_notify_ready_status_watchdog_reload_and_stopping(t):
 # ---- reload -------------------------------------------------------------------
 
 
+def release_retired_task(o, p, jid, gate):
+    """A task of a plugin the reload removed keeps that plugin loaded until
+    the test opens its gate; then it succeeds, the plugin is unloaded, and
+    the daemon still stops cleanly."""
+    check("plugins of the previous configuration unloaded" not in p.log(),
+          "unloaded while its task still runs")
+    open(gate, "w").close()
+    r = one_result(o, jid, timeout=20)
+    check(r["status"] == "success" and r["data"] == {"gate": "opened"}, r)
+    wait_for(lambda: "plugins of the previous configuration unloaded" in p.log(),
+             what="old plugins unloaded after their task ended")
+    p.send_signal(signal.SIGTERM)
+    rc, log = wait_exit(p, 20)
+    check(rc == 0, rc, log[-2000:])
+
+
 @test
 def reload_adds_and_removes_plugins_without_dropping_tasks(t):
     with FakeOrch(poll_timeout=2) as o:
@@ -316,16 +332,7 @@ def reload_adds_and_removes_plugins_without_dropping_tasks(t):
         check(p.poll() is None)
         check(blk in outstanding(o), "the removed plugin's task was dropped",
               o.log(kind="result"), p.log()[-4000:])
-        check("plugins of the previous configuration unloaded" not in p.log(),
-              "unloaded while its task still runs")
-        open(gate, "w").close()
-        r = one_result(o, blk, timeout=20)
-        check(r["status"] == "success" and r["data"] == {"gate": "opened"}, r)
-        wait_for(lambda: "plugins of the previous configuration unloaded" in p.log(),
-                 what="old plugins unloaded after their task ended")
-        p.send_signal(signal.SIGTERM)
-        rc, log = wait_exit(p, 20)
-        check(rc == 0, rc, log[-2000:])
+        release_retired_task(o, p, blk, gate)
 
 
 @test
@@ -357,16 +364,7 @@ def reload_while_a_poll_is_in_flight_keeps_its_task(t):
                  timeout=20, what="B accepted with the old plugin")
         wait_for(lambda: o.job(b).get("progress_message") == "gated", what="B running")
         check(not results(o, b), "B answered before its gate opened", results(o, b))
-        check("plugins of the previous configuration unloaded" not in p.log(),
-              "unloaded while B still needs it")
-        open(gate_b, "w").close()
-        r = one_result(o, b, timeout=20)
-        check(r["status"] == "success" and r["data"] == {"gate": "opened"}, r)
-        wait_for(lambda: "plugins of the previous configuration unloaded" in p.log(),
-                 what="old plugins unloaded after B ended")
-        p.send_signal(signal.SIGTERM)
-        rc, log = wait_exit(p, 20)
-        check(rc == 0, rc, log[-2000:])
+        release_retired_task(o, p, b, gate_b)
 
 
 @test
