@@ -242,34 +242,6 @@ static void render_durations(struct buf *b, const struct admin_sources *src)
     }
 }
 
-/* Deadline and stuck-handler counters: task-level, summed. */
-static void render_deadlines(struct buf *b, const struct orch_view *v, size_t nv)
-{
-    static const struct {
-        const char *name, *help;
-        size_t off;
-    } cs[] = {
-        {"avtworkerd_deadlines_total",
-         "Tasks cancelled because their type's timeout passed ([limits] TYPE.timeout).",
-         offsetof(struct orch_stats, deadlines)},
-        {"avtworkerd_tasks_abandoned_total",
-         "Tasks reported failed while their handler still ran (deadline grace or shutdown).",
-         offsetof(struct orch_stats, tasks_abandoned)},
-        {"avtworkerd_handlers_stuck_total",
-         "Handlers given up on after ignoring a deadline's cancellation.",
-         offsetof(struct orch_stats, stuck_total)},
-    };
-    for (size_t i = 0; i < ARRAY_LEN(cs); i++) {
-        unsigned long sum = 0, x;
-        for (size_t k = 0; k < nv; k++) {
-            memcpy(&x, (const char *)&v[k].st + cs[i].off, sizeof(x));
-            sum += x;
-        }
-        metric_head(b, cs[i].name, "counter", cs[i].help);
-        buf_printf(b, "%s %lu\n", cs[i].name, sum);
-    }
-}
-
 /* ---- Per orchestrator (label orchestrator="URL") ------------------------- */
 
 static void orch_label(struct buf *b, const char *name, const struct orch_view *v)
@@ -322,13 +294,35 @@ static void render_requests(struct buf *b, const struct orch_view *v, size_t nv)
             }
 }
 
+static unsigned long stat_at(const struct orch_stats *st, size_t off)
+{
+    unsigned long x;
+    memcpy(&x, (const char *)st + off, sizeof(x));
+    return x;
+}
+
+/* The counters of struct orch_stats: per orchestrator (label), or summed
+ * over them for the task-level ones (deadlines, abandoned, stuck). */
 static void render_counters(struct buf *b, const struct orch_view *v, size_t nv)
 {
     static const struct {
         const char *name, *type, *help;
         size_t off;
+        int summed;
     } cs[] = {
-#define C(n, t, h, f) {n, t, h, offsetof(struct orch_stats, f)}
+#define C(n, t, h, f) {n, t, h, offsetof(struct orch_stats, f), 0}
+#define SUM(n, h, f)                                                                               \
+    {                                                                                              \
+        n, "counter", h, offsetof(struct orch_stats, f), 1                                         \
+    }
+        SUM("avtworkerd_deadlines_total",
+            "Tasks cancelled because their type's timeout passed ([limits] TYPE.timeout).",
+            deadlines),
+        SUM("avtworkerd_tasks_abandoned_total",
+            "Tasks reported failed while their handler still ran (deadline grace or shutdown).",
+            tasks_abandoned),
+        SUM("avtworkerd_handlers_stuck_total",
+            "Handlers given up on after ignoring a deadline's cancellation.", stuck_total),
         C("avtworkerd_tasks_received_total", "counter", "Tasks received by long-poll.",
           tasks_received),
         C("avtworkerd_tasks_invalid_total", "counter",
@@ -347,15 +341,21 @@ static void render_counters(struct buf *b, const struct orch_view *v, size_t nv)
           ws_messages),
         C("avtworkerd_sts_tokens_total", "counter",
           "Access tokens obtained from /_worker/auth/token (mTLS).", sts_tokens),
+#undef SUM
 #undef C
     };
     for (size_t i = 0; i < ARRAY_LEN(cs); i++) {
         metric_head(b, cs[i].name, cs[i].type, cs[i].help);
+        if (cs[i].summed) {
+            unsigned long sum = 0;
+            for (size_t k = 0; k < nv; k++)
+                sum += stat_at(&v[k].st, cs[i].off);
+            buf_printf(b, "%s %lu\n", cs[i].name, sum);
+            continue;
+        }
         for (size_t k = 0; k < nv; k++) {
-            unsigned long x;
-            memcpy(&x, (const char *)&v[k].st + cs[i].off, sizeof(x));
             orch_label(b, cs[i].name, &v[k]);
-            buf_printf(b, "} %lu\n", x);
+            buf_printf(b, "} %lu\n", stat_at(&v[k].st, cs[i].off));
         }
     }
 }
@@ -370,7 +370,6 @@ char *admin_metrics_text(const struct admin_sources *src, size_t *len)
     render_types(&b, src);
     render_outcomes(&b, src);
     render_durations(&b, src);
-    render_deadlines(&b, v, nv);
     render_links(&b, v, nv);
     render_requests(&b, v, nv);
     render_counters(&b, v, nv);

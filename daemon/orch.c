@@ -949,6 +949,16 @@ static void outbox_add_failure(struct orch *o, const struct task *t, const char 
 
 static void maybe_poll(struct orch *o);
 
+/* A polled task answered with a failure without running: counted, spooled
+ * and sent at once. The caller still owns t. */
+static void answer_unrun(struct orch *o, struct task *t, const char *code, const char *message)
+{
+    task_set_failure(t, code, "%s", message);
+    record_task(o, t);
+    outbox_add(o, t, 0);
+    orch_flush(o);
+}
+
 static void accept_task(struct orch *o, struct task *t)
 {
     struct log_ctx ctx = {NULL, t->id, t->job_id, t->type};
@@ -975,10 +985,7 @@ static void accept_task(struct orch *o, struct task *t)
         log_emit(LOG_CRIT, &ctx,
                  "a task that crashed the worker crash_limit times was delivered "
                  "again: failing it permanently without running it");
-        task_set_failure(t, AVT_PERMANENT_ERROR, "worker crashed in handler");
-        record_task(o, t);
-        outbox_add(o, t, 0);
-        orch_flush(o);
+        answer_unrun(o, t, AVT_PERMANENT_ERROR, "worker crashed in handler");
         task_destroy(t);
         return;
     }
@@ -992,10 +999,7 @@ static void accept_task(struct orch *o, struct task *t)
         /* Cannot happen: we poll only with a free slot. Keep the task's
          * result rather than lose it. */
         log_emit(LOG_ERR, &ctx, "no free slot for a polled task (bug): failing it transiently");
-        task_set_failure(t, AVT_TRANSIENT_ERROR, "worker had no free slot");
-        record_task(o, t);
-        outbox_add(o, t, 0);
-        orch_flush(o);
+        answer_unrun(o, t, AVT_TRANSIENT_ERROR, "worker had no free slot");
         journal_task_finished(o->journal, t);
         task_destroy(t);
         return;
