@@ -51,6 +51,7 @@
 
 #include "admin.h"
 #include "cfg.h"
+#include "evq.h"
 #include "http.h"
 #include "journal.h"
 #include "log.h"
@@ -82,6 +83,7 @@ struct daemon {
     struct ev_loop *loop;
     struct cfg *cfg; /* current */
     int cfg_owned;   /* cfg came from a reload (else it is the caller's) */
+    struct evq *evq; /* worker threads -> loop */
     struct pool *pool;
     struct plugin_set *plugins; /* current */
     struct retired *retired;
@@ -324,7 +326,7 @@ static int reload_load(struct daemon *d, struct cfg **cfgp, struct plugin_set **
         return rc;
     }
     keep_identity(d->cfg, *cfgp);
-    rc = plugin_set_load((*cfgp)->plugin_dir, *cfgp, d->pool, setp, err, sizeof(err));
+    rc = plugin_set_load((*cfgp)->plugin_dir, *cfgp, d->evq, setp, err, sizeof(err));
     if (rc < 0) {
         log_err("reload rejected, the running configuration and plugins stay: %s", err);
         cfg_destroy(*cfgp);
@@ -386,25 +388,27 @@ static void on_pool_events(struct ev_loop *loop, ev_async *w, int revents)
     (void)loop;
     (void)revents;
     struct daemon *d = w->data;
-    struct pool_event *ev = pool_take_events(d->pool);
+    struct evq_event *ev = evq_take(d->evq);
     int done = 0;
     while (ev != NULL) {
-        struct pool_event *next = ev->next;
+        struct evq_event *next = ev->next;
         switch (ev->kind) {
-        case POOL_EV_DONE:
+        case EVQ_DONE:
             /* orch gives the slot back once the result is delivered. */
             orchset_task_done(d->orchs, ev->task);
             done = 1;
             break;
-        case POOL_EV_PROGRESS:
+        case EVQ_PROGRESS:
             orchset_task_progress(d->orchs, ev->task, ev->percent, ev->message);
             break;
-        case POOL_EV_HOTCACHE_ADD:
-        case POOL_EV_HOTCACHE_REMOVE:
-            orchset_hot_cache(d->orchs, ev->kind == POOL_EV_HOTCACHE_ADD, ev->name);
+        case EVQ_EVENT:
+            break;
+        case EVQ_HOTCACHE_ADD:
+        case EVQ_HOTCACHE_REMOVE:
+            orchset_hot_cache(d->orchs, ev->kind == EVQ_HOTCACHE_ADD, ev->name);
             break;
         }
-        pool_event_free(ev);
+        evq_event_free(ev);
         ev = next;
     }
     /* One spool commit (fdatasync) for all the results of this wake-up,
@@ -588,10 +592,11 @@ static int daemon_setup(struct daemon *d, struct cfg *cfg)
     ev_async_init(&d->wake, on_pool_events);
     d->wake.data = d;
     ev_async_start(d->loop, &d->wake);
-    d->pool = pool_create(cfg, pool_wake, d);
+    d->evq = evq_create(pool_wake, d);
+    d->pool = pool_create(cfg, d->evq);
     if (d->pool == NULL)
         return 1;
-    int rc = plugin_set_load(cfg->plugin_dir, cfg, d->pool, &d->plugins, err, sizeof(err));
+    int rc = plugin_set_load(cfg->plugin_dir, cfg, d->evq, &d->plugins, err, sizeof(err));
     if (rc < 0) {
         log_err("%s", err);
         return EX_CONFIG_CODE;
@@ -644,6 +649,7 @@ static void daemon_teardown(struct daemon *d)
         return;
     }
     pool_destroy(d->pool);
+    evq_destroy(d->evq);
     journal_close(d->journal);
     spool_close(d->spool);
     plugin_set_destroy(d->plugins);
@@ -672,6 +678,7 @@ int daemon_run(struct cfg *cfg)
         orchset_destroy(d->orchs);
         http_destroy(d->http);
         pool_destroy(d->pool);
+        evq_destroy(d->evq);
         plugin_set_destroy(d->plugins);
         journal_close(d->journal);
         spool_close(d->spool);

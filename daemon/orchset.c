@@ -230,7 +230,7 @@ void orchset_start(struct orchset *s)
 static struct orch *origin_of(struct orchset *s, const struct task *t)
 {
     for (size_t i = 0; i < s->n; i++) {
-        if (t->origin == (void *)s->orchs[i])
+        if (t->origin == s->orchs[i])
             return s->orchs[i];
     }
     log_err("task %s has no known orchestrator (bug): its result goes to %s", t->id,

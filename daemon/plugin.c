@@ -28,7 +28,7 @@
 
 #include "cfg.h"
 #include "log.h"
-#include "task.h"
+#include "host.h"
 
 /* The size of struct avt_plugin in ABI 1.0: every field up to shutdown().
  * Later minors append fields, so this stays the minimum forever. */
@@ -314,12 +314,12 @@ static int check_dup_name(const struct plugin_set *set, const struct plugin *p, 
 
 /* Open, check and add one file to the set (added first, so that a failure
  * is cleaned up by plugin_set_destroy()). */
-static int load_one(struct plugin_set *set, const char *path, struct pool *pool, char *err,
+static int load_one(struct plugin_set *set, const char *path, struct evq *evq, char *err,
                     size_t errlen)
 {
     struct plugin *p = xcalloc(1, sizeof(*p));
     p->path = xstrdup(path);
-    p->pool = pool;
+    p->evq = evq;
     set->plugins = xrealloc(set->plugins, (set->nplugins + 1) * sizeof(*set->plugins));
     set->plugins[set->nplugins++] = p;
 
@@ -435,11 +435,7 @@ static int check_sections(const struct plugin_set *set, const struct cfg *cfg, c
 
 static int init_one(struct plugin *p, char *err, size_t errlen)
 {
-    memset(&p->host, 0, sizeof(p->host));
-    task_host_init(&p->host);
-    p->host.abi_version = AVT_ABI_VERSION;
-    p->host.struct_size = (uint32_t)sizeof(p->host);
-    p->host.daemon_version = AVT_VERSION;
+    host_init(&p->host);
     if (p->desc->init != NULL) {
         void *state = NULL;
         int rc = p->desc->init(&p->host, &state);
@@ -502,7 +498,7 @@ static int run_plugins(struct plugin_set *set, const struct cfg *cfg, char *err,
 
 /* ---- Loading and unloading the set -------------------------------------- */
 
-static int load_all(struct plugin_set *set, const char *dir, struct pool *pool, char *err,
+static int load_all(struct plugin_set *set, const char *dir, struct evq *evq, char *err,
                     size_t errlen)
 {
     struct dirent **list = NULL;
@@ -515,7 +511,7 @@ static int load_all(struct plugin_set *set, const char *dir, struct pool *pool, 
     for (int i = 0; i < n; i++) {
         if (rc == 0) {
             char *path = xasprintf("%s%s%s", dir, sep, list[i]->d_name);
-            rc = load_one(set, path, pool, err, errlen);
+            rc = load_one(set, path, evq, err, errlen);
             free(path);
         }
         free(list[i]);
@@ -537,12 +533,12 @@ static void log_loaded(const struct plugin_set *set)
     }
 }
 
-int plugin_set_load(const char *dir, const struct cfg *cfg, struct pool *pool,
+int plugin_set_load(const char *dir, const struct cfg *cfg, struct evq *evq,
                     struct plugin_set **out, char *err, size_t errlen)
 {
     struct plugin_set *set = xcalloc(1, sizeof(*set));
     *out = NULL;
-    int rc = load_all(set, dir, pool, err, errlen);
+    int rc = load_all(set, dir, evq, err, errlen);
     if (rc == 0)
         rc = build_types(set, err, errlen);
     if (rc == 0)

@@ -19,17 +19,17 @@
 #include "util.h"
 
 struct cfg;
-struct pool;
+struct evq;
 
 struct plugin {
     struct avt_host host; /* first: the table handed to the plugin; see plugin_of_host() */
     const struct avt_plugin *desc;
-    void *state;       /* what init() returned */
-    void *dl;          /* dlopen() handle */
-    char *path;        /* the .so file */
-    char *name;        /* copy of desc->name */
-    struct pool *pool; /* where hot-cache events go; NULL outside the daemon */
-    int started;       /* init() succeeded; shutdown() is owed */
+    void *state;     /* what init() returned */
+    void *dl;        /* dlopen() handle */
+    char *path;      /* the .so file */
+    char *name;      /* copy of desc->name */
+    struct evq *evq; /* where hot-cache events go; NULL in --check-config */
+    int started;     /* init() succeeded; shutdown() is owed */
 };
 
 struct plugin_type {
@@ -49,13 +49,12 @@ struct plugin_set {
 
 /*
  * Load all plugins of `dir` and configure them from `cfg` (a [plugin.NAME]
- * section without a loaded plugin of that name is an error too). `pool`
- * may be NULL (check-config). Returns 0 and sets *out, or a negative errno
- * with the reason in err: "path: what is wrong" for plugin refusals, or
- * "file:line: key: what is wrong" for configuration errors. The caller
- * exits 78 on any failure at start-up.
+ * section without a loaded plugin of that name is an error too). `evq`
+ * (where hot-cache changes go) may be NULL (check-config). Returns 0 and sets *out, or a negative
+ * errno with the reason in err: "path: what is wrong" for plugin refusals, or "file:line: key: what
+ * is wrong" for configuration errors. The caller exits 78 on any failure at start-up.
  */
-int plugin_set_load(const char *dir, const struct cfg *cfg, struct pool *pool,
+int plugin_set_load(const char *dir, const struct cfg *cfg, struct evq *evq,
                     struct plugin_set **out, char *err, size_t errlen);
 
 /* The plugin that handles `type`, or NULL. Any thread (the set is

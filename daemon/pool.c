@@ -1,9 +1,8 @@
 /*
  * pool.c - the fixed pool of worker threads that run plugin handlers, with
- * the global and per-type concurrency limits, and the event queue through
- * which workers hand their results, progress and hot-cache changes to the
- * loop thread (STYLE.md R9, ARCHITECTURE "Capacity decides what we ask
- * for").
+ * the global and per-type concurrency limits (STYLE.md R9, ARCHITECTURE
+ * "Capacity decides what we ask for"). A finished task goes to the loop
+ * through the worker-to-loop queue (evq.h), which is not this module's.
  *
  * Design. N threads (avt-worker-0 .. N-1) share one mutex `mu` and one
  * condition variable `cv`. Submitted tasks wait in one FIFO. A worker takes
@@ -11,9 +10,9 @@
  * so a task of a type at its limit never blocks tasks of other types behind
  * it, and tasks of one type start in the order they arrived. The worker
  * counts the task as running, drops the lock, runs task_run(), takes the
- * lock again, uncounts it, appends a DONE event, broadcasts `cv` (a task
- * waiting for that type may start now) and, after unlocking, calls the
- * notify function (ev_async_send in the daemon).
+ * lock again, uncounts it, broadcasts `cv` when a task waits (one of its
+ * type may start now) and, after unlocking, posts the task's DONE to the
+ * event queue.
  *
  * Capacity. The loop thread owns the global slot counter `inflight`: it
  * takes a slot in pool_submit() and gives it back in pool_release() after it
@@ -21,21 +20,11 @@
  * queue never holds more than N tasks (it is bounded by construction) and a
  * task waiting for its type never needs a thread that is not there.
  *
- * Events. One FIFO of struct pool_event, swapped out whole by
- * pool_take_events(). Progress is coalesced per task: the latest value
- * lives in the task (progress, progress_msg, progress_pending, all guarded
- * by `mu`), and at most one PROGRESS event per task is queued; its values
- * are copied out when the loop takes the events. A worker posts progress
- * only while the handler runs, i.e. before it posts that task's DONE, so a
- * DONE event always comes after the task's PROGRESS events and the loop,
- * which frees a task only after its DONE, never sees a PROGRESS event for a
- * freed task.
- *
  * Each thread records the task it runs and since when (current, since;
  * guarded by `mu`), so that pool_get_threads() can say what every thread
  * is doing (SIGUSR1, the admin endpoint) without touching the task after
- * the worker handed it to the loop: the record is cleared under the same
- * lock hold that queues the DONE event.
+ * the worker handed it to the loop: the record is cleared under `mu`
+ * before the DONE is posted.
  *
  * Per-type limits are copied out of the cfg (which a reload may free) into
  * `types`, which also records every type seen (for statistics; bounded by
@@ -43,7 +32,9 @@
  *
  * Lock order: `mu` is the only lock of this module and nothing else is
  * locked while it is held; task_run(), the notify function and logging are
- * always called without it. Callers hold no lock of theirs when calling in.
+ * always called without it, and so is the event queue (whose own mutex is
+ * never taken while `mu` is held). Callers hold no lock of theirs when
+ * calling in.
  */
 #include "pool.h"
 
@@ -55,6 +46,7 @@
 
 #include "avt_plugin.h"
 #include "cfg.h"
+#include "evq.h"
 #include "log.h"
 #include "plugin.h"
 #include "task.h"
@@ -87,8 +79,7 @@ struct pool {
     int nthreads;
     int stopping; /* guarded by mu */
 
-    struct task *qhead, *qtail;         /* submitted, not started; guarded by mu */
-    struct pool_event *evhead, *evtail; /* guarded by mu */
+    struct task *qhead, *qtail; /* submitted, not started; guarded by mu */
 
     struct pool_type *types; /* guarded by mu */
     size_t ntypes;
@@ -96,8 +87,7 @@ struct pool {
     int running, waiting, max_running_seen; /* guarded by mu */
     int inflight;                           /* loop thread only */
 
-    pool_notify_fn notify;
-    void *arg;
+    struct evq *evq;          /* where finished tasks go */
     pool_start_fn start_hook; /* set before the first submit */
     void *start_arg;
 };
@@ -150,26 +140,6 @@ static void apply_limits(struct pool *pool, const struct cfg *cfg)
 static int type_has_room(const struct pool_type *ty)
 {
     return ty == NULL || ty->limit <= 0 || ty->running < ty->limit;
-}
-
-/* ---- Events (mu held) --------------------------------------------------- */
-
-static void event_push(struct pool *pool, struct pool_event *ev)
-{
-    ev->next = NULL;
-    if (pool->evtail != NULL)
-        pool->evtail->next = ev;
-    else
-        pool->evhead = ev;
-    pool->evtail = ev;
-}
-
-static void event_push_new(struct pool *pool, enum pool_event_kind kind, struct task *t)
-{
-    struct pool_event *ev = xcalloc(1, sizeof(*ev));
-    ev->kind = kind;
-    ev->task = t;
-    event_push(pool, ev);
 }
 
 /* ---- Workers ------------------------------------------------------------ */
@@ -226,7 +196,6 @@ static void worker_run(struct pool_thread *th, struct task *t)
     if (ty != NULL)
         ty->running--;
     pool->running--;
-    event_push_new(pool, POOL_EV_DONE, t); /* t belongs to the loop from here */
     /* Performance (docs/benchmarks.md): wake the other threads only when a
      * task is queued that the freed type slot may let start. With nothing
      * queued there is nothing for them to do, and an unconditional broadcast
@@ -235,7 +204,7 @@ static void worker_run(struct pool_thread *th, struct task *t)
     if (pool->waiting > 0)
         pthread_cond_broadcast(&pool->cv);
     pthread_mutex_unlock(&pool->mu);
-    pool->notify(pool->arg);
+    evq_post_done(pool->evq, t); /* t belongs to the loop from here */
     pthread_mutex_lock(&pool->mu);
 }
 
@@ -272,15 +241,14 @@ static void stop_threads(struct pool *pool, int n)
         pthread_join(pool->threads[i].tid, NULL);
 }
 
-struct pool *pool_create(const struct cfg *cfg, pool_notify_fn notify, void *arg)
+struct pool *pool_create(const struct cfg *cfg, struct evq *evq)
 {
     struct pool *pool = xcalloc(1, sizeof(*pool));
     int n = cfg != NULL && cfg->max_concurrent_tasks > 0 ? cfg->max_concurrent_tasks : 1;
 
     pthread_mutex_init(&pool->mu, NULL);
     pthread_cond_init(&pool->cv, NULL);
-    pool->notify = notify;
-    pool->arg = arg;
+    pool->evq = evq;
     pool->threads = xcalloc((size_t)n, sizeof(*pool->threads));
     apply_limits(pool, cfg);
     for (int i = 0; i < n; i++) {
@@ -309,12 +277,6 @@ void pool_destroy(struct pool *pool)
         task_set_failure(t, AVT_TRANSIENT_ERROR, "worker shutting down");
         task_destroy(t);
     }
-    for (struct pool_event *ev = pool->evhead, *next; ev != NULL; ev = next) {
-        next = ev->next;
-        if (ev->kind == POOL_EV_DONE)
-            task_destroy(ev->task);
-        pool_event_free(ev);
-    }
     for (size_t i = 0; i < pool->ntypes; i++)
         free(pool->types[i].name);
     free(pool->types);
@@ -331,7 +293,7 @@ int pool_submit(struct pool *pool, struct task *t)
     if (pool->inflight >= pool->nthreads)
         return -EBUSY;
     pool->inflight++;
-    t->pool = pool;
+    t->evq = pool->evq;
     t->next = NULL;
     pthread_mutex_lock(&pool->mu);
     t->pool_type = type_get(pool, t->type, 0);
@@ -369,65 +331,7 @@ int pool_type_has_room(struct pool *pool, const char *type)
     return room;
 }
 
-struct pool_event *pool_take_events(struct pool *pool)
-{
-    pthread_mutex_lock(&pool->mu);
-    struct pool_event *list = pool->evhead;
-    pool->evhead = pool->evtail = NULL;
-    for (struct pool_event *ev = list; ev != NULL; ev = ev->next) {
-        if (ev->kind != POOL_EV_PROGRESS)
-            continue;
-        ev->percent = ev->task->progress;
-        ev->message = ev->task->progress_msg;
-        ev->task->progress_msg = NULL;
-        ev->task->progress_pending = 0;
-    }
-    pthread_mutex_unlock(&pool->mu);
-    return list;
-}
-
-void pool_event_free(struct pool_event *ev)
-{
-    if (ev == NULL)
-        return;
-    free(ev->message);
-    free(ev->name);
-    free(ev);
-}
-
 /* ---- Any thread --------------------------------------------------------- */
-
-void pool_post_progress(struct pool *pool, struct task *t, double percent, const char *message)
-{
-    char *msg = message != NULL ? xstrdup(message) : NULL, *old;
-    int queued = 0;
-
-    pthread_mutex_lock(&pool->mu);
-    t->progress = percent;
-    old = t->progress_msg;
-    t->progress_msg = msg;
-    if (!t->progress_pending) {
-        t->progress_pending = 1;
-        event_push_new(pool, POOL_EV_PROGRESS, t);
-        queued = 1;
-    }
-    pthread_mutex_unlock(&pool->mu);
-    free(old);
-    if (queued)
-        pool->notify(pool->arg);
-}
-
-void pool_post_hotcache(struct pool *pool, int add, const char *name)
-{
-    struct pool_event *ev = xcalloc(1, sizeof(*ev));
-
-    ev->kind = add ? POOL_EV_HOTCACHE_ADD : POOL_EV_HOTCACHE_REMOVE;
-    ev->name = xstrdup(name);
-    pthread_mutex_lock(&pool->mu);
-    event_push(pool, ev);
-    pthread_mutex_unlock(&pool->mu);
-    pool->notify(pool->arg);
-}
 
 void pool_cancel(struct pool *pool, struct task *t, int reason)
 {

@@ -1,8 +1,7 @@
 /*
  * pool.h - the fixed thread pool that runs handlers, with the global and
- * per-type concurrency limits, and the one event queue through which worker
- * threads hand completions, progress and hot-cache changes to the loop
- * thread.
+ * per-type concurrency limits. A task whose handler returned is posted to
+ * the worker-to-loop queue (evq.h) as a DONE event.
  *
  * Capacity (PROTOCOL.md Decision 5). The pool has N threads and N global
  * slots (N = max_concurrent_tasks). The loop thread takes a slot with
@@ -13,8 +12,8 @@
  * a limit is never exceeded. The loop asks for new work only while
  * pool_free_slots() > 0.
  *
- * Threads: pool_create/submit/release/free_slots/take_events/destroy are for
- * the loop (main) thread only; pool_post_* may be called from any thread.
+ * Threads: pool_create/submit/release/free_slots/destroy are for the loop
+ * (main) thread only; the rest may be called from any thread.
  */
 #ifndef AVT_DAEMON_POOL_H
 #define AVT_DAEMON_POOL_H
@@ -22,27 +21,8 @@
 #include <stddef.h>
 
 struct cfg;
+struct evq;
 struct task;
-
-enum pool_event_kind {
-    POOL_EV_DONE = 1,        /* task finished; its outcome is set */
-    POOL_EV_PROGRESS,        /* latest progress of a running task */
-    POOL_EV_HOTCACHE_ADD,    /* name */
-    POOL_EV_HOTCACHE_REMOVE, /* name */
-};
-
-struct pool_event {
-    enum pool_event_kind kind;
-    struct task *task; /* DONE and PROGRESS; DONE hands the task to the loop */
-    double percent;    /* PROGRESS: 0..100, the latest value */
-    char *message;     /* PROGRESS: the latest message, may be NULL; owned */
-    char *name;        /* HOTCACHE_*: owned */
-    struct pool_event *next;
-};
-
-/* Called on a worker thread after an event was queued; it must only wake
- * the loop (ev_async_send). */
-typedef void (*pool_notify_fn)(void *arg);
 
 struct pool_type_stats {
     const char *type;
@@ -60,11 +40,13 @@ struct pool_stats {
 };
 
 /* Start cfg->max_concurrent_tasks threads named avt-worker-N, with the
- * per-type limits of cfg. */
-struct pool *pool_create(const struct cfg *cfg, pool_notify_fn notify, void *arg);
+ * per-type limits of cfg; finished tasks are posted to `evq` (borrowed; it
+ * must outlive the pool), and so is progress (task->evq is set by
+ * pool_submit()). */
+struct pool *pool_create(const struct cfg *cfg, struct evq *evq);
 
 /* Stop accepting work, wait for running handlers to return, join the
- * threads and free queued events and tasks. NULL is a no-op. */
+ * threads and free the tasks still queued. NULL is a no-op. */
 void pool_destroy(struct pool *pool);
 
 /* Take a global slot and queue the task. Returns 0, or -EBUSY when no
@@ -80,18 +62,6 @@ int pool_free_slots(const struct pool *pool);
 /* 1 if a task of `type` submitted now would start without waiting for its
  * type's limit (used for the heartbeat's supported_skills). */
 int pool_type_has_room(struct pool *pool, const char *type);
-
-/* All queued events, oldest first; the caller frees them with
- * pool_event_free() (which does not free a DONE event's task). */
-struct pool_event *pool_take_events(struct pool *pool);
-void pool_event_free(struct pool_event *ev);
-
-/* Worker thread: report progress of a running task. Coalesced: while an
- * event for the task is queued, only its values are updated. */
-void pool_post_progress(struct pool *pool, struct task *t, double percent, const char *message);
-
-/* Any thread: a hot-cache change. */
-void pool_post_hotcache(struct pool *pool, int add, const char *name);
 
 /* Loop thread: task_cancel(t, reason) for a submitted task, and wake the
  * workers so that a task cancelled while it waits for its type's limit is

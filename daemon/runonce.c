@@ -3,8 +3,8 @@
  * through the daemon's own machinery, without an orchestrator. The plugins
  * are loaded and configured as the daemon does, the task goes through the
  * pool (so [limits], the worker threads and the outcome mapping are the
- * real ones), and the loop thread is a private libev loop woken by the
- * pool's notify function, exactly like the daemon's. The result body that
+ * real ones), and the loop thread is a private libev loop woken through
+ * the worker-to-loop queue (evq.h), exactly like the daemon's. The result body that
  * would be sent is printed on stdout; progress goes to stderr. SIGINT (and
  * SIGTERM) cancel the task as the orchestrator would; a second one exits at
  * once with status 130 for handlers that never look at is_cancelled().
@@ -22,6 +22,7 @@
 #include <jansson.h>
 
 #include "cfg.h"
+#include "evq.h"
 #include "plugin.h"
 #include "pool.h"
 #include "task.h"
@@ -35,6 +36,7 @@ struct runonce {
     struct ev_loop *loop;
     ev_async wake;
     ev_signal sigint, sigterm;
+    struct evq *evq;
     struct pool *pool;
     struct task *task;
     const char *worker_id;
@@ -163,21 +165,21 @@ static void show_result(struct runonce *ro, struct task *t)
 static void on_wake(struct ev_loop *loop, ev_async *w, int revents)
 {
     struct runonce *ro = w->data;
-    struct pool_event *ev = pool_take_events(ro->pool), *next;
+    struct evq_event *ev = evq_take(ro->evq), *next;
 
     (void)revents;
     for (; ev != NULL; ev = next) {
         next = ev->next;
-        if (ev->kind == POOL_EV_PROGRESS) {
+        if (ev->kind == EVQ_PROGRESS) {
             show_progress(ro, ev->percent, ev->message);
-        } else if (ev->kind == POOL_EV_DONE) {
+        } else if (ev->kind == EVQ_DONE) {
             show_result(ro, ev->task);
             pool_release(ro->pool);
             ro->done = 1;
             ev_break(loop, EVBREAK_ALL);
         }
-        /* Hot-cache changes mean nothing without an orchestrator. */
-        pool_event_free(ev);
+        /* Hot-cache changes and events mean nothing without an orchestrator. */
+        evq_event_free(ev);
     }
 }
 
@@ -231,7 +233,7 @@ static int run_task(struct runonce *ro, const struct cfg *cfg, const char *plugi
     struct plugin_set *set = NULL;
     char err[AVT_ERRLEN], id[64];
 
-    if (plugin_set_load(plugin_dir, cfg, ro->pool, &set, err, sizeof(err)) < 0) {
+    if (plugin_set_load(plugin_dir, cfg, ro->evq, &set, err, sizeof(err)) < 0) {
         fprintf(stderr, "avtworkerd: %s\n", err);
         json_decref(params);
         return EX_CONFIG_CODE;
@@ -276,7 +278,8 @@ int runonce_main(const struct cfg *cfg, const char *plugin_dir, const char *type
         return 1;
     }
     watchers_start(&ro);
-    ro.pool = pool_create(cfg, notify_loop, &ro);
+    ro.evq = evq_create(notify_loop, &ro);
+    ro.pool = pool_create(cfg, ro.evq);
     if (ro.pool == NULL) {
         fprintf(stderr, "run-once: cannot start the worker threads\n");
         json_decref(params);
@@ -285,6 +288,7 @@ int runonce_main(const struct cfg *cfg, const char *plugin_dir, const char *type
         rc = run_task(&ro, cfg, plugin_dir, type, params);
     }
     pool_destroy(ro.pool);
+    evq_destroy(ro.evq);
     watchers_stop(&ro);
     ev_loop_destroy(ro.loop);
     return rc;

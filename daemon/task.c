@@ -1,12 +1,12 @@
 /*
  * task.c - the task object: parsing a poll payload into a struct task, the
- * outcome a handler reports through the host table, the mapping from "what
- * the handler did" to the result the orchestrator receives, and the result
- * body itself (PROTOCOL.md 2.2, 2.4, 3.2, 4.5).
+ * outcome a handler reports (through the host table, host.c), the mapping
+ * from "what the handler did" to the result the orchestrator receives, and
+ * the result record itself (PROTOCOL.md 2.2, 2.4, 3.2, 4.5).
  *
  * A task is created on the loop thread, run on exactly one worker thread and
- * handed back to the loop through the pool's event queue (whose mutex orders
- * the worker's writes before the loop's reads). Only two fields are shared
+ * handed back to the loop through the worker-to-loop queue (evq.c, whose
+ * mutex orders the worker's writes before the loop's reads). Only two fields are shared
  * while the handler runs: `cancel` (written by the loop) and `has_outcome`
  * (claimed once by the first outcome call, from any thread); both are
  * atomics. Everything a plugin hands in (codes, messages, statuses, names)
@@ -25,72 +25,16 @@
 
 #include "log.h"
 #include "plugin.h"
-#include "pool.h"
 #include "util.h"
 
-#define ID_MAX 256        /* job_id, task_id */
-#define TYPE_MAX 128      /* task type */
-#define STATUS_MAX 128    /* custom result status */
-#define CODE_MAX 128      /* error code */
-#define MESSAGE_MAX 16384 /* error and progress messages */
-#define NAME_MAX_ 1024    /* hot-cache names */
+#define ID_MAX 256     /* job_id, task_id */
+#define TYPE_MAX 128   /* task type */
+#define STATUS_MAX 128 /* custom result status */
+#define CODE_MAX 128   /* error code */
+#define MESSAGE_MAX TASK_MESSAGE_MAX
 #define PAYLOAD_MAX (64u << 20)
 
 static const char msg_not_object[] = "handler returned data that is not a JSON object";
-
-/* Length of the valid UTF-8 sequence at s (at most n bytes), or 0. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    size_t len;
-    uint32_t cp;
-
-    if (s[0] < 0x80)
-        return 1;
-    if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-        len = 2, cp = s[0] & 0x1f;
-    } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-        len = 3, cp = s[0] & 0x0f;
-    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-        len = 4, cp = s[0] & 0x07;
-    } else {
-        return 0;
-    }
-    if (len > n)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3f);
-    }
-    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-        return 0;
-    return len;
-}
-
-/* A copy of s that is valid UTF-8 (bad bytes become '?') and at most max
- * bytes long, cut on a character boundary. */
-static char *clean_str(const char *s, size_t max)
-{
-    size_t n = strlen(s), o = 0;
-    char *out = xmalloc((n < max ? n : max) + 1);
-
-    for (size_t i = 0; i < n;) {
-        size_t len = utf8_seq((const unsigned char *)s + i, n - i);
-        if (o + (len ? len : 1) > max)
-            break;
-        if (len == 0) {
-            out[o++] = '?';
-            i++;
-        } else {
-            memcpy(out + o, s + i, len);
-            o += len;
-            i += len;
-        }
-    }
-    out[o] = '\0';
-    return out;
-}
 
 /* Take the single outcome slot; 1 when this caller won it. */
 static int claim(struct task *t)
@@ -116,8 +60,8 @@ static void store_failure(struct task *t, const char *code, const char *fmt, va_
     clear_outcome(t);
     t->outcome = TASK_OUTCOME_FAILURE;
     t->status = xstrdup("failure");
-    t->err_code = clean_str(code, CODE_MAX);
-    t->err_msg = clean_str(msg, MESSAGE_MAX);
+    t->err_code = str_clean_utf8(code, CODE_MAX);
+    t->err_msg = str_clean_utf8(msg, MESSAGE_MAX);
     free(msg);
 }
 
@@ -162,9 +106,9 @@ static struct task *task_alloc(const char *id, const char *job_id, const char *t
 {
     struct task *t = xcalloc(1, sizeof(*t));
 
-    t->id = clean_str(id, ID_MAX);
-    t->job_id = clean_str(job_id, ID_MAX);
-    t->type = clean_str(type, TYPE_MAX);
+    t->id = str_clean_utf8(id, ID_MAX);
+    t->job_id = str_clean_utf8(job_id, ID_MAX);
+    t->type = str_clean_utf8(type, TYPE_MAX);
     atomic_init(&t->cancel, TASK_CANCEL_NONE);
     atomic_init(&t->has_outcome, 0);
     t->pool_type = -1;
@@ -395,12 +339,10 @@ json_t *task_result_json(const struct task *t, const char *worker_id)
     return r;
 }
 
-/* ---- The host table ---------------------------------------------------- */
+/* ---- Outcomes reported by the handler (host.c) ---------------------------- */
 
-static int host_succeed(struct avt_task *task, json_t *data)
+int task_succeed(struct task *t, json_t *data)
 {
-    struct task *t = task_of(task);
-
     if (data != NULL && !json_is_object(data)) {
         json_decref(data);
         if (!claim(t))
@@ -425,147 +367,30 @@ static int status_ok(const char *status)
            strcmp(status, "failure") != 0 && strcmp(status, "cancelled") != 0;
 }
 
-static int host_complete(struct avt_task *task, const char *status, json_t *data)
+int task_complete(struct task *t, const char *status, json_t *data)
 {
-    struct task *t = task_of(task);
-
     if (!status_ok(status)) {
         json_decref(data);
         return -EINVAL;
     }
     if (data != NULL && !json_is_object(data))
-        return host_succeed(task, data); /* the same rejection */
+        return task_succeed(t, data); /* the same rejection */
     if (!claim(t)) {
         json_decref(data);
         return -EALREADY;
     }
     t->outcome = TASK_OUTCOME_SUCCESS;
-    t->status = clean_str(status, STATUS_MAX);
+    t->status = str_clean_utf8(status, STATUS_MAX);
     t->data = data;
     return 0;
 }
 
-static int host_vfail(struct avt_task *task, const char *code, const char *fmt, va_list ap)
+int task_vfail(struct task *t, const char *code, const char *fmt, va_list ap)
 {
-    struct task *t = task_of(task);
-
     if (code == NULL || *code == '\0')
         return -EINVAL;
     if (!claim(t))
         return -EALREADY;
     store_failure(t, code, fmt, ap);
     return 0;
-}
-
-static int host_fail(struct avt_task *task, const char *code, const char *fmt, ...)
-{
-    va_list ap;
-    int rc;
-
-    va_start(ap, fmt);
-    rc = host_vfail(task, code, fmt, ap);
-    va_end(ap);
-    return rc;
-}
-
-static int host_progress(struct avt_task *task, double percent, const char *fmt, ...)
-{
-    struct task *t = task_of(task);
-    char *msg = NULL, *clean = NULL;
-    va_list ap;
-
-    if (t->pool == NULL)
-        return 0;
-    if (isnan(percent) || percent < 0)
-        percent = 0;
-    if (percent > 100)
-        percent = 100;
-    if (fmt != NULL) {
-        va_start(ap, fmt);
-        msg = xvasprintf(fmt, ap);
-        va_end(ap);
-        clean = clean_str(msg, MESSAGE_MAX);
-        free(msg);
-    }
-    pool_post_progress(t->pool, t, percent, clean);
-    free(clean);
-    return 0;
-}
-
-static int host_is_cancelled(const struct avt_task *task)
-{
-    const struct task *t =
-        (const struct task *)(const void *)((const char *)task - offsetof(struct task, pub));
-    return atomic_load(&t->cancel) != TASK_CANCEL_NONE;
-}
-
-/* plugin_of_host() for the const table the plugin passes back. */
-static const struct plugin *host_plugin(const struct avt_host *host)
-{
-    return (const struct plugin *)(const void *)((const char *)host -
-                                                 offsetof(struct plugin, host));
-}
-
-static int host_hot_cache(const struct avt_host *host, int add, const char *name)
-{
-    const struct plugin *p = host_plugin(host);
-    char *clean;
-
-    if (name == NULL || *name == '\0' || strlen(name) > NAME_MAX_)
-        return -EINVAL;
-    if (p->pool == NULL)
-        return 0;
-    clean = clean_str(name, NAME_MAX_);
-    pool_post_hotcache(p->pool, add, clean);
-    free(clean);
-    return 0;
-}
-
-static int host_hot_cache_add(const struct avt_host *host, const char *name)
-{
-    return host_hot_cache(host, 1, name);
-}
-
-static int host_hot_cache_remove(const struct avt_host *host, const char *name)
-{
-    return host_hot_cache(host, 0, name);
-}
-
-static void host_log(const struct avt_host *host, const struct avt_task *task, int level,
-                     const char *fmt, ...)
-{
-    struct log_ctx ctx = {.plugin = host_plugin(host)->name};
-    va_list ap;
-
-    if (level < LOG_ERR)
-        level = LOG_ERR;
-    if (level > LOG_DEBUG)
-        level = LOG_DEBUG;
-    if (level > log_level || fmt == NULL)
-        return;
-    if (task != NULL) {
-        ctx.task_id = task->id;
-        ctx.job_id = task->job_id;
-        ctx.type = task->type;
-    }
-    va_start(ap, fmt);
-    log_vemit(level, &ctx, fmt, ap);
-    va_end(ap);
-}
-
-void task_host_init(struct avt_host *host)
-{
-    memset(host, 0, sizeof(*host));
-    host->abi_version = AVT_ABI_VERSION;
-    host->struct_size = sizeof(*host);
-    host->daemon_version = AVT_VERSION;
-    host->succeed = host_succeed;
-    host->complete = host_complete;
-    host->fail = host_fail;
-    host->vfail = host_vfail;
-    host->progress = host_progress;
-    host->is_cancelled = host_is_cancelled;
-    host->hot_cache_add = host_hot_cache_add;
-    host->hot_cache_remove = host_hot_cache_remove;
-    host->log = host_log;
 }

@@ -1,11 +1,11 @@
 /*
- * task.h - the task object and the host function table plugins call.
+ * task.h - the task object and its outcome.
  *
  * A struct task is created by the loop thread from a poll payload
  * (task_parse), handed to the pool, run by exactly one worker thread (which
  * calls the plugin's handle() and then task_finish()), and handed back to
- * the loop thread through the pool's event queue, which turns it into a
- * result body (task_result_json) and frees it. The public part
+ * the loop thread through the worker-to-loop queue (evq.h), which turns it
+ * into a result record (task_result_json) and frees it. The public part
  * (struct avt_task) is the first member, so the host functions find the
  * task from the pointer the plugin passes.
  *
@@ -25,6 +25,7 @@
 #ifndef AVT_DAEMON_TASK_H
 #define AVT_DAEMON_TASK_H
 
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stddef.h>
 
@@ -32,8 +33,12 @@
 
 #include "avt_plugin.h"
 
+/* Error and progress messages are cut to this many bytes. */
+#define TASK_MESSAGE_MAX 16384
+
+struct evq;
+struct orch;
 struct plugin;
-struct pool;
 
 enum task_outcome {
     TASK_OUTCOME_NONE = 0,
@@ -58,8 +63,8 @@ struct task {
     json_t *payload; /* the whole poll payload; owns params etc. */
 
     struct plugin *plugin; /* NULL: unknown type (PERMANENT_ERROR) */
-    struct pool *pool;     /* set by pool_submit() */
-    void *origin;          /* the orchestrator connection it came from */
+    struct evq *evq;       /* where its progress goes; set by pool_submit() */
+    struct orch *origin;   /* the orchestrator it came from (its result goes there) */
 
     atomic_int cancel;      /* enum task_cancel; set by the loop, read by the handler */
     atomic_int has_outcome; /* 0 until the first outcome call wins */
@@ -72,8 +77,8 @@ struct task {
     char *err_code; /* failure only */
     char *err_msg;  /* failure only */
 
-    /* Progress, coalesced: the worker thread writes it under the pool's
-     * lock and posts an event only when none is pending. */
+    /* Progress, coalesced: the worker thread writes it under the event
+     * queue's lock and posts an event only when none is pending (evq.c). */
     double progress;      /* 0..100 */
     char *progress_msg;   /* owned */
     int progress_pending; /* an event is queued */
@@ -119,17 +124,29 @@ void task_finish(struct task *t, int handler_rc);
 void task_set_failure(struct task *t, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/*
+ * The outcomes a handler reports (host.c; worker thread, or any thread the
+ * plugin calls from): the first outcome wins and later ones return
+ * -EALREADY. task_succeed() and task_complete() steal `data`, which must be
+ * a JSON object or NULL (anything else is refused: the task then fails
+ * TRANSIENT_ERROR, -EINVAL). A custom status may not be empty, "failure" or
+ * "cancelled" (-EINVAL); an empty code is -EINVAL.
+ */
+int task_succeed(struct task *t, json_t *data);
+int task_complete(struct task *t, const char *status, json_t *data);
+int task_vfail(struct task *t, const char *code, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+
 /* Ask the handler to stop. Any thread. The first reason sticks. */
 void task_cancel(struct task *t, enum task_cancel reason);
 
 /*
- * The result body (PROTOCOL.md 2.4): {"job_id","task_id","worker_id",
- * "status","data","error","data_metadata"}; error is {"code","message"} or
- * null. New reference.
+ * The task's result record: {"job_id","task_id","worker_id","status","data",
+ * "error","data_metadata"}; error is {"code","message"} or null. This is
+ * the dialect-neutral form the outbox spools (it happens to be RXON 1.0b3's
+ * wire body, PROTOCOL.md 2.4); each wire dialect derives its own body from
+ * it at send time (rxon.h). New reference.
  */
 json_t *task_result_json(const struct task *t, const char *worker_id);
-
-/* Fill a plugin's host table with the daemon's host functions. */
-void task_host_init(struct avt_host *host);
 
 #endif /* AVT_DAEMON_TASK_H */

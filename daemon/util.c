@@ -5,6 +5,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -170,4 +171,56 @@ char *read_file(const char *path, size_t maxlen, size_t *lenp)
     if (lenp != NULL)
         *lenp = len;
     return buf;
+}
+
+/* Length of the valid UTF-8 sequence at s (at most n bytes), or 0. */
+size_t utf8_seq_len(const unsigned char *s, size_t n)
+{
+    size_t len;
+    uint32_t cp;
+
+    if (s[0] < 0x80)
+        return 1;
+    if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+        len = 2, cp = s[0] & 0x1f;
+    } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+        len = 3, cp = s[0] & 0x0f;
+    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+        len = 4, cp = s[0] & 0x07;
+    } else {
+        return 0;
+    }
+    if (len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+        return 0;
+    return len;
+}
+
+char *str_clean_utf8(const char *s, size_t max)
+{
+    size_t n = strlen(s), o = 0;
+    char *out = xmalloc((n < max ? n : max) + 1);
+
+    for (size_t i = 0; i < n;) {
+        size_t len = utf8_seq_len((const unsigned char *)s + i, n - i);
+        if (o + (len ? len : 1) > max)
+            break;
+        if (len == 0) {
+            out[o++] = '?';
+            i++;
+        } else {
+            memcpy(out + o, s + i, len);
+            o += len;
+            i += len;
+        }
+    }
+    out[o] = '\0';
+    return out;
 }

@@ -39,6 +39,15 @@ int fmt_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((forma
 double now_mono(void);
 double now_wall(void);
 
+/* Length of the valid UTF-8 sequence at s (at most n bytes, n >= 1), or 0
+ * when the bytes there are not one. */
+size_t utf8_seq_len(const unsigned char *s, size_t n);
+
+/* A copy of s that is valid UTF-8 (bad bytes become '?') and at most max
+ * bytes long, cut on a character boundary. Whatever a plugin or the
+ * orchestrator hands in goes through it before it is stored. */
+char *str_clean_utf8(const char *s, size_t max);
+
 /* 1 if s matches ^[a-zA-Z0-9_-]+$ (worker ids, plugin names). */
 int str_is_ident(const char *s);
 

@@ -223,11 +223,11 @@ TEST(good_plugin_loads_with_host_table_and_registry)
     link_plugin(dir, "good_plain.so", "good_plain");
     write_file(dir, "README.txt", "not a plugin\n");
     write_file(dir, ".hidden.so", "editor backup, ignored\n");
-    int pool_word = 0;
-    struct pool *pool = (struct pool *)(void *)&pool_word;
+    int evq_word = 0;
+    struct evq *evq = (struct evq *)(void *)&evq_word;
     struct plugin_set *set = NULL;
     int before = *shutdowns;
-    int rc = plugin_set_load(dir, NULL, pool, &set, err, sizeof(err));
+    int rc = plugin_set_load(dir, NULL, evq, &set, err, sizeof(err));
     EXPECT_EQ_INT(rc, 0);
     ASSERT(set != NULL);
     EXPECT_EQ_INT(set->nplugins, 1);
@@ -238,7 +238,7 @@ TEST(good_plugin_loads_with_host_table_and_registry)
     EXPECT(plugin_set_find(set, "") == NULL);
     EXPECT(plugin_set_find(set, NULL) == NULL);
     EXPECT_EQ_STR(p->name, "good_plain");
-    EXPECT(p->pool == pool);
+    EXPECT(p->evq == evq);
     EXPECT(*hostp == &p->host);
     EXPECT(plugin_of_host(&p->host) == p);
     EXPECT_EQ_INT(p->host.abi_version, AVT_ABI_VERSION);

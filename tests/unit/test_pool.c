@@ -19,6 +19,8 @@
 #include <unistd.h>
 
 #include "cfg.h"
+#include "evq.h"
+#include "host.h"
 #include "plugin.h"
 #include "pool.h"
 #include "tap.h"
@@ -222,15 +224,20 @@ static struct cfg make_cfg(int n)
     return c;
 }
 
+/* The worker-to-loop queue of the pool under test (one at a time). */
+static struct evq *evq;
+
 static struct pool *new_pool(int n)
 {
     struct cfg c = make_cfg(n);
-    struct pool *pool = pool_create(&c, fake_notify, NULL);
+    evq_destroy(evq);
+    evq = evq_create(fake_notify, NULL);
+    struct pool *pool = pool_create(&c, evq);
     /* Written before any task is submitted: pool_submit() publishes it. */
-    task_host_init(&fake_plugin.host);
+    host_init(&fake_plugin.host);
     fake_plugin.desc = &fake_desc;
     fake_plugin.name = fake_name;
-    fake_plugin.pool = pool;
+    fake_plugin.evq = evq;
     pthread_mutex_lock(&loop_mu);
     seen = notified;
     pthread_mutex_unlock(&loop_mu);
@@ -244,11 +251,11 @@ static struct pool *new_pool(int n)
 static int drain_events(struct pool *pool, int *done_by_index, int nidx)
 {
     int done = 0;
-    struct pool_event *ev = pool_take_events(pool), *next;
+    struct evq_event *ev = evq_take(evq), *next;
 
     for (; ev != NULL; ev = next) {
         next = ev->next;
-        if (ev->kind == POOL_EV_DONE) {
+        if (ev->kind == EVQ_DONE) {
             struct task *t = ev->task;
             EXPECT_EQ_STR(t->status, "success");
             int i = (int)json_integer_value(json_object_get(t->data, "i"));
@@ -258,7 +265,7 @@ static int drain_events(struct pool *pool, int *done_by_index, int nidx)
             pool_release(pool);
             done++;
         }
-        pool_event_free(ev);
+        evq_event_free(ev);
     }
     return done;
 }
@@ -416,16 +423,16 @@ TEST(a_task_cancelled_while_waiting_finishes_at_once)
     EXPECT_EQ_INT(gate_wait_arrived(1), 0);
     pool_cancel(pool, waiting, TASK_CANCEL_ORCHESTRATOR);
     /* Its DONE comes while the first task still holds the type's slot. */
-    struct pool_event *ev = NULL;
+    struct evq_event *ev = NULL;
     while (ev == NULL && loop_wait() == 0)
-        ev = pool_take_events(pool);
+        ev = evq_take(evq);
     ASSERT(ev != NULL);
-    EXPECT_EQ_INT(ev->kind, POOL_EV_DONE);
+    EXPECT_EQ_INT(ev->kind, EVQ_DONE);
     EXPECT(ev->task == waiting);
     EXPECT_EQ_STR(ev->task->status, "cancelled");
     EXPECT(ev->next == NULL);
     task_destroy(ev->task);
-    pool_event_free(ev);
+    evq_event_free(ev);
     pool_release(pool);
     struct pool_stats st;
     pool_get_stats(pool, &st);
@@ -452,32 +459,32 @@ TEST(progress_is_coalesced_and_comes_before_done)
     EXPECT_EQ_INT(pool_submit(pool, new_task("progress", 0, 0)), 0);
     EXPECT_EQ_INT(gate_wait_arrived(1), 0);
     /* 100 updates while the loop looked away: one event, the last value. */
-    struct pool_event *ev = pool_take_events(pool);
+    struct evq_event *ev = evq_take(evq);
     ASSERT(ev != NULL);
-    EXPECT_EQ_INT(ev->kind, POOL_EV_PROGRESS);
+    EXPECT_EQ_INT(ev->kind, EVQ_PROGRESS);
     EXPECT(ev->percent == 100.0);
     EXPECT_EQ_STR(ev->message, "step 100");
     EXPECT(ev->next == NULL);
-    EXPECT(pool_take_events(pool) == NULL);
-    pool_event_free(ev);
+    EXPECT(evq_take(evq) == NULL);
+    evq_event_free(ev);
     gate_set_open();
 
     int done = 0, progress_after = 0;
     while (!done && loop_wait() == 0) {
-        struct pool_event *next;
-        for (ev = pool_take_events(pool); ev != NULL; ev = next) {
+        struct evq_event *next;
+        for (ev = evq_take(evq); ev != NULL; ev = next) {
             next = ev->next;
-            if (ev->kind == POOL_EV_PROGRESS) {
+            if (ev->kind == EVQ_PROGRESS) {
                 EXPECT(!done);
                 EXPECT(ev->percent == 50.0);
                 EXPECT_EQ_STR(ev->message, "final");
                 progress_after++;
-            } else if (ev->kind == POOL_EV_DONE) {
+            } else if (ev->kind == EVQ_DONE) {
                 task_destroy(ev->task);
                 pool_release(pool);
                 done = 1;
             }
-            pool_event_free(ev);
+            evq_event_free(ev);
         }
     }
     EXPECT_EQ_INT(done, 1);
@@ -489,18 +496,18 @@ TEST(hot_cache_changes_arrive_in_order)
 {
     struct pool *pool = new_pool(1);
     static const struct {
-        enum pool_event_kind kind;
+        enum evq_kind kind;
         const char *name;
-    } want[] = {{POOL_EV_HOTCACHE_ADD, "m1"},
-                {POOL_EV_HOTCACHE_REMOVE, "m1"},
-                {POOL_EV_HOTCACHE_ADD, "m2"},
-                {POOL_EV_DONE, NULL}};
+    } want[] = {{EVQ_HOTCACHE_ADD, "m1"},
+                {EVQ_HOTCACHE_REMOVE, "m1"},
+                {EVQ_HOTCACHE_ADD, "m2"},
+                {EVQ_DONE, NULL}};
     size_t got = 0;
 
     ASSERT(pool != NULL);
     EXPECT_EQ_INT(pool_submit(pool, new_task("hotcache", 0, 0)), 0);
     while (got < ARRAY_LEN(want) && loop_wait() == 0) {
-        struct pool_event *ev = pool_take_events(pool), *next;
+        struct evq_event *ev = evq_take(evq), *next;
         for (; ev != NULL; ev = next, got++) {
             next = ev->next;
             if (got < ARRAY_LEN(want)) {
@@ -508,11 +515,11 @@ TEST(hot_cache_changes_arrive_in_order)
                 if (want[got].name != NULL)
                     EXPECT_EQ_STR(ev->name, want[got].name);
             }
-            if (ev->kind == POOL_EV_DONE) {
+            if (ev->kind == EVQ_DONE) {
                 task_destroy(ev->task);
                 pool_release(pool);
             }
-            pool_event_free(ev);
+            evq_event_free(ev);
         }
     }
     EXPECT_EQ_INT(got, ARRAY_LEN(want));
@@ -588,9 +595,11 @@ TEST(destroy_waits_for_running_and_frees_queued_tasks)
     EXPECT_EQ_INT(pool_submit(pool, new_task("gate", 1, 0)), 0); /* waits for its type */
     EXPECT_EQ_INT(gate_wait_arrived(1), 0);
     pthread_create(&opener, NULL, open_gate_when_stopping, NULL);
-    /* The running task finishes (its DONE event is freed with the pool),
+    /* The running task finishes (its DONE event is freed with the queue),
      * the queued one never starts; ASan checks that both are freed. */
     pool_destroy(pool);
+    evq_destroy(evq);
+    evq = NULL;
     pthread_join(opener, NULL);
     pthread_mutex_lock(&gate_mu);
     EXPECT_EQ_INT(gate_arrived, 1);
@@ -601,7 +610,8 @@ TEST(destroy_waits_for_running_and_frees_queued_tasks)
 TEST(destroy_null_is_a_noop)
 {
     pool_destroy(NULL);
-    pool_event_free(NULL);
+    evq_destroy(NULL);
+    evq_event_free(NULL);
 }
 
 TAP_MAIN()

@@ -3,7 +3,7 @@
  * invalid, random bytes), the host functions a handler calls, the outcome
  * mapping of task_finish() and the exact result body. Handlers run
  * synchronously through task_run() with a fake struct plugin whose host
- * table comes from task_host_init(); there is no pool (progress and
+ * table comes from host_init(); there is no event queue (progress and
  * hot-cache calls are accepted and ignored).
  */
 #include <errno.h>
@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "host.h"
 #include "plugin.h"
 #include "tap.h"
 #include "task.h"
@@ -47,7 +48,7 @@ static char fake_name[] = "fake";
 static struct task *fake_task(void)
 {
     struct task *t = task_create("t-1", "j-1", "fake", json_pack("{s:i}", "n", 7));
-    task_host_init(&fake_plugin.host);
+    host_init(&fake_plugin.host);
     fake_plugin.desc = &fake_desc;
     fake_plugin.name = fake_name;
     t->plugin = &fake_plugin;
@@ -611,11 +612,11 @@ static int h_host_calls(struct avt_task *task)
     return avt_succeed(task, NULL);
 }
 
-TEST(host_table_is_complete_and_tolerates_no_pool)
+TEST(host_table_is_complete_and_tolerates_no_event_queue)
 {
     struct avt_host h;
     memset(&h, 0xa5, sizeof(h));
-    task_host_init(&h);
+    host_init(&h);
     EXPECT_EQ_INT(h.abi_version, AVT_ABI_VERSION);
     EXPECT_EQ_INT(h.struct_size, sizeof(struct avt_host));
     EXPECT_EQ_STR(h.daemon_version, AVT_VERSION);

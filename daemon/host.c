@@ -1,0 +1,150 @@
+/*
+ * host.c - the daemon's side of the plugin ABI: the functions of struct
+ * avt_host (host.h). They validate what the plugin hands in, make it valid
+ * UTF-8 of a bounded length, and pass it on: outcomes to the task
+ * (task.c), progress and hot-cache changes to the worker-to-loop queue
+ * (evq.c), log lines to the log with the plugin and task as context.
+ */
+#include "host.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "evq.h"
+#include "log.h"
+#include "plugin.h"
+#include "task.h"
+#include "util.h"
+
+#define NAME_MAX_ 1024 /* hot-cache names */
+
+static int host_succeed(struct avt_task *task, json_t *data)
+{
+    return task_succeed(task_of(task), data);
+}
+
+static int host_complete(struct avt_task *task, const char *status, json_t *data)
+{
+    return task_complete(task_of(task), status, data);
+}
+
+static int host_vfail(struct avt_task *task, const char *code, const char *fmt, va_list ap)
+{
+    return task_vfail(task_of(task), code, fmt, ap);
+}
+
+static int host_fail(struct avt_task *task, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    int rc;
+
+    va_start(ap, fmt);
+    rc = task_vfail(task_of(task), code, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+static int host_progress(struct avt_task *task, double percent, const char *fmt, ...)
+{
+    struct task *t = task_of(task);
+    char *msg = NULL, *clean = NULL;
+    va_list ap;
+
+    if (t->evq == NULL)
+        return 0;
+    if (isnan(percent) || percent < 0)
+        percent = 0;
+    if (percent > 100)
+        percent = 100;
+    if (fmt != NULL) {
+        va_start(ap, fmt);
+        msg = xvasprintf(fmt, ap);
+        va_end(ap);
+        clean = str_clean_utf8(msg, TASK_MESSAGE_MAX);
+        free(msg);
+    }
+    evq_post_progress(t->evq, t, percent, clean);
+    free(clean);
+    return 0;
+}
+
+static int host_is_cancelled(const struct avt_task *task)
+{
+    const struct task *t =
+        (const struct task *)(const void *)((const char *)task - offsetof(struct task, pub));
+    return atomic_load(&t->cancel) != TASK_CANCEL_NONE;
+}
+
+/* plugin_of_host() for the const table the plugin passes back. */
+static const struct plugin *host_plugin(const struct avt_host *host)
+{
+    return (const struct plugin *)(const void *)((const char *)host -
+                                                 offsetof(struct plugin, host));
+}
+
+static int host_hot_cache(const struct avt_host *host, int add, const char *name)
+{
+    const struct plugin *p = host_plugin(host);
+    char *clean;
+
+    if (name == NULL || *name == '\0' || strlen(name) > NAME_MAX_)
+        return -EINVAL;
+    if (p->evq == NULL)
+        return 0;
+    clean = str_clean_utf8(name, NAME_MAX_);
+    evq_post_hotcache(p->evq, add, clean);
+    free(clean);
+    return 0;
+}
+
+static int host_hot_cache_add(const struct avt_host *host, const char *name)
+{
+    return host_hot_cache(host, 1, name);
+}
+
+static int host_hot_cache_remove(const struct avt_host *host, const char *name)
+{
+    return host_hot_cache(host, 0, name);
+}
+
+static void host_log(const struct avt_host *host, const struct avt_task *task, int level,
+                     const char *fmt, ...)
+{
+    struct log_ctx ctx = {.plugin = host_plugin(host)->name};
+    va_list ap;
+
+    if (level < LOG_ERR)
+        level = LOG_ERR;
+    if (level > LOG_DEBUG)
+        level = LOG_DEBUG;
+    if (level > log_level || fmt == NULL)
+        return;
+    if (task != NULL) {
+        ctx.task_id = task->id;
+        ctx.job_id = task->job_id;
+        ctx.type = task->type;
+    }
+    va_start(ap, fmt);
+    log_vemit(level, &ctx, fmt, ap);
+    va_end(ap);
+}
+
+void host_init(struct avt_host *host)
+{
+    memset(host, 0, sizeof(*host));
+    host->abi_version = AVT_ABI_VERSION;
+    host->struct_size = sizeof(*host);
+    host->daemon_version = AVT_VERSION;
+    host->succeed = host_succeed;
+    host->complete = host_complete;
+    host->fail = host_fail;
+    host->vfail = host_vfail;
+    host->progress = host_progress;
+    host->is_cancelled = host_is_cancelled;
+    host->hot_cache_add = host_hot_cache_add;
+    host->hot_cache_remove = host_hot_cache_remove;
+    host->log = host_log;
+}
