@@ -13,9 +13,9 @@
  * the daemon and writes use MSG_NOSIGNAL, so a client that vanishes costs
  * one failed write.
  *
- * The figures come from the pool (locked snapshots) and the protocol
- * client (loop-thread counters, see orch.h); rendering allocates only the
- * answer buffer, once per scrape.
+ * The figures come from the pool (locked snapshots), the sessions, the
+ * outbox and the ledger (loop-thread counters); rendering allocates only
+ * the answer buffer, once per scrape.
  */
 #include "admin.h"
 
@@ -32,9 +32,11 @@
 #include <ev.h>
 
 #include "cfg.h"
+#include "ledger.h"
 #include "log.h"
 #include "orch.h"
 #include "orchset.h"
+#include "outbox.h"
 #include "pool.h"
 #include "taskstats.h"
 #include "util.h"
@@ -134,6 +136,7 @@ static double rss_bytes(void)
 struct orch_view {
     const char *url;
     struct orch_stats st;
+    struct outbox_stats ob;
 };
 
 /* Every orchestrator's stats (caller frees); *n is set to their number. */
@@ -145,6 +148,7 @@ static struct orch_view *orch_views(const struct admin_sources *src, size_t *n)
         const struct orch *o = orchset_get(src->orchs, i);
         v[i].url = orch_url(o);
         orch_get_stats(o, &v[i].st);
+        outbox_get_stats(src->outbox, o, &v[i].ob);
     }
     return v;
 }
@@ -172,9 +176,21 @@ static void render_slots(struct buf *b, const struct admin_sources *src)
     metric_value(b, "avtworkerd_slots", ps.threads);
     metric_head(b, "avtworkerd_slots_free", "gauge", "Global slots not taken by a task.");
     metric_value(b, "avtworkerd_slots_free", pool_free_slots(src->pool));
+    struct ledger_stats ls;
+    ledger_get_stats(src->ledger, &ls);
     metric_head(b, "avtworkerd_tasks_stuck", "gauge",
                 "Handlers that ignored their cancellation and still hold a thread.");
-    metric_value(b, "avtworkerd_tasks_stuck", src->stuck_fn ? src->stuck_fn(src->stuck_arg) : 0);
+    metric_value(b, "avtworkerd_tasks_stuck", ls.stuck);
+    metric_head(b, "avtworkerd_deadlines_total", "counter",
+                "Tasks cancelled because their type's timeout passed ([limits] TYPE.timeout).");
+    buf_printf(b, "avtworkerd_deadlines_total %lu\n", ls.deadlines);
+    metric_head(
+        b, "avtworkerd_tasks_abandoned_total", "counter",
+        "Tasks reported failed while their handler still ran (deadline grace or shutdown).");
+    buf_printf(b, "avtworkerd_tasks_abandoned_total %lu\n", ls.tasks_abandoned);
+    metric_head(b, "avtworkerd_handlers_stuck_total", "counter",
+                "Handlers given up on after ignoring a deadline's cancellation.");
+    buf_printf(b, "avtworkerd_handlers_stuck_total %lu\n", ls.stuck_total);
 }
 
 static void render_types(struct buf *b, const struct admin_sources *src)
@@ -203,7 +219,7 @@ static void render_types(struct buf *b, const struct admin_sources *src)
 static void render_outcomes(struct buf *b, const struct admin_sources *src)
 {
     size_t n;
-    const struct taskstats_outcome *oc = taskstats_get_outcomes(orchset_taskstats(src->orchs), &n);
+    const struct taskstats_outcome *oc = taskstats_get_outcomes(src->taskstats, &n);
     metric_head(b, "avtworkerd_tasks_total", "counter",
                 "Finished tasks by type, result status and error code (empty unless failed).");
     for (size_t i = 0; i < n; i++) {
@@ -220,7 +236,7 @@ static void render_outcomes(struct buf *b, const struct admin_sources *src)
 static void render_durations(struct buf *b, const struct admin_sources *src)
 {
     size_t n;
-    const struct taskstats_duration *d = taskstats_get_durations(orchset_taskstats(src->orchs), &n);
+    const struct taskstats_duration *d = taskstats_get_durations(src->taskstats, &n);
     const char *name = "avtworkerd_task_duration_seconds";
     metric_head(b, name, "histogram", "Handler run time per task type.");
     for (size_t i = 0; i < n; i++) {
@@ -294,45 +310,41 @@ static void render_requests(struct buf *b, const struct orch_view *v, size_t nv)
             }
 }
 
-static unsigned long stat_at(const struct orch_stats *st, size_t off)
+/* A counter of one orchestrator: a field of its session's or its outbox's
+ * figures. */
+struct counter {
+    const char *name, *type, *help;
+    size_t off;
+    int outbox; /* the field is in struct outbox_stats, else in struct orch_stats */
+};
+
+static unsigned long counter_at(const struct counter *c, const struct orch_view *v)
 {
     unsigned long x;
-    memcpy(&x, (const char *)st + off, sizeof(x));
+    const char *base = c->outbox ? (const char *)&v->ob : (const char *)&v->st;
+    memcpy(&x, base + c->off, sizeof(x));
     return x;
 }
 
-/* The counters of struct orch_stats: per orchestrator (label), or summed
- * over them for the task-level ones (deadlines, abandoned, stuck). */
+/* The per-orchestrator counters (label orchestrator="URL"). */
 static void render_counters(struct buf *b, const struct orch_view *v, size_t nv)
 {
-    static const struct {
-        const char *name, *type, *help;
-        size_t off;
-        int summed;
-    } cs[] = {
+    static const struct counter cs[] = {
 #define C(n, t, h, f) {n, t, h, offsetof(struct orch_stats, f), 0}
-#define SUM(n, h, f)                                                                               \
+#define O(n, t, h, f)                                                                              \
     {                                                                                              \
-        n, "counter", h, offsetof(struct orch_stats, f), 1                                         \
+        n, t, h, offsetof(struct outbox_stats, f), 1                                               \
     }
-        SUM("avtworkerd_deadlines_total",
-            "Tasks cancelled because their type's timeout passed ([limits] TYPE.timeout).",
-            deadlines),
-        SUM("avtworkerd_tasks_abandoned_total",
-            "Tasks reported failed while their handler still ran (deadline grace or shutdown).",
-            tasks_abandoned),
-        SUM("avtworkerd_handlers_stuck_total",
-            "Handlers given up on after ignoring a deadline's cancellation.", stuck_total),
         C("avtworkerd_tasks_received_total", "counter", "Tasks received by long-poll.",
           tasks_received),
         C("avtworkerd_tasks_invalid_total", "counter",
           "Poll answers that were not a valid task (answered INVALID_INPUT_ERROR or dropped).",
           tasks_invalid),
         C("avtworkerd_registrations_total", "counter", "Successful registrations.", registrations),
-        C("avtworkerd_results_sent_total", "counter", "Results the orchestrator acknowledged.",
-          results_sent),
-        C("avtworkerd_results_pending", "gauge",
-          "Results not yet acknowledged by the orchestrator (the outbox).", results_pending),
+        O("avtworkerd_results_sent_total", "counter", "Results the orchestrator acknowledged.",
+          sent),
+        O("avtworkerd_results_pending", "gauge",
+          "Results not yet acknowledged by the orchestrator (the outbox).", pending),
         C("avtworkerd_websocket_connects_total", "counter", "WebSocket connections opened.",
           ws_connects),
         C("avtworkerd_websocket_disconnects_total", "counter",
@@ -341,21 +353,14 @@ static void render_counters(struct buf *b, const struct orch_view *v, size_t nv)
           ws_messages),
         C("avtworkerd_sts_tokens_total", "counter",
           "Access tokens obtained from /_worker/auth/token (mTLS).", sts_tokens),
-#undef SUM
+#undef O
 #undef C
     };
     for (size_t i = 0; i < ARRAY_LEN(cs); i++) {
         metric_head(b, cs[i].name, cs[i].type, cs[i].help);
-        if (cs[i].summed) {
-            unsigned long sum = 0;
-            for (size_t k = 0; k < nv; k++)
-                sum += stat_at(&v[k].st, cs[i].off);
-            buf_printf(b, "%s %lu\n", cs[i].name, sum);
-            continue;
-        }
         for (size_t k = 0; k < nv; k++) {
             orch_label(b, cs[i].name, &v[k]);
-            buf_printf(b, "} %lu\n", stat_at(&v[k].st, cs[i].off));
+            buf_printf(b, "} %lu\n", counter_at(&cs[i], &v[k]));
         }
     }
 }

@@ -31,22 +31,26 @@
 
 struct cfg;
 struct ev_loop;
+struct ledger;
 struct orchset;
+struct outbox;
 struct pool;
+struct taskstats;
 
 #define ADMIN_REQUEST_TIMEOUT 5.0
 #define ADMIN_CONNS_MAX 32
 
 /* What the endpoint reports on. Borrowed for the admin's lifetime: the
  * daemon may change the fields between loop iterations (a reload swaps
- * cfg); stuck_fn, when set, returns the number of stuck handlers. */
+ * cfg). */
 struct admin_sources {
     const struct cfg *cfg;
     struct pool *pool;
-    const struct orchset *orchs;
-    int (*stuck_fn)(void *arg);
-    void *stuck_arg;
-    double started; /* now_mono() at start-up, for the uptime */
+    const struct orchset *orchs;       /* link-level figures, per orchestrator */
+    const struct ledger *ledger;       /* deadlines, abandoned and stuck tasks */
+    const struct outbox *outbox;       /* results sent and pending, per orchestrator */
+    const struct taskstats *taskstats; /* finished tasks */
+    double started;                    /* now_mono() at start-up, for the uptime */
 };
 
 struct admin;

@@ -54,16 +54,20 @@
 #include "evq.h"
 #include "http.h"
 #include "journal.h"
+#include "ledger.h"
 #include "log.h"
 #include "notify.h"
 #include "orch.h"
 #include "orchset.h"
+#include "outbox.h"
 #include "plugin.h"
 #include "pool.h"
 #include "spool.h"
 #include "task.h"
+#include "taskstats.h"
 #include "tls.h"
 #include "util.h"
+#include "work.h"
 
 #define FLUSH_LIMIT 10.0   /* seconds to deliver the last results */
 #define TICK 0.25          /* deadline supervision and STATUS= */
@@ -88,13 +92,17 @@ struct daemon {
     struct plugin_set *plugins; /* current */
     struct retired *retired;
     struct http *http;
-    struct orchset *orchs;   /* one orch per orchestrator (orchset.h) */
-    struct orch *orch;       /* the first of them: status line and metrics */
-    struct spool *spool;     /* state_dir/spool: undelivered results */
-    struct journal *journal; /* state_dir/journal: tasks held, for crash reports */
-    int crashed;             /* the previous run died with tasks */
-    struct admin *admin;     /* the admin endpoint; NULL when [admin] listen is off */
+    struct orchset *orchs;       /* one session per orchestrator (orchset.h) */
+    struct ledger *ledger;       /* the tasks the worker holds */
+    struct work *work;           /* a task's way from poll to result */
+    struct outbox *outbox;       /* results until acknowledged */
+    struct taskstats *taskstats; /* finished tasks, for the metrics */
+    struct spool *spool;         /* state_dir/spool: undelivered results */
+    struct journal *journal;     /* state_dir/journal: tasks held, for crash reports */
+    struct admin *admin;         /* the admin endpoint; NULL when [admin] listen is off */
     struct admin_sources admin_src;
+    struct pool_thread_info *threads; /* the tick's snapshot of the worker threads */
+    size_t nthreads;
     ev_signal sigusr1; /* thread dump */
     ev_async wake;
     ev_signal sigterm, sigint, sighup;
@@ -126,11 +134,11 @@ static unsigned long long mono_usec(void)
     return (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000;
 }
 
-static const char *phase_name(const struct daemon *d, const struct orch_stats *st)
+static const char *phase_name(const struct daemon *d)
 {
     switch (d->phase) {
     case RUNNING:
-        return st->registered ? "serving" : "registering";
+        return orchset_registered(d->orchs) > 0 ? "serving" : "registering";
     case DRAINING:
         return "draining";
     case CANCELLING:
@@ -144,14 +152,14 @@ static const char *phase_name(const struct daemon *d, const struct orch_stats *s
 /* "serving: 3/8 slots busy; echo 2, t_conc 1/1 (2 waiting); 1 stuck" */
 static void status_text(struct daemon *d, char *buf, size_t len)
 {
-    struct orch_stats st;
+    struct ledger_stats st;
     struct pool_stats ps;
     struct pool_type_stats ts[32];
-    orch_get_stats(d->orch, &st);
+    ledger_get_stats(d->ledger, &st);
     pool_get_stats(d->pool, &ps);
     size_t n = pool_get_type_stats(d->pool, ts, ARRAY_LEN(ts));
-    size_t o = (size_t)snprintf(buf, len, "%s: %d/%d slots busy", phase_name(d, &st), ps.inflight,
-                                ps.threads);
+    size_t o =
+        (size_t)snprintf(buf, len, "%s: %d/%d slots busy", phase_name(d), ps.inflight, ps.threads);
     const char *sep = "; ";
     for (size_t i = 0; i < n && o < len; i++) {
         if (ts[i].running == 0 && ts[i].waiting == 0)
@@ -190,12 +198,35 @@ static void on_watchdog(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
     struct daemon *d = w->data;
     struct pool_stats ps;
+    struct ledger_stats ls;
     pool_get_stats(d->pool, &ps);
-    if (orchset_stuck_tasks(d->orchs) < ps.threads)
+    ledger_get_stats(d->ledger, &ls);
+    if (ls.stuck < ps.threads)
         notify_send("WATCHDOG=1");
     else
         log_err("watchdog: every worker thread is held by a stuck handler; not telling systemd "
                 "that all is well");
+}
+
+/* Tasks in the pool, not counting the ones given up on. */
+static int active_tasks(const struct daemon *d)
+{
+    struct ledger_stats st;
+    ledger_get_stats(d->ledger, &st);
+    return st.active;
+}
+
+/* 1 while a task runs with a plugin of `set`, or a poll sent when it was in
+ * force is in flight (its task may need one of them, work_accept()). */
+static int plugins_in_use(const struct daemon *d, const struct plugin_set *set)
+{
+    if (ledger_uses_plugins(d->ledger, set) > 0)
+        return 1;
+    for (size_t i = 0; i < orchset_count(d->orchs); i++) {
+        if (orch_poll_uses(orchset_get(d->orchs, i), set))
+            return 1;
+    }
+    return 0;
 }
 
 /* ---- The drain ------------------------------------------------------------ */
@@ -218,7 +249,8 @@ static void drain_begin(struct daemon *d, int exit_code)
     const struct cfg *c = d->cfg;
     d->phase = DRAINING;
     d->exit_code = exit_code;
-    orchset_drain(d->orchs);
+    for (size_t i = 0; i < orchset_count(d->orchs); i++)
+        orch_drain(orchset_get(d->orchs, i));
     notify_send("STOPPING=1");
     drain_extend(d, c->shutdown_timeout + c->cancel_grace + FLUSH_LIMIT);
     drain_timer_after(d, c->shutdown_timeout);
@@ -234,15 +266,15 @@ static void on_drain_timer(struct ev_loop *loop, ev_timer *w, int revents)
         return;
     case DRAINING:
         log_warn("shutdown: %d task(s) still running; asking them to stop (%g s grace)",
-                 orchset_active_tasks(d->orchs), c->cancel_grace);
-        orchset_cancel_all(d->orchs, TASK_CANCEL_SHUTDOWN);
+                 active_tasks(d), c->cancel_grace);
+        ledger_cancel_all(d->ledger, TASK_CANCEL_SHUTDOWN);
         d->phase = CANCELLING;
         drain_extend(d, c->cancel_grace + FLUSH_LIMIT);
         drain_timer_after(d, c->cancel_grace);
         return;
     case CANCELLING:
-        orchset_abandon_all(d->orchs, AVT_TRANSIENT_ERROR,
-                            "worker shutting down: task did not finish in time");
+        ledger_abandon_all(d->ledger, AVT_TRANSIENT_ERROR,
+                           "worker shutting down: task did not finish in time");
         d->phase = FLUSHING;
         drain_extend(d, FLUSH_LIMIT);
         drain_timer_after(d, FLUSH_LIMIT);
@@ -267,7 +299,7 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
         return;
     }
     log_notice("%s: draining (%d task(s) running, up to %g s)", strsignal(w->signum),
-               orchset_active_tasks(d->orchs), d->cfg->shutdown_timeout);
+               active_tasks(d), d->cfg->shutdown_timeout);
     drain_begin(d, 0);
 }
 
@@ -279,7 +311,7 @@ static void retired_reap(struct daemon *d, int all)
     struct retired **pp = &d->retired;
     while (*pp != NULL) {
         struct retired *r = *pp;
-        if (!all && orchset_uses_plugins(d->orchs, r->plugins) > 0) {
+        if (!all && plugins_in_use(d, r->plugins)) {
             pp = &r->next;
             continue;
         }
@@ -352,6 +384,8 @@ static void daemon_reload(struct daemon *d)
             log_init(c->log_level, (enum log_format)c->log_format);
         pool_set_limits(d->pool, c);
         orchset_reconfigure(d->orchs, c, set);
+        work_reconfigure(d->work, c, set);
+        outbox_reconfigure(d->outbox, c);
         d->cfg = c;
         d->admin_src.cfg = c;
         d->cfg_owned = 1;
@@ -388,34 +422,8 @@ static void on_pool_events(struct ev_loop *loop, ev_async *w, int revents)
     (void)loop;
     (void)revents;
     struct daemon *d = w->data;
-    struct evq_event *ev = evq_take(d->evq);
-    int done = 0;
-    while (ev != NULL) {
-        struct evq_event *next = ev->next;
-        switch (ev->kind) {
-        case EVQ_DONE:
-            /* orch gives the slot back once the result is delivered. */
-            orchset_task_done(d->orchs, ev->task);
-            done = 1;
-            break;
-        case EVQ_PROGRESS:
-            orchset_task_progress(d->orchs, ev->task, ev->percent, ev->message);
-            break;
-        case EVQ_EVENT:
-            break;
-        case EVQ_HOTCACHE_ADD:
-        case EVQ_HOTCACHE_REMOVE:
-            orchset_hot_cache(d->orchs, ev->kind == EVQ_HOTCACHE_ADD, ev->name);
-            break;
-        }
-        evq_event_free(ev);
-        ev = next;
-    }
-    /* One spool commit (fdatasync) for all the results of this wake-up,
-     * then they are sent. */
-    if (done)
-        orchset_flush(d->orchs);
-    if (done && d->retired != NULL)
+    work_events(d->work, evq_take(d->evq));
+    if (d->retired != NULL)
         retired_reap(d, 0);
 }
 
@@ -432,8 +440,21 @@ static void on_idle_check(struct ev_loop *loop, ev_check *w, int revents)
             status_update(d, 1);
         }
     }
-    if (d->phase != RUNNING && orchset_idle(d->orchs))
+    if (d->phase != RUNNING && active_tasks(d) == 0 && outbox_idle(d->outbox))
         ev_break(loop, EVBREAK_ALL);
+}
+
+/* Deadlines, over one snapshot of what every worker thread runs. */
+static void supervise(struct daemon *d)
+{
+    struct pool_stats ps;
+    pool_get_stats(d->pool, &ps);
+    if ((size_t)ps.threads > d->nthreads) {
+        d->nthreads = (size_t)ps.threads;
+        d->threads = xrealloc(d->threads, d->nthreads * sizeof(*d->threads));
+    }
+    size_t n = pool_get_threads(d->pool, d->threads, d->nthreads);
+    ledger_supervise(d->ledger, d->cfg, d->threads, n, now_mono(), d->cfg->cancel_grace);
 }
 
 static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
@@ -441,14 +462,15 @@ static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     struct daemon *d = w->data;
-    orchset_supervise(d->orchs, d->cfg->cancel_grace);
+    struct ledger_stats st;
+    supervise(d);
     if (d->retired != NULL)
         retired_reap(d, 0); /* e.g. once a poll sent before a reload came back empty */
-    int stuck = orchset_stuck_tasks(d->orchs);
-    if (stuck > 0 && d->cfg->restart_on_stuck && d->phase == RUNNING) {
+    ledger_get_stats(d->ledger, &st);
+    if (st.stuck > 0 && d->cfg->restart_on_stuck && d->phase == RUNNING) {
         log_warn("%d handler(s) stuck: finishing the other tasks, then exiting %d to be "
                  "restarted with all threads (restart_on_stuck)",
-                 stuck, DAEMON_EXIT_RESTART);
+                 st.stuck, DAEMON_EXIT_RESTART);
         drain_begin(d, DAEMON_EXIT_RESTART);
     }
     status_update(d, 0);
@@ -486,54 +508,40 @@ static void on_task_start(void *arg, struct task *t)
     journal_task_started(arg, t);
 }
 
-/* Spool a failure result for every task the previous run died with. */
+/* Spool a failure result for every task the previous run died with; the
+ * outbox sends them once their orchestrator's session is up. */
 static void report_lost(struct daemon *d, struct journal_lost *lost, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         struct task *t = task_create(lost[i].task_id, lost[i].job_id, lost[i].type, NULL);
         task_set_failure(t, lost[i].code, "%s", lost[i].message);
-        json_t *body = task_result_json(t, d->cfg->worker_id);
-        char *s = json_dumps(body, JSON_COMPACT);
-        struct spool_record *rec =
-            spool_record_new(lost[i].url, lost[i].task_id, lost[i].job_id, s, strlen(s));
-        spool_write(d->spool, rec); /* a failure is logged; the orchestrator's timeout remains */
-        spool_record_free(rec);
-        free(s);
-        json_decref(body);
+        json_t *record = task_result_json(t, d->cfg->worker_id);
+        /* A failure is logged; the orchestrator's timeout remains. */
+        outbox_spool(d->outbox, lost[i].url, record, lost[i].task_id, lost[i].job_id);
+        json_decref(record);
         task_destroy(t);
     }
-    if (n > 0)
-        spool_commit(d->spool); /* durable before the journal starts afresh */
 }
 
 /*
- * Open the state directory: the spool and the crash journal. Tasks the
- * previous run died with are reported as failures through the spool before
- * the journal starts afresh. Returns 0 or EX_CONFIG_CODE (logged).
+ * Open the state directory: the spool and the crash journal. Returns 0 or
+ * EX_CONFIG_CODE (logged); *lost and *nlost are the tasks the previous run
+ * died with.
  */
-static int open_state(struct daemon *d, const struct cfg *cfg)
+static int open_state(struct daemon *d, const struct cfg *cfg, struct journal_lost **lost,
+                      size_t *nlost)
 {
     char err[AVT_ERRLEN];
     struct spool_limits lim = {(unsigned long long)cfg->spool_max_bytes, cfg->spool_max_files,
                                cfg->spool_max_age};
-    struct journal_lost *lost = NULL;
-    size_t nlost = 0;
     if (spool_open(cfg->state_dir, &lim, &d->spool, err, sizeof(err)) < 0 ||
-        journal_open(cfg->state_dir, cfg->crash_limit, &d->journal, &lost, &nlost, err,
-                     sizeof(err)) < 0) {
+        journal_open(cfg->state_dir, cfg->crash_limit, &d->journal, lost, nlost, err, sizeof(err)) <
+            0) {
         log_err("state directory unusable: %s (set [worker] state_dir or STATE_DIRECTORY to a "
                 "private directory this user can write)",
                 err);
         return EX_CONFIG_CODE;
     }
-    if (nlost > 0)
-        log_err("the previous run ended abnormally with %zu task(s): reporting them as failed "
-                "once its long-poll has lapsed (%.0f s)",
-                nlost, cfg->poll_timeout + 1.0);
-    d->crashed = nlost > 0;
-    report_lost(d, lost, nlost);
-    journal_lost_free(lost, nlost);
-    journal_recovered(d->journal);
     return 0;
 }
 
@@ -548,11 +556,6 @@ static void on_sigusr1(struct ev_loop *loop, ev_signal *w, int revents)
     admin_log_threads(d->pool);
 }
 
-static int admin_stuck(void *arg)
-{
-    return orchset_stuck_tasks(arg);
-}
-
 /* The admin endpoint (after the orchestrator clients: it reports on them).
  * A configured port that cannot be opened is a configuration error. */
 static int admin_setup(struct daemon *d)
@@ -561,8 +564,9 @@ static int admin_setup(struct daemon *d)
     d->admin_src = (struct admin_sources){.cfg = d->cfg,
                                           .pool = d->pool,
                                           .orchs = d->orchs,
-                                          .stuck_fn = admin_stuck,
-                                          .stuck_arg = d->orchs,
+                                          .ledger = d->ledger,
+                                          .outbox = d->outbox,
+                                          .taskstats = d->taskstats,
                                           .started = now_mono()};
     ev_signal_init(&d->sigusr1, on_sigusr1, SIGUSR1);
     d->sigusr1.data = d;
@@ -584,9 +588,96 @@ static void admin_teardown(struct daemon *d)
     ev_signal_stop(d->loop, &d->sigusr1);
 }
 
+/* ---- Wiring ------------------------------------------------------------------ */
+
+static void on_changed(void *arg)
+{
+    struct daemon *d = arg;
+    if (d->orchs != NULL)
+        orchset_changed(d->orchs);
+}
+
+static void on_task(void *arg, struct task *t, int valid, const struct plugin_set *polled_under)
+{
+    struct daemon *d = arg;
+    work_accept(d->work, t, valid, polled_under);
+}
+
+static void on_registered(void *arg, struct orch *o)
+{
+    struct daemon *d = arg;
+    outbox_resume(d->outbox, o);
+}
+
+static int may_poll(void *arg)
+{
+    struct daemon *d = arg;
+    return d->spool == NULL || !spool_is_full(d->spool);
+}
+
+static const struct orch_hooks orch_hooks = {on_task, on_registered, may_poll};
+
+static void *post_result(void *dest, const char *record, size_t len, outbox_answer_fn done,
+                         void *arg)
+{
+    return orch_post_result(dest, record, len, done, arg);
+}
+
+static double failure_delay(void *dest, const char *what, const struct http_response *r,
+                            struct backoff *b, const struct log_ctx *ctx)
+{
+    return orch_failure_delay(dest, what, r, b, ctx);
+}
+
+static const struct outbox_sender outbox_sender = {post_result, orch_cancel_post, failure_delay};
+static const struct outbox_hooks outbox_hooks = {work_release, work_room};
+static const struct ledger_hooks ledger_hooks = {work_cancel, work_abandoned};
+
+/* The task path: ledger, work and the sessions. */
+static void tasks_setup(struct daemon *d, struct cfg *cfg)
+{
+    struct work_env wenv = {.cfg = cfg,
+                            .plugins = d->plugins,
+                            .pool = d->pool,
+                            .taskstats = d->taskstats,
+                            .changed = on_changed,
+                            .arg = d};
+    d->work = work_create(&wenv);
+    d->ledger = ledger_create(&ledger_hooks, d->work);
+    work_set_ledger(d->work, d->ledger);
+    struct orch_env env = {.pool = d->pool,
+                           .ledger = d->ledger,
+                           .hot_cache = work_hot_cache(d->work),
+                           .hooks = &orch_hooks,
+                           .arg = d};
+    d->orchs = orchset_create(d->loop, d->http, cfg, &env, d->plugins);
+}
+
+/* The outbox over the spool, one destination per session; the crash
+ * reports of the previous run go through it. */
+static void outbox_setup(struct daemon *d, struct cfg *cfg, struct journal_lost *lost, size_t nlost)
+{
+    d->outbox = outbox_create(d->loop, cfg, d->spool, &outbox_sender, &outbox_hooks, d->work);
+    work_set_outbox(d->work, d->outbox, d->journal);
+    for (size_t i = 0; i < orchset_count(d->orchs); i++) {
+        struct orch *o = orchset_get(d->orchs, i);
+        outbox_add_dest(d->outbox, o, orch_url(o));
+    }
+    if (nlost > 0)
+        log_err("the previous run ended abnormally with %zu task(s): reporting them as failed "
+                "once its long-poll has lapsed (%.0f s)",
+                nlost, cfg->poll_timeout + 1.0);
+    report_lost(d, lost, nlost);
+    journal_recovered(d->journal); /* the reports are durable: start afresh */
+    if (nlost > 0)
+        outbox_hold(d->outbox, cfg->poll_timeout + 1.0);
+}
+
 static int daemon_setup(struct daemon *d, struct cfg *cfg)
 {
     char err[AVT_ERRLEN];
+    struct journal_lost *lost = NULL;
+    size_t nlost = 0;
     d->cfg = cfg;
     d->loop = ev_default_loop(EVFLAG_AUTO);
     ev_async_init(&d->wake, on_pool_events);
@@ -604,14 +695,14 @@ static int daemon_setup(struct daemon *d, struct cfg *cfg)
     struct http_opts hopts = {0};
     tls_http_opts(cfg, &hopts);
     d->http = http_create(d->loop, &hopts);
-    d->orchs = orchset_create(d->loop, d->http, cfg, d->pool, d->plugins);
-    d->orch = orchset_get(d->orchs, 0);
-    rc = open_state(d, cfg);
+    d->taskstats = taskstats_create();
+    tasks_setup(d, cfg);
+    rc = open_state(d, cfg, &lost, &nlost);
+    if (rc == 0)
+        outbox_setup(d, cfg, lost, nlost);
+    journal_lost_free(lost, nlost);
     if (rc != 0)
         return rc;
-    orchset_set_durable(d->orchs, d->spool, d->journal);
-    if (d->crashed)
-        orchset_hold_results(d->orchs, cfg->poll_timeout + 1.0);
     pool_set_start_hook(d->pool, on_task_start, d->journal);
     notify_init();
     watchers_init(d);
@@ -630,19 +721,28 @@ static void watchers_stop(struct daemon *d)
     ev_signal_stop(d->loop, &d->sighup);
 }
 
+/* The network side: results in flight are cancelled (they stay spooled). */
+static void network_teardown(struct daemon *d)
+{
+    admin_teardown(d);
+    outbox_destroy(d->outbox);
+    d->outbox = NULL;
+    orchset_destroy(d->orchs);
+    d->orchs = NULL;
+    http_destroy(d->http);
+    d->http = NULL;
+}
+
 static void daemon_teardown(struct daemon *d)
 {
     /* A handler that ignored its cancellation still owns its thread and
      * its task: joining it would hang the exit, so the pool, the plugins
      * and the loop (which its completion would wake) are only torn down
      * when every task has finished; the process exits around them. */
-    int stuck = orchset_active_tasks(d->orchs) + orchset_stuck_tasks(d->orchs);
-    admin_teardown(d);
-    orchset_destroy(d->orchs);
-    d->orchs = NULL;
-    d->orch = NULL;
-    http_destroy(d->http);
-    d->http = NULL;
+    struct ledger_stats st;
+    ledger_get_stats(d->ledger, &st);
+    int stuck = st.active + st.stuck;
+    network_teardown(d);
     watchers_stop(d);
     if (stuck) {
         log_warn("exiting with %d handler(s) still running", stuck);
@@ -650,6 +750,10 @@ static void daemon_teardown(struct daemon *d)
     }
     pool_destroy(d->pool);
     evq_destroy(d->evq);
+    ledger_destroy(d->ledger);
+    work_destroy(d->work);
+    taskstats_destroy(d->taskstats);
+    free(d->threads);
     journal_close(d->journal);
     spool_close(d->spool);
     plugin_set_destroy(d->plugins);
@@ -674,11 +778,12 @@ int daemon_run(struct cfg *cfg)
     srandom((unsigned)getpid() ^ (unsigned)now_wall());
     int rc = daemon_setup(d, cfg);
     if (rc != 0) {
-        admin_teardown(d);
-        orchset_destroy(d->orchs);
-        http_destroy(d->http);
+        network_teardown(d);
         pool_destroy(d->pool);
         evq_destroy(d->evq);
+        ledger_destroy(d->ledger);
+        work_destroy(d->work);
+        taskstats_destroy(d->taskstats);
         plugin_set_destroy(d->plugins);
         journal_close(d->journal);
         spool_close(d->spool);
@@ -689,6 +794,7 @@ int daemon_run(struct cfg *cfg)
     }
     log_notice("avtworkerd %s starting: worker %s, orchestrator %s, %d slots", AVT_VERSION,
                cfg->worker_id, cfg->url, cfg->max_concurrent_tasks);
+    outbox_load(d->outbox);
     orchset_start(d->orchs);
     ev_run(d->loop, 0);
     log_notice("stopped (exit status %d)", d->exit_code);

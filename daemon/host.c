@@ -32,10 +32,14 @@ static int host_complete(struct avt_task *task, const char *status, json_t *data
 }
 
 static int host_vfail(struct avt_task *task, const char *code, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+static int host_vfail(struct avt_task *task, const char *code, const char *fmt, va_list ap)
 {
     return task_vfail(task_of(task), code, fmt, ap);
 }
 
+static int host_fail(struct avt_task *task, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int host_fail(struct avt_task *task, const char *code, const char *fmt, ...)
 {
     va_list ap;
@@ -47,6 +51,8 @@ static int host_fail(struct avt_task *task, const char *code, const char *fmt, .
     return rc;
 }
 
+static int host_progress(struct avt_task *task, double percent, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int host_progress(struct avt_task *task, double percent, const char *fmt, ...)
 {
     struct task *t = task_of(task);
@@ -110,6 +116,8 @@ static int host_hot_cache_remove(const struct avt_host *host, const char *name)
     return host_hot_cache(host, 0, name);
 }
 
+static void host_log(const struct avt_host *host, const struct avt_task *task, int level,
+                     const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static void host_log(const struct avt_host *host, const struct avt_task *task, int level,
                      const char *fmt, ...)
 {

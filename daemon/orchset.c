@@ -1,7 +1,7 @@
 /*
- * orchset.c - several orchestrators over one pool: creates one orch per
- * configured orchestrator, routes each task's events to the orch it came
- * from, and is the poll scheduler of all of them (orchset.h has the rules).
+ * orchset.c - the orchestrators of one daemon over one pool: one session
+ * per configured orchestrator, and the poll scheduler of all of them
+ * (orchset.h has the rules).
  *
  * Every orch asks the scheduler (kick) instead of polling by itself; the
  * scheduler counts the polls in flight, subtracts them from the pool's
@@ -19,9 +19,7 @@
 #include "cfg.h"
 #include "log.h"
 #include "orch.h"
-#include "taskstats.h"
 #include "pool.h"
-#include "task.h"
 #include "util.h"
 
 #define INSECURE_NAG_INTERVAL 600.0
@@ -34,8 +32,7 @@ struct orchset {
     int *weight, *current; /* smooth weighted round robin state */
     size_t n;
     int kicking, kick_again;
-    ev_timer nag;             /* "TLS verification is off" */
-    struct taskstats *tstats; /* finished tasks of all of them */
+    ev_timer nag; /* "TLS verification is off" */
 };
 
 /* ---- the scheduler ---- */
@@ -109,10 +106,9 @@ static void kick(void *arg)
     s->kicking = 0;
 }
 
-/* Every orchestrator advertises the one pool's capacity: tell them all. */
-static void beat_all(void *arg)
+void orchset_changed(struct orchset *s)
 {
-    struct orchset *s = arg;
+    kick(s);
     for (size_t i = 0; i < s->n; i++)
         orch_heartbeat_soon(s->orchs[i]);
 }
@@ -131,25 +127,20 @@ static void load_weights(struct orchset *s)
 }
 
 struct orchset *orchset_create(struct ev_loop *loop, struct http *http, const struct cfg *cfg,
-                               struct pool *pool, const struct plugin_set *plugins)
+                               const struct orch_env *env, const struct plugin_set *plugins)
 {
     struct orchset *s = xcalloc(1, sizeof(*s));
     s->loop = loop;
     s->cfg = cfg;
-    s->pool = pool;
+    s->pool = env->pool;
     s->n = cfg->norchs > 0 ? cfg->norchs : 1;
     s->orchs = xcalloc(s->n, sizeof(*s->orchs));
     s->weight = xcalloc(s->n, sizeof(*s->weight));
     s->current = xcalloc(s->n, sizeof(*s->current));
-    s->tstats = taskstats_create();
     for (size_t i = 0; i < s->n; i++) {
-        s->orchs[i] = orch_create_for(loop, http, cfg, i, pool, plugins);
-        orch_set_taskstats(s->orchs[i], s->tstats);
+        s->orchs[i] = orch_create(loop, http, cfg, i, env, plugins);
         s->weight[i] = 1;
-        if (s->n > 1) {
-            orch_set_scheduler(s->orchs[i], kick, s);
-            orch_set_state_hook(s->orchs[i], beat_all, s);
-        }
+        orch_set_scheduler(s->orchs[i], kick, s);
     }
     load_weights(s);
     return s;
@@ -165,13 +156,7 @@ void orchset_destroy(struct orchset *s)
     free(s->orchs);
     free(s->weight);
     free(s->current);
-    taskstats_destroy(s->tstats);
     free(s);
-}
-
-const struct taskstats *orchset_taskstats(const struct orchset *s)
-{
-    return s->tstats;
 }
 
 size_t orchset_count(const struct orchset *s)
@@ -184,7 +169,7 @@ struct orch *orchset_get(const struct orchset *s, size_t i)
     return i < s->n ? s->orchs[i] : NULL;
 }
 
-struct orch *orchset_find(const struct orchset *s, const char *url)
+static struct orch *find(const struct orchset *s, const char *url)
 {
     for (size_t i = 0; i < s->n; i++) {
         if (strcmp(orch_url(s->orchs[i]), url) == 0)
@@ -223,120 +208,13 @@ void orchset_start(struct orchset *s)
         orch_start(s->orchs[i]);
 }
 
-/* ---- the orch operations, fanned out ---- */
+/* ---- Reload and figures ---- */
 
-/* The orch a task came from; the first one if it is unknown (cannot happen:
- * every task is accepted by an orch, which sets origin). */
-static struct orch *origin_of(struct orchset *s, const struct task *t)
-{
-    for (size_t i = 0; i < s->n; i++) {
-        if (t->origin == s->orchs[i])
-            return s->orchs[i];
-    }
-    log_err("task %s has no known orchestrator (bug): its result goes to %s", t->id,
-            orch_url(s->orchs[0]));
-    return s->orchs[0];
-}
-
-void orchset_hold_results(struct orchset *s, double seconds)
-{
-    for (size_t i = 0; i < s->n; i++)
-        orch_hold_results(s->orchs[i], seconds);
-}
-
-void orchset_set_durable(struct orchset *s, struct spool *spool, struct journal *journal)
-{
-    for (size_t i = 0; i < s->n; i++)
-        orch_set_durable(s->orchs[i], spool, journal);
-}
-
-void orchset_task_done(struct orchset *s, struct task *t)
-{
-    orch_task_done(origin_of(s, t), t);
-}
-
-void orchset_flush(struct orchset *s)
-{
-    for (size_t i = 0; i < s->n; i++)
-        orch_flush(s->orchs[i]);
-}
-
-void orchset_task_progress(struct orchset *s, struct task *t, double percent, const char *message)
-{
-    orch_task_progress(origin_of(s, t), t, percent, message);
-}
-
-void orchset_hot_cache(struct orchset *s, int add, const char *name)
-{
-    for (size_t i = 0; i < s->n; i++)
-        orch_hot_cache(s->orchs[i], add, name);
-}
-
-void orchset_capacity_changed(struct orchset *s)
-{
-    for (size_t i = 0; i < s->n; i++)
-        orch_capacity_changed(s->orchs[i]);
-}
-
-void orchset_drain(struct orchset *s)
-{
-    for (size_t i = 0; i < s->n; i++)
-        orch_drain(s->orchs[i]);
-}
-
-int orchset_idle(const struct orchset *s)
-{
-    for (size_t i = 0; i < s->n; i++) {
-        if (!orch_idle(s->orchs[i]))
-            return 0;
-    }
-    return 1;
-}
-
-int orchset_active_tasks(const struct orchset *s)
-{
-    int n = 0;
-    for (size_t i = 0; i < s->n; i++)
-        n += orch_active_tasks(s->orchs[i]);
-    return n;
-}
-
-void orchset_cancel_all(struct orchset *s, int reason)
-{
-    for (size_t i = 0; i < s->n; i++)
-        orch_cancel_all(s->orchs[i], reason);
-}
-
-int orchset_abandon_all(struct orchset *s, const char *code, const char *message)
-{
-    int n = 0;
-    for (size_t i = 0; i < s->n; i++)
-        n += orch_abandon_all(s->orchs[i], code, message);
-    return n;
-}
-
-int orchset_stuck_tasks(const struct orchset *s)
-{
-    int n = 0;
-    for (size_t i = 0; i < s->n; i++)
-        n += orch_stuck_tasks(s->orchs[i]);
-    return n;
-}
-
-void orchset_supervise(struct orchset *s, double grace)
-{
-    for (size_t i = 0; i < s->n; i++)
-        orch_supervise(s->orchs[i], grace);
-}
-
-/* The list of orchestrators itself is fixed until a restart; tokens (and
- * token files), weights, the mode and everything orch_reconfigure covers
- * apply now. */
 void orchset_reconfigure(struct orchset *s, const struct cfg *cfg, const struct plugin_set *plugins)
 {
     int same = cfg->norchs == s->n;
     for (size_t i = 0; same && i < s->n; i++)
-        same = orchset_find(s, cfg->orchs[i].url) != NULL;
+        same = find(s, cfg->orchs[i].url) != NULL;
     if (!same)
         log_warn("reload: the list of orchestrators changed: it takes effect at the next "
                  "restart (still serving the %zu of the start)",
@@ -345,14 +223,6 @@ void orchset_reconfigure(struct orchset *s, const struct cfg *cfg, const struct 
     load_weights(s);
     for (size_t i = 0; i < s->n; i++)
         orch_reconfigure(s->orchs[i], cfg, plugins);
-}
-
-int orchset_uses_plugins(const struct orchset *s, const struct plugin_set *set)
-{
-    int n = 0;
-    for (size_t i = 0; i < s->n; i++)
-        n += orch_uses_plugins(s->orchs[i], set);
-    return n;
 }
 
 int orchset_registered(const struct orchset *s)

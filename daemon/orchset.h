@@ -1,10 +1,12 @@
 /*
- * orchset.h - several orchestrators sharing one pool (PROTOCOL.md 4.9).
+ * orchset.h - the orchestrators of one daemon (PROTOCOL.md 4.9) and their
+ * poll scheduler.
  *
- * One struct orch per entry of cfg->orchs (each with its own registration,
- * heartbeats, WebSocket, token and outbox); this module decides which of
- * them may long-poll next, so that the capacity rules hold across all of
- * them: the total of outstanding polls never exceeds the free global slots.
+ * One protocol session (orch.h) per entry of cfg->orchs, each with its own
+ * registration, heartbeats, WebSocket and token. This module decides which
+ * of them may long-poll next, so that the capacity rules hold across all
+ * of them: the total of outstanding polls never exceeds the free global
+ * slots.
  *
  *   FAILOVER     the first healthy orchestrator in priority order polls;
  *                healthy = registered, not draining, not backing off after
@@ -15,10 +17,8 @@
  *                smooth weighted round robin (nginx's) over `weight`
  *                chooses who gets the next slot.
  *
- * A task's result always goes to the orchestrator the task came from
- * (task->origin), and waits in that orchestrator's outbox (and spool) while
- * it is down. With a single orchestrator it behaves exactly like one orch.
- * Loop thread only.
+ * Everything about tasks (which one came from where, results, deadlines)
+ * is the ledger's and the outbox's, not this module's. Loop thread only.
  */
 #ifndef AVT_DAEMON_ORCHSET_H
 #define AVT_DAEMON_ORCHSET_H
@@ -28,56 +28,35 @@
 struct cfg;
 struct ev_loop;
 struct http;
-struct journal;
 struct orch;
-struct orch_stats;
+struct orch_env;
 struct plugin_set;
-struct pool;
-struct spool;
-struct task;
-struct taskstats;
 
 struct orchset;
 
+/* One session per entry of cfg->orchs, all with the same env (orch.h). */
 struct orchset *orchset_create(struct ev_loop *loop, struct http *http, const struct cfg *cfg,
-                               struct pool *pool, const struct plugin_set *plugins);
+                               const struct orch_env *env, const struct plugin_set *plugins);
 void orchset_destroy(struct orchset *s);
 
 size_t orchset_count(const struct orchset *s);
 /* The i-th orchestrator, in cfg->orchs order (priority, url); NULL past the end. */
 struct orch *orchset_get(const struct orchset *s, size_t i);
-/* The orchestrator with this base URL (a spooled result's identity), or NULL. */
-struct orch *orchset_find(const struct orchset *s, const char *url);
 
 /* Start all; logs loudly (now and every 10 minutes) when TLS verification
  * is off. */
 void orchset_start(struct orchset *s);
 
-/* The orch_* operation of the same name, applied to every orchestrator
- * (counts are summed) or, for a task, to the task's own orchestrator. */
-void orchset_set_durable(struct orchset *s, struct spool *spool, struct journal *journal);
+/* Something every orchestrator is told about changed (the one pool's
+ * capacity, the running tasks, the hot cache): a debounced heartbeat to
+ * each, and polls where a slot is free now. */
+void orchset_changed(struct orchset *s);
 
-/* orch_hold_results() on every orchestrator (after a crash). */
-void orchset_hold_results(struct orchset *s, double seconds);
-void orchset_task_done(struct orchset *s, struct task *t);
-/* The end of a batch of orchset_task_done() calls: orch_flush() on each. */
-void orchset_flush(struct orchset *s);
-void orchset_task_progress(struct orchset *s, struct task *t, double percent, const char *message);
-void orchset_hot_cache(struct orchset *s, int add, const char *name);
-void orchset_capacity_changed(struct orchset *s);
-void orchset_drain(struct orchset *s);
-int orchset_idle(const struct orchset *s);
-int orchset_active_tasks(const struct orchset *s);
-void orchset_cancel_all(struct orchset *s, int reason);
-int orchset_abandon_all(struct orchset *s, const char *code, const char *message);
-int orchset_stuck_tasks(const struct orchset *s);
-void orchset_supervise(struct orchset *s, double grace);
+/* The list of orchestrators itself is fixed until a restart (a changed one
+ * is logged); weights, the mode and everything orch_reconfigure() covers
+ * apply now. */
 void orchset_reconfigure(struct orchset *s, const struct cfg *cfg,
                          const struct plugin_set *plugins);
-int orchset_uses_plugins(const struct orchset *s, const struct plugin_set *set);
-
-/* The finished-task tables of all the orchestrators together. */
-const struct taskstats *orchset_taskstats(const struct orchset *s);
 
 /* How many orchestrators are registered now. */
 int orchset_registered(const struct orchset *s);

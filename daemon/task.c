@@ -54,6 +54,8 @@ static void clear_outcome(struct task *t)
 
 /* Store a failure; the caller has claimed the outcome. */
 static void store_failure(struct task *t, const char *code, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+static void store_failure(struct task *t, const char *code, const char *fmt, va_list ap)
 {
     char *msg = fmt != NULL ? xvasprintf(fmt, ap) : xstrdup("");
 

@@ -179,7 +179,7 @@ def ws_seeds():
 
 
 def orch_seeds():
-    t = "fuzz_orch_response"
+    t = "fuzz_rxon"
     for i, body in enumerate([
         '{"status": "registered", "version": "1.0b3", "warning": null}',
         '{"status": "registered", "version": "1.0b3", "warning": "Protocol version mismatch! '
@@ -240,7 +240,7 @@ if __name__ == "__main__":
     cfg_dict()
     json_dict("fuzz_task_parse", ["job_id", "task_id", "type", "params", "tracing_context",
                                   "params_metadata", "priority", "uri", "size", "etag"])
-    json_dict("fuzz_orch_response", ["status", "registered", "warning", "version", "error",
+    json_dict("fuzz_rxon", ["status", "registered", "warning", "version", "error",
                                      "cancel_task_ids", "ok", "ttl_refreshed", "accepted",
                                      "ignored", "reason", "message", "transition", "command",
                                      "cancel_task", "task_id", "job_id"])

@@ -89,7 +89,8 @@ static unsigned long long put(struct spool *sp, const char *url, const char *id)
 /* Acknowledge by seq, as orch does with its own copy of the record. */
 static void ack(struct spool *sp, unsigned long long seq)
 {
-    struct spool_record rec = {seq, (char *)URL, (char *)"t", (char *)"j", (char *)"{}", 2, 0};
+    char url[] = URL, task_id[] = "t", job_id[] = "j", body[] = "{}";
+    struct spool_record rec = {seq, url, task_id, job_id, body, 2, 0};
     spool_remove(sp, &rec);
 }
 

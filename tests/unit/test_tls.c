@@ -21,7 +21,7 @@ static char tmpdir[64];
 
 static const char *path_in_tmp(const char *name)
 {
-    static char buf[4][256];
+    static char buf[4][sizeof(tmpdir) + 1 + 256];
     static int i;
     i = (i + 1) % 4;
     snprintf(buf[i], sizeof(buf[i]), "%s/%s", tmpdir, name);

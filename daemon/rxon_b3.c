@@ -1,0 +1,224 @@
+/*
+ * rxon_b3.c - the RXON 1.0b3 wire dialect, as Avtomatika 1.0b13 speaks it
+ * (PROTOCOL.md; section numbers in comments refer to it). Pure functions
+ * behind struct rxon_dialect (rxon.h), plus the answer readers both
+ * dialects share.
+ *
+ * The quirks of 1.0b13 this dialect works around on the worker side: no
+ * null lists in heartbeats (3.5), `websockets` at the top level of the
+ * capabilities (the SDK's extra.websockets is never read, 2.1, 4.11), only
+ * ids equal to their job id in current_tasks (parallel-branch ids always
+ * come back as "cancel", 3.7), and an empty-body PATCH as the only
+ * reliable "you expired" signal (2.3, 3.6).
+ */
+#include "rxon.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cfg.h"
+#include "plugin.h"
+#include "task.h"
+#include "util.h"
+
+/* ---- Shared by the dialects ------------------------------------------------ */
+
+void rxon_answer_text(const char *body, size_t len, char *out, size_t outlen)
+{
+    json_t *j = json_loadb(body, len, 0, NULL);
+    const char *e = j != NULL ? json_string_value(json_object_get(j, "error")) : NULL;
+    if (e != NULL) {
+        snprintf(out, outlen, "%s", e);
+    } else {
+        size_t n = len < 120 ? len : 120;
+        snprintf(out, outlen, "%.*s%s", (int)n, body, len > n ? "..." : "");
+        for (char *p = out; *p; p++) {
+            if ((unsigned char)*p < 0x20)
+                *p = ' ';
+        }
+    }
+    json_decref(j);
+}
+
+void rxon_command_clear(struct rxon_command *cmd)
+{
+    free_and_null(cmd->task_id);
+    free_and_null(cmd->job_id);
+}
+
+/* ---- Messages ---------------------------------------------------------------- */
+
+static json_t *b3_register_body(const struct rxon_worker *w, struct rxon_sync *sync)
+{
+    const struct cfg *c = w->cfg;
+    (void)sync;
+    json_t *skills = json_array();
+    for (size_t i = 0; i < w->plugins->ntypes; i++)
+        json_array_append_new(skills, json_string(w->plugins->types[i].type));
+    json_t *gpu = c->gpu_model != NULL
+                      ? json_pack("{s:s, s:i}", "model", c->gpu_model, "vram_gb", c->gpu_vram_gb)
+                      : json_null();
+    json_t *extra = json_deep_copy(c->extra);
+    json_object_set_new(extra, "websockets", json_boolean(c->websockets));
+    /* websockets at the top level of capabilities is what the orchestrator
+     * reads; the SDK's extra.websockets is never read (2.1, 4.11). */
+    json_t *caps =
+        json_pack("{s:s, s:s, s:O, s:n, s:b, s:o}", "hostname", c->hostname, "ip_address",
+                  c->ip_address ? c->ip_address : "127.0.0.1", "cost_per_skill", c->cost_per_skill,
+                  "s3_config_hash", "websockets", c->websockets, "extra", extra);
+    return json_pack("{s:s, s:s, s:o, s:{s:i, s:i, s:o}, s:O, s:O, s:o, s:s}", "worker_id",
+                     c->worker_id, "worker_type", c->worker_type, "supported_skills", skills,
+                     "resources", "max_concurrent_tasks", c->max_concurrent_tasks, "cpu_cores",
+                     c->cpu_cores, "gpu_info", gpu, "installed_software", c->installed_software,
+                     "installed_models", c->installed_models, "capabilities", caps, "status",
+                     "idle");
+}
+
+static json_t *b3_heartbeat_body(const struct rxon_worker *w, const struct rxon_state *st,
+                                 struct rxon_sync *sync)
+{
+    (void)sync;
+    json_t *skills = st->draining ? json_array() : json_copy(st->skills_now);
+    json_t *current = json_array();
+    /* Only ids equal to their job id can be looked up by the orchestrator;
+     * parallel-branch ids would always come back as "cancel" (3.7). */
+    for (size_t i = 0; i < st->ntasks; i++) {
+        if (strcmp(st->tasks[i].task_id, st->tasks[i].job_id) == 0)
+            json_array_append_new(current, json_string(st->tasks[i].task_id));
+    }
+    const char *status = st->draining ? "offline" : json_array_size(skills) > 0 ? "idle" : "busy";
+    return json_pack("{s:s, s:s, s:f, s:o, s:o, s:O}", "worker_id", w->cfg->worker_id, "status",
+                     status, "load", (double)st->ntasks, "current_tasks", current,
+                     "supported_skills", skills, "hot_cache", w->hot_cache);
+}
+
+/* Progress is a WebSocket frame; 1.0b3 has no HTTP progress endpoint (2.6). */
+static json_t *b3_progress_body(const struct rxon_worker *w, const struct task *t, double percent,
+                                const char *message)
+{
+    (void)w;
+    return json_pack("{s:s, s:s, s:s, s:f, s:s}", "event", "progress_update", "task_id", t->id,
+                     "job_id", t->job_id, "progress", percent / 100.0, "message",
+                     message ? message : "");
+}
+
+static int b3_encode(json_t *body, enum rxon_msg kind, const struct rxon_key *key, char **out,
+                     size_t *outlen, char *err, size_t errlen)
+{
+    (void)kind;
+    (void)key;
+    *out = json_dumps(body, JSON_COMPACT);
+    if (*out == NULL)
+        return fmt_err(err, errlen, "the message cannot be encoded as JSON");
+    *outlen = strlen(*out);
+    return 0;
+}
+
+/* A 1.0b3 result is the record itself (task.h): sent as spooled. */
+static int b3_result_wire(const struct rxon_worker *w, const char *record, size_t len,
+                          const struct rxon_key *key, char **out, size_t *outlen, char *err,
+                          size_t errlen)
+{
+    (void)w, (void)record, (void)len, (void)key, (void)err, (void)errlen;
+    *out = NULL;
+    *outlen = 0;
+    return 0;
+}
+
+/* ---- Answers ----------------------------------------------------------------- */
+
+static enum rxon_hb_answer b3_parse_heartbeat_answer(const char *body, size_t len, int probe,
+                                                     rxon_cancel_fn on_cancel, void *arg)
+{
+    enum rxon_hb_answer rc = RXON_HB_OK;
+    json_t *j = json_loadb(body, len, JSON_DECODE_ANY, NULL);
+    if (probe && (j == NULL || json_is_null(j))) {
+        rc = RXON_HB_EXPIRED; /* the only reliable "you expired" signal (2.3, 3.6) */
+    } else if (json_is_object(j)) {
+        json_t *ids = json_object_get(j, "cancel_task_ids");
+        size_t i;
+        json_t *v;
+        json_array_foreach(ids, i, v)
+        {
+            if (json_is_string(v))
+                on_cancel(arg, RXON_CANCEL_TASK_IS_JOB, json_string_value(v));
+        }
+    } else if (!probe) {
+        rc = RXON_HB_UNEXPECTED;
+    }
+    json_decref(j);
+    return rc;
+}
+
+static enum rxon_register_answer b3_parse_register_answer(const char *body, size_t len,
+                                                          char **warning)
+{
+    json_t *j = json_loadb(body, len, 0, NULL);
+    const char *status = json_string_value(json_object_get(j, "status"));
+    const char *w = json_string_value(json_object_get(j, "warning"));
+    int ok = status != NULL && strcmp(status, "registered") == 0;
+    *warning = ok && w != NULL ? xstrdup(w) : NULL;
+    json_decref(j);
+    return ok ? RXON_REG_OK : RXON_REG_UNEXPECTED;
+}
+
+static int b3_parse_result_answer(const char *body, size_t len, char *out, size_t outlen)
+{
+    json_t *j = json_loadb(body, len, 0, NULL);
+    const char *status = json_string_value(json_object_get(j, "status"));
+    int ignored = status != NULL && strcmp(status, "ignored") == 0;
+    if (ignored) {
+        const char *reason = json_string_value(json_object_get(j, "reason"));
+        const char *msg = json_string_value(json_object_get(j, "message"));
+        snprintf(out, outlen, "%s (%s)", reason ? reason : "no reason", msg ? msg : "");
+    } else {
+        const char *tr = json_string_value(json_object_get(j, "transition"));
+        snprintf(out, outlen, "%s", tr ? tr : status ? status : "200");
+    }
+    json_decref(j);
+    return ignored;
+}
+
+static int b3_parse_ws_command(const char *msg, size_t len, struct rxon_command *cmd)
+{
+    json_t *j = json_loadb(msg, len, 0, NULL);
+    const char *c = json_string_value(json_object_get(j, "command"));
+    const char *id = json_string_value(json_object_get(j, "task_id"));
+    int ok = c != NULL && strcmp(c, "cancel_task") == 0 && id != NULL;
+    cmd->task_id = ok ? xstrdup(id) : NULL;
+    cmd->job_id = NULL;
+    json_decref(j);
+    return ok;
+}
+
+static void b3_refusal_advice(long status, const char *text, char *out, size_t outlen)
+{
+    (void)status;
+    (void)text;
+    snprintf(out, outlen, "%s", RXON_TOKEN_ADVICE);
+}
+
+const struct rxon_dialect rxon_b3 = {
+    .version = "1.0b3",
+    .server = "Avtomatika 1.0b13",
+    .worker_id_header = 0,
+    .auth_status = 401,
+    .probe_expired = 1,
+    .progress_via = RXON_PROGRESS_WS_ONLY,
+    .path_events = NULL,
+    .register_body = b3_register_body,
+    .heartbeat_body = b3_heartbeat_body,
+    .progress_body = b3_progress_body,
+    .event_body = NULL,
+    .encode = b3_encode,
+    .result_wire = b3_result_wire,
+    .parse_task = task_parse,
+    .parse_heartbeat_answer = b3_parse_heartbeat_answer,
+    .parse_register_answer = b3_parse_register_answer,
+    .parse_result_answer = b3_parse_result_answer,
+    .parse_event_answer = NULL,
+    .parse_ws_command = b3_parse_ws_command,
+    .refusal_advice = b3_refusal_advice,
+};
