@@ -32,7 +32,7 @@
 #include <unistd.h>
 
 #include "log.h"
-#include "tls.h"
+#include "secfile.h"
 #include "util.h"
 
 #ifndef AVT_PLUGINDIR
@@ -1164,11 +1164,11 @@ static int finalize_tls(struct loader *ld)
         return fail(ld, w_cert ? w_cert : w_key,
                     "a client certificate needs both cert_file and key_file "
                     "(TLS_CERT_PATH and TLS_KEY_PATH)");
-    if (cfg->tls_ca_file != NULL && tls_check_readable(cfg->tls_ca_file, err, sizeof(err)) < 0)
+    if (cfg->tls_ca_file != NULL && secfile_check_readable(cfg->tls_ca_file, err, sizeof(err)) < 0)
         return fail(ld, w_ca, "%s", err);
-    if (cfg->tls_cert_file != NULL && tls_check_readable(cfg->tls_cert_file, err, sizeof(err)) < 0)
+    if (cfg->tls_cert_file != NULL && secfile_check_readable(cfg->tls_cert_file, err, sizeof(err)) < 0)
         return fail(ld, w_cert, "%s", err);
-    if (cfg->tls_key_file != NULL && tls_check_key_file(cfg->tls_key_file, err, sizeof(err)) < 0)
+    if (cfg->tls_key_file != NULL && secfile_check_private(cfg->tls_key_file, err, sizeof(err)) < 0)
         return fail(ld, w_key, "%s", err);
     return 0;
 }

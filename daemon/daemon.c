@@ -65,7 +65,6 @@
 #include "spool.h"
 #include "task.h"
 #include "taskstats.h"
-#include "tls.h"
 #include "util.h"
 #include "work.h"
 
@@ -692,8 +691,10 @@ static int daemon_setup(struct daemon *d, struct cfg *cfg)
         log_err("%s", err);
         return EX_CONFIG_CODE;
     }
-    struct http_opts hopts = {0};
-    tls_http_opts(cfg, &hopts);
+    struct http_opts hopts = {.ca_file = cfg->tls_ca_file,
+                              .cert_file = cfg->tls_cert_file,
+                              .key_file = cfg->tls_key_file,
+                              .insecure = cfg->tls_insecure};
     d->http = http_create(d->loop, &hopts);
     d->taskstats = taskstats_create();
     tasks_setup(d, cfg);

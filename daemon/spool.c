@@ -46,20 +46,17 @@
 #include <jansson.h>
 
 #include "log.h"
+#include "spool_v1.h"
 #include "util.h"
 
 #define SPOOL_SUBDIR "spool"
 #define CORRUPT_SUBDIR "corrupt"
 #define SEG_SUFFIX ".seg"
-#define V1_SUFFIX ".res"
-#define V1_MAGIC "AVTSPOOL"
-#define V1_VERSION 1
 #define TMP_PREFIX "tmp."
 #define MAGIC "AVSP"
 #define HDR 36
 #define URL_MAX 65535U
 #define BODY_MAX (256UL << 20)
-#define V1_HEADER_MAX 4096
 #define FILE_MAX (1024UL << 20) /* a larger file is not one of ours */
 
 /* An ack written in one segment for a result of another (older) one. */
@@ -249,8 +246,7 @@ int spool_parse_segment(const void *buf, size_t len, spool_item_fn cb, void *arg
     return rc;
 }
 
-/* The ids of a result body (json to decref), or NULL when it is not one. */
-static json_t *result_ids(const char *body, size_t len, const char **tid, const char **jid)
+json_t *spool_result_ids(const char *body, size_t len, const char **tid, const char **jid)
 {
     json_t *j = json_loadb(body, len, 0, NULL);
     *tid = json_string_value(json_object_get(j, "task_id"));
@@ -758,7 +754,7 @@ static int scan_dir(struct spool *sp, struct nums *segs, struct nums *v1, char *
             unlinkat(sp->dirfd, name, 0);
             continue;
         }
-        unsigned long long s = hex_name(name, SEG_SUFFIX), r = hex_name(name, V1_SUFFIX);
+        unsigned long long s = hex_name(name, SEG_SUFFIX), r = hex_name(name, SPOOL_V1_SUFFIX);
         int reg = fstatat(sp->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
         if (reg && s > 0)
             nums_push(segs, s);
@@ -807,7 +803,7 @@ static void scan_item(void *arg, const struct spool_item *it)
         s->acks[s->nacks++] = (struct xack){it->seq, s->seg};
         return;
     }
-    json_t *j = result_ids(it->body, it->len, &tid, &jid);
+    json_t *j = spool_result_ids(it->body, it->len, &tid, &jid);
     if (j == NULL) {
         s->bad_body = 1;
         return;
@@ -934,7 +930,7 @@ static void recover_item(void *arg, const struct spool_item *it)
     if (it->kind != SPOOL_ITEM_RESULT)
         return;
     struct meta *m = meta_find_in(r->s, it->seq, r->seg);
-    json_t *j = result_ids(it->body, it->len, &tid, &jid);
+    json_t *j = spool_result_ids(it->body, it->len, &tid, &jid);
     char *url = xstrndup(it->url, it->url_len);
     unsigned long long seq;
     if (j != NULL && m != NULL && !m->acked &&
@@ -960,44 +956,6 @@ static void recover_segment(struct scan *s, unsigned long long id)
 
 /* ---- The version-1 format: migrated at open ------------------------------------ */
 
-/* Parse a version-1 file; returns the record, or NULL with why set. */
-static struct spool_record *parse_v1(const char *buf, size_t size, const char **why)
-{
-    const char *nl = memchr(buf, '\n', size < V1_HEADER_MAX ? size : V1_HEADER_MAX);
-    char url[V1_HEADER_MAX];
-    int version, used = 0;
-    size_t len;
-    unsigned long crc;
-    double created;
-    *why = "truncated or not a spool file";
-    if (nl == NULL || strncmp(buf, V1_MAGIC " ", strlen(V1_MAGIC) + 1) != 0)
-        return NULL;
-    char *hdr = xstrndup(buf, (size_t)(nl - buf));
-    int n = sscanf(hdr, V1_MAGIC " %d %zu %lx %lf %4095s%n", &version, &len, &crc, &created, url,
-                   &used);
-    int hdr_ok = n == 5 && (size_t)used == strlen(hdr);
-    free(hdr);
-    if (hdr_ok && version != V1_VERSION)
-        *why = "of an unknown spool version";
-    if (!hdr_ok || version != V1_VERSION)
-        return NULL;
-    const char *body = nl + 1;
-    if ((size_t)(buf + size - body) != len)
-        return NULL;
-    *why = "damaged (checksum mismatch)";
-    if (spool_crc32(body, len) != crc)
-        return NULL;
-    const char *tid, *jid;
-    json_t *j = result_ids(body, len, &tid, &jid);
-    *why = "not a result body";
-    if (j == NULL)
-        return NULL;
-    struct spool_record *rec = spool_record_new(url, tid, jid, body, len);
-    rec->created = created;
-    json_decref(j);
-    return rec;
-}
-
 /* Append one version-1 file as a record; 1 when it is to be unlinked. */
 static int migrate_one(struct spool *sp, const char *name)
 {
@@ -1006,7 +964,7 @@ static int migrate_one(struct spool *sp, const char *name)
     char *buf = read_file(path, FILE_MAX, &size);
     free(path);
     const char *why = errno == EFBIG ? "too large" : "unreadable";
-    struct spool_record *rec = buf ? parse_v1(buf, size, &why) : NULL;
+    struct spool_record *rec = buf ? spool_v1_parse(buf, size, &why) : NULL;
     free(buf);
     if (rec == NULL) {
         move_aside(sp, name, why);
@@ -1028,13 +986,13 @@ static void migrate_v1(struct spool *sp, const struct nums *v1)
     char name[32];
     struct nums done = {0};
     for (size_t i = 0; i < v1->n; i++) {
-        snprintf(name, sizeof(name), "%016llx" V1_SUFFIX, v1->v[i]);
+        snprintf(name, sizeof(name), "%016llx" SPOOL_V1_SUFFIX, v1->v[i]);
         if (migrate_one(sp, name))
             nums_push(&done, v1->v[i]);
     }
     if (done.n > 0 && spool_commit(sp) == 0) {
         for (size_t i = 0; i < done.n; i++) {
-            snprintf(name, sizeof(name), "%016llx" V1_SUFFIX, done.v[i]);
+            snprintf(name, sizeof(name), "%016llx" SPOOL_V1_SUFFIX, done.v[i]);
             unlinkat(sp->dirfd, name, 0);
         }
         fsync(sp->dirfd);
@@ -1211,7 +1169,7 @@ static void load_item(void *arg, const struct spool_item *it)
         ld->sp->st.other_orchestrator++;
         return;
     }
-    json_t *j = result_ids(it->body, it->len, &tid, &jid);
+    json_t *j = spool_result_ids(it->body, it->len, &tid, &jid);
     if (j == NULL)
         return;
     char *url = xstrndup(it->url, it->url_len);

@@ -57,6 +57,8 @@
 
 #include <stddef.h>
 
+#include <jansson.h>
+
 #define SPOOL_VERSION 2
 #define SPOOL_SEGMENT_MAX (4UL << 20) /* rotation size of a segment */
 
@@ -193,6 +195,10 @@ int spool_parse_segment(const void *buf, size_t len, spool_item_fn cb, void *arg
  * are ignored) in a new buffer of *size bytes (for tests and seeds).
  */
 unsigned char *spool_encode(const struct spool_item *it, size_t *size);
+
+/* The ids of a result body: the parsed JSON (decref it; *tid and *jid
+ * point into it), or NULL when the body is not a result. */
+json_t *spool_result_ids(const char *body, size_t len, const char **tid, const char **jid);
 
 /* CRC-32 (IEEE 802.3, as zlib's crc32) of len bytes; exposed for tests. */
 unsigned long spool_crc32(const void *buf, size_t len);

@@ -1,6 +1,5 @@
 /*
- * tls.c - operator messages for TLS failures and the start-up checks of
- * the TLS files.
+ * tls.c - operator messages for TLS failures.
  *
  * libcurl reports every certificate problem of the server as
  * CURLE_PEER_FAILED_VERIFICATION and most handshake problems as
@@ -15,15 +14,9 @@
  */
 #include "tls.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
-#include "cfg.h"
-#include "http.h"
 #include "util.h"
 
 struct pattern {
@@ -147,56 +140,4 @@ enum tls_failure tls_explain(CURLcode rc, const char *error, int https, char *ou
     else
         snprintf(out, outlen, "TLS: %s (%s)", fix, text);
     return kind;
-}
-
-int tls_check_readable(const char *path, char *err, size_t errlen)
-{
-    struct stat st;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0) {
-        int e = errno;
-        fmt_err(err, errlen, "cannot read %s: %s", path, strerror(e));
-        return -e;
-    }
-    int rc = fstat(fd, &st);
-    int e = errno;
-    close(fd);
-    if (rc < 0) {
-        fmt_err(err, errlen, "cannot read %s: %s", path, strerror(e));
-        return -e;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        fmt_err(err, errlen, "%s is not a regular file", path);
-        return -EINVAL;
-    }
-    return 0;
-}
-
-int tls_check_key_file(const char *path, char *err, size_t errlen)
-{
-    struct stat st;
-    int rc = tls_check_readable(path, err, errlen);
-    if (rc < 0)
-        return rc;
-    if (stat(path, &st) < 0) {
-        int e = errno;
-        fmt_err(err, errlen, "cannot read %s: %s", path, strerror(e));
-        return -e;
-    }
-    if ((st.st_mode & 077) != 0) {
-        fmt_err(err, errlen,
-                "%s has mode %04o: a private key must not be accessible by group or others; "
-                "run chmod 600 %s (or use a systemd credential)",
-                path, (unsigned)(st.st_mode & 07777), path);
-        return -EPERM;
-    }
-    return 0;
-}
-
-void tls_http_opts(const struct cfg *cfg, struct http_opts *opts)
-{
-    opts->ca_file = cfg->tls_ca_file;
-    opts->cert_file = cfg->tls_cert_file;
-    opts->key_file = cfg->tls_key_file;
-    opts->insecure = cfg->tls_insecure;
 }

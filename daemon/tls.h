@@ -1,8 +1,8 @@
 /*
  * tls.h - what the operator needs to know about TLS: a failed TLS exchange
- * turned into a message that names the cause and the fix, and the checks
- * of the client key file made at start-up. The TLS itself is libcurl's
- * (http.c applies [tls] through struct http_opts).
+ * turned into a message that names the cause and the fix. The TLS itself
+ * is libcurl's (http.c applies [tls] through struct http_opts); the checks
+ * of the TLS files at start-up are secfile.h's.
  */
 #ifndef AVT_DAEMON_TLS_H
 #define AVT_DAEMON_TLS_H
@@ -10,9 +10,6 @@
 #include <stddef.h>
 
 #include <curl/curl.h>
-
-struct cfg;
-struct http_opts;
 
 enum tls_failure {
     TLS_FAIL_NONE,          /* not a TLS failure (refused, reset, DNS, ...) */
@@ -41,21 +38,5 @@ enum tls_failure tls_classify(CURLcode rc, const char *error, int https);
  * kind. Pure.
  */
 enum tls_failure tls_explain(CURLcode rc, const char *error, int https, char *out, size_t outlen);
-
-/*
- * Start-up check of the client key file: it must be a regular file this
- * process can read, and nobody but its owner may access it (mode & 077 ==
- * 0), because it is the worker's identity. Returns 0, or -errno / -EPERM
- * with the reason (naming the fix) in err.
- */
-int tls_check_key_file(const char *path, char *err, size_t errlen);
-
-/* A file the TLS library will read (CA bundle, certificate): a readable
- * regular file. Returns 0 or -errno with the reason in err. */
-int tls_check_readable(const char *path, char *err, size_t errlen);
-
-/* The TLS part of the HTTP client's options from [tls] (the strings are
- * borrowed from cfg); the other fields are left as they are. */
-void tls_http_opts(const struct cfg *cfg, struct http_opts *opts);
 
 #endif /* AVT_DAEMON_TLS_H */

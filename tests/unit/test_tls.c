@@ -14,6 +14,7 @@
 
 #include "cfg.h"
 #include "tap.h"
+#include "secfile.h"
 #include "tls.h"
 #include "util.h"
 
@@ -144,16 +145,16 @@ TEST(key_file_permissions)
     char err[AVT_ERRLEN];
     setup();
     const char *k = write_file("k600", "key", 0600);
-    EXPECT_EQ_INT(tls_check_key_file(k, err, sizeof(err)), 0);
+    EXPECT_EQ_INT(secfile_check_private(k, err, sizeof(err)), 0);
     k = write_file("k640", "key", 0640);
-    EXPECT_EQ_INT(tls_check_key_file(k, err, sizeof(err)), -EPERM);
+    EXPECT_EQ_INT(secfile_check_private(k, err, sizeof(err)), -EPERM);
     EXPECT_CONTAINS(err, "mode 0640");
     EXPECT_CONTAINS(err, "chmod 600");
     k = write_file("k604", "key", 0604);
-    EXPECT_EQ_INT(tls_check_key_file(k, err, sizeof(err)), -EPERM);
-    EXPECT_EQ_INT(tls_check_key_file(path_in_tmp("missing"), err, sizeof(err)), -ENOENT);
+    EXPECT_EQ_INT(secfile_check_private(k, err, sizeof(err)), -EPERM);
+    EXPECT_EQ_INT(secfile_check_private(path_in_tmp("missing"), err, sizeof(err)), -ENOENT);
     EXPECT_CONTAINS(err, "cannot read");
-    EXPECT_EQ_INT(tls_check_readable(tmpdir, err, sizeof(err)), -EINVAL);
+    EXPECT_EQ_INT(secfile_check_readable(tmpdir, err, sizeof(err)), -EINVAL);
     EXPECT_CONTAINS(err, "not a regular file");
 }
 
