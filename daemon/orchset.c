@@ -28,8 +28,10 @@ struct orchset {
     struct ev_loop *loop;
     const struct cfg *cfg;
     struct pool *pool;
-    struct orch **orchs;   /* in cfg->orchs order */
-    int *weight, *current; /* smooth weighted round robin state */
+    struct orch **orchs;         /* in cfg->orchs order */
+    int *weight, *current;       /* smooth weighted round robin state */
+    enum orch_poll_state *state; /* kick()'s view of the sessions */
+    size_t *picked;              /* kick()'s plan */
     size_t n;
     int kicking, kick_again;
     ev_timer nag; /* "TLS verification is off" */
@@ -46,45 +48,53 @@ int orchset_polls_in_flight(const struct orchset *s)
 }
 
 /* The first healthy orchestrator polls; the others wait. */
-static void schedule_failover(struct orchset *s, int room)
+static size_t plan_failover(enum orch_poll_state *st, size_t n, int room, size_t *out)
 {
-    for (size_t i = 0; i < s->n; i++) {
-        enum orch_poll_state st = orch_poll_state(s->orchs[i]);
-        if (st == ORCH_POLL_DOWN)
+    for (size_t i = 0; i < n; i++) {
+        if (st[i] == ORCH_POLL_DOWN)
             continue;
-        if (st == ORCH_POLL_READY && room > 0)
-            orch_poll(s->orchs[i]);
-        return;
+        if (st[i] == ORCH_POLL_READY && room > 0) {
+            out[0] = i;
+            return 1;
+        }
+        return 0;
     }
+    return 0;
 }
 
 /* nginx's smooth weighted round robin over the READY orchestrators: each
- * gains its weight, the richest is chosen and pays the total. */
-static struct orch *swrr_pick(struct orchset *s)
+ * gains its weight, the richest is chosen and pays the total; one chosen is
+ * busy for the next pick. */
+static size_t plan_round_robin(enum orch_poll_state *st, const int *weight, int *current, size_t n,
+                               int room, size_t *out)
 {
-    int total = 0;
-    size_t best = s->n;
-    for (size_t i = 0; i < s->n; i++) {
-        if (orch_poll_state(s->orchs[i]) != ORCH_POLL_READY)
-            continue;
-        s->current[i] += s->weight[i];
-        total += s->weight[i];
-        if (best == s->n || s->current[i] > s->current[best])
-            best = i;
+    size_t k = 0;
+    while (room-- > 0) {
+        int total = 0;
+        size_t best = n;
+        for (size_t i = 0; i < n; i++) {
+            if (st[i] != ORCH_POLL_READY)
+                continue;
+            current[i] += weight[i];
+            total += weight[i];
+            if (best == n || current[i] > current[best])
+                best = i;
+        }
+        if (best == n)
+            break;
+        current[best] -= total;
+        st[best] = ORCH_POLL_BUSY;
+        out[k++] = best;
     }
-    if (best == s->n)
-        return NULL;
-    s->current[best] -= total;
-    return s->orchs[best];
+    return k;
 }
 
-static void schedule_round_robin(struct orchset *s, int room)
+size_t orchset_plan(enum orch_poll_state *st, const int *weight, int *current, size_t n, int room,
+                    int mode, size_t *out)
 {
-    struct orch *o;
-    while (room > 0 && (o = swrr_pick(s)) != NULL) {
-        orch_poll(o);
-        room--;
-    }
+    if (mode == CFG_MULTI_ROUND_ROBIN)
+        return plan_round_robin(st, weight, current, n, room, out);
+    return plan_failover(st, n, room, out);
 }
 
 static void kick(void *arg)
@@ -97,11 +107,15 @@ static void kick(void *arg)
     s->kicking = 1;
     do {
         s->kick_again = 0;
-        int room = pool_free_slots(s->pool) - orchset_polls_in_flight(s);
-        if (s->cfg->multi_mode == CFG_MULTI_ROUND_ROBIN)
-            schedule_round_robin(s, room);
-        else
-            schedule_failover(s, room);
+        int busy = 0;
+        for (size_t i = 0; i < s->n; i++) {
+            s->state[i] = orch_poll_state(s->orchs[i]);
+            busy += s->state[i] == ORCH_POLL_BUSY;
+        }
+        size_t k = orchset_plan(s->state, s->weight, s->current, s->n,
+                                pool_free_slots(s->pool) - busy, s->cfg->multi_mode, s->picked);
+        for (size_t i = 0; i < k; i++)
+            orch_poll(s->orchs[s->picked[i]]);
     } while (s->kick_again);
     s->kicking = 0;
 }
@@ -137,6 +151,8 @@ struct orchset *orchset_create(struct ev_loop *loop, struct http *http, const st
     s->orchs = xcalloc(s->n, sizeof(*s->orchs));
     s->weight = xcalloc(s->n, sizeof(*s->weight));
     s->current = xcalloc(s->n, sizeof(*s->current));
+    s->state = xcalloc(s->n, sizeof(*s->state));
+    s->picked = xcalloc(s->n, sizeof(*s->picked));
     for (size_t i = 0; i < s->n; i++) {
         s->orchs[i] = orch_create(loop, http, cfg, i, env, plugins);
         s->weight[i] = 1;
@@ -156,6 +172,8 @@ void orchset_destroy(struct orchset *s)
     free(s->orchs);
     free(s->weight);
     free(s->current);
+    free(s->state);
+    free(s->picked);
     free(s);
 }
 

@@ -25,11 +25,11 @@
 
 #include <stddef.h>
 
+#include "orch.h"
+
 struct cfg;
 struct ev_loop;
 struct http;
-struct orch;
-struct orch_env;
 struct plugin_set;
 
 struct orchset;
@@ -63,5 +63,15 @@ int orchset_registered(const struct orchset *s);
 
 /* Long-polls in flight over all orchestrators (tests, metrics). */
 int orchset_polls_in_flight(const struct orchset *s);
+
+/*
+ * The scheduler's decision, pure (exposed for tests): given each session's
+ * poll state st[n] (updated: the chosen become BUSY), weights, the smooth
+ * round-robin state current[n] (updated), the room (free slots minus the
+ * polls in flight) and the mode (enum cfg_multi_mode), write the indexes of
+ * the sessions that poll now into out (n entries) and return their count.
+ */
+size_t orchset_plan(enum orch_poll_state *st, const int *weight, int *current, size_t n, int room,
+                    int mode, size_t *out);
 
 #endif /* AVT_DAEMON_ORCHSET_H */
