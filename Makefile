@@ -45,8 +45,8 @@ SAN = $(if $(SANITIZE),-fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanit
 
 # Recursively expanded on purpose: evaluated when a recipe runs, i.e. after
 # tools/deps.sh has installed the packages on a fresh machine.
-PKG_CFLAGS = $(shell $(PKG_CONFIG) --cflags libcurl jansson inih 2>/dev/null)
-PKG_LIBS = $(shell $(PKG_CONFIG) --libs libcurl jansson inih 2>/dev/null || echo -lcurl -ljansson -linih)
+PKG_CFLAGS = $(shell $(PKG_CONFIG) --cflags libcurl jansson inih libcrypto 2>/dev/null)
+PKG_LIBS = $(shell $(PKG_CONFIG) --libs libcurl jansson inih libcrypto 2>/dev/null || echo -lcurl -ljansson -linih -lcrypto)
 
 AVT_CFLAGS = -std=c17 -D_GNU_SOURCE $(WARN) $(HARDEN) $(SAN) -Isdk -Idaemon -MMD -MP \
              -DAVT_PLUGINDIR='"$(PLUGINDIR)"' $(PKG_CFLAGS)
@@ -84,6 +84,8 @@ SRCS += daemon/tls.c
 SRCS += daemon/secfile.c
 SRCS += daemon/orchset.c
 SRCS += daemon/admin.c
+SRCS += daemon/canon.c
+SRCS += daemon/sign.c
 MAIN_SRC = daemon/main.c
 
 OBJS = $(SRCS:%.c=$(BUILD)/obj/%.o)

@@ -1166,7 +1166,8 @@ static int finalize_tls(struct loader *ld)
                     "(TLS_CERT_PATH and TLS_KEY_PATH)");
     if (cfg->tls_ca_file != NULL && secfile_check_readable(cfg->tls_ca_file, err, sizeof(err)) < 0)
         return fail(ld, w_ca, "%s", err);
-    if (cfg->tls_cert_file != NULL && secfile_check_readable(cfg->tls_cert_file, err, sizeof(err)) < 0)
+    if (cfg->tls_cert_file != NULL &&
+        secfile_check_readable(cfg->tls_cert_file, err, sizeof(err)) < 0)
         return fail(ld, w_cert, "%s", err);
     if (cfg->tls_key_file != NULL && secfile_check_private(cfg->tls_key_file, err, sizeof(err)) < 0)
         return fail(ld, w_key, "%s", err);

@@ -29,8 +29,8 @@ struct spool_record *spool_v1_parse(const char *buf, size_t size, const char **w
     if (nl == NULL || strncmp(buf, MAGIC " ", strlen(MAGIC) + 1) != 0)
         return NULL;
     char *hdr = xstrndup(buf, (size_t)(nl - buf));
-    int n = sscanf(hdr, MAGIC " %d %zu %lx %lf %4095s%n", &version, &len, &crc, &created, url,
-                   &used);
+    int n =
+        sscanf(hdr, MAGIC " %d %zu %lx %lf %4095s%n", &version, &len, &crc, &created, url, &used);
     int hdr_ok = n == 5 && (size_t)used == strlen(hdr);
     free(hdr);
     if (hdr_ok && version != VERSION)

@@ -234,6 +234,49 @@ def state_seeds():
     write(t, "crashes_bad", b"\x02" + b"-1 x\n99999999999999999999 y\nz\n 3\n")
 
 
+def canon_seeds():
+    """fuzz_canon: every distinct payload of the RXON 1.0b14 signature
+    vectors (tests/data/rxon14/), then the edges the vectors do not reach."""
+    import json
+    import re
+    t = "fuzz_canon"
+    seen = set()
+    for f in ("signature_vectors.json", "signature_vectors_extra.json"):
+        with open(os.path.join(ROOT, "tests", "data", "rxon14", f), encoding="utf-8") as fh:
+            vectors = json.load(fh)["vectors"]
+        for v in vectors:
+            if v["payload_json"] in seen:
+                continue
+            seen.add(v["payload_json"])
+            write(t, "vec_" + re.sub(r"[^A-Za-z0-9]+", "_", v["name"]).strip("_"), v["payload_json"])
+    write(t, "nul_escape", '{"a\\u0000":"\\u0000","a":1}')
+    write(t, "dup_null", '{"a":[1,{"b":null}],"a":null,"b":{"c":1,"c":2}}')
+    write(t, "security_dropped", '{"security":{"x":1e300},"bubbling_chain":[1e400],"v":1}')
+    write(t, "ws", ' \t\r\n{ "a" : [ 1 , 2.50 , -0.0 , 1E-7 ] , "b" : { } }\r\n')
+    write(t, "pow2", '{"a":7.2911220195563975e-304,"b":0.5,"c":2.2250738585072014e-308}')
+    write(t, "long_digits", '{"a":0.1000000000000000055511151231257827021181583404541015625,'
+          '"b":123456789012345678901234567890e-30}')
+    write(t, "null_at_101", "{" + '"a":{' * 100 + '"n":null' + "}" * 100 + "}")
+    write(t, "bad_utf8", b'{"a":"\xc0\xaf\xed\xa0\x80\xf4\x90\x80\x80"}')
+    write(t, "trailing", '{"a":1} {}')
+    write(t, "empty", "")
+
+
+def canon_dict():
+    """fuzz_canon.dict: member names the signer treats specially, numbers at
+    the range and layout edges, escapes and UTF-8 edges (raw tokens)."""
+    keys = ["security", "bubbling_chain", "signature", "signer_id", "a", ""]
+    words = ['"%s"' % k for k in keys] + ['"%s":' % k for k in keys]
+    words += ["{", "}", "[", "]", ":", ",", "null", "true", "false", " ", "\t", "\r\n",
+              "1e-7", "1e16", "1e19", "1e20", "1e400", "1e-400", "18446744073709551615",
+              "18446744073709551616", "-9223372036854775808", "-9223372036854775809", "0.00001",
+              "9.999999999999999e-6", "5e-324", "-0", "-0.0", "1E2", "1e+2", "0.1", ".5", "01",
+              "\\u0000", "\\u001f", "\\u2028", "\\ud83d\\ude00", "\\udc00", "\\ud800",
+              '\\"', "\\\\", "\\/", "\\b", "\\n", "\xc3\xa9", "\xef\xbf\xbf",
+              "\xf0\x90\x80\x80", "\xed\xa0\x80", "\xc0\xaf", "\x7f", "\xef\xbb\xbf"]
+    write_dict("fuzz_canon", words)
+
+
 if __name__ == "__main__":
     task_seeds()
     cfg_seeds()
@@ -253,5 +296,7 @@ if __name__ == "__main__":
     ws_seeds()
     orch_seeds()
     state_seeds()
+    canon_seeds()
+    canon_dict()
     write_dict("fuzz_state", ["AVTSPOOL 1 ", "\n", "S ", "E ", '{"a":', '"u":', '"t":', '"i":',
                               '"j":', "http://127.0.0.1:8080", "1700000000 ", "00000000"])

@@ -15,6 +15,7 @@ libcurl4-openssl-dev:/usr/include/x86_64-linux-gnu/curl/curl.h
 libjansson-dev:/usr/include/jansson.h
 libev-dev:/usr/include/ev.h
 libinih-dev:/usr/include/ini.h
+libssl-dev:/usr/include/openssl/hmac.h
 pkg-config:/usr/bin/pkg-config
 gcc:/usr/bin/gcc
 g++:/usr/bin/g++

@@ -1,0 +1,177 @@
+/*
+ * sign.c - signing and checking RXON 1.0b14 messages (PROTOCOL-1.0b14.md
+ * 2). The message is canon_json()'s output; the MAC is OpenSSL's one-shot
+ * HMAC() with SHA-256, written as lowercase hex. What is sent is the
+ * canonical text itself plus the `security` member, so the orchestrator's
+ * normalisation (null removal, integral doubles to integers, key order) is
+ * a no-op on it and the signed tree is the sent tree by construction.
+ * sign_verify() is the receiving side, for tests and self-checks; it reads
+ * security.signature with canon_lookup(), so it accepts every body
+ * canon_json() does (jansson, for one, refuses a NUL in a key).
+ */
+#include "sign.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include "canon.h"
+#include "util.h"
+
+int sign_hmac_hex(const char *key, const void *msg, size_t len, char out[SIGN_HEXLEN + 1])
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    size_t klen = key != NULL ? strlen(key) : 0;
+
+    out[0] = '\0';
+    if (klen == 0 || klen > INT_MAX)
+        return -EINVAL;
+    if (HMAC(EVP_sha256(), key, (int)klen, msg != NULL ? msg : "", len, md, &mdlen) == NULL ||
+        mdlen * 2 != SIGN_HEXLEN)
+        return -EINVAL;
+    for (unsigned int i = 0; i < mdlen; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 15];
+    }
+    out[SIGN_HEXLEN] = '\0';
+    return 0;
+}
+
+static int has_names(const char *const *names)
+{
+    return names != NULL && names[0] != NULL;
+}
+
+static void put(char *dst, size_t *at, const char *s, size_t n)
+{
+    memcpy(dst + *at, s, n);
+    *at += n;
+}
+
+/* canon (a canonical object, clen bytes) with the security member added
+ * last; quoted_id is the quoted signer id or NULL. */
+static char *with_security(const char *canon, size_t clen, const char *hex, const char *quoted_id,
+                           size_t *outlen)
+{
+    static const char head[] = "\"security\":{\"signature\":\"", id[] = "\",\"signer_id\":";
+    size_t qlen = quoted_id != NULL ? strlen(quoted_id) : 0, at = 0;
+    char *s = xmalloc(clen + sizeof(head) + SIGN_HEXLEN + sizeof(id) + qlen + 4);
+
+    put(s, &at, canon, clen - 1); /* all but the closing brace */
+    if (clen > 2)
+        put(s, &at, ",", 1);
+    put(s, &at, head, sizeof(head) - 1);
+    put(s, &at, hex, SIGN_HEXLEN);
+    if (quoted_id != NULL) {
+        put(s, &at, id, sizeof(id) - 1);
+        put(s, &at, quoted_id, qlen);
+    } else {
+        put(s, &at, "\"", 1);
+    }
+    put(s, &at, "}}", 3); /* with the NUL */
+    if (outlen != NULL)
+        *outlen = at - 1;
+    return s;
+}
+
+int sign_message(const char *body, size_t len, const char *key, const char *signer_id,
+                 const char *const *ignore_top, char **out, size_t *outlen, char *err,
+                 size_t errlen)
+{
+    char hex[SIGN_HEXLEN + 1], *msg = NULL, *full = NULL, *qid = NULL;
+    size_t mlen, flen;
+    int rc;
+
+    *out = NULL;
+    if (outlen != NULL)
+        *outlen = 0;
+    if (key == NULL || key[0] == '\0')
+        return fmt_err(err, errlen, "empty signing key");
+    if ((rc = canon_json(body, len, ignore_top, &msg, &mlen, err, errlen)) < 0)
+        return rc;
+    if ((rc = sign_hmac_hex(key, msg, mlen, hex)) < 0) {
+        fmt_err(err, errlen, "HMAC-SHA256 failed in libcrypto");
+        goto out;
+    }
+    if (!has_names(ignore_top)) {
+        full = msg, flen = mlen, msg = NULL;
+    } else if ((rc = canon_json(body, len, NULL, &full, &flen, err, errlen)) < 0) {
+        goto out;
+    }
+    if (signer_id != NULL &&
+        (rc = canon_quote(signer_id, strlen(signer_id), &qid, NULL, err, errlen)) < 0) {
+        goto out;
+    }
+    *out = with_security(full, flen, hex, qid, outlen);
+out:
+    free(msg);
+    free(full);
+    free(qid);
+    return rc;
+}
+
+/* Like fmt_err(), for a signature that does not verify: returns -EPERM. */
+static int perm_err(char *why, size_t whylen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int perm_err(char *why, size_t whylen, const char *fmt, ...)
+{
+    if (why != NULL && whylen > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, whylen, fmt, ap);
+        va_end(ap);
+    }
+    return -EPERM;
+}
+
+/* The top-level security.signature of body as canonical JSON text, which
+ * for a string of hex digits is the digits in quotes. */
+static int find_signature(const char *body, size_t len, char **sig, char *why, size_t whylen)
+{
+    static const char *const path[] = {"security", "signature", NULL};
+    size_t n;
+
+    if (canon_lookup(body, len, path, sig, &n, why, whylen) < 0)
+        return perm_err(why, whylen, "no security.signature");
+    if (n < 2 || (*sig)[0] != '"')
+        return perm_err(why, whylen, "security.signature is not a string");
+    if (n == 2)
+        return perm_err(why, whylen, "security.signature is empty");
+    if (n != SIGN_HEXLEN + 2 || memchr(*sig, '\\', n) != NULL)
+        return perm_err(why, whylen, "security.signature is not %d hex digits", SIGN_HEXLEN);
+    return 0;
+}
+
+int sign_verify(const char *body, size_t len, const char *key, const char *const *ignore_top,
+                char *why, size_t whylen)
+{
+    char hex[SIGN_HEXLEN + 1], *msg = NULL, *sig = NULL;
+    size_t mlen;
+    int rc;
+
+    if (key == NULL || key[0] == '\0')
+        return fmt_err(why, whylen, "empty signing key");
+    if ((rc = canon_json(body, len, ignore_top, &msg, &mlen, why, whylen)) < 0)
+        return rc;
+    rc = sign_hmac_hex(key, msg, mlen, hex);
+    free(msg);
+    if (rc < 0)
+        return fmt_err(why, whylen, "HMAC-SHA256 failed in libcrypto");
+    if ((rc = find_signature(body, len, &sig, why, whylen)) == 0 &&
+        CRYPTO_memcmp(sig + 1, hex, SIGN_HEXLEN) != 0) {
+        rc = perm_err(why, whylen, "signature does not match%s",
+                      strpbrk(sig, "ABCDEF") != NULL ? " (it must be lowercase hex)" : "");
+    }
+    free(sig);
+    return rc;
+}
