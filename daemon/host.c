@@ -15,7 +15,6 @@
 
 #include "evq.h"
 #include "log.h"
-#include "plugin.h"
 #include "task.h"
 #include "util.h"
 
@@ -84,24 +83,24 @@ static int host_is_cancelled(const struct avt_task *task)
     return atomic_load(&t->cancel) != TASK_CANCEL_NONE;
 }
 
-/* plugin_of_host() for the const table the plugin passes back. */
-static const struct plugin *host_plugin(const struct avt_host *host)
+/* The context of the (const) table the plugin passes back. */
+static const struct host_ctx *ctx_of(const struct avt_host *host)
 {
-    return (const struct plugin *)(const void *)((const char *)host -
-                                                 offsetof(struct plugin, host));
+    return (const struct host_ctx *)(const void *)((const char *)host -
+                                                   offsetof(struct host_ctx, table));
 }
 
 static int host_hot_cache(const struct avt_host *host, int add, const char *name)
 {
-    const struct plugin *p = host_plugin(host);
+    const struct host_ctx *h = ctx_of(host);
     char *clean;
 
     if (name == NULL || *name == '\0' || strlen(name) > NAME_MAX_)
         return -EINVAL;
-    if (p->evq == NULL)
+    if (h->evq == NULL)
         return 0;
     clean = str_clean_utf8(name, NAME_MAX_);
-    evq_post_hotcache(p->evq, add, clean);
+    evq_post_hotcache(h->evq, add, clean);
     free(clean);
     return 0;
 }
@@ -121,7 +120,7 @@ static void host_log(const struct avt_host *host, const struct avt_task *task, i
 static void host_log(const struct avt_host *host, const struct avt_task *task, int level,
                      const char *fmt, ...)
 {
-    struct log_ctx ctx = {.plugin = host_plugin(host)->name};
+    struct log_ctx ctx = {.plugin = ctx_of(host)->plugin};
     va_list ap;
 
     if (level < LOG_ERR)
@@ -140,9 +139,12 @@ static void host_log(const struct avt_host *host, const struct avt_task *task, i
     va_end(ap);
 }
 
-void host_init(struct avt_host *host)
+void host_init(struct host_ctx *h, const char *plugin, struct evq *evq)
 {
-    memset(host, 0, sizeof(*host));
+    struct avt_host *host = &h->table;
+    memset(h, 0, sizeof(*h));
+    h->plugin = plugin;
+    h->evq = evq;
     host->abi_version = AVT_ABI_VERSION;
     host->struct_size = sizeof(*host);
     host->daemon_version = AVT_VERSION;

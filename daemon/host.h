@@ -13,7 +13,18 @@
 
 #include "avt_plugin.h"
 
-/* Fill a plugin's host table with the daemon's host functions. */
-void host_init(struct avt_host *host);
+struct evq;
+
+/* A plugin's host table and what its functions need to know about the
+ * plugin; the table is first, so the address the plugin passes back finds
+ * the rest. */
+struct host_ctx {
+    struct avt_host table;
+    const char *plugin; /* the plugin's name, for log lines (borrowed) */
+    struct evq *evq;    /* where hot-cache changes go; NULL: nowhere (--check-config) */
+};
+
+/* Fill the table with the daemon's host functions. */
+void host_init(struct host_ctx *h, const char *plugin, struct evq *evq);
 
 #endif /* AVT_DAEMON_HOST_H */

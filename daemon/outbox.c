@@ -193,8 +193,10 @@ void outbox_add_dest(struct outbox *ob, void *dest, const char *url)
     set_backoff(ob, d);
     ev_timer_init(&d->timer, on_timer, 0., 0.);
     d->timer.data = d;
-    d->next = ob->dests;
-    ob->dests = d;
+    struct dest **pp = &ob->dests; /* in the order they were added */
+    while (*pp != NULL)
+        pp = &(*pp)->next;
+    *pp = d;
 }
 
 /* ---- Sending --------------------------------------------------------------------- */

@@ -29,6 +29,7 @@
 #include "cfg.h"
 #include "log.h"
 #include "host.h"
+#include "task.h"
 
 /* The size of struct avt_plugin in ABI 1.0: every field up to shutdown().
  * Later minors append fields, so this stays the minimum forever. */
@@ -319,7 +320,7 @@ static int load_one(struct plugin_set *set, const char *path, struct evq *evq, c
 {
     struct plugin *p = xcalloc(1, sizeof(*p));
     p->path = xstrdup(path);
-    p->evq = evq;
+    p->host.evq = evq;
     set->plugins = xrealloc(set->plugins, (set->nplugins + 1) * sizeof(*set->plugins));
     set->plugins[set->nplugins++] = p;
 
@@ -435,10 +436,10 @@ static int check_sections(const struct plugin_set *set, const struct cfg *cfg, c
 
 static int init_one(struct plugin *p, char *err, size_t errlen)
 {
-    host_init(&p->host);
+    host_init(&p->host, p->name, p->host.evq);
     if (p->desc->init != NULL) {
         void *state = NULL;
-        int rc = p->desc->init(&p->host, &state);
+        int rc = p->desc->init(&p->host.table, &state);
         if (rc < 0) {
             fmt_err(err, errlen, "%s: init() failed: %s", p->path, rc_str(rc));
             return rc > -4096 ? rc : -EIO;
@@ -578,4 +579,23 @@ void plugin_set_destroy(struct plugin_set *set)
     free(set->types);
     free(set->plugins);
     free(set);
+}
+
+void plugin_run(struct task *t)
+{
+    int rc = 0;
+
+    t->t_started = now_mono();
+    if (t->plugin == NULL) {
+        task_set_failure(t, AVT_PERMANENT_ERROR, "Unsupported task: %s", t->type);
+        t->t_finished = now_mono();
+        return;
+    }
+    t->pub.host = &t->plugin->host.table;
+    /* A task that already has an outcome (invalid payload) or was cancelled
+     * while it waited is not started at all. */
+    if (atomic_load(&t->has_outcome) == 0 && atomic_load(&t->cancel) == TASK_CANCEL_NONE)
+        rc = t->plugin->desc->handle(t->plugin->state, &t->pub);
+    task_finish(t, rc);
+    t->t_finished = now_mono();
 }

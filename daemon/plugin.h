@@ -16,20 +16,21 @@
 #include <stddef.h>
 
 #include "avt_plugin.h"
+#include "host.h"
 #include "util.h"
 
 struct cfg;
 struct evq;
+struct task;
 
 struct plugin {
-    struct avt_host host; /* first: the table handed to the plugin; see plugin_of_host() */
+    struct host_ctx host; /* first: its table is handed to the plugin; see plugin_of_host() */
     const struct avt_plugin *desc;
-    void *state;     /* what init() returned */
-    void *dl;        /* dlopen() handle */
-    char *path;      /* the .so file */
-    char *name;      /* copy of desc->name */
-    struct evq *evq; /* where hot-cache events go; NULL in --check-config */
-    int started;     /* init() succeeded; shutdown() is owed */
+    void *state; /* what init() returned */
+    void *dl;    /* dlopen() handle */
+    char *path;  /* the .so file */
+    char *name;  /* copy of desc->name */
+    int started; /* init() succeeded; shutdown() is owed */
 };
 
 struct plugin_type {
@@ -60,6 +61,15 @@ int plugin_set_load(const char *dir, const struct cfg *cfg, struct evq *evq,
 /* The plugin that handles `type`, or NULL. Any thread (the set is
  * immutable once loaded). */
 struct plugin *plugin_set_find(const struct plugin_set *set, const char *type);
+
+/*
+ * Run a task's handler on the calling (worker) thread and apply the outcome
+ * mapping (task_finish). A task without a plugin gets PERMANENT_ERROR
+ * "Unsupported task: TYPE" without running anything; one that already has
+ * an outcome (an invalid payload) or was cancelled while it waited is not
+ * started at all. Sets t_started and t_finished.
+ */
+void plugin_run(struct task *t);
 
 /* Call shutdown() of every started plugin, then free the set. dlclose() is
  * skipped when AVT_NO_DLCLOSE is set in the environment (sanitizer and

@@ -9,7 +9,7 @@
  * the FIRST queued task whose type has room (running < limit, or no limit),
  * so a task of a type at its limit never blocks tasks of other types behind
  * it, and tasks of one type start in the order they arrived. The worker
- * counts the task as running, drops the lock, runs task_run(), takes the
+ * counts the task as running, drops the lock, runs plugin_run(), takes the
  * lock again, uncounts it, broadcasts `cv` when a task waits (one of its
  * type may start now) and, after unlocking, posts the task's DONE to the
  * event queue.
@@ -31,7 +31,7 @@
  * TYPES_MAX). Type names stay allocated until pool_destroy().
  *
  * Lock order: `mu` is the only lock of this module and nothing else is
- * locked while it is held; task_run(), the notify function and logging are
+ * locked while it is held; plugin_run() and logging are
  * always called without it, and so is the event queue (whose own mutex is
  * never taken while `mu` is held). Callers hold no lock of theirs when
  * calling in.
@@ -187,7 +187,7 @@ static void worker_run(struct pool_thread *th, struct task *t)
     pthread_mutex_unlock(&pool->mu);
     if (pool->start_hook != NULL)
         pool->start_hook(pool->start_arg, t);
-    task_run(t);
+    plugin_run(t);
     pthread_mutex_lock(&pool->mu);
     th->current = NULL;
     th->since = now_mono();

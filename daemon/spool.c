@@ -956,6 +956,26 @@ static void recover_segment(struct scan *s, unsigned long long id)
 
 /* ---- The version-1 format: migrated at open ------------------------------------ */
 
+/* A version-1 file as a record, or NULL with why set. */
+static struct spool_record *v1_record(const char *buf, size_t size, const char **why)
+{
+    struct spool_v1_file f;
+    const char *tid, *jid;
+    if (spool_v1_parse(buf, size, &f, why) < 0)
+        return NULL;
+    *why = "damaged (checksum mismatch)";
+    if (spool_crc32(f.body, f.len) != f.crc)
+        return NULL;
+    json_t *j = spool_result_ids(f.body, f.len, &tid, &jid);
+    *why = "not a result body";
+    if (j == NULL)
+        return NULL;
+    struct spool_record *rec = spool_record_new(f.url, tid, jid, f.body, f.len);
+    rec->created = f.created;
+    json_decref(j);
+    return rec;
+}
+
 /* Append one version-1 file as a record; 1 when it is to be unlinked. */
 static int migrate_one(struct spool *sp, const char *name)
 {
@@ -964,7 +984,7 @@ static int migrate_one(struct spool *sp, const char *name)
     char *buf = read_file(path, FILE_MAX, &size);
     free(path);
     const char *why = errno == EFBIG ? "too large" : "unreadable";
-    struct spool_record *rec = buf ? spool_v1_parse(buf, size, &why) : NULL;
+    struct spool_record *rec = buf ? v1_record(buf, size, &why) : NULL;
     free(buf);
     if (rec == NULL) {
         move_aside(sp, name, why);

@@ -24,7 +24,6 @@
 #include <string.h>
 
 #include "log.h"
-#include "plugin.h"
 #include "util.h"
 
 #define ID_MAX 256     /* job_id, task_id */
@@ -239,25 +238,6 @@ void task_destroy(struct task *t)
 }
 
 /* ---- Running and the outcome mapping ----------------------------------- */
-
-void task_run(struct task *t)
-{
-    int rc = 0;
-
-    t->t_started = now_mono();
-    if (t->plugin == NULL) {
-        task_set_failure(t, AVT_PERMANENT_ERROR, "Unsupported task: %s", t->type);
-        t->t_finished = now_mono();
-        return;
-    }
-    t->pub.host = &t->plugin->host;
-    /* A task that already has an outcome (invalid payload) or was cancelled
-     * while it waited is not started at all. */
-    if (atomic_load(&t->has_outcome) == 0 && atomic_load(&t->cancel) == TASK_CANCEL_NONE)
-        rc = t->plugin->desc->handle(t->plugin->state, &t->pub);
-    task_finish(t, rc);
-    t->t_finished = now_mono();
-}
 
 static void store_reason_failure(struct task *t, int reason)
 {

@@ -110,13 +110,9 @@ struct task *task_create(const char *id, const char *job_id, const char *type, j
 
 void task_destroy(struct task *t);
 
-/* Run the plugin's handler and apply the outcome mapping above. Worker
- * thread. A task without a plugin gets PERMANENT_ERROR "Unsupported task:
- * TYPE" without running anything. */
-void task_run(struct task *t);
-
 /* Apply the outcome mapping to the handler's return code. Called by
- * task_run(); exposed for unit tests. */
+ * plugin_run() (plugin.h) once the handler returned; exposed for unit
+ * tests. */
 void task_finish(struct task *t, int handler_rc);
 
 /* Record an outcome from the daemon itself (invalid payload, shutdown

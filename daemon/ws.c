@@ -24,7 +24,6 @@
 #include "ws.h"
 
 #include <errno.h>
-#include <ev.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -35,6 +34,8 @@
 #include <time.h>
 
 #include <curl/curl.h>
+#include <ev.h>
+#include <openssl/evp.h>
 
 #include "http.h"
 #include "log.h"
@@ -92,96 +93,17 @@ struct ws {
 static void io_cb(struct ev_loop *loop, ev_io *io, int revents);
 static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents);
 
-/* ---- SHA-1 (FIPS 180-4) and base64, for Sec-WebSocket-Accept ---- */
-
-struct sha1 {
-    uint32_t h[5];
-    uint8_t block[64];
-    size_t fill;
-    uint64_t total;
-};
-
-static uint32_t rol32(uint32_t x, int n)
-{
-    return (x << n) | (x >> (32 - n));
-}
-
-static void sha1_block(struct sha1 *s, const uint8_t *p)
-{
-    uint32_t w[80], a = s->h[0], b = s->h[1], c = s->h[2], d = s->h[3], e = s->h[4];
-    for (int i = 0; i < 16; i++) {
-        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
-               (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
-    }
-    for (int i = 16; i < 80; i++) {
-        w[i] = rol32(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
-    }
-    for (int i = 0; i < 80; i++) {
-        uint32_t f, k;
-        if (i < 20) {
-            f = (b & c) | (~b & d), k = 0x5A827999;
-        } else if (i < 40) {
-            f = b ^ c ^ d, k = 0x6ED9EBA1;
-        } else if (i < 60) {
-            f = (b & c) | (b & d) | (c & d), k = 0x8F1BBCDC;
-        } else {
-            f = b ^ c ^ d, k = 0xCA62C1D6;
-        }
-        uint32_t t = rol32(a, 5) + f + e + k + w[i];
-        e = d, d = c, c = rol32(b, 30), b = a, a = t;
-    }
-    s->h[0] += a, s->h[1] += b, s->h[2] += c, s->h[3] += d, s->h[4] += e;
-}
-
-static void sha1_update(struct sha1 *s, const uint8_t *p, size_t len)
-{
-    s->total += len;
-    while (len > 0) {
-        size_t n = 64 - s->fill < len ? 64 - s->fill : len;
-        memcpy(s->block + s->fill, p, n);
-        s->fill += n, p += n, len -= n;
-        if (s->fill == 64) {
-            sha1_block(s, s->block);
-            s->fill = 0;
-        }
-    }
-}
+/* ---- SHA-1 and base64, for Sec-WebSocket-Accept (OpenSSL's) ---- */
 
 void ws_sha1(const void *data, size_t len, uint8_t out[20])
 {
-    struct sha1 s = {.h = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0}};
-    sha1_update(&s, data, len);
-    uint64_t bits = s.total * 8;
-    uint8_t pad[72] = {0x80};
-    size_t padlen = (s.fill < 56 ? 56 : 120) - s.fill;
-    for (int i = 0; i < 8; i++) {
-        pad[padlen + i] = (uint8_t)(bits >> (56 - 8 * i));
-    }
-    sha1_update(&s, pad, padlen + 8);
-    for (int i = 0; i < 20; i++) {
-        out[i] = (uint8_t)(s.h[i / 4] >> (24 - 8 * (i % 4)));
-    }
+    if (EVP_Digest(data, len, out, NULL, EVP_sha1(), NULL) != 1)
+        abort(); /* SHA-1 of a buffer in memory cannot fail but for OOM */
 }
 
 size_t ws_base64(const uint8_t *in, size_t len, char *out)
 {
-    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t n = 0;
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        if (i + 1 < len) {
-            v |= (uint32_t)in[i + 1] << 8;
-        }
-        if (i + 2 < len) {
-            v |= in[i + 2];
-        }
-        out[n++] = tab[v >> 18];
-        out[n++] = tab[(v >> 12) & 63];
-        out[n++] = i + 1 < len ? tab[(v >> 6) & 63] : '=';
-        out[n++] = i + 2 < len ? tab[v & 63] : '=';
-    }
-    out[n] = '\0';
-    return n;
+    return (size_t)EVP_EncodeBlock((unsigned char *)out, in, (int)len);
 }
 
 void ws_accept_key(const char *key, char out[29])

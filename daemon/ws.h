@@ -130,9 +130,10 @@ long ws_handshake_parse(const uint8_t *buf, size_t len, const char *accept, int 
  * GUID) into out (at least 29 bytes). */
 void ws_accept_key(const char *key, char out[29]);
 
-/* The primitives behind it, exposed for unit tests: SHA-1 of len bytes, and
- * standard padded base64 of len bytes into out (at least 4 * ((len + 2) /
- * 3) + 1 bytes, NUL-terminated); returns the characters written. */
+/* The primitives behind it (OpenSSL's), exposed for unit tests: SHA-1 of
+ * len bytes, and standard padded base64 of len bytes into out (at least
+ * 4 * ((len + 2) / 3) + 1 bytes, NUL-terminated); returns the characters
+ * written. */
 void ws_sha1(const void *data, size_t len, uint8_t out[20]);
 size_t ws_base64(const uint8_t *in, size_t len, char *out);
 

@@ -238,12 +238,12 @@ TEST(good_plugin_loads_with_host_table_and_registry)
     EXPECT(plugin_set_find(set, "") == NULL);
     EXPECT(plugin_set_find(set, NULL) == NULL);
     EXPECT_EQ_STR(p->name, "good_plain");
-    EXPECT(p->evq == evq);
-    EXPECT(*hostp == &p->host);
-    EXPECT(plugin_of_host(&p->host) == p);
-    EXPECT_EQ_INT(p->host.abi_version, AVT_ABI_VERSION);
-    EXPECT_EQ_INT(p->host.struct_size, sizeof(struct avt_host));
-    EXPECT_EQ_STR(p->host.daemon_version, AVT_VERSION);
+    EXPECT(p->host.evq == evq);
+    EXPECT(*hostp == &p->host.table);
+    EXPECT(plugin_of_host(&p->host.table) == p);
+    EXPECT_EQ_INT(p->host.table.abi_version, AVT_ABI_VERSION);
+    EXPECT_EQ_INT(p->host.table.struct_size, sizeof(struct avt_host));
+    EXPECT_EQ_STR(p->host.table.daemon_version, AVT_VERSION);
     EXPECT(p->started);
     EXPECT_EQ_INT(*shutdowns, before);
     plugin_set_destroy(set);

@@ -234,10 +234,9 @@ static struct pool *new_pool(int n)
     evq = evq_create(fake_notify, NULL);
     struct pool *pool = pool_create(&c, evq);
     /* Written before any task is submitted: pool_submit() publishes it. */
-    host_init(&fake_plugin.host);
+    host_init(&fake_plugin.host, fake_name, evq);
     fake_plugin.desc = &fake_desc;
     fake_plugin.name = fake_name;
-    fake_plugin.evq = evq;
     pthread_mutex_lock(&loop_mu);
     seen = notified;
     pthread_mutex_unlock(&loop_mu);

@@ -2,7 +2,7 @@
  * test_task.c - the task module: parsing poll payloads (valid, every kind of
  * invalid, random bytes), the host functions a handler calls, the outcome
  * mapping of task_finish() and the exact result body. Handlers run
- * synchronously through task_run() with a fake struct plugin whose host
+ * synchronously through plugin_run() with a fake struct plugin whose host
  * table comes from host_init(); there is no event queue (progress and
  * hot-cache calls are accepted and ignored).
  */
@@ -48,7 +48,7 @@ static char fake_name[] = "fake";
 static struct task *fake_task(void)
 {
     struct task *t = task_create("t-1", "j-1", "fake", json_pack("{s:i}", "n", 7));
-    host_init(&fake_plugin.host);
+    host_init(&fake_plugin.host, fake_name, NULL);
     fake_plugin.desc = &fake_desc;
     fake_plugin.name = fake_name;
     t->plugin = &fake_plugin;
@@ -60,7 +60,7 @@ static struct task *fake_task(void)
 static json_t *run_with(struct task *t, int (*fn)(struct avt_task *))
 {
     behaviour = fn;
-    task_run(t);
+    plugin_run(t);
     return task_result_json(t, "w-1");
 }
 
@@ -566,7 +566,7 @@ TEST(first_cancel_reason_sticks_and_cancelled_tasks_do_not_start)
 TEST(unknown_type_is_a_permanent_error_without_running)
 {
     struct task *t = task_create("t", "j", "no_such_type", NULL);
-    task_run(t);
+    plugin_run(t);
     json_t *r = task_result_json(t, NULL);
     EXPECT_EQ_STR(jstr(r, "status"), "failure");
     EXPECT_EQ_STR(err_code(r), "PERMANENT_ERROR");
@@ -614,9 +614,10 @@ static int h_host_calls(struct avt_task *task)
 
 TEST(host_table_is_complete_and_tolerates_no_event_queue)
 {
-    struct avt_host h;
-    memset(&h, 0xa5, sizeof(h));
-    host_init(&h);
+    struct host_ctx ctx;
+    memset(&ctx, 0xa5, sizeof(ctx));
+    host_init(&ctx, "p", NULL);
+    struct avt_host h = ctx.table;
     EXPECT_EQ_INT(h.abi_version, AVT_ABI_VERSION);
     EXPECT_EQ_INT(h.struct_size, sizeof(struct avt_host));
     EXPECT_EQ_STR(h.daemon_version, AVT_VERSION);
