@@ -35,7 +35,9 @@ Things to know (all quirks of the real orchestrator, reproduced on purpose):
   * Stats are measured by the orchestrator: a task is "outstanding" from the
     200 poll that handed it out until a result naming its task id arrives.
 
-Constructor options map to fakeorch.py flags: token (--worker-token),
+Constructor options map to fakeorch.py flags: protocol ("1.0b3" default, or
+"1.0b14": RXON 1.0b14 as avtomatika 1.0b27 speaks it, PROTOCOL-1.0b14.md;
+signed bodies, see tests/orchestrator/canon14.py), token (--worker-token),
 workers_toml (text or path: individual tokens), poll_timeout, worker_ttl,
 max_retries, task_timeout, watcher_interval, queue_when_no_worker, fast,
 log_level, client_token, port (0 = ephemeral; kept across stop()/start()).
@@ -94,8 +96,9 @@ class FakeOrch:
                  max_retries=None, task_timeout=None, watcher_interval=None, queue_when_no_worker=False,
                  fast=False, log_level="WARNING", client_token=None, port=0, extra_args=(),
                  tls_cert=None, tls_key=None, tls_ca=None, require_client_cert=False,
-                 sts_expires_in=None, client_cert=None, client_key=None):
+                 sts_expires_in=None, client_cert=None, client_key=None, protocol=None):
         self.token = token
+        self.protocol = protocol or os.environ.get("AVT_FAKE_PROTOCOL") or "1.0b3"
         self.tls = tls_cert is not None
         self._ssl = None
         if self.tls:
@@ -114,7 +117,7 @@ class FakeOrch:
                           ("--task-timeout", task_timeout), ("--watcher-interval", watcher_interval),
                           ("--workers-toml", workers_toml), ("--client-token", client_token),
                           ("--tls-cert", tls_cert), ("--tls-key", tls_key), ("--tls-ca", tls_ca),
-                          ("--sts-expires-in", sts_expires_in)):
+                          ("--sts-expires-in", sts_expires_in), ("--protocol", protocol)):
             if val is not None:
                 args += [flag, str(val)]
         if queue_when_no_worker:
