@@ -2,10 +2,11 @@
 talk to its client and control APIs from an integration test.
 
 The fake speaks the worker protocol of PROTOCOL.md exactly like avtomatika
-1.0b13 on MemoryStorage (status codes, bodies, auth messages, quirks), so a
-daemon that passes against it should pass against the real one. On top it
-measures concurrency on the orchestrator side, records every worker request
-and injects faults.
+1.0b13 on MemoryStorage (status codes, bodies, auth messages, quirks), or,
+with protocol="1.0b14" (or AVT_FAKE_PROTOCOL=1.0b14 in the environment), the
+one of PROTOCOL-1.0b14.md like avtomatika 1.0b27, so a daemon that passes
+against it should pass against the real one. On top it measures concurrency
+on the orchestrator side, records every worker request and injects faults.
 
 Typical daemon test:
 
@@ -29,9 +30,11 @@ Things to know (all quirks of the real orchestrator, reproduced on purpose):
     quarantined at once ("No suitable workers for task type 'X'"). Wait for
     the registration first, or pass queue_when_no_worker=True, or pin the job
     to a worker id with create_job(..., worker_id="w1") / prequeue().
-  * task_id == job_id, also on retries. A cancelled job is not terminal: a
-    later success still finishes it. Results are always 200 (accepted or
-    ignored); missing ids or bad JSON are 500.
+  * 1.0b3: task_id == job_id, also on retries; missing ids or bad JSON are
+    500. 1.0b14: task_id is task-<uuid4>, new on every dispatch and retry;
+    bad JSON and schema errors are 400, auth and signature failures 403.
+    A cancelled job is not terminal: a later success still finishes it.
+    Results are 200 (accepted or ignored) when they get that far.
   * Stats are measured by the orchestrator: a task is "outstanding" from the
     200 poll that handed it out until a result naming its task id arrives.
 
@@ -300,7 +303,9 @@ class FakeOrch:
     # ---- test control ------------------------------------------------------------
     def inject(self, kind, mode="respond", count=1, **fault):
         """Fault for the next `count` requests of `kind` (register, poll,
-        heartbeat, result, ws, sts, api, any). Modes:
+        heartbeat, result, event, ws, sts (token and refresh), api, public
+        (/_public/*, e.g. to hide the 1.0b14 detection probe), any = every
+        worker endpoint). Modes:
           respond   status=, body= (JSON) or raw= (text), headers=
           malformed status (200) with a non-JSON body
           truncate  Content-Length larger than sent (extra=100), then close

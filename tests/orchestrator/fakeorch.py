@@ -80,7 +80,7 @@ GLOBAL_ID = "unknown_authenticated_by_global_token"
 ID_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
 TERMINAL = {"finished", "failed", "error", "quarantined"}
 PERMANENT_CODES = {"PERMANENT_ERROR", "SECURITY_ERROR", "DEPENDENCY_ERROR"}
-FAULT_KINDS = {"register", "poll", "heartbeat", "result", "event", "ws", "sts", "api", "any"}
+FAULT_KINDS = {"register", "poll", "heartbeat", "result", "event", "ws", "sts", "api", "public", "any"}
 LOGGED_HEADERS = ("X-Worker-Token", "X-RXON-Version", "Content-Type", "Content-Length",
                   "Accept-Encoding", "Content-Encoding", "User-Agent", "Transfer-Encoding")
 LOGGED_RESP_HEADERS = ("X-RXON-Version", "Content-Encoding", "Retry-After", "Content-Type")
@@ -95,6 +95,12 @@ def dumps_compact(obj):
 
 def api_json(data, status=200):
     return web.json_response(data, status=status, dumps=dumps_compact)
+
+
+def client_json(request, data, status=200):
+    """The client API's answers in the dialect's serializer (1.0b3: compact;
+    1.0b14: orjson-like, also without null members, like avtomatika 1.0b27)."""
+    return web.json_response(data, status=status, dumps=orch_of(request).d.client_dumps)
 
 
 def worker_json(data, status=200):
@@ -674,6 +680,7 @@ class Dialect3:
 
     version = PROTOCOL_VERSION
     no_token_message = "Missing X-Worker-Token header or client certificate"
+    client_dumps = staticmethod(dumps_compact)
     ws_unregister_quirk = True      # checked live against 1.0b13 (see ws_unregister)
     steals = False                  # no work stealing in 1.0b13
     rate_limit_in_handlers = False  # the per-IP/path limiter runs before the handlers (1.3)
@@ -1064,9 +1071,9 @@ def client_auth(request):
         return None
     got = request.headers.get("X-Client-Token")
     if not got:
-        return api_json({"error": "Missing X-Client-Token header"}, status=401)
+        return client_json(request, {"error": "Missing X-Client-Token header"}, status=401)
     if got != want:
-        return api_json({"error": "Unauthorized: Invalid token"}, status=401)
+        return client_json(request, {"error": "Unauthorized: Invalid token"}, status=401)
     return None
 
 
@@ -1074,9 +1081,9 @@ async def read_api_body(request):
     try:
         body = await request.json(loads=json.loads)
     except Exception:
-        return None, api_json({"error": "Invalid JSON body"}, status=400)
+        return None, client_json(request, {"error": "Invalid JSON body"}, status=400)
     if not isinstance(body, dict):
-        return None, api_json({"error": "Invalid JSON body"}, status=400)
+        return None, client_json(request, {"error": "Invalid JSON body"}, status=400)
     return body, None
 
 
@@ -1093,14 +1100,14 @@ async def api_create_job(request):
         return err
     ttype, params = body.get("type"), body.get("params", {})
     if not isinstance(ttype, str) or not isinstance(params, dict):
-        return api_json({"error": "type (string) and params (object) are required"}, status=400)
+        return client_json(request, {"error": "type (string) and params (object) are required"}, status=400)
     steps = [{"type": ttype, "params": params}]
     steps += [{"type": t, "params": None, "state": "step%d_%s" % (i + 1, t)}
               for i, t in enumerate(body.get("pipeline") or [])]
     opts = {k: body.get(k) for k in ("priority", "timeout_seconds", "dispatch_timeout_seconds",
                                      "result_timeout_seconds", "transitions", "worker_id")}
     job = o.create_job(steps, opts, "fake:" + ttype, body)
-    return api_json({"status": "accepted", "job_id": job.id}, status=202)
+    return client_json(request, {"status": "accepted", "job_id": job.id}, status=202)
 
 
 async def api_blueprint(request):
@@ -1119,9 +1126,9 @@ async def api_blueprint(request):
     try:
         steps, opts = blueprint_job(name, d if isinstance(d, dict) else {})
     except ValueError as e:
-        return api_json({"error": str(e)}, status=400)
+        return client_json(request, {"error": str(e)}, status=400)
     job = o.create_job(steps, opts, name.replace("-", "_"), d)
-    return api_json({"status": "accepted", "job_id": job.id}, status=202)
+    return client_json(request, {"status": "accepted", "job_id": job.id}, status=202)
 
 
 async def api_get_job(request):
@@ -1130,8 +1137,8 @@ async def api_get_job(request):
         return denied
     job = orch_of(request).jobs.get(request.match_info["job_id"])
     if job is None:
-        return api_json({"error": "Job not found"}, status=404)
-    return api_json(job.rec)
+        return client_json(request, {"error": "Job not found"}, status=404)
+    return client_json(request, job.rec)
 
 
 async def api_list_jobs(request):
@@ -1142,7 +1149,7 @@ async def api_list_jobs(request):
     counts = {}
     for r in recs:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    return api_json({"jobs": recs, "counts": counts})
+    return client_json(request, {"jobs": recs, "counts": counts})
 
 
 async def api_cancel(request):
@@ -1150,19 +1157,19 @@ async def api_cancel(request):
     if denied is not None:
         return denied
     if not await orch_of(request).cancel_job(request.match_info["job_id"]):
-        return api_json({"error": "Job not found or already terminal."}, status=404)
-    return api_json({"status": "cancellation_request_accepted"})
+        return client_json(request, {"error": "Job not found or already terminal."}, status=404)
+    return client_json(request, {"status": "cancellation_request_accepted"})
 
 
 async def api_workers(request):
     denied = client_auth(request)
     if denied is not None:
         return denied
-    return api_json([r for _, r in orch_of(request).live_workers()])
+    return client_json(request, [r for _, r in orch_of(request).live_workers()])
 
 
-async def public_status(_request):
-    return api_json({"status": "ok"})
+async def public_status(request):
+    return client_json(request, {"status": "ok"})
 
 
 # --------------------------------------------------------------------------
@@ -1322,6 +1329,8 @@ def route_kind(request):
         return "worker"
     if p.startswith("/api/"):
         return "api"
+    if p.startswith("/_public/"):
+        return "public"
     if p.startswith("/_test"):
         return "test"
     return "other"
@@ -1340,7 +1349,7 @@ def parse_body(raw):
 async def mw_log(request, handler):
     o = orch_of(request)
     kind = route_kind(request)
-    if kind in ("test", "other", "api") or not o.cfg.log_requests:
+    if kind in ("test", "other", "api", "public") or not o.cfg.log_requests:
         return await handler(request)
     request["had_body"] = request.can_read_body
     raw = await request.read() if request["had_body"] else b""
@@ -1368,10 +1377,10 @@ async def mw_log(request, handler):
 
 def take_fault(o, kind):
     """The next queued fault for this kind of request; "any" matches every
-    worker endpoint (not the client API)."""
+    worker endpoint (not the client API nor /_public)."""
     for k in (kind, "any"):
         queue = o.faults.get(k)
-        if not queue or (k == "any" and kind == "api"):
+        if not queue or (k == "any" and kind in ("api", "public")):
             continue
         f = queue[0]
         f["count"] -= 1
@@ -1463,12 +1472,13 @@ async def mw_compress(request, handler):
 async def mw_ratelimit(request, handler):
     """Optional simulation of the sliding limiter of section 1.3; with
     `retry_after` set it also sends Retry-After (the real one never does).
-    In 1.0b14 the worker routes are limited inside the handlers, after
-    authentication (rxon14.check_rate); only the client API is limited here."""
+    /_public/* is limited like the client API (per IP and path; PROTOCOL.md
+    1.3 [G4], PROTOCOL-1.0b14.md 1.6). In 1.0b14 the worker routes are limited
+    inside the handlers, after authentication (rxon14.check_rate)."""
     o = orch_of(request)
     rl = o.cfg.rate_limit
     kind = route_kind(request)
-    if not rl or kind in ("test", "other") or (o.d.rate_limit_in_handlers and kind != "api"):
+    if not rl or kind in ("test", "other") or (o.d.rate_limit_in_handlers and kind not in ("api", "public")):
         return await handler(request)
     key = "%s:%s" % (request.match_info.get("worker_id") or request.remote, request.path)
     limit = rl.get("poll_limit", 60) if "tasks/next" in request.path else rl.get("limit", 100)
@@ -1621,7 +1631,8 @@ Control API (no auth; JSON in and out; the same in both dialects):
 
 POST /_test/reset                 forget workers, queues, jobs, faults, log, stats; close sockets (1001)
 POST /_test/fault {kind, ...}     the next `count` requests of `kind` (register, poll, heartbeat, result,
-                                  event, ws, sts, api, any) get a fault instead of (or after) normal handling:
+                                  event, ws, sts, api, public, any) get a fault instead of (or after) normal
+                                  handling ("any": every worker endpoint; "public": /_public/*):
     mode "respond"  (default) answer `status` with JSON `body` (or `raw` text verbatim) and `headers`
     mode "malformed" answer `status` (200) with a body that is not JSON
     mode "truncate" declare Content-Length `extra` (100) bytes more than sent, send half, close

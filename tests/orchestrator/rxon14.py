@@ -245,6 +245,11 @@ class Dialect14:
     rate_limit_in_handlers = True   # counted after authentication (1.6)
     retry_skips_terminal = True
 
+    @staticmethod
+    def client_dumps(data):
+        """/api/v1 and /_public answers: orjson of to_dict (nulls dropped)."""
+        return canon14.response_bytes(data).decode("utf-8")
+
     def add_routes(self, r):
         """Only these: no /_worker/ws without an id (a router 404)."""
         r.add_post("/_worker/workers/register", h_register)
