@@ -459,8 +459,9 @@ def happy_path_and_payloads(t):
 def string_skills_poison_dispatch(t):
     """5.1/E5: a string in one worker's supported_skills (a heartbeat can
     store one) makes every dispatch raise; jobs are quarantined with that
-    message although another idle worker could do the task; fixing the
-    record restores dispatch."""
+    message although another idle worker could do the task, and every empty
+    poll ends in a 500 (the stealing scan); fixing the record restores
+    dispatch."""
     with orch14() as o:
         w1, w2 = W(o, "z1"), W(o, "z2")
         w1.register(skills=[{"name": "zecho"}])
@@ -472,6 +473,9 @@ def string_skills_poison_dispatch(t):
         check(j["retry_count"] == 3, j)
         j = o.job(o.create_job("other", {}))
         check(j["error_message"] == "'str' object has no attribute 'get'", "every task type", j)
+        w1.task()       # the job dispatched before the poisoning (to z1: first of equals)
+        r = w2.poll()   # an empty hold, then the stealing scan trips over the string too (code)
+        check(err(r) == (500, "'str' object has no attribute 'get'"), r)
         w1.beat({"supported_skills": [{"name": "zecho"}], "hot_skills": None})
         check(o.job(o.create_job("zecho", {}))["status"] == "waiting_for_worker", "fixed")
         # busy and draining workers are not candidates

@@ -757,8 +757,10 @@ class Dialect3:
 def make_dialect(protocol):
     if protocol == "1.0b3":
         return Dialect3()
-    import rxon14  # next to this file (the script's directory is on sys.path)
-    return rxon14.Dialect14()
+    if protocol == "1.0b14":
+        import rxon14  # next to this file (the script's directory is on sys.path)
+        return rxon14.Dialect14()
+    raise ValueError("unknown protocol %r" % protocol)
 
 
 # --------------------------------------------------------------------------
@@ -1558,7 +1560,10 @@ def parse_args(argv):
                    help="refuse connections without a client certificate (else optional)")
     p.add_argument("--sts-expires-in", type=float, default=3600.0,
                    help="lifetime of STS access tokens, s")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.protocol not in PROTOCOLS:  # a default from the environment is not checked by argparse
+        p.error("unknown protocol %r (AVT_FAKE_PROTOCOL?): use one of %s" % (args.protocol, ", ".join(PROTOCOLS)))
+    return args
 
 
 def tls_context(args):

@@ -11,6 +11,12 @@ control API, TLS, gzip and the rate limiter's counters stay in fakeorch.py
 and reach this module through the FakeOrch object (`o`) that every hook and
 handler gets. No orchestrator or RXON code is copied; where the document and
 the real code differ, the code won (noted as "code:" in the comments).
+
+Checked on 2026-12-07 by sending the same ~200 requests (auth, zero trust,
+validation, heartbeats, dispatch, results, events, STS, WebSocket, timeouts,
+rate limits) to the real 1.0b27 of orchestrator-head/orchestrator.py and to
+this dialect: every status, version header and (id-normalized) body equal,
+except the fake-only parts (job records, /_test).
 """
 import asyncio
 import hashlib
