@@ -2,10 +2,11 @@
 talk to its client and control APIs from an integration test.
 
 The fake speaks the worker protocol of PROTOCOL.md exactly like avtomatika
-1.0b13 on MemoryStorage (status codes, bodies, auth messages, quirks), so a
-daemon that passes against it should pass against the real one. On top it
-measures concurrency on the orchestrator side, records every worker request
-and injects faults.
+1.0b13 on MemoryStorage (status codes, bodies, auth messages, quirks), or,
+with protocol="1.0b14" (or AVT_FAKE_PROTOCOL=1.0b14 in the environment), the
+one of PROTOCOL-1.0b14.md like avtomatika 1.0b27, so a daemon that passes
+against it should pass against the real one. On top it measures concurrency
+on the orchestrator side, records every worker request and injects faults.
 
 Typical daemon test:
 
@@ -29,13 +30,17 @@ Things to know (all quirks of the real orchestrator, reproduced on purpose):
     quarantined at once ("No suitable workers for task type 'X'"). Wait for
     the registration first, or pass queue_when_no_worker=True, or pin the job
     to a worker id with create_job(..., worker_id="w1") / prequeue().
-  * task_id == job_id, also on retries. A cancelled job is not terminal: a
-    later success still finishes it. Results are always 200 (accepted or
-    ignored); missing ids or bad JSON are 500.
+  * 1.0b3: task_id == job_id, also on retries; missing ids or bad JSON are
+    500. 1.0b14: task_id is task-<uuid4>, new on every dispatch and retry;
+    bad JSON and schema errors are 400, auth and signature failures 403.
+    A cancelled job is not terminal: a later success still finishes it.
+    Results are 200 (accepted or ignored) when they get that far.
   * Stats are measured by the orchestrator: a task is "outstanding" from the
     200 poll that handed it out until a result naming its task id arrives.
 
-Constructor options map to fakeorch.py flags: token (--worker-token),
+Constructor options map to fakeorch.py flags: protocol ("1.0b3" default, or
+"1.0b14": RXON 1.0b14 as avtomatika 1.0b27 speaks it, PROTOCOL-1.0b14.md;
+signed bodies, see tests/orchestrator/canon14.py), token (--worker-token),
 workers_toml (text or path: individual tokens), poll_timeout, worker_ttl,
 max_retries, task_timeout, watcher_interval, queue_when_no_worker, fast,
 log_level, client_token, port (0 = ephemeral; kept across stop()/start()).
@@ -94,8 +99,9 @@ class FakeOrch:
                  max_retries=None, task_timeout=None, watcher_interval=None, queue_when_no_worker=False,
                  fast=False, log_level="WARNING", client_token=None, port=0, extra_args=(),
                  tls_cert=None, tls_key=None, tls_ca=None, require_client_cert=False,
-                 sts_expires_in=None, client_cert=None, client_key=None):
+                 sts_expires_in=None, client_cert=None, client_key=None, protocol=None):
         self.token = token
+        self.protocol = protocol or os.environ.get("AVT_FAKE_PROTOCOL") or "1.0b3"
         self.tls = tls_cert is not None
         self._ssl = None
         if self.tls:
@@ -114,7 +120,7 @@ class FakeOrch:
                           ("--task-timeout", task_timeout), ("--watcher-interval", watcher_interval),
                           ("--workers-toml", workers_toml), ("--client-token", client_token),
                           ("--tls-cert", tls_cert), ("--tls-key", tls_key), ("--tls-ca", tls_ca),
-                          ("--sts-expires-in", sts_expires_in)):
+                          ("--sts-expires-in", sts_expires_in), ("--protocol", protocol)):
             if val is not None:
                 args += [flag, str(val)]
         if queue_when_no_worker:
@@ -297,7 +303,9 @@ class FakeOrch:
     # ---- test control ------------------------------------------------------------
     def inject(self, kind, mode="respond", count=1, **fault):
         """Fault for the next `count` requests of `kind` (register, poll,
-        heartbeat, result, ws, sts, api, any). Modes:
+        heartbeat, result, event, ws, sts (token and refresh), api, public
+        (/_public/*, e.g. to hide the 1.0b14 detection probe), any = every
+        worker endpoint). Modes:
           respond   status=, body= (JSON) or raw= (text), headers=
           malformed status (200) with a non-JSON body
           truncate  Content-Length larger than sent (extra=100), then close

@@ -18,6 +18,10 @@ from orch import FINAL, FakeOrch  # noqa: E402
 
 import aiohttp  # noqa: E402
 
+# These are the 1.0b3 dialect's tests (test_fakeorch14.py has 1.0b14's): the
+# fake must speak 1.0b3 here even when the runner exports AVT_FAKE_PROTOCOL.
+os.environ.pop("AVT_FAKE_PROTOCOL", None)
+
 REG = {"worker_id": "w1", "worker_type": "generic-worker", "supported_skills": ["echo"],
        "resources": {"max_concurrent_tasks": 10, "cpu_cores": 4, "gpu_info": None},
        "installed_software": {"python": "3.11"}, "installed_models": [],

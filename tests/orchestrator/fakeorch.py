@@ -1,24 +1,44 @@
 #!/usr/bin/python3
-"""fakeorch: a protocol-faithful stand-in for the Avtomatika 1.0b13 orchestrator.
+"""fakeorch: a protocol-faithful stand-in for the Avtomatika orchestrator.
 
 The daemon's integration tests and `make demo` run against this server, because
-CI cannot reach the real orchestrator. It speaks the worker protocol of
-/work/shared/PROTOCOL.md (RXON 1.0b3 as served by avtomatika 1.0b13 on
-MemoryStorage with the harness patches (a) and (c)): the same paths, status
-codes, bodies (byte for byte where the real one uses the stdlib serializer),
-auth errors, quirks and bugs a worker must live with. Section numbers in the
-comments refer to PROTOCOL.md. No orchestrator code is copied; behaviour was
-re-implemented from the document and checked against the source where the
-document left a doubt.
+CI cannot reach the real orchestrator. One process speaks ONE dialect of the
+worker protocol, like a real server (--protocol, env AVT_FAKE_PROTOCOL):
 
-On top of the protocol it offers:
+  1.0b3   (default) RXON 1.0b3 as served by avtomatika 1.0b13 on MemoryStorage
+          with the harness patches (a) and (c): /work/shared/PROTOCOL.md. Stdlib
+          JSON with spaces, 401 auth errors, task_id == job_id, unsigned bodies.
+  1.0b14  RXON 1.0b14 as served by avtomatika 1.0b27 on MemoryStorage:
+          /work/shared/PROTOCOL-1.0b14.md. Zero-trust HMAC signatures, orjson-like
+          compact sorted answers, 403/400 mapping, SkillInfo objects, task-<uuid>
+          ids new per dispatch and retry, worker_mismatch, events, STS refresh,
+          work stealing, the MemoryStorage timeout clocks. Implemented in
+          rxon14.py (the dialect) and canon14.py (canonical JSON + HMAC), next to
+          this file.
+
+Both give the same paths, status codes, bodies (byte for byte where the real
+one's serializer is known), auth errors, quirks and bugs a worker must live
+with. Section numbers in the comments refer to PROTOCOL.md here and to
+PROTOCOL-1.0b14.md in rxon14.py. No orchestrator code is copied; behaviour was
+re-implemented from the documents and checked against the source where they
+left a doubt. `GET /_public/status` answers 200 {"status":"ok"} with the
+dialect's X-RXON-Version in both modes; `POST /_worker/events` (empty, no
+token) is 400 in 1.0b14 and a router 404 in 1.0b3: what a worker's dialect
+detection reads (PROTOCOL-1.0b14.md 4.2).
+
+Shared by both dialects (the dialect only supplies the worker endpoints and a
+few hooks: task ids and payloads, worker selection, pick-up and retry
+bookkeeping, watch clocks; see class Dialect3 and rxon14.Dialect14):
+  * jobs, the harness blueprints, the watcher, retries and quarantine;
   * a small client API under /api/v1 to create, inspect and cancel jobs;
   * a test-control API under /_test (no auth): fault injection per endpoint
     kind, forced worker expiry, runtime settings, a request log, concurrency
-    statistics measured on the orchestrator's side, and a reset.
+    statistics measured on the orchestrator's side, and a reset;
+  * TLS/mTLS and STS access tokens, gzip, the optional rate limiter.
 
-Run: fakeorch.py --port 0 --port-file F [--worker-token T] [--poll-timeout S]
-     [--workers-toml PATH|TEXT] [--fast] [--log-level LEVEL]
+Run: fakeorch.py --port 0 --port-file F [--protocol 1.0b3|1.0b14]
+     [--worker-token T] [--poll-timeout S] [--workers-toml PATH|TEXT] [--fast]
+     [--log-level LEVEL]
      [--tls-cert PEM --tls-key PEM [--tls-ca PEM] [--require-client-cert]
       [--sts-expires-in S]]
 With --tls-cert the server speaks HTTPS (and WSS) like the real one with
@@ -26,6 +46,7 @@ TLS_ENABLED=true (1.2): --tls-ca is the CA that client certificates must
 chain to (TLS_CA_PATH); a verified client certificate's commonName is the
 worker's identity; POST /_worker/auth/token issues STS access tokens for
 it (2.5), valid --sts-expires-in seconds (3600), accepted as X-Worker-Token.
+In 1.0b14 any authenticated worker gets an access token and a refresh token.
 See tests/integration/orch.py for the Python helper the tests use, and
 USAGE at the end of this file (also `fakeorch.py --help` and GET /_test/help)
 for the control API.
@@ -53,12 +74,13 @@ import uuid
 from aiohttp import WSMsgType, web
 
 PROTOCOL_VERSION = "1.0b3"
+PROTOCOLS = ("1.0b3", "1.0b14")
 VERSION_HEADER = "X-RXON-Version"
 GLOBAL_ID = "unknown_authenticated_by_global_token"
 ID_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
 TERMINAL = {"finished", "failed", "error", "quarantined"}
 PERMANENT_CODES = {"PERMANENT_ERROR", "SECURITY_ERROR", "DEPENDENCY_ERROR"}
-FAULT_KINDS = {"register", "poll", "heartbeat", "result", "ws", "sts", "api", "any"}
+FAULT_KINDS = {"register", "poll", "heartbeat", "result", "event", "ws", "sts", "api", "public", "any"}
 LOGGED_HEADERS = ("X-Worker-Token", "X-RXON-Version", "Content-Type", "Content-Length",
                   "Accept-Encoding", "Content-Encoding", "User-Agent", "Transfer-Encoding")
 LOGGED_RESP_HEADERS = ("X-RXON-Version", "Content-Encoding", "Retry-After", "Content-Type")
@@ -75,13 +97,20 @@ def api_json(data, status=200):
     return web.json_response(data, status=status, dumps=dumps_compact)
 
 
+def client_json(request, data, status=200):
+    """The client API's answers in the dialect's serializer (1.0b3: compact;
+    1.0b14: orjson-like, also without null members, like avtomatika 1.0b27)."""
+    return web.json_response(data, status=status, dumps=orch_of(request).d.client_dumps)
+
+
 def worker_json(data, status=200):
     """Worker endpoints answer with web.json_response and stdlib json (spaces)."""
     return web.json_response(data, status=status)
 
 
-class AuthError(Exception):
-    """An authentication failure; str() is the exact message of section 1.1."""
+class AuthError(PermissionError):
+    """An authentication failure; str() is the exact message of section 1.1
+    (1.0b3: answered 401; 1.0b14: a PermissionError, answered 403)."""
 
 
 # --------------------------------------------------------------------------
@@ -106,9 +135,11 @@ class Settings:
                                         # X-Worker-Token must ALSO be a live access token of its
                                         # CN (tests that the worker renews it in time)
         "timings": bool,                # record per-task timestamps (GET /_test/timings), for bench/
+        "steal": bool,                  # 1.0b14: work stealing after an empty hold (MemoryStorage)
     }
 
-    def __init__(self, args):
+    def __init__(self, args, dialect):
+        self.protocol = dialect.version  # read-only: one process speaks one dialect
         self.worker_token = args.worker_token
         self.worker_tokens = load_workers_toml(args.workers_toml)
         self.poll_timeout = args.poll_timeout
@@ -119,18 +150,19 @@ class Settings:
         self.queue_when_no_worker = args.queue_when_no_worker
         self.log_requests = not args.fast
         self.keep_results = not args.fast
-        self.ws_unregister_quirk = True
+        self.ws_unregister_quirk = dialect.ws_unregister_quirk
         self.client_token = args.client_token
         self.sts_expires_in = args.sts_expires_in
         self.sts_enforce = False
         self.timings = False
-        self.rate_limit = None          # dict(limit, poll_limit, period, retry_after) or None
+        self.steal = dialect.steals
+        self.rate_limit = None          # dict(limit, poll_limit, heartbeat_limit, period, retry_after) or None
         self.gzip = True
 
     def snapshot(self):
         d = {k: getattr(self, k) for k in self.FIELDS}
-        d.update(rate_limit=self.rate_limit, gzip=self.gzip, worker_token=self.worker_token,
-                 worker_tokens=sorted(self.worker_tokens))
+        d.update(protocol=self.protocol, rate_limit=self.rate_limit, gzip=self.gzip,
+                 worker_token=self.worker_token, worker_tokens=sorted(self.worker_tokens))
         return d
 
     def update(self, body):
@@ -145,6 +177,9 @@ class Settings:
                 self.worker_token = v
             elif k == "worker_tokens":
                 self.worker_tokens = dict(v or {})
+            elif k == "protocol":
+                if v != self.protocol:
+                    raise ValueError("protocol is fixed for the process (start it with --protocol %s)" % v)
             else:
                 raise ValueError("unknown setting %r" % k)
 
@@ -286,15 +321,16 @@ def blueprint_job(name, d):
 # The orchestrator
 # --------------------------------------------------------------------------
 class FakeOrch:
-    def __init__(self, settings):
+    def __init__(self, settings, dialect):
         self.cfg = settings
+        self.d = dialect            # Dialect3 or rxon14.Dialect14: everything dialect-specific
         self.t0 = time.monotonic()
         self.ws = {}
         self.ws_lock = asyncio.Lock()
         self.reset_state()
 
     def reset_state(self):
-        self.workers = {}          # worker_id -> record (stored verbatim)
+        self.workers = {}          # worker_id -> record (1.0b3: stored verbatim)
         self.ttl = {}              # worker_id -> monotonic expiry
         self.queues = {}           # worker_id -> asyncio.PriorityQueue of (-prio, seq, payload)
         self.jobs = {}             # job_id -> Job
@@ -306,6 +342,7 @@ class FakeOrch:
         self.counters = {}
         self.ratelimit = {}        # key -> [count, expiry]
         self.sts = {}              # sha256(access token) -> (worker_id, monotonic expiry)
+        self.sts_refresh = {}      # 1.0b14: sha256(refresh token) -> (worker_id, monotonic expiry)
         self.seq = 0
         self.tim = {}              # task_id -> [enqueued, handed out, result arrived, data.t0, data.t1]
         self.waiters = []          # [(results wanted, future)] of GET /_test/wait
@@ -335,6 +372,17 @@ class FakeOrch:
         now = time.monotonic()
         return [(w, r) for w, r in self.workers.items() if self.ttl.get(w, 0) > now]
 
+    def store_worker(self, wid, record):
+        """Register: the record REPLACES any earlier one (reputation 1.0
+        unless the record has one), TTL armed, queue kept or created."""
+        record.setdefault("reputation", 1.0)
+        self.workers[wid] = record
+        self.ttl[wid] = time.monotonic() + self.cfg.worker_ttl
+        self.queue(wid)
+        self.count("register")
+        if self.pending:
+            self.retry_pending()
+
     def sts_issue(self, wid):
         """A new access token for wid (2.5); only its sha256 is kept."""
         token = secrets.token_urlsafe(32)
@@ -353,7 +401,8 @@ class FakeOrch:
         return ent[0]
 
     def auth(self, token, hint, cert_cn=None):
-        """Section 1.1; returns the authenticated identity."""
+        """Section 1.1 (1.0b14: 1.3, same order); returns the authenticated
+        identity or raises AuthError with the dialect's exact text."""
         if cert_cn:
             if hint and hint != cert_cn:
                 raise AuthError(f"Unauthorized: Certificate CN '{cert_cn}' does not match worker_id '{hint}'")
@@ -361,7 +410,7 @@ class FakeOrch:
                 raise AuthError("Unauthorized: access token missing or expired (sts_enforce)")
             return cert_cn
         if not token:
-            raise AuthError("Missing X-Worker-Token header or client certificate")
+            raise AuthError(self.d.no_token_message)
         self.purge_expired()
         owner = self.sts_owner(token)
         if owner is not None:
@@ -373,7 +422,7 @@ class FakeOrch:
                 return GLOBAL_ID
             raise AuthError("Unauthorized: Invalid token or missing worker_id hint")
         own = self.cfg.worker_tokens.get(hint)
-        if own is not None:
+        if own:                     # an empty individual token counts as none (both versions)
             if token == own:
                 return hint
             raise AuthError("Unauthorized: Invalid individual worker token")
@@ -381,43 +430,42 @@ class FakeOrch:
             return hint
         raise AuthError("Unauthorized: No valid token found")
 
-    # ---- dispatch (section 3.1) --------------------------------------------
-    def select_worker(self, ttype, params):
-        idle = [r for _, r in self.live_workers() if r.get("status", "idle") == "idle"]
-        cands = [r for r in idle if ttype in r.get("hot_skills", [])]
-        model = params.get("model_name") if isinstance(params, dict) else None
-        if not cands and model:
-            cands = [r for r in idle if ttype in r.get("supported_skills", []) and model in r.get("hot_cache", [])]
-        if not cands:
-            cands = [r for r in idle if ttype in r.get("supported_skills", [])]
-        if not cands:
-            raise RuntimeError(f"No suitable workers for task type '{ttype}'")
-        pool = ([r for r in cands if ttype in r.get("hot_skills", [])]
-                or [r for r in cands if ttype in r.get("hot_cache", [])] or cands)
-        low = min(r.get("cost", float("inf")) for r in pool)
-        chosen = random.choice([r for r in pool if r.get("cost", float("inf")) == low])
-        wid = chosen.get("worker_id")
-        if not wid:
-            raise RuntimeError(f"Selected worker for task '{ttype}' has no worker_id")
-        return wid
+    def identify(self, request, hint):
+        """auth() with the request's X-Worker-Token and client certificate;
+        request["auth_cred"] is then what 1.0b14's limiter keys on (the
+        certificate CN or the token's sha256)."""
+        token, cn = request.headers.get("X-Worker-Token"), peer_cn(request)
+        ident = self.auth(token, hint, cn)
+        request["auth_cred"] = cn or hashlib.sha256(token.encode()).hexdigest()
+        return ident
 
+    def rate_exceeded(self, key, limit):
+        """The sliding limiter (1.3 / 1.0b14 1.6): every request re-arms the
+        key's window, so it only resets after a silent period."""
+        rl = self.cfg.rate_limit
+        now = time.monotonic()
+        ent = self.ratelimit.get(key)
+        if ent is None or ent[1] < now:
+            ent = self.ratelimit[key] = [0, 0]
+        ent[0] += 1
+        ent[1] = now + float(rl.get("period", 60))
+        if ent[0] > limit:
+            self.count("rate_limited")
+            return True
+        return False
+
+    # ---- dispatch --------------------------------------------------------------
     def enqueue(self, job, wid, task_info):
-        payload = {"job_id": job.id, "task_id": job.id, "type": task_info["type"],
-                   "params": task_info["params"], "tracing_context": {},
-                   "params_metadata": job.rec.get("data_metadata")}
+        task_id, payload = self.d.task_payload(self, job, task_info)
         self.seq += 1
         if self.cfg.timings:
             # CLOCK_REALTIME, the clock the bench plugins stamp their data with.
-            self.tim[job.id] = [time.time(), None, None, None, None]
+            self.tim[task_id] = [time.time(), None, None, None, None]
         self.queue(wid).put_nowait((-float(task_info.get("priority") or 0), self.seq, payload))
-        rec = self.workers.get(wid)
-        if rec is not None:
-            rec["load"] = rec.get("load", 0) + 1
-        job.rec["current_task_id"] = job.id
-        job.rec["task_worker_id"] = wid
+        self.d.dispatched(self, job, wid, task_id)
 
     def dispatch(self, job, task_info):
-        wid = job.opts.get("worker_id") or self.select_worker(task_info["type"], task_info["params"])
+        wid = job.opts.get("worker_id") or self.d.select_worker(self, task_info)
         self.enqueue(job, wid, task_info)
 
     def step_params(self, job, idx):
@@ -430,7 +478,7 @@ class FakeOrch:
 
     def run_step(self, job, idx):
         """The executor running a state whose handler calls dispatch_task."""
-        rec, now = job.rec, time.monotonic()
+        rec = job.rec
         job.step = idx
         job.params = self.step_params(job, idx)
         nxt = job.state_name(idx + 1) if idx + 1 < len(job.steps) else "finished"
@@ -441,17 +489,22 @@ class FakeOrch:
                          "timeout_seconds": o.get("timeout_seconds"),
                          "dispatch_timeout_seconds": o.get("dispatch_timeout_seconds"),
                          "result_timeout_seconds": o.get("result_timeout_seconds")}
-        dd = now + o["dispatch_timeout_seconds"] if o.get("dispatch_timeout_seconds") is not None else None
-        rd = now + o["result_timeout_seconds"] if o.get("result_timeout_seconds") is not None else None
-        rec.update(current_state=job.state_name(idx), status="waiting_for_worker", task_dispatched_at=now,
-                   current_task_transitions=transitions, dispatch_deadline=dd, result_deadline=rd,
-                   execution_timeout_seconds=o.get("timeout_seconds"))
-        deadlines = [d for d in (dd, rd) if d is not None]
-        self.watch[job.id] = min(deadlines) if deadlines else now + (o.get("timeout_seconds") or self.cfg.task_timeout)
+        dd, rd, watch_at = self.d.step_deadlines(self, o)
+        rec.update(current_state=job.state_name(idx), status="waiting_for_worker",
+                   task_dispatched_at=time.monotonic(), current_task_transitions=transitions,
+                   dispatch_deadline=dd, result_deadline=rd, execution_timeout_seconds=o.get("timeout_seconds"))
+        self.set_watch(job.id, watch_at)
         try:
             self.dispatch(job, job.task_info)
         except Exception as e:
             self.handler_failed(job, e)
+
+    def set_watch(self, job_id, at):
+        """Arm the watcher for job_id; None = a deadline that never fires."""
+        if at is None:
+            self.watch.pop(job_id, None)
+        else:
+            self.watch[job_id] = at
 
     def handler_failed(self, job, err):
         """The executor retries a failing handler JOB_MAX_RETRIES times without
@@ -481,6 +534,7 @@ class FakeOrch:
                "initial_data": initial_data, "state_history": {}, "status": "pending",
                "retry_count": 0, "error_message": None, "progress": None, "progress_message": None,
                "task_worker_id": None, "current_task_id": None, "results": []}
+        self.d.init_job(rec)
         job = Job(job_id, rec, steps, opts)
         self.jobs[job_id] = job
         self.run_step(job, 0)
@@ -497,22 +551,24 @@ class FakeOrch:
         job.rec["current_state"] = next_state
         job.rec["status"] = "failed" if next_state == "failed" else "finished"
 
-    def task_failure(self, job, message):
-        """engine.handle_task_failure: retry the SAME task id at once, or
-        quarantine after JOB_MAX_RETRIES retries (section 3.2)."""
+    def task_failure(self, job, message, task_id=None):
+        """engine.handle_task_failure: re-dispatch at once (1.0b3: the SAME
+        task id; 1.0b14: a new one), or quarantine after JOB_MAX_RETRIES
+        retries (section 3.2)."""
         rec = job.rec
+        if self.d.retry_skips_terminal and rec.get("status") in TERMINAL:
+            return
         rc = rec.get("retry_count", 0)
         if rc >= self.cfg.max_retries:
             rec["status"] = "quarantined"
-            rec["error_message"] = f"Task failed after {self.cfg.max_retries + 1} attempts: {message}"
+            rec["error_message"] = self.d.exhausted_message(self.cfg.max_retries + 1,
+                                                            task_id or rec.get("current_task_id"), message)
             return
         rec["retry_count"] = rc + 1
         now = time.monotonic()
-        deadlines = [d for d in (rec.get("dispatch_deadline"), rec.get("result_deadline")) if d is not None]
-        timeout = job.task_info.get("timeout_seconds") or self.cfg.task_timeout
         rec["status"] = "waiting_for_worker"
         rec["task_dispatched_at"] = now
-        self.watch[job.id] = min(deadlines) if deadlines else now + timeout
+        self.watch[job.id] = self.d.retry_watch(self, rec, job.task_info, now)
         self.dispatch(job, job.task_info)     # may raise: the result then answers 500
 
     async def cancel_job(self, job_id):
@@ -553,18 +609,20 @@ class FakeOrch:
                 job = self.jobs.get(jid)
                 if job is not None:
                     try:
-                        self.job_timeout(job, now)
+                        self.job_timeout(job)
                     except Exception as e:
                         log.error("timeout handling of job %s failed: %s", jid, e)
 
-    def job_timeout(self, job, now):
+    def job_timeout(self, job):
         rec = job.rec
         if rec.get("status") in TERMINAL:
             return
-        dd, rd = rec.get("dispatch_deadline"), rec.get("result_deadline")
         if rec.get("task_picked_up_at") is not None:
-            self.task_failure(job, "Worker task timed out: execution/result deadline reached.")
+            self.task_failure(job, "Worker task timed out: execution/result deadline reached.",
+                              str(rec.get("current_task_id") or job.id))
             return
+        now = self.d.deadline_clock()  # the clock the dialect's deadlines are on
+        dd, rd = rec.get("dispatch_deadline"), rec.get("result_deadline")
         msg = "Worker task timed out."
         if dd and now >= dd:
             msg = "Worker task timed out while waiting in queue (dispatch timeout)."
@@ -590,6 +648,18 @@ class FakeOrch:
                 if not w[1].done():
                     w[1].set_result(have)
 
+    def note_result(self, worker_id, task_id):
+        """Stats: a result naming task_id arrived (any answer): the task is no
+        longer outstanding for worker_id, or else for whoever had it."""
+        st = self.stats.get(worker_id)
+        if st is not None and st.answered(task_id):
+            st.results += 1
+            return
+        for other in self.stats.values():
+            if other.answered(task_id):
+                other.results += 1
+                break
+
     def stamp_result(self, task_id, arrived, data):
         """Timings: the result for task_id arrived at `arrived`; keep the
         handler's own start/end stamps (data.t0, data.t1) when it sent them."""
@@ -602,7 +672,99 @@ class FakeOrch:
 
 
 # --------------------------------------------------------------------------
-# Worker endpoints (section 2)
+# The 1.0b3 dialect (PROTOCOL.md): hooks for the shared core, and the worker
+# endpoints below. The 1.0b14 one is rxon14.Dialect14.
+# --------------------------------------------------------------------------
+class Dialect3:
+    """RXON 1.0b3 as avtomatika 1.0b13 serves it on MemoryStorage."""
+
+    version = PROTOCOL_VERSION
+    no_token_message = "Missing X-Worker-Token header or client certificate"
+    client_dumps = staticmethod(dumps_compact)
+    ws_unregister_quirk = True      # checked live against 1.0b13 (see ws_unregister)
+    steals = False                  # no work stealing in 1.0b13
+    rate_limit_in_handlers = False  # the per-IP/path limiter runs before the handlers (1.3)
+    retry_skips_terminal = False
+
+    def add_routes(self, r):
+        r.add_post("/_worker/workers/register", h_register)
+        r.add_get("/_worker/workers/{worker_id}/tasks/next", h_poll)
+        r.add_post("/_worker/tasks/result", h_result)
+        r.add_patch("/_worker/workers/{worker_id}", h_heartbeat)
+        r.add_post("/_worker/auth/token", h_sts)
+        r.add_get("/_worker/ws", h_ws)
+        r.add_get("/_worker/ws/{worker_id}", h_ws)
+
+    def init_job(self, rec):
+        pass
+
+    @staticmethod
+    def deadline_clock():
+        return time.monotonic()
+
+    def step_deadlines(self, o, opts):
+        """(dispatch deadline, result deadline, watch time), all monotonic."""
+        now = time.monotonic()
+        dd = now + opts["dispatch_timeout_seconds"] if opts.get("dispatch_timeout_seconds") is not None else None
+        rd = now + opts["result_timeout_seconds"] if opts.get("result_timeout_seconds") is not None else None
+        deadlines = [d for d in (dd, rd) if d is not None]
+        return dd, rd, min(deadlines) if deadlines else now + (opts.get("timeout_seconds") or o.cfg.task_timeout)
+
+    def retry_watch(self, o, rec, task_info, now):
+        deadlines = [d for d in (rec.get("dispatch_deadline"), rec.get("result_deadline")) if d is not None]
+        return min(deadlines) if deadlines else now + (task_info.get("timeout_seconds") or o.cfg.task_timeout)
+
+    @staticmethod
+    def exhausted_message(attempts, task_id, message):
+        return f"Task failed after {attempts} attempts: {message}"
+
+    def task_payload(self, o, job, task_info):
+        """task_id == job_id, stdlib key order, params_metadata always (2.2)."""
+        return job.id, {"job_id": job.id, "task_id": job.id, "type": task_info["type"],
+                        "params": task_info["params"], "tracing_context": {},
+                        "params_metadata": job.rec.get("data_metadata")}
+
+    def dispatched(self, o, job, wid, task_id):
+        rec = o.workers.get(wid)
+        if rec is not None:
+            rec["load"] = rec.get("load", 0) + 1
+        job.rec["current_task_id"] = task_id
+        job.rec["task_worker_id"] = wid
+
+    def select_worker(self, o, task_info):
+        """Section 3.1: idle workers, hot_skills first, then hot_cache models,
+        then supported_skills (strings); cheapest, random among equals."""
+        ttype, params = task_info["type"], task_info["params"]
+        idle = [r for _, r in o.live_workers() if r.get("status", "idle") == "idle"]
+        cands = [r for r in idle if ttype in r.get("hot_skills", [])]
+        model = params.get("model_name") if isinstance(params, dict) else None
+        if not cands and model:
+            cands = [r for r in idle if ttype in r.get("supported_skills", []) and model in r.get("hot_cache", [])]
+        if not cands:
+            cands = [r for r in idle if ttype in r.get("supported_skills", [])]
+        if not cands:
+            raise RuntimeError(f"No suitable workers for task type '{ttype}'")
+        pool = ([r for r in cands if ttype in r.get("hot_skills", [])]
+                or [r for r in cands if ttype in r.get("hot_cache", [])] or cands)
+        low = min(r.get("cost", float("inf")) for r in pool)
+        chosen = random.choice([r for r in pool if r.get("cost", float("inf")) == low])
+        wid = chosen.get("worker_id")
+        if not wid:
+            raise RuntimeError(f"Selected worker for task '{ttype}' has no worker_id")
+        return wid
+
+
+def make_dialect(protocol):
+    if protocol == "1.0b3":
+        return Dialect3()
+    if protocol == "1.0b14":
+        import rxon14  # next to this file (the script's directory is on sys.path)
+        return rxon14.Dialect14()
+    raise ValueError("unknown protocol %r" % protocol)
+
+
+# --------------------------------------------------------------------------
+# 1.0b3 worker endpoints (section 2)
 # --------------------------------------------------------------------------
 def orch_of(request):
     return request.app["orch"]
@@ -659,13 +821,7 @@ async def h_register(request):
         raise ValueError("Missing required field: worker_id")
     if not isinstance(wid, str) or not ID_RE.match(wid):
         raise ValueError(f"Invalid worker_id: '{wid}'. Must be alphanumeric, underscores, or hyphens only.")
-    payload.setdefault("reputation", 1.0)
-    o.workers[wid] = payload
-    o.ttl[wid] = time.monotonic() + o.cfg.worker_ttl
-    o.queue(wid)
-    o.count("register")
-    if o.pending:
-        o.retry_pending()
+    o.store_worker(wid, payload)
     return worker_json({"status": "registered", "version": PROTOCOL_VERSION, "warning": warning})
 
 
@@ -753,14 +909,7 @@ async def h_result(request):
     o.count("result")
     pw = payload.get("worker_id")
     task_id = payload.get("task_id")
-    st = o.stats.get(pw if isinstance(pw, str) else ident)
-    if st is not None and st.answered(task_id):
-        st.results += 1
-    else:
-        for other in o.stats.values():
-            if other.answered(task_id):
-                other.results += 1
-                break
+    o.note_result(pw if isinstance(pw, str) else ident, task_id)
     job_id = payload.get("job_id")
     if not job_id or not task_id:
         raise ValueError("job_id and task_id are required")
@@ -924,9 +1073,9 @@ def client_auth(request):
         return None
     got = request.headers.get("X-Client-Token")
     if not got:
-        return api_json({"error": "Missing X-Client-Token header"}, status=401)
+        return client_json(request, {"error": "Missing X-Client-Token header"}, status=401)
     if got != want:
-        return api_json({"error": "Unauthorized: Invalid token"}, status=401)
+        return client_json(request, {"error": "Unauthorized: Invalid token"}, status=401)
     return None
 
 
@@ -934,9 +1083,9 @@ async def read_api_body(request):
     try:
         body = await request.json(loads=json.loads)
     except Exception:
-        return None, api_json({"error": "Invalid JSON body"}, status=400)
+        return None, client_json(request, {"error": "Invalid JSON body"}, status=400)
     if not isinstance(body, dict):
-        return None, api_json({"error": "Invalid JSON body"}, status=400)
+        return None, client_json(request, {"error": "Invalid JSON body"}, status=400)
     return body, None
 
 
@@ -953,14 +1102,14 @@ async def api_create_job(request):
         return err
     ttype, params = body.get("type"), body.get("params", {})
     if not isinstance(ttype, str) or not isinstance(params, dict):
-        return api_json({"error": "type (string) and params (object) are required"}, status=400)
+        return client_json(request, {"error": "type (string) and params (object) are required"}, status=400)
     steps = [{"type": ttype, "params": params}]
     steps += [{"type": t, "params": None, "state": "step%d_%s" % (i + 1, t)}
               for i, t in enumerate(body.get("pipeline") or [])]
     opts = {k: body.get(k) for k in ("priority", "timeout_seconds", "dispatch_timeout_seconds",
                                      "result_timeout_seconds", "transitions", "worker_id")}
     job = o.create_job(steps, opts, "fake:" + ttype, body)
-    return api_json({"status": "accepted", "job_id": job.id}, status=202)
+    return client_json(request, {"status": "accepted", "job_id": job.id}, status=202)
 
 
 async def api_blueprint(request):
@@ -979,9 +1128,9 @@ async def api_blueprint(request):
     try:
         steps, opts = blueprint_job(name, d if isinstance(d, dict) else {})
     except ValueError as e:
-        return api_json({"error": str(e)}, status=400)
+        return client_json(request, {"error": str(e)}, status=400)
     job = o.create_job(steps, opts, name.replace("-", "_"), d)
-    return api_json({"status": "accepted", "job_id": job.id}, status=202)
+    return client_json(request, {"status": "accepted", "job_id": job.id}, status=202)
 
 
 async def api_get_job(request):
@@ -990,8 +1139,8 @@ async def api_get_job(request):
         return denied
     job = orch_of(request).jobs.get(request.match_info["job_id"])
     if job is None:
-        return api_json({"error": "Job not found"}, status=404)
-    return api_json(job.rec)
+        return client_json(request, {"error": "Job not found"}, status=404)
+    return client_json(request, job.rec)
 
 
 async def api_list_jobs(request):
@@ -1002,7 +1151,7 @@ async def api_list_jobs(request):
     counts = {}
     for r in recs:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    return api_json({"jobs": recs, "counts": counts})
+    return client_json(request, {"jobs": recs, "counts": counts})
 
 
 async def api_cancel(request):
@@ -1010,19 +1159,19 @@ async def api_cancel(request):
     if denied is not None:
         return denied
     if not await orch_of(request).cancel_job(request.match_info["job_id"]):
-        return api_json({"error": "Job not found or already terminal."}, status=404)
-    return api_json({"status": "cancellation_request_accepted"})
+        return client_json(request, {"error": "Job not found or already terminal."}, status=404)
+    return client_json(request, {"status": "cancellation_request_accepted"})
 
 
 async def api_workers(request):
     denied = client_auth(request)
     if denied is not None:
         return denied
-    return api_json([r for _, r in orch_of(request).live_workers()])
+    return client_json(request, [r for _, r in orch_of(request).live_workers()])
 
 
-async def public_status(_request):
-    return api_json({"status": "ok"})
+async def public_status(request):
+    return client_json(request, {"status": "ok"})
 
 
 # --------------------------------------------------------------------------
@@ -1171,15 +1320,19 @@ def route_kind(request):
             return "poll"
         if p == "/_worker/tasks/result":
             return "result"
+        if p == "/_worker/events":
+            return "event"
         if p.startswith("/_worker/ws"):
             return "ws"
-        if p == "/_worker/auth/token":
+        if p in ("/_worker/auth/token", "/_worker/auth/token/refresh"):
             return "sts"
         if m == "PATCH":
             return "heartbeat"
         return "worker"
     if p.startswith("/api/"):
         return "api"
+    if p.startswith("/_public/"):
+        return "public"
     if p.startswith("/_test"):
         return "test"
     return "other"
@@ -1198,7 +1351,7 @@ def parse_body(raw):
 async def mw_log(request, handler):
     o = orch_of(request)
     kind = route_kind(request)
-    if kind in ("test", "other", "api") or not o.cfg.log_requests:
+    if kind in ("test", "other", "api", "public") or not o.cfg.log_requests:
         return await handler(request)
     request["had_body"] = request.can_read_body
     raw = await request.read() if request["had_body"] else b""
@@ -1226,10 +1379,10 @@ async def mw_log(request, handler):
 
 def take_fault(o, kind):
     """The next queued fault for this kind of request; "any" matches every
-    worker endpoint (not the client API)."""
+    worker endpoint (not the client API nor /_public)."""
     for k in (kind, "any"):
         queue = o.faults.get(k)
-        if not queue or (k == "any" and kind == "api"):
+        if not queue or (k == "any" and kind in ("api", "public")):
             continue
         f = queue[0]
         f["count"] -= 1
@@ -1320,21 +1473,18 @@ async def mw_compress(request, handler):
 @web.middleware
 async def mw_ratelimit(request, handler):
     """Optional simulation of the sliding limiter of section 1.3; with
-    `retry_after` set it also sends Retry-After (the real one never does)."""
+    `retry_after` set it also sends Retry-After (the real one never does).
+    /_public/* is limited like the client API (per IP and path; PROTOCOL.md
+    1.3 [G4], PROTOCOL-1.0b14.md 1.6). In 1.0b14 the worker routes are limited
+    inside the handlers, after authentication (rxon14.check_rate)."""
     o = orch_of(request)
     rl = o.cfg.rate_limit
-    if not rl or route_kind(request) in ("test", "other"):
+    kind = route_kind(request)
+    if not rl or kind in ("test", "other") or (o.d.rate_limit_in_handlers and kind not in ("api", "public")):
         return await handler(request)
     key = "%s:%s" % (request.match_info.get("worker_id") or request.remote, request.path)
     limit = rl.get("poll_limit", 60) if "tasks/next" in request.path else rl.get("limit", 100)
-    now = time.monotonic()
-    ent = o.ratelimit.get(key)
-    if ent is None or ent[1] < now:
-        ent = o.ratelimit[key] = [0, 0]
-    ent[0] += 1
-    ent[1] = now + float(rl.get("period", 60))
-    if ent[0] > limit:
-        o.count("rate_limited")
+    if o.rate_exceeded(key, limit):
         headers = {"Retry-After": str(rl["retry_after"])} if rl.get("retry_after") is not None else None
         return web.json_response({"error": "Too Many Requests"}, status=429, headers=headers)
     return await handler(request)
@@ -1343,7 +1493,7 @@ async def mw_ratelimit(request, handler):
 @web.middleware
 async def mw_version(request, handler):
     resp = await handler(request)
-    resp.headers[VERSION_HEADER] = PROTOCOL_VERSION
+    resp.headers[VERSION_HEADER] = orch_of(request).d.version
     return resp
 
 
@@ -1358,13 +1508,7 @@ def make_app(orch):
     app = web.Application(middlewares=[mw_log, mw_fault, mw_compress, mw_ratelimit, mw_version])
     app["orch"] = orch
     r = app.router
-    r.add_post("/_worker/workers/register", h_register)
-    r.add_get("/_worker/workers/{worker_id}/tasks/next", h_poll)
-    r.add_post("/_worker/tasks/result", h_result)
-    r.add_patch("/_worker/workers/{worker_id}", h_heartbeat)
-    r.add_post("/_worker/auth/token", h_sts)
-    r.add_get("/_worker/ws", h_ws)
-    r.add_get("/_worker/ws/{worker_id}", h_ws)
+    orch.d.add_routes(r)
     r.add_post("/api/v1/jobs", api_create_job)
     r.add_get("/api/v1/jobs", api_list_jobs)
     r.add_get("/api/v1/jobs/{job_id}", api_get_job)
@@ -1389,8 +1533,11 @@ def make_app(orch):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description="Protocol-faithful fake Avtomatika 1.0b13 orchestrator.",
+    p = argparse.ArgumentParser(description="Protocol-faithful fake Avtomatika orchestrator: 1.0b13 (RXON 1.0b3) "
+                                "or 1.0b27 (RXON 1.0b14), one dialect per process.",
                                 epilog=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--protocol", choices=PROTOCOLS, default=os.environ.get("AVT_FAKE_PROTOCOL") or "1.0b3",
+                   help="the worker protocol dialect (env AVT_FAKE_PROTOCOL; default 1.0b3)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080, help="0 = an ephemeral port")
     p.add_argument("--port-file", help="write the bound port here once listening")
@@ -1413,7 +1560,10 @@ def parse_args(argv):
                    help="refuse connections without a client certificate (else optional)")
     p.add_argument("--sts-expires-in", type=float, default=3600.0,
                    help="lifetime of STS access tokens, s")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.protocol not in PROTOCOLS:  # a default from the environment is not checked by argparse
+        p.error("unknown protocol %r (AVT_FAKE_PROTOCOL?): use one of %s" % (args.protocol, ", ".join(PROTOCOLS)))
+    return args
 
 
 def tls_context(args):
@@ -1430,7 +1580,8 @@ def tls_context(args):
 
 
 async def serve(args):
-    orch = FakeOrch(Settings(args))
+    dialect = make_dialect(args.protocol)
+    orch = FakeOrch(Settings(args, dialect), dialect)
     app = make_app(orch)
 
     async def close_sockets(_app):
@@ -1449,8 +1600,8 @@ async def serve(args):
         with open(tmp, "w") as f:
             f.write("%d\n" % port)
         os.replace(tmp, args.port_file)
-    log.warning("fakeorch listening on %s://%s:%d (poll hold %.1fs, fast=%s)",
-                "https" if args.tls_cert else "http", args.host, port, args.poll_timeout, args.fast)
+    log.warning("fakeorch listening on %s://%s:%d (protocol %s, poll hold %.1fs, fast=%s)",
+                "https" if args.tls_cert else "http", args.host, port, args.protocol, args.poll_timeout, args.fast)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -1472,11 +1623,21 @@ def main(argv=None):
 
 
 USAGE = """
-Control API (no auth; JSON in and out):
+Dialects: one per process, --protocol (env AVT_FAKE_PROTOCOL), shown by GET /_test/config.
+  1.0b3   avtomatika 1.0b13 (PROTOCOL.md): routes register, poll, result, heartbeat, auth/token,
+          ws and ws/{id}; 401 auth errors, 500 for bad bodies, task_id == job_id, no signatures.
+  1.0b14  avtomatika 1.0b27 (PROTOCOL-1.0b14.md): + POST /_worker/events, /_worker/auth/token/refresh,
+          only ws/{id}; X-Worker-ID hints, 403/400, signed bodies (timestamp + security, HMAC of
+          canon14.canonical with the worker's individual token else the global one), SkillInfo
+          objects, task-<uuid4> per dispatch and retry, worker_mismatch, stealing, STS refresh.
+Both answer GET /_public/status 200 {"status":"ok"} with their X-RXON-Version.
+
+Control API (no auth; JSON in and out; the same in both dialects):
 
 POST /_test/reset                 forget workers, queues, jobs, faults, log, stats; close sockets (1001)
 POST /_test/fault {kind, ...}     the next `count` requests of `kind` (register, poll, heartbeat, result,
-                                  ws, sts, api, any) get a fault instead of (or after) normal handling:
+                                  event, ws, sts, api, public, any) get a fault instead of (or after) normal
+                                  handling ("any": every worker endpoint; "public": /_public/*):
     mode "respond"  (default) answer `status` with JSON `body` (or `raw` text verbatim) and `headers`
     mode "malformed" answer `status` (200) with a body that is not JSON
     mode "truncate" declare Content-Length `extra` (100) bytes more than sent, send half, close
@@ -1489,13 +1650,16 @@ POST /_test/expire {worker_id}    the worker's TTL lapses now (record purged, qu
 GET|POST /_test/config {...}      poll_timeout, worker_ttl, max_retries, task_timeout, watcher_interval,
                                   queue_when_no_worker, log_requests, keep_results, ws_unregister_quirk,
                                   client_token, worker_token, worker_tokens {id: token}, gzip, timings,
-                                  rate_limit {limit, poll_limit, period, retry_after} | null,
-                                  sts_expires_in, sts_enforce (certificate AND live access token)
+                                  rate_limit {limit, poll_limit, heartbeat_limit, period, retry_after} | null
+                                  (1.0b3: per IP/path id before the handler; 1.0b14: per credential, worker
+                                  and message type after auth, 429 double-encoded), sts_expires_in,
+                                  sts_enforce (certificate AND live access token), steal (1.0b14 work
+                                  stealing, default on); protocol is read-only
 GET /_test/log?since=N&path=S     request log rows {t, method, path, kind, worker_id, status, body,
                                   headers, resp, resp_headers}; WebSocket frames as WS-RECV / WS-SEND
 GET /_test/stats                  per worker: polls, polls_outstanding, max_polls_outstanding,
                                   polls_while_outstanding {N: polls}, handouts, outstanding(_by_type),
-                                  max_outstanding(_by_type), results; counters; jobs by status
+                                  max_outstanding(_by_type), results (by task id); counters; jobs by status
 POST /_test/prequeue {worker_id, type, params, count, priority, timeout_seconds}
 GET /_test/wait?results=N&timeout=S        answer once N results arrived (or after S s): {results}
 GET|DELETE /_test/timings         with config timings=true: [task_id, enqueued, handed_out, result_arrived,
