@@ -285,6 +285,26 @@ static void render_links(struct buf *b, const struct orch_view *v, size_t nv)
     }
 }
 
+/* The protocol each orchestrator speaks, and why results were ignored. */
+static void render_protocol(struct buf *b, const struct orch_view *v, size_t nv)
+{
+    const char *info = "avtworkerd_protocol_info", *ign = "avtworkerd_results_ignored_total";
+    metric_head(b, info, "gauge",
+                "The RXON version spoken with the orchestrator (detecting: not known yet).");
+    for (size_t i = 0; i < nv; i++) {
+        orch_label(b, info, &v[i]);
+        buf_printf(b, ",protocol=\"%s\"} 1\n", v[i].st.protocol ? v[i].st.protocol : "detecting");
+    }
+    metric_head(b, ign, "counter",
+                "Results the orchestrator acknowledged as ignored (it had them, or the job moved "
+                "on), by reason.");
+    for (size_t i = 0; i < nv; i++)
+        for (size_t r = 0; r < OUTBOX_IGNORED_REASONS; r++) {
+            orch_label(b, ign, &v[i]);
+            buf_printf(b, ",reason=\"%s\"} %lu\n", outbox_ignored_reasons[r], v[i].ob.ignored[r]);
+        }
+}
+
 static void render_requests(struct buf *b, const struct orch_view *v, size_t nv)
 {
     static const char *const eps[ORCH_EP_COUNT] = {"register", "poll", "heartbeat", "result"};
@@ -376,6 +396,7 @@ char *admin_metrics_text(const struct admin_sources *src, size_t *len)
     render_outcomes(&b, src);
     render_durations(&b, src);
     render_links(&b, v, nv);
+    render_protocol(&b, v, nv);
     render_requests(&b, v, nv);
     render_counters(&b, v, nv);
     free(v);
@@ -407,9 +428,10 @@ static int orch_healthy(const struct orch_stats *st, double window, char *why, s
 
 /*
  * The /healthz answer (caller frees): healthy while at least one
- * orchestrator is, since the worker then still gets work. With one
- * orchestrator the text is "ok" or the reason; with several it is "ok" when
- * all are healthy, else a summary line and one "URL: state" line each.
+ * orchestrator is, since the worker then still gets work. The first line is
+ * "ok" or, with one orchestrator, the reason, with several a summary
+ * ("degraded: K of N ..." or "down: ..."); then one "URL: state (RXON
+ * version)" line for each orchestrator.
  */
 static char *health_text(const struct admin_sources *src, int *ok)
 {
@@ -426,8 +448,9 @@ static char *health_text(const struct admin_sources *src, int *ok)
     else
         buf_printf(&b, "%s: %zu of %zu orchestrators healthy\n", good > 0 ? "degraded" : "down",
                    good, nv);
-    for (size_t i = 0; nv > 1 && good < nv && i < nv; i++)
-        buf_printf(&b, "%s: %s\n", v[i].url, why[i]);
+    for (size_t i = 0; i < nv; i++)
+        buf_printf(&b, "%s: %s (RXON %s)\n", v[i].url, why[i],
+                   v[i].st.protocol ? v[i].st.protocol : "not detected yet");
     free(why);
     free(v);
     return b.p;

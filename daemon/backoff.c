@@ -78,9 +78,7 @@ static double refused(const struct backoff_peer *p, const char *what, const stru
         double d = backoff_next(b);
         return d < 1 ? 1 : d;
     }
-    if (p->refusal_advice != NULL)
-        p->refusal_advice(r->status, text, advice, sizeof(advice));
-    else
+    if (p->explain == NULL || !p->explain(r->status, text, p->clock_skew, advice, sizeof(advice)))
         snprintf(advice, sizeof(advice), "%s", RXON_TOKEN_ADVICE);
     log_emit(LOG_ERR, ctx, "%s: the orchestrator refused this worker's credentials (%ld %s): %s",
              what, r->status, text, advice);
@@ -100,6 +98,13 @@ double backoff_after_failure(const struct backoff_peer *p, const char *what,
         return refused(p, what, r, text, b, ctx);
     if (r->status == 429)
         return rate_limited(p, what, r, ctx);
+    char advice[AVT_ERRLEN];
+    if (r->status == 400 && p->explain != NULL &&
+        p->explain(r->status, text, p->clock_skew, advice, sizeof(advice))) {
+        log_emit(LOG_ERR, ctx, "%s: the orchestrator refused the message (400 %s): %s", what, text,
+                 advice);
+        return backoff_next(b);
+    }
     if (r->too_large)
         log_emit(LOG_WARNING, ctx, "%s: answer %ld larger than the body limit, ignored", what,
                  r->status);

@@ -35,9 +35,11 @@ struct backoff_peer {
     int https;
     const char *server; /* "Avtomatika 1.0b13": the release whose quirks the hints name */
     int auth_status;    /* the status of a refused credential in this dialect: 401 or 403 */
-    /* The operator's fix for a refused credential (token, clock, version),
-     * from the dialect; NULL: the generic token advice. */
-    void (*refusal_advice)(long status, const char *text, char *out, size_t outlen);
+    /* The operator's fix for a refused message (token, clock, version, a
+     * field the orchestrator could not validate), from the dialect (see
+     * struct rxon_dialect); NULL: the generic token advice. */
+    int (*explain)(long status, const char *text, double clock_skew, char *out, size_t outlen);
+    double clock_skew; /* the orchestrator's clock minus ours, seconds; NAN: unknown */
     /* A credential refusal while an access token is in use: renew it;
      * returns 1 when a renewal is under way (the failure is then expected).
      * NULL: none. */

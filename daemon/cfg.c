@@ -67,6 +67,8 @@ enum kind {
     K_JSON_MODELS, /* JSON array of {"name": str, "version": str} */
     K_JSON_COSTS,  /* JSON object of non-negative numbers */
     K_MULTI_MODE,  /* FAILOVER or ROUND_ROBIN (enum cfg_multi_mode) */
+    K_PROTOCOL,    /* auto, 1.0b3 or 1.0b14 (enum cfg_protocol) */
+    K_ACCESS,      /* auto, on or off (enum cfg_access_tokens) */
     K_LISTEN,      /* off | PORT | IPV4:PORT | [IPV6]:PORT; PORT alone is 127.0.0.1 */
 };
 
@@ -114,6 +116,10 @@ static const struct key_def keys[] = {
     {"orchestrator", "retry_max_delay", K_DOUBLE, FIELD(retry_max_delay), 0, 86400, 1},
     {"orchestrator", "probe_every", K_INT, FIELD(probe_every), 1, 1000, 0},
     {"orchestrator", "multi_mode", K_MULTI_MODE, FIELD(multi_mode), 0, 0, 0},
+    {"orchestrator", "protocol", K_PROTOCOL, FIELD(protocol), 0, 0, 0},
+    {"orchestrator", "signing_key", K_TOKEN, FIELD(signing_key), 0, 0, 0},
+    {"orchestrator", "signing_key_file", K_TOKEN_FILE, FIELD(signing_key_file), 0, 0, 0},
+    {"orchestrator", "access_tokens", K_ACCESS, FIELD(access_tokens), 0, 0, 0},
     {"admin", "listen", K_LISTEN, FIELD(admin_listen), 0, 0, 0},
     {"tls", "ca_file", K_PATH, FIELD(tls_ca_file), 0, 0, 0},
     {"tls", "cert_file", K_PATH, FIELD(tls_cert_file), 0, 0, 0},
@@ -164,6 +170,10 @@ static const struct env_def envs[] = {
     {"HOSTNAME_OVERRIDE", "hostname", 0},
     {"IP_ADDRESS", "ip_address", 0},
     {"MULTI_ORCHESTRATOR_MODE", "multi_mode", 0},
+    {"RXON_PROTOCOL", "protocol", 0},
+    {"WORKER_SIGNING_KEY_FILE", "signing_key_file", 0},
+    {"WORKER_SIGNING_KEY", "signing_key", 0},
+    {"WORKER_ACCESS_TOKENS", "access_tokens", 0},
     {"TLS_CA_PATH", "ca_file", 0},
     {"TLS_CERT_PATH", "cert_file", 0},
     {"TLS_KEY_PATH", "key_file", 0},
@@ -175,6 +185,8 @@ static const struct env_def envs[] = {
 
 static const char *const log_format_names[] = {"auto", "plain", "json", "journal"};
 static const char *const multi_mode_names[] = {"FAILOVER", "ROUND_ROBIN"};
+static const char *const protocol_names[] = {"auto", "1.0b3", "1.0b14"};
+static const char *const access_names[] = {"auto", "on", "off"};
 
 #define ORCHS_ENV "ORCHESTRATORS_CONFIG"
 #define ORCH_PREFIX "orchestrator."
@@ -267,6 +279,19 @@ static size_t key_index(const char *name)
     }
     assert(!"cfg.c names a key missing from keys[]");
     abort();
+}
+
+/* The other key of a secret's pair: a token and its file (token /
+ * token_file, signing_key / signing_key_file) exclude each other. */
+static size_t secret_twin(const struct key_def *k)
+{
+    char name[64];
+    size_t n = strlen(k->name);
+    if (k->kind == K_TOKEN_FILE && n > 5)
+        snprintf(name, sizeof(name), "%.*s", (int)(n - 5), k->name);
+    else
+        snprintf(name, sizeof(name), "%s_file", k->name);
+    return key_index(name);
 }
 
 /* ---- Value parsers --------------------------------------------------------- */
@@ -563,9 +588,49 @@ static int parse_string_kind(struct loader *ld, const char *where, const struct 
     return 0;
 }
 
+/* The value names of an enumerated kind (K_MULTI_MODE, K_PROTOCOL,
+ * K_ACCESS); *n is set to their number. NULL for the other kinds. */
+static const char *const *enum_names(enum kind kind, size_t *n)
+{
+    switch (kind) {
+    case K_MULTI_MODE:
+        *n = ARRAY_LEN(multi_mode_names);
+        return multi_mode_names;
+    case K_PROTOCOL:
+        *n = ARRAY_LEN(protocol_names);
+        return protocol_names;
+    case K_ACCESS:
+        *n = ARRAY_LEN(access_names);
+        return access_names;
+    default:
+        *n = 0;
+        return NULL;
+    }
+}
+
+/* v as an index of names, case-insensitively; -1 when unknown. */
+static int enum_value(const char *const *names, size_t n, const char *v)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strcasecmp(v, names[i]) == 0)
+            return (int)i;
+    }
+    return -1;
+}
+
 static int parse_enum_kind(struct loader *ld, const char *where, const struct key_def *k,
                            const char *v, int *field)
 {
+    size_t n_names;
+    const char *const *names = enum_names(k->kind, &n_names);
+    if (names != NULL && k->kind != K_MULTI_MODE) {
+        int i = enum_value(names, n_names, v);
+        if (i < 0)
+            return fail(ld, where, "unknown value \"%s\" (%s, %s or %s)", v, names[0], names[1],
+                        names[2]);
+        *field = i;
+        return 0;
+    }
     if (k->kind == K_MULTI_MODE) {
         for (size_t i = 0; i < ARRAY_LEN(multi_mode_names); i++) {
             if (strcasecmp(v, multi_mode_names[i]) == 0) {
@@ -605,6 +670,8 @@ static int set_key(struct loader *ld, size_t ki, const char *v, const char *wher
     case K_LOG_LEVEL:
     case K_LOG_FORMAT:
     case K_MULTI_MODE:
+    case K_PROTOCOL:
+    case K_ACCESS:
         rc = parse_enum_kind(ld, where, k, v, field);
         break;
     case K_JSON_OBJECT:
@@ -633,10 +700,11 @@ static int handle_fixed(struct loader *ld, const char *section, const char *name
         return fail(ld, where, "unknown key in [%s] (see worker.ini.example)", section);
     size_t ki = (size_t)(k - keys);
     if (k->kind == K_TOKEN || k->kind == K_TOKEN_FILE) {
-        size_t other = key_index(k->kind == K_TOKEN ? "token_file" : "token");
+        size_t other = secret_twin(k);
         if (ld->origin[other] != NULL)
-            return fail(ld, where, "token and token_file are both set (%s); keep one",
-                        ld->origin[other]);
+            return fail(ld, where, "%s and %s are both set (%s); keep one",
+                        k->kind == K_TOKEN ? k->name : keys[other].name,
+                        k->kind == K_TOKEN ? keys[other].name : k->name, ld->origin[other]);
     }
     return set_key(ld, ki, v, where, 0);
 }
@@ -672,7 +740,7 @@ static struct cfg_orch *orch_append(struct loader *ld, const char *name, const c
     ld->orch_where = xrealloc(ld->orch_where, (cfg->norchs + 1) * sizeof(*ld->orch_where));
     ld->orch_where[cfg->norchs] = xstrdup(where);
     struct cfg_orch *e = &cfg->orchs[cfg->norchs++];
-    *e = (struct cfg_orch){.name = xstrdup(name), .priority = 10, .weight = 1};
+    *e = (struct cfg_orch){.name = xstrdup(name), .priority = 10, .weight = 1, .protocol = -1};
     return e;
 }
 
@@ -685,7 +753,18 @@ static struct cfg_orch *orch_find(struct cfg *cfg, const char *name)
     return NULL;
 }
 
-/* One key of [orchestrator.NAME]: url, priority, weight, token, token_file. */
+/* An entry's protocol from its text; the error names the choices. */
+static int parse_protocol(struct loader *ld, const char *where, const char *v, int *out)
+{
+    int i = enum_value(protocol_names, ARRAY_LEN(protocol_names), v);
+    if (i < 0)
+        return fail(ld, where, "unknown protocol \"%s\" (auto, 1.0b3 or 1.0b14)", v);
+    *out = i;
+    return 0;
+}
+
+/* One key of [orchestrator.NAME]: url, priority, weight, token, token_file,
+ * protocol. */
 static int handle_orch_section(struct loader *ld, const char *name, const char *key, const char *v,
                                const char *where)
 {
@@ -707,6 +786,8 @@ static int handle_orch_section(struct loader *ld, const char *name, const char *
         return parse_int(ld, where, v, 0, ORCH_PRIORITY_MAX, &e->priority);
     if (strcmp(key, "weight") == 0)
         return parse_int(ld, where, v, 1, ORCH_WEIGHT_MAX, &e->weight);
+    if (strcmp(key, "protocol") == 0)
+        return parse_protocol(ld, where, v, &e->protocol);
     if (strcmp(key, "token") == 0 || strcmp(key, "token_file") == 0) {
         int is_file = key[5] == '_';
         if ((is_file ? e->token : e->token_file) != NULL)
@@ -716,7 +797,7 @@ static int handle_orch_section(struct loader *ld, const char *name, const char *
         replace_str(is_file ? &e->token_file : &e->token, xstrdup(v));
         return 0;
     }
-    return fail(ld, where, "unknown key (url, priority, weight, token or token_file)");
+    return fail(ld, where, "unknown key (url, priority, weight, token, token_file or protocol)");
 }
 
 static int json_int_field(struct loader *ld, const char *where, json_t *o, const char *key,
@@ -734,7 +815,7 @@ static int json_int_field(struct loader *ld, const char *where, json_t *o, const
 /* One element of ORCHESTRATORS_CONFIG: {url, priority?, weight?, token?, name?}. */
 static int parse_orch_json(struct loader *ld, const char *where, size_t i, json_t *o)
 {
-    static const char *const known[] = {"url", "priority", "weight", "token", "name"};
+    static const char *const known[] = {"url", "priority", "weight", "token", "name", "protocol"};
     const char *key;
     json_t *v;
     if (!json_is_object(o))
@@ -747,7 +828,7 @@ static int parse_orch_json(struct loader *ld, const char *where, size_t i, json_
         if (k == ARRAY_LEN(known))
             return fail(ld, where,
                         "element %zu: unknown key \"%s\" (url, priority, weight, "
-                        "token, name)",
+                        "token, name, protocol)",
                         i, key);
     }
     const char *url = json_string_value(json_object_get(o, "url"));
@@ -759,6 +840,9 @@ static int parse_orch_json(struct loader *ld, const char *where, size_t i, json_
         return fail(ld, where, "element %zu: \"name\" must match ^[a-zA-Z0-9_-]+$", i);
     if (token != NULL && (!json_is_string(token) || json_string_length(token) == 0))
         return fail(ld, where, "element %zu: \"token\" must be a non-empty string", i);
+    json_t *proto = json_object_get(o, "protocol");
+    if (proto != NULL && !json_is_string(proto))
+        return fail(ld, where, "element %zu: \"protocol\" must be a string", i);
     char dflt[32];
     snprintf(dflt, sizeof(dflt), "orch%zu", i + 1);
     if (orch_find(ld->cfg, name ? name : dflt) != NULL)
@@ -766,6 +850,8 @@ static int parse_orch_json(struct loader *ld, const char *where, size_t i, json_
     struct cfg_orch *e = orch_append(ld, name ? name : dflt, where);
     if (token != NULL && parse_token(ld, where, json_string_value(token)) == 0)
         e->token = xstrdup(json_string_value(token));
+    if (proto != NULL && parse_protocol(ld, where, json_string_value(proto), &e->protocol) < 0)
+        return -EINVAL;
     if (ld->failed || parse_url(ld, where, url, &e->url) < 0 ||
         json_int_field(ld, where, o, "priority", 0, ORCH_PRIORITY_MAX, &e->priority) < 0 ||
         json_int_field(ld, where, o, "weight", 1, ORCH_WEIGHT_MAX, &e->weight) < 0)
@@ -1025,7 +1111,7 @@ static int apply_env_one(struct loader *ld, const struct env_def *e, const char 
     int rc = set_key(ld, ki, val, where, 1);
     free(val);
     if (rc == 0 && (k->kind == K_TOKEN || k->kind == K_TOKEN_FILE)) {
-        size_t other = key_index(k->kind == K_TOKEN ? "token_file" : "token");
+        size_t other = secret_twin(k);
         free_and_null(*(char **)(void *)((char *)ld->cfg + keys[other].off));
         free_and_null(ld->origin[other]);
     }
@@ -1101,10 +1187,17 @@ static int read_secret_file(struct loader *ld, const char *path, const char *whe
     return 0;
 }
 
-static int read_token_file(struct loader *ld)
+static int read_token_files(struct loader *ld)
 {
     struct cfg *cfg = ld->cfg;
-    return read_secret_file(ld, cfg->token_file, ld->origin[key_index("token_file")], &cfg->token);
+    if (cfg->token_file != NULL &&
+        read_secret_file(ld, cfg->token_file, ld->origin[key_index("token_file")], &cfg->token) < 0)
+        return -EINVAL;
+    if (cfg->signing_key_file != NULL &&
+        read_secret_file(ld, cfg->signing_key_file, ld->origin[key_index("signing_key_file")],
+                         &cfg->signing_key) < 0)
+        return -EINVAL;
+    return 0;
 }
 
 static int orch_cmp(const void *a, const void *b)
@@ -1145,6 +1238,8 @@ static int finalize_orchs(struct loader *ld)
         if (e->token_file != NULL &&
             read_secret_file(ld, e->token_file, ld->orch_where[i], &e->token) < 0)
             return -EINVAL;
+        if (e->protocol < 0)
+            e->protocol = cfg->protocol;
     }
     /* orch_where is indexed like the entries: no errors after sorting. */
     qsort(cfg->orchs, cfg->norchs, sizeof(*cfg->orchs), orch_cmp);
@@ -1192,7 +1287,7 @@ static int finalize(struct loader *ld)
     size_t ki_max = key_index("retry_max_delay");
     if (cfg->worker_id == NULL)
         cfg->worker_id = default_worker_id(cfg->hostname);
-    if (cfg->token_file != NULL && read_token_file(ld) < 0)
+    if (read_token_files(ld) < 0)
         return -EINVAL;
     if (finalize_orchs(ld) < 0 || finalize_tls(ld) < 0)
         return -EINVAL;
@@ -1291,7 +1386,8 @@ void cfg_destroy(struct cfg *cfg)
             json_decref(*(json_t **)field);
         else if (keys[i].kind != K_INT && keys[i].kind != K_DOUBLE && keys[i].kind != K_BOOL &&
                  keys[i].kind != K_LOG_LEVEL && keys[i].kind != K_LOG_FORMAT &&
-                 keys[i].kind != K_MULTI_MODE)
+                 keys[i].kind != K_MULTI_MODE && keys[i].kind != K_PROTOCOL &&
+                 keys[i].kind != K_ACCESS)
             free(*(char **)field);
     }
     orchs_free(cfg);
@@ -1356,8 +1452,14 @@ static void dump_key(const struct cfg *cfg, const struct key_def *k, FILE *fp)
         fprintf(fp, "%s = %s\n", k->name, log_level_name(*(const int *)field));
         return;
     case K_MULTI_MODE:
-        fprintf(fp, "%s = %s\n", k->name, multi_mode_names[*(const int *)field ? 1 : 0]);
+    case K_PROTOCOL:
+    case K_ACCESS: {
+        size_t n;
+        const char *const *names = enum_names(k->kind, &n);
+        int i = *(const int *)field;
+        fprintf(fp, "%s = %s\n", k->name, i >= 0 && (size_t)i < n ? names[i] : names[0]);
         return;
+    }
     case K_LOG_FORMAT: {
         int f = *(const int *)field;
         fprintf(fp, "%s = %s\n", k->name,
@@ -1386,8 +1488,8 @@ static void dump_orchs(const struct cfg *cfg, FILE *fp)
 {
     for (size_t i = 0; cfg->orchs_listed && i < cfg->norchs; i++) {
         const struct cfg_orch *e = &cfg->orchs[i];
-        fprintf(fp, "\n[orchestrator.%s]\nurl = %s\npriority = %d\nweight = %d\n", e->name, e->url,
-                e->priority, e->weight);
+        fprintf(fp, "\n[orchestrator.%s]\nurl = %s\npriority = %d\nweight = %d\nprotocol = %s\n",
+                e->name, e->url, e->priority, e->weight, protocol_names[e->protocol]);
         if (e->token_file != NULL)
             fprintf(fp, "token_file = %s\n", e->token_file);
         else if (e->token != NULL)

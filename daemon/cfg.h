@@ -35,6 +35,21 @@ struct cfg_orch {
     int weight;       /* ROUND_ROBIN share, 1..1000; default 1 */
     char *token;      /* this orchestrator's token; NULL = the global one. Never log. */
     char *token_file; /* read at load like [orchestrator] token_file */
+    int protocol;     /* enum cfg_protocol; the [orchestrator] protocol unless set */
+};
+
+/* [orchestrator] protocol / RXON_PROTOCOL: the wire dialect. */
+enum cfg_protocol {
+    CFG_PROTOCOL_AUTO,   /* detected per orchestrator (PROTOCOL-1.0b14.md 4.2) */
+    CFG_PROTOCOL_1_0B3,  /* RXON 1.0b3, Avtomatika 1.0b13 */
+    CFG_PROTOCOL_1_0B14, /* RXON 1.0b14, Avtomatika 1.0b27 */
+};
+
+/* [orchestrator] access_tokens / WORKER_ACCESS_TOKENS: STS access tokens. */
+enum cfg_access_tokens {
+    CFG_ACCESS_AUTO, /* with a client certificate (1.0b3 issues them only then) */
+    CFG_ACCESS_ON,   /* always (1.0b14 issues them for any credential) */
+    CFG_ACCESS_OFF,
 };
 
 /* MULTI_ORCHESTRATOR_MODE */
@@ -98,6 +113,14 @@ struct cfg {
     size_t norchs;
     int orchs_listed; /* 1: from [orchestrator.NAME] or ORCHESTRATORS_CONFIG */
     int multi_mode;   /* [orchestrator] multi_mode; enum cfg_multi_mode */
+    int protocol;     /* [orchestrator] protocol; enum cfg_protocol; default auto */
+    /* The key that signs RXON 1.0b14 messages: the orchestrator's individual
+     * token for this worker, else its global token; by default the token
+     * this worker authenticates with (never an STS access token). Set it
+     * when the two differ (the orchestrator in mtls-only mode). Never log. */
+    char *signing_key;      /* WORKER_SIGNING_KEY */
+    char *signing_key_file; /* WORKER_SIGNING_KEY_FILE; read at load */
+    int access_tokens;      /* [orchestrator] access_tokens; enum cfg_access_tokens */
 
     /* [tls] (https:// orchestrators; verification is always on unless
      * insecure_skip_verify) */

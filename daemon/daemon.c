@@ -69,6 +69,7 @@
 #include "work.h"
 
 #define FLUSH_LIMIT 10.0   /* seconds to deliver the last results */
+#define LEAVE_LIMIT 2.0    /* seconds for the last ("offline") heartbeats */
 #define TICK 0.25          /* deadline supervision and STATUS= */
 #define STATUS_MIN_GAP 1.0 /* at most one STATUS= per second */
 #define STATUS_MAX 1024
@@ -105,11 +106,12 @@ struct daemon {
     ev_signal sigusr1; /* thread dump */
     ev_async wake;
     ev_signal sigterm, sigint, sighup;
-    ev_timer drain_timer, tick, watchdog;
+    ev_timer drain_timer, tick, watchdog, leave_timer;
     ev_check idle_check;
     enum phase phase;
     int exit_code;
-    int ready; /* READY=1 sent */
+    int ready;   /* READY=1 sent */
+    double left; /* now_mono() when the last heartbeats went out; 0: not yet */
     char status[STATUS_MAX];
     double status_at;
 };
@@ -426,6 +428,32 @@ static void on_pool_events(struct ev_loop *loop, ev_async *w, int revents)
         retired_reap(d, 0);
 }
 
+static void on_leave_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop, (void)w, (void)revents; /* only wakes the loop for on_idle_check */
+}
+
+/* Nothing left to deliver: the last heartbeats ("offline", 1.0b14) go out,
+ * and the loop waits for their answers for at most LEAVE_LIMIT. 1 once
+ * they are answered or the time is up. */
+static int left(struct daemon *d)
+{
+    int pending = 0;
+    if (d->left == 0) {
+        d->left = now_mono();
+        for (size_t i = 0; i < orchset_count(d->orchs); i++)
+            pending += orch_leave(orchset_get(d->orchs, i));
+        if (pending > 0) {
+            ev_timer_init(&d->leave_timer, on_leave_timer, LEAVE_LIMIT, 0.);
+            ev_timer_start(d->loop, &d->leave_timer);
+        }
+        return pending == 0;
+    }
+    for (size_t i = 0; i < orchset_count(d->orchs); i++)
+        pending += orch_leaving(orchset_get(d->orchs, i));
+    return pending == 0 || now_mono() - d->left >= LEAVE_LIMIT;
+}
+
 /* After every loop iteration: READY=1 once registered; stop the loop once
  * a drain has nothing left to wait for. */
 static void on_idle_check(struct ev_loop *loop, ev_check *w, int revents)
@@ -439,7 +467,7 @@ static void on_idle_check(struct ev_loop *loop, ev_check *w, int revents)
             status_update(d, 1);
         }
     }
-    if (d->phase != RUNNING && active_tasks(d) == 0 && outbox_idle(d->outbox))
+    if (d->phase != RUNNING && active_tasks(d) == 0 && outbox_idle(d->outbox) && left(d))
         ev_break(loop, EVBREAK_ALL);
 }
 
@@ -717,6 +745,7 @@ static void watchers_stop(struct daemon *d)
     ev_timer_stop(d->loop, &d->drain_timer);
     ev_timer_stop(d->loop, &d->tick);
     ev_timer_stop(d->loop, &d->watchdog);
+    ev_timer_stop(d->loop, &d->leave_timer);
     ev_signal_stop(d->loop, &d->sigterm);
     ev_signal_stop(d->loop, &d->sigint);
     ev_signal_stop(d->loop, &d->sighup);

@@ -18,7 +18,14 @@
 #include "task.h"
 #include "util.h"
 
-#define NAME_MAX_ 1024 /* hot-cache names */
+#define NAME_MAX_ 1024 /* hot-cache names, event types */
+
+/* The context of the (const) table the plugin passes back. */
+static const struct host_ctx *ctx_of(const struct avt_host *host)
+{
+    return (const struct host_ctx *)(const void *)((const char *)host -
+                                                   offsetof(struct host_ctx, table));
+}
 
 static int host_succeed(struct avt_task *task, json_t *data)
 {
@@ -76,18 +83,44 @@ static int host_progress(struct avt_task *task, double percent, const char *fmt,
     return 0;
 }
 
+/* The first plugin that emits an event its task's orchestrator cannot take
+ * is told in the log; later ones only get -ENOTSUP. */
+static atomic_int told_no_events;
+
+static int host_emit_event(struct avt_task *task, const char *type, json_t *payload)
+{
+    struct task *t = task_of(task);
+    if (type == NULL || *type == '\0' || strlen(type) > NAME_MAX_ ||
+        strcmp(type, "progress") == 0 || !json_is_object(payload)) {
+        json_decref(payload);
+        return -EINVAL;
+    }
+    if (!t->events_ok) {
+        json_decref(payload);
+        if (atomic_exchange(&told_no_events, 1) == 0) {
+            struct log_ctx ctx = {ctx_of(task->host)->plugin, t->id, t->job_id, t->type};
+            log_emit(LOG_WARNING, &ctx,
+                     "event '%s' not sent: the task's orchestrator speaks RXON 1.0b3, which has "
+                     "no custom events (avt_emit_event returned -ENOTSUP; said once)",
+                     type);
+        }
+        return -ENOTSUP;
+    }
+    if (t->evq == NULL) {
+        json_decref(payload);
+        return 0;
+    }
+    char *clean = str_clean_utf8(type, NAME_MAX_);
+    evq_post_event(t->evq, t, clean, payload);
+    free(clean);
+    return 0;
+}
+
 static int host_is_cancelled(const struct avt_task *task)
 {
     const struct task *t =
         (const struct task *)(const void *)((const char *)task - offsetof(struct task, pub));
     return atomic_load(&t->cancel) != TASK_CANCEL_NONE;
-}
-
-/* The context of the (const) table the plugin passes back. */
-static const struct host_ctx *ctx_of(const struct avt_host *host)
-{
-    return (const struct host_ctx *)(const void *)((const char *)host -
-                                                   offsetof(struct host_ctx, table));
 }
 
 static int host_hot_cache(const struct avt_host *host, int add, const char *name)
@@ -157,4 +190,5 @@ void host_init(struct host_ctx *h, const char *plugin, struct evq *evq)
     host->hot_cache_add = host_hot_cache_add;
     host->hot_cache_remove = host_hot_cache_remove;
     host->log = host_log;
+    host->emit_event = host_emit_event;
 }

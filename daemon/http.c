@@ -95,6 +95,8 @@ struct http_req {
     struct buf in;              /* response body */
     double start;
     double retry_after;
+    double date;           /* the Date header, unix seconds; 0 when absent */
+    char rxon_version[24]; /* the X-RXON-Version header; "" when absent */
     int in_multi;
     int too_large;
     CURLcode deferred; /* != CURLE_OK: failed before reaching the multi */
@@ -401,6 +403,8 @@ static struct http_req *req_get(struct http *h)
     req->d = &h->main;
     req->in.len = req->out.len = 0;
     req->retry_after = -1;
+    req->date = 0;
+    req->rxon_version[0] = '\0';
     req->too_large = 0;
     req->deferred = CURLE_OK;
     req->errbuf[0] = '\0';
@@ -498,6 +502,34 @@ static double parse_retry_after(const char *s, size_t n)
     return delta > 0 ? delta : 0;
 }
 
+/* A header's value without surrounding blanks, cut to outlen - 1 bytes;
+ * control characters end it. */
+static void header_value(const char *s, size_t n, char *out, size_t outlen)
+{
+    size_t o = 0;
+    while (n > 0 && (*s == ' ' || *s == '\t')) {
+        s++;
+        n--;
+    }
+    while (n > 0 && o + 1 < outlen && (unsigned char)*s >= 0x20 && *s != 0x7f) {
+        out[o++] = *s++;
+        n--;
+    }
+    while (o > 0 && (out[o - 1] == ' ' || out[o - 1] == '\t')) {
+        o--;
+    }
+    out[o] = '\0';
+}
+
+/* Date: an HTTP-date; 0 when invalid. */
+static double parse_date(const char *s, size_t n)
+{
+    char tmp[64];
+    header_value(s, n, tmp, sizeof(tmp));
+    time_t t = tmp[0] ? curl_getdate(tmp, NULL) : (time_t)-1;
+    return t == (time_t)-1 ? 0 : (double)t;
+}
+
 static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
 {
     struct http_req *req = arg;
@@ -505,8 +537,14 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
 
     if (n >= 5 && memcmp(data, "HTTP/", 5) == 0) {
         req->retry_after = -1; /* a new response (after 100 Continue) */
+        req->date = 0;
+        req->rxon_version[0] = '\0';
     } else if (n > 12 && strncasecmp(data, "Retry-After:", 12) == 0) {
         req->retry_after = parse_retry_after(data + 12, n - 12);
+    } else if (n > 5 && strncasecmp(data, "Date:", 5) == 0) {
+        req->date = parse_date(data + 5, n - 5);
+    } else if (n > 15 && strncasecmp(data, "X-RXON-Version:", 15) == 0) {
+        header_value(data + 15, n - 15, req->rxon_version, sizeof(req->rxon_version));
     }
     return n;
 }
@@ -643,7 +681,10 @@ struct http_req *http_request(struct http *h, const char *method, const char *ur
 static void request_finish(struct http_req *req, CURLcode rc)
 {
     struct http *h = req->h;
-    struct http_response r = {.body = "", .retry_after = req->retry_after};
+    struct http_response r = {.body = "",
+                              .retry_after = req->retry_after,
+                              .date = req->date,
+                              .rxon_version = req->rxon_version};
 
     curl_easy_getinfo(req->easy, CURLINFO_RESPONSE_CODE, &r.status);
     req_leave_multi(req); /* the connection goes back to the cache now */
@@ -675,6 +716,7 @@ static void request_cancel(struct http_req *req)
     struct http_response r = {
         .body = "",
         .retry_after = -1,
+        .rxon_version = "",
         .curl_code = CURLE_ABORTED_BY_CALLBACK,
         .error = "cancelled",
         .cancelled = 1,

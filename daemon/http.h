@@ -35,12 +35,14 @@ struct http_response {
     long status;      /* HTTP status, 0 when there is none (transport error) */
     const char *body; /* NUL-terminated, decoded; "" when empty; valid during the callback */
     size_t len;
-    double retry_after; /* seconds from a Retry-After header, -1 when absent/invalid */
-    CURLcode curl_code; /* CURLE_OK, or the transport error */
-    const char *error;  /* human-readable transport error, NULL when none */
-    int cancelled;      /* 1: cancelled; ignore the rest */
-    int too_large;      /* 1: body exceeded max_body (status is set, body is not) */
-    double elapsed;     /* seconds from start to completion */
+    double retry_after;       /* seconds from a Retry-After header, -1 when absent/invalid */
+    double date;              /* the Date header as unix seconds, 0 when absent/invalid */
+    const char *rxon_version; /* the X-RXON-Version header, "" when absent (never NULL) */
+    CURLcode curl_code;       /* CURLE_OK, or the transport error */
+    const char *error;        /* human-readable transport error, NULL when none */
+    int cancelled;            /* 1: cancelled; ignore the rest */
+    int too_large;            /* 1: body exceeded max_body (status is set, body is not) */
+    double elapsed;           /* seconds from start to completion */
 };
 
 typedef void (*http_done_fn)(void *arg, const struct http_response *resp);

@@ -231,35 +231,49 @@ int ledger_abandon_all(struct ledger *l, const char *code, const char *message)
 
 /* ---- Deadlines -------------------------------------------------------------- */
 
-/* The deadline of one running task: cancel at the type's timeout, give it
- * up `grace` later. */
+/* When a task running since `since` is due (now_mono()): the earlier of its
+ * type's [limits] timeout and the orchestrator's deadline; 0 = never. */
+static double deadline_of(const struct cfg *cfg, const struct task *t, double since)
+{
+    const struct cfg_limit *lim = cfg_limit_find(cfg, t->type);
+    double due = lim != NULL && lim->timeout > 0 ? since + lim->timeout : 0;
+    if (t->deadline > 0 && (due == 0 || t->deadline < due))
+        due = t->deadline;
+    return due;
+}
+
+/* The deadline of one running task: cancel when it is due, give it up
+ * `grace` later. */
 static void supervise_one(struct ledger *l, const struct cfg *cfg,
                           const struct pool_thread_info *th, double now, double grace)
 {
     struct task *t = th->task;
     if (!has(l->active, l->nactive, t))
         return; /* given up on already, or not one of ours */
-    const struct cfg_limit *lim = cfg_limit_find(cfg, t->type);
-    if (lim == NULL || lim->timeout <= 0 || now - th->since < lim->timeout)
+    double due = deadline_of(cfg, t, th->since);
+    if (due <= 0 || now < due)
         return;
     struct log_ctx ctx = task_ctx(t);
     double ran = now - th->since;
     if (th->cancel == TASK_CANCEL_NONE) {
-        log_emit(LOG_WARNING, &ctx, "deadline: running for %.1f s (timeout %g s): cancelling", ran,
-                 lim->timeout);
+        log_emit(LOG_WARNING, &ctx, "deadline: running for %.1f s (%s): cancelling", ran,
+                 due == t->deadline ? "the orchestrator's result deadline passed"
+                                    : "its type's timeout passed");
         l->stats.deadlines++;
         l->hooks.cancel(l->arg, t, TASK_CANCEL_DEADLINE);
         return;
     }
-    if (ran < lim->timeout + grace)
+    if (now < due + grace)
         return;
     log_emit(LOG_ERR, &ctx,
              "handler is stuck: running for %.1f s, ignored its cancellation for %.1f s; "
              "reported TIMEOUT_ERROR, its thread stays busy until it returns",
-             ran, ran - lim->timeout);
+             ran, now - due);
     l->stats.stuck_total++;
     char msg[160];
-    snprintf(msg, sizeof(msg), "task exceeded its timeout of %g s and did not stop", lim->timeout);
+    snprintf(msg, sizeof(msg),
+             "task ran past its deadline (%.1f s after its start) and did not stop",
+             due - th->since);
     ledger_abandon(l, t, AVT_TIMEOUT_ERROR, msg);
 }
 

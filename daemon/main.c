@@ -49,6 +49,18 @@ static void usage(FILE *fp)
                 "TASK_POLL_TIMEOUT LOG_LEVEL LOG_FORMAT and more; see avtworkerd(8).\n");
 }
 
+/* What each type advertises to an RXON 1.0b14 orchestrator (1.0b3 only
+ * learns the names). */
+static void print_skills(const struct plugin_set *set)
+{
+    printf("# task types as advertised (RXON 1.0b14 skills):\n");
+    for (size_t i = 0; i < set->ntypes; i++) {
+        char *s = json_dumps(set->types[i].skill, JSON_COMPACT | JSON_SORT_KEYS);
+        printf("#   %s\n", s != NULL ? s : "?");
+        free(s);
+    }
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -74,8 +86,9 @@ int main(int argc, char **argv)
             usage(stdout);
             return 0;
         case 'V':
-            printf("avtworkerd %s (plugin ABI %d.%d, protocol RXON 1.0b3)\n", AVT_VERSION,
-                   AVT_ABI_MAJOR, AVT_ABI_MINOR);
+            printf("avtworkerd %s (plugin ABI %d.%d, protocols RXON 1.0b3 (Avtomatika 1.0b13) "
+                   "and RXON 1.0b14 (Avtomatika 1.0b27), chosen per orchestrator)\n",
+                   AVT_VERSION, AVT_ABI_MAJOR, AVT_ABI_MINOR);
             return 0;
         default:
             usage(stderr);
@@ -130,6 +143,7 @@ int main(int argc, char **argv)
                 printf(" %s", *t);
             printf("\n");
         }
+        print_skills(set);
         printf("# configuration OK\n");
         plugin_set_destroy(set);
         cfg_destroy(cfg);

@@ -7,6 +7,8 @@
 #include "orch.h"
 
 #include <errno.h>
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -25,11 +27,16 @@
 #include "sts.h"
 #include "task.h"
 #include "tls.h"
+#include "usage.h"
 #include "util.h"
 #include "ws.h"
 
 #define PATH_REGISTER "/_worker/workers/register"
 #define PATH_RESULT "/_worker/tasks/result"
+#define PATH_STATUS "/_public/status"
+#define PATH_PROBE "/_worker/events" /* 1.0b14 only: the detection's second step */
+#define DETECT_TIMEOUT 5.0
+#define SKEW_WARN 30.0 /* seconds of clock difference worth a warning (1.0b14 allows 60) */
 #define REQUEST_TIMEOUT 30.0
 /* The long-poll's client timeout exceeds the server's hold by this much: a
  * poll given up early can lose the task the server pops for it (2.2), so
@@ -44,9 +51,19 @@ struct orch {
     struct orch_env env;
     const struct rxon_dialect *dialect;
     struct rxon_sync sync;
+    int protocol; /* enum cfg_protocol of this orchestrator's entry */
+    int detected; /* the dialect is known (forced, or detected: PROTOCOL-1.0b14.md 4.2) */
+    int detect_step;
+    struct http_req *detect_req;
+    struct backoff detect_backoff;
+    double clock_skew; /* the orchestrator's clock minus ours (Date header); NAN: unknown */
+    int told_skew;
+    struct usage usage;
+    int leaving; /* the last ("offline") heartbeat went out */
 
     char *name, *url; /* this orchestrator: its cfg_orch name and base URL */
-    char *url_poll, *url_heartbeat, *url_register, *url_result, *url_ws, *url_events;
+    char *url_poll, *url_heartbeat, *url_register, *url_result, *url_ws, *url_events, *url_status,
+        *url_probe;
     char *header_token; /* the token in `headers`, to notice a change */
     char **headers;     /* NULL-terminated "Name: value" */
     void (*sched)(void *arg);
@@ -136,11 +153,31 @@ static struct rxon_key signing_key(const struct orch *o)
     return (struct rxon_key){static_token(o), o->cfg->worker_id};
 }
 
+/* The orchestrator's clock from its Date header: 1.0b14 refuses a signed
+ * message more than 60 s off, so a difference is worth a warning before
+ * it is worth a refusal. */
+static void note_clock(struct orch *o, const struct http_response *r)
+{
+    if (r->date <= 0)
+        return;
+    o->clock_skew = r->date - now_wall();
+    if (fabs(o->clock_skew) > SKEW_WARN && !o->told_skew) {
+        log_warn("the clock of %s differs from this machine's by %.0f s (its Date header): RXON "
+                 "1.0b14 refuses signed messages more than 60 s off; synchronise the clocks "
+                 "(NTP)",
+                 o->url, o->clock_skew);
+        o->told_skew = 1;
+    } else if (fabs(o->clock_skew) < SKEW_WARN / 3) {
+        o->told_skew = 0;
+    }
+}
+
 /* Count a completed exchange with endpoint `ep` (not a cancelled one). */
 static void count_exchange(struct orch *o, enum orch_endpoint ep, const struct http_response *r)
 {
     enum orch_error_kind kind;
     o->stats.requests[ep]++;
+    note_clock(o, r);
     if (r->status >= 200 && r->status < 300) {
         o->stats.last_ok = now_mono();
         return;
@@ -172,7 +209,8 @@ double orch_failure_delay(struct orch *o, const char *what, const struct http_re
                                 .https = is_https(o),
                                 .server = o->dialect->server,
                                 .auth_status = o->dialect->auth_status,
-                                .refusal_advice = o->dialect->refusal_advice,
+                                .explain = o->dialect->explain,
+                                .clock_skew = o->clock_skew,
                                 .renew_credentials = renew_credentials,
                                 .renew_arg = o,
                                 .told_rate_limit = &o->told_rate_limit};
@@ -256,11 +294,14 @@ static json_t *heartbeat_body(struct orch *o)
 {
     struct rxon_worker w = worker_view(o);
     struct rxon_state st = {.draining = o->draining,
+                            .offline = o->leaving,
                             .free_slots = pool_free_slots(o->env.pool),
-                            .skills_now = skills_now(o)};
+                            .skills_now = skills_now(o),
+                            .usage = usage_sample(&o->usage, "/proc")};
     st.ntasks = ledger_refs(o->env.ledger, o, &st.tasks);
     json_t *body = o->dialect->heartbeat_body(&w, &st, &o->sync);
     json_decref(st.skills_now);
+    json_decref(st.usage);
     return body;
 }
 
@@ -275,7 +316,37 @@ static void expired(struct orch *o, const char *why)
     log_warn("the orchestrator no longer knows worker %s (%s): registering again",
              o->cfg->worker_id, why);
     o->registered = 0;
+    if (o->protocol == CFG_PROTOCOL_AUTO)
+        o->detected = 0; /* it may have been replaced by another release (4.2, step 4) */
     start_register(o);
+}
+
+/* An answer that says this orchestrator no longer speaks the dialect in use:
+ * a route of it unknown to the router (a 404 without a version header), or
+ * a 1.0b3 message refused for its missing signature (4.2, step 4). */
+static int wrong_dialect(const struct orch *o, const struct http_response *r)
+{
+    const char *v = r->rxon_version != NULL ? r->rxon_version : "";
+    if (o->protocol != CFG_PROTOCOL_AUTO || !o->detected)
+        return 0;
+    if (r->status == 404 && v[0] == '\0')
+        return 1;
+    return o->dialect == &rxon_b3 && r->status == 403 &&
+           strstr(r->body != NULL ? r->body : "", "timestamp") != NULL;
+}
+
+/* After a failed exchange: detect the protocol again when the answer says
+ * it changed. Returns 1 when it did. */
+static int redetect(struct orch *o, const struct http_response *r, const char *what)
+{
+    if (!wrong_dialect(o, r))
+        return 0;
+    log_notice("%s: %s answered %ld: it no longer speaks RXON %s; detecting its protocol again",
+               what, o->url, r->status, o->dialect->version);
+    o->detected = 0;
+    o->registered = 0;
+    start_register(o);
+    return 1;
 }
 
 static void on_heartbeat(void *arg, const struct http_response *r)
@@ -288,9 +359,19 @@ static void on_heartbeat(void *arg, const struct http_response *r)
     count_exchange(o, ORCH_EP_HEARTBEAT, r);
     if (r->status != 200) {
         o->stats.heartbeats_failed++;
+        o->sync.full_sync = 1; /* the skills it may have carried did not arrive */
+        if (o->leaving || redetect(o, r, "heartbeat"))
+            return;
         double d = orch_failure_delay(o, probe ? "heartbeat (probe)" : "heartbeat", r,
                                       &o->hb_backoff, NULL);
         o->hb_paused_until = now_mono() + d;
+        char text[64];
+        rxon_answer_text(r->body, r->len, text, sizeof(text));
+        if (r->status == 403 && o->dialect == &rxon_b14 && o->registered &&
+            strncmp(text, "Unauthorized", 12) == 0) {
+            o->registered = 0; /* Decision 9: register again with the renewed credential */
+            start_register(o);
+        }
         return;
     }
     backoff_reset(&o->hb_backoff);
@@ -314,7 +395,7 @@ static void on_heartbeat(void *arg, const struct http_response *r)
 
 static void send_heartbeat(struct orch *o, int periodic)
 {
-    if (!o->registered)
+    if (!o->registered || o->leaving)
         return;
     if (o->hb_req != NULL) {
         o->hb_again = 1;
@@ -379,8 +460,11 @@ void *orch_post_result(struct orch *o, const char *record, size_t len, outbox_an
     p->o = o;
     p->done = done;
     p->arg = arg;
-    if (o->dialect->result_wire(&w, record, len, &key, &wire, &wlen, err, sizeof(err)) < 0)
+    int rc = o->dialect->result_wire(&w, record, len, &key, &wire, &wlen, err, sizeof(err));
+    if (rc < 0)
         log_err("result for %s cannot be encoded: %s; sending it as it is", o->url, err);
+    else if (rc > 0)
+        log_err("result for %s: %s", o->url, err);
     p->req = http_request(o->http, "POST", o->url_result, headers(o), wire ? wire : record,
                           wire ? wlen : len, REQUEST_TIMEOUT, on_post, p);
     free(wire);
@@ -443,6 +527,8 @@ static void on_poll(void *arg, const struct http_response *r)
         return;
     }
     o->stats.polls_failed++;
+    if (redetect(o, r, "poll"))
+        return;
     timer_after(o, &o->poll_timer, orch_failure_delay(o, "poll", r, &o->poll_backoff, NULL));
 }
 
@@ -541,6 +627,11 @@ void orch_task_progress(struct orch *o, const struct task *t, double percent, co
     json_decref(body);
 }
 
+int orch_speaks_events(const struct orch *o)
+{
+    return o->dialect->event_body != NULL;
+}
+
 int orch_task_event(struct orch *o, const struct task *t, const char *type, json_t *payload)
 {
     if (o->dialect->event_body == NULL)
@@ -568,9 +659,13 @@ static void ws_on_text(void *arg, const char *msg, size_t len)
     struct orch *o = arg;
     struct rxon_command cmd = {0};
     o->stats.ws_messages++;
-    if (o->dialect->parse_ws_command(msg, len, &cmd))
-        ledger_cancel(o->env.ledger, o, RXON_CANCEL_TASK, cmd.task_id, "websocket");
-    else
+    if (o->dialect->parse_ws_command(msg, len, &cmd)) {
+        int n = cmd.task_id != NULL
+                    ? ledger_cancel(o->env.ledger, o, RXON_CANCEL_TASK, cmd.task_id, "websocket")
+                    : 0;
+        if (n == 0 && cmd.job_id != NULL) /* by task id, else by job id (7, item 11) */
+            ledger_cancel(o->env.ledger, o, RXON_CANCEL_JOB, cmd.job_id, "websocket");
+    } else
         log_info("websocket: ignoring message %.*s", (int)(len < 200 ? len : 200), msg);
     rxon_command_clear(&cmd);
 }
@@ -673,6 +768,23 @@ static void on_register(void *arg, const struct http_response *r)
         return;
     }
     double d;
+    if (r->status == 200 && ans == RXON_REG_WRONG_VERSION) {
+        o->stats.errors[ORCH_EP_REGISTER][ORCH_ERR_INVALID]++;
+        d = backoff_next(&o->register_backoff);
+        log_err("register: %s answered as another RXON version than %s (see the warning above): "
+                "%s; trying again in %.1f s",
+                o->url, o->dialect->version,
+                o->protocol == CFG_PROTOCOL_AUTO
+                    ? "detecting its protocol again"
+                    : "set [orchestrator] protocol = auto, or the version it speaks",
+                d);
+        if (o->protocol == CFG_PROTOCOL_AUTO)
+            o->detected = 0;
+        timer_after(o, &o->register_timer, d);
+        return;
+    }
+    if (redetect(o, r, "register"))
+        return;
     if (r->status == 200) {
         o->stats.errors[ORCH_EP_REGISTER][ORCH_ERR_INVALID]++;
         log_warn("register: unexpected answer from %s", o->url);
@@ -684,10 +796,133 @@ static void on_register(void *arg, const struct http_response *r)
     timer_after(o, &o->register_timer, d);
 }
 
+/* ---- Which protocol (PROTOCOL-1.0b14.md 4.2) ------------------------------------------------ */
+
+static void set_dialect(struct orch *o, const struct rxon_dialect *d)
+{
+    o->dialect = d;
+    free(o->url_events);
+    o->url_events = d->path_events != NULL ? xasprintf("%s%s", o->url, d->path_events) : NULL;
+    memset(&o->sync, 0, sizeof(o->sync));
+    sts_set_dialect(o->sts, d);
+    build_headers(o);
+}
+
+/* "1.0bN" -> N; -1 for anything else. */
+static int beta_of(const char *v)
+{
+    char *end;
+    if (v == NULL || strncmp(v, "1.0b", 4) != 0)
+        return -1;
+    long n = strtol(v + 4, &end, 10);
+    return end != v + 4 && *end == '\0' && n > 0 && n < 1000 ? (int)n : -1;
+}
+
+static void detected(struct orch *o, const struct rxon_dialect *d, const char *how)
+{
+    set_dialect(o, d);
+    o->detected = 1;
+    backoff_reset(&o->detect_backoff);
+    log_notice("%s speaks RXON %s (%s): using it", o->url, d->version, how);
+    start_register(o);
+}
+
+static void detect_later(struct orch *o, const char *why)
+{
+    double d = backoff_next(&o->detect_backoff);
+    log_warn("%s: %s; detecting its protocol again in %.1f s (or set [orchestrator] protocol)",
+             o->url, why, d);
+    timer_after(o, &o->register_timer, d);
+}
+
+static void on_detect(void *arg, const struct http_response *r);
+
+static void detect_step(struct orch *o, int step)
+{
+    o->detect_step = step;
+    if (step == 1) /* no credentials: nothing here can be refused or counted */
+        o->detect_req = http_request(o->http, "GET", o->url_status, NULL, NULL, 0, DETECT_TIMEOUT,
+                                     on_detect, o);
+    else
+        o->detect_req = http_request(o->http, "POST", o->url_probe, NULL, NULL, 0, DETECT_TIMEOUT,
+                                     on_detect, o);
+}
+
+/* Step 1: the version header of /_public/status. */
+static void detect_by_header(struct orch *o, const struct http_response *r)
+{
+    int n = beta_of(r->rxon_version);
+    char why[160];
+    if (n == 3)
+        detected(o, &rxon_b3, "its X-RXON-Version");
+    else if (n == 14)
+        detected(o, &rxon_b14, "its X-RXON-Version");
+    else if (n > 14) {
+        log_warn("%s speaks RXON %s, newer than 1.0b14: speaking 1.0b14 to it (not tested with "
+                 "that release)",
+                 o->url, r->rxon_version);
+        detected(o, &rxon_b14, "its X-RXON-Version");
+    } else if (n > 3) {
+        snprintf(why, sizeof(why),
+                 "it speaks RXON %s, which this avtworkerd does not (it speaks 1.0b3 and 1.0b14)",
+                 r->rxon_version);
+        detect_later(o, why);
+    } else {
+        detect_step(o, 2);
+    }
+}
+
+/* Step 2: POST /_worker/events without a token or a body: 1.0b14 parses
+ * the body first (400), 1.0b3 has no such route (404). */
+static void detect_by_events(struct orch *o, const struct http_response *r)
+{
+    char why[160];
+    json_t *j = r->status == 400 ? json_loadb(r->body, r->len, 0, NULL) : NULL;
+    int b14 = json_is_string(json_object_get(j, "error"));
+    json_decref(j);
+    if (b14)
+        detected(o, &rxon_b14, "POST /_worker/events answered 400");
+    else if (r->status == 404)
+        detected(o, &rxon_b3, "POST /_worker/events answered 404");
+    else {
+        snprintf(why, sizeof(why), "cannot tell which protocol it speaks (%s)",
+                 r->status == 0 ? (r->error ? r->error : "no answer") : "unexpected answers");
+        detect_later(o, why);
+    }
+}
+
+static void on_detect(void *arg, const struct http_response *r)
+{
+    struct orch *o = arg;
+    o->detect_req = NULL;
+    if (r->cancelled)
+        return;
+    if (r->status == 0) {
+        /* No answer at all (refused, TLS, DNS): the registration failed, and
+         * the operator needs the same message as for any request. */
+        count_exchange(o, ORCH_EP_REGISTER, r);
+        double d = orch_failure_delay(o, "register", r, &o->register_backoff, NULL);
+        log_info("registering again in %.1f s", d);
+        timer_after(o, &o->register_timer, d);
+        return;
+    }
+    note_clock(o, r);
+    if (r->status < 300)
+        o->stats.last_ok = now_mono();
+    if (o->detect_step == 1)
+        detect_by_header(o, r);
+    else
+        detect_by_events(o, r);
+}
+
 static void start_register(struct orch *o)
 {
-    if (o->register_req != NULL || ev_is_active(&o->register_timer))
+    if (o->register_req != NULL || o->detect_req != NULL || ev_is_active(&o->register_timer))
         return;
+    if (!o->detected) {
+        detect_step(o, 1);
+        return;
+    }
     if (sts_begin(o->sts))
         return; /* registers when the token request is answered, whatever the answer */
     struct rxon_worker w = worker_view(o);
@@ -714,6 +949,7 @@ static void set_backoffs(struct orch *o)
     backoff_init(&o->poll_backoff, 0.5, cap);
     backoff_init(&o->hb_backoff, 0.5, cap);
     backoff_init(&o->ws_backoff, 1.0, cap);
+    backoff_init(&o->detect_backoff, 1.0, cap);
 }
 
 static void init_timers(struct orch *o)
@@ -736,8 +972,8 @@ static void build_urls(struct orch *o)
     o->url_poll = xasprintf("%s/_worker/workers/%s/tasks/next", o->url, id);
     o->url_heartbeat = xasprintf("%s/_worker/workers/%s", o->url, id);
     o->url_ws = xasprintf("%s/_worker/ws/%s", o->url, id);
-    o->url_events =
-        o->dialect->path_events != NULL ? xasprintf("%s%s", o->url, o->dialect->path_events) : NULL;
+    o->url_status = xasprintf("%s" PATH_STATUS, o->url);
+    o->url_probe = xasprintf("%s" PATH_PROBE, o->url);
 }
 
 struct orch *orch_create(struct ev_loop *loop, struct http *http, const struct cfg *cfg,
@@ -753,9 +989,13 @@ struct orch *orch_create(struct ev_loop *loop, struct http *http, const struct c
     o->dialect = &rxon_b3;
     o->name = xstrdup(e != NULL ? e->name : "default");
     o->url = xstrdup(e != NULL ? e->url : cfg->url);
+    o->protocol = e != NULL ? e->protocol : cfg->protocol;
+    o->detected = o->protocol != CFG_PROTOCOL_AUTO;
+    o->clock_skew = NAN;
     build_urls(o);
     o->sts = sts_create(loop, http, o->url, cfg, &sts_hooks, o);
-    build_headers(o);
+    /* Until it is detected, nothing is sent in a dialect (4.2). */
+    set_dialect(o, o->protocol == CFG_PROTOCOL_1_0B14 ? &rxon_b14 : &rxon_b3);
     set_backoffs(o);
     init_timers(o);
     return o;
@@ -783,12 +1023,15 @@ void orch_destroy(struct orch *o)
         http_cancel(o->poll_req);
     if (o->hb_req)
         http_cancel(o->hb_req);
+    if (o->detect_req)
+        http_cancel(o->detect_req);
     ws_destroy(o->ws);
     for (char **h = o->headers; *h; h++)
         free(*h);
     free(o->headers);
-    char *urls[] = {o->url_register, o->url_result, o->url_poll, o->url_heartbeat, o->url_ws,
-                    o->url_events,   o->name,       o->url,      o->header_token};
+    char *urls[] = {o->url_register, o->url_result, o->url_poll,    o->url_heartbeat,
+                    o->url_ws,       o->url_events, o->url_status,  o->url_probe,
+                    o->name,         o->url,        o->header_token};
     for (size_t i = 0; i < ARRAY_LEN(urls); i++)
         free(urls[i]);
     free(o);
@@ -805,12 +1048,34 @@ void orch_drain(struct orch *o)
     send_heartbeat(o, 0);
 }
 
+int orch_leave(struct orch *o)
+{
+    if (!o->dialect->final_offline || !o->registered || o->leaving)
+        return 0;
+    if (o->hb_req != NULL)
+        http_cancel(o->hb_req); /* a heartbeat can be cut short; the last one matters */
+    o->leaving = 1;
+    json_t *body = heartbeat_body(o);
+    o->hb_probe = 0;
+    o->stats.heartbeats++;
+    o->hb_req = send_body(o, "PATCH", o->url_heartbeat, body, RXON_MSG_HEARTBEAT, on_heartbeat, o);
+    json_decref(body);
+    return o->hb_req != NULL;
+}
+
+int orch_leaving(const struct orch *o)
+{
+    return o->leaving && o->hb_req != NULL;
+}
+
 void orch_get_stats(const struct orch *o, struct orch_stats *st)
 {
     *st = o->stats;
     st->registered = o->registered;
     st->draining = o->draining;
     st->sts_tokens = sts_tokens_obtained(o->sts);
+    st->protocol = o->detected ? o->dialect->version : NULL;
+    st->clock_skew = o->clock_skew;
 }
 
 /* ---- Reload

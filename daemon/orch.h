@@ -73,7 +73,9 @@ struct orch_stats {
      * at shutdown), and the failed ones by kind. */
     unsigned long requests[ORCH_EP_COUNT];
     unsigned long errors[ORCH_EP_COUNT][ORCH_ERR_COUNT];
-    double last_ok; /* now_mono() of the last 2xx answer of any endpoint; 0 = none yet */
+    double last_ok;       /* now_mono() of the last 2xx answer of any endpoint; 0 = none yet */
+    const char *protocol; /* the RXON version spoken ("1.0b14"), NULL while not known */
+    double clock_skew;    /* its clock minus ours, from its Date header; NAN: unknown */
 };
 
 /* What the session tells the daemon. */
@@ -114,7 +116,8 @@ void orch_start(struct orch *o);
 /*
  * Graceful leave: stop polling (an in-flight long-poll is left to finish:
  * aborting it can lose a task, PROTOCOL.md 2.2; a task it still brings is
- * run), send an "offline" heartbeat with no skills; results keep flowing.
+ * run), tell the orchestrator at once with a heartbeat without skills
+ * ("offline" in 1.0b3, "draining" in 1.0b14); results keep flowing.
  */
 void orch_drain(struct orch *o);
 
@@ -165,9 +168,21 @@ double orch_failure_delay(struct orch *o, const char *what, const struct http_re
  * be NULL), as the dialect carries it (dropped when it cannot). */
 void orch_task_progress(struct orch *o, const struct task *t, double percent, const char *message);
 
+/* 1 when the orchestrator's dialect carries custom events (1.0b14). */
+int orch_speaks_events(const struct orch *o);
+
 /* A custom event of a running task (payload borrowed). 0, or -ENOTSUP when
  * the dialect has no events. */
 int orch_task_event(struct orch *o, const struct task *t, const char *type, json_t *payload);
+
+/*
+ * The end of a drain (nothing left to deliver): the dialects that say so
+ * (1.0b14: "draining" first, then "offline", Decision 10) get a last
+ * heartbeat. Returns 1 when one went out; orch_leaving() is 1 while it is
+ * in flight.
+ */
+int orch_leave(struct orch *o);
+int orch_leaving(const struct orch *o);
 
 void orch_get_stats(const struct orch *o, struct orch_stats *st);
 

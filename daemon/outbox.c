@@ -201,6 +201,20 @@ void outbox_add_dest(struct outbox *ob, void *dest, const char *url)
 
 /* ---- Sending --------------------------------------------------------------------- */
 
+const char *const outbox_ignored_reasons[OUTBOX_IGNORED_REASONS] = {
+    "job_not_found",          "stale_task", "worker_mismatch", "deadline_exceeded",
+    "job_already_terminated", "other"};
+
+/* Count an ignored result under its reason ("reason (message)"). */
+static void count_ignored(struct dest *d, const char *text)
+{
+    size_t i = 0, n = strcspn(text, " (");
+    while (i < OUTBOX_IGNORED_REASONS - 1 && (strlen(outbox_ignored_reasons[i]) != n ||
+                                              strncmp(outbox_ignored_reasons[i], text, n) != 0))
+        i++;
+    d->stats.ignored[i]++;
+}
+
 static void log_answer(const struct result *res, const struct outbox_answer *a)
 {
     struct log_ctx ctx = {NULL, res->task_id, res->job_id, res->type};
@@ -222,6 +236,8 @@ static void on_answer(void *arg, const struct outbox_answer *a)
     if (a->r->status == 200) {
         /* accepted or ignored: delivered either way (Decision 3). */
         log_answer(res, a);
+        if (a->ignored)
+            count_ignored(d, a->text);
         retire(d, res);
         d->stats.sent++;
         backoff_reset(&d->backoff);

@@ -69,10 +69,16 @@ struct outbox_hooks {
     void (*room)(void *arg);
 };
 
+/* Why an orchestrator ignored a result (it counts as delivered), bounded:
+ * the reasons of PROTOCOL-1.0b14.md 3.4, and "other". */
+#define OUTBOX_IGNORED_REASONS 6
+extern const char *const outbox_ignored_reasons[OUTBOX_IGNORED_REASONS];
+
 struct outbox_stats {
-    unsigned long sent;    /* results acknowledged */
-    unsigned long failed;  /* attempts that failed */
-    unsigned long pending; /* results not yet acknowledged */
+    unsigned long sent;                            /* results acknowledged (accepted or ignored) */
+    unsigned long ignored[OUTBOX_IGNORED_REASONS]; /* of those, ignored, by reason */
+    unsigned long failed;                          /* attempts that failed */
+    unsigned long pending;                         /* results not yet acknowledged */
 };
 
 struct outbox;

@@ -29,11 +29,14 @@
 #include "cfg.h"
 #include "log.h"
 #include "host.h"
+#include "skill.h"
 #include "task.h"
 
 /* The size of struct avt_plugin in ABI 1.0: every field up to shutdown().
  * Later minors append fields, so this stays the minimum forever. */
 #define PLUGIN_DESC_SIZE_1_0 (offsetof(struct avt_plugin, shutdown) + sizeof(void (*)(void *)))
+/* ... and in ABI 1.1, up to skills. */
+#define PLUGIN_DESC_SIZE_1_1 (offsetof(struct avt_plugin, skills) + sizeof(void *))
 
 /* Task type strings: what the orchestrator and [limits] keys can carry. */
 #define TYPE_MAX_LEN 128
@@ -371,6 +374,57 @@ static int dup_type_err(const struct plugin_set *set, const struct plugin_type *
                    x->type, x->plugin->name, x->plugin->path, y->plugin->name, y->plugin->path);
 }
 
+/* The plugin's skill entries (ABI 1.1), or NULL for an older plugin. */
+static const struct avt_skill *skills_of(const struct plugin *p)
+{
+    return p->desc->struct_size >= PLUGIN_DESC_SIZE_1_1 ? p->desc->skills : NULL;
+}
+
+static int declares(const struct plugin *p, const char *type)
+{
+    for (const char *const *t = p->desc->task_types; *t != NULL; t++) {
+        if (strcmp(*t, type) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Every skill entry describes a declared type, once. */
+static int check_skills(const struct plugin *p, char *err, size_t errlen)
+{
+    const struct avt_skill *s = skills_of(p);
+    for (size_t i = 0; s != NULL && s[i].type != NULL; i++) {
+        if (!declares(p, s[i].type))
+            return fmt_err(err, errlen,
+                           "%s: plugin '%s': skill #%zu describes type \"%.*s\", which is not "
+                           "in its task_types",
+                           p->path, p->name, i + 1, TYPE_MAX_LEN, s[i].type);
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(s[j].type, s[i].type) == 0)
+                return fmt_err(err, errlen, "%s: plugin '%s': type '%s' is described twice",
+                               p->path, p->name, s[i].type);
+        }
+    }
+    return 0;
+}
+
+/* The SkillInfo of one type (its entry, or the defaults). */
+static int describe(struct plugin_type *pt, char *err, size_t errlen)
+{
+    const struct plugin *p = pt->plugin;
+    const struct avt_skill *s = skills_of(p), *entry = NULL;
+    char why[AVT_ERRLEN];
+    for (size_t i = 0; s != NULL && s[i].type != NULL && entry == NULL; i++) {
+        if (strcmp(s[i].type, pt->type) == 0)
+            entry = &s[i];
+    }
+    pt->skill = skill_describe(pt->type, p->desc->version, entry, why, sizeof(why));
+    if (pt->skill == NULL)
+        return fmt_err(err, errlen, "%s: plugin '%s': skill '%s': %s", p->path, p->name, pt->type,
+                       why);
+    return 0;
+}
+
 static int build_types(struct plugin_set *set, char *err, size_t errlen)
 {
     size_t n = 0;
@@ -380,12 +434,20 @@ static int build_types(struct plugin_set *set, char *err, size_t errlen)
     set->types = xcalloc(n, sizeof(*set->types));
     for (size_t i = 0; i < set->nplugins; i++) {
         for (const char *const *t = set->plugins[i]->desc->task_types; *t != NULL; t++)
-            set->types[set->ntypes++] = (struct plugin_type){*t, set->plugins[i]};
+            set->types[set->ntypes++] = (struct plugin_type){*t, set->plugins[i], NULL};
     }
     qsort(set->types, set->ntypes, sizeof(*set->types), type_cmp);
     for (size_t i = 1; i < set->ntypes; i++) {
         if (strcmp(set->types[i - 1].type, set->types[i].type) == 0)
             return dup_type_err(set, &set->types[i - 1], &set->types[i], err, errlen);
+    }
+    for (size_t i = 0; i < set->nplugins; i++) {
+        if (check_skills(set->plugins[i], err, errlen) < 0)
+            return -EINVAL;
+    }
+    for (size_t i = 0; i < set->ntypes; i++) {
+        if (describe(&set->types[i], err, errlen) < 0)
+            return -EINVAL;
     }
     return 0;
 }
@@ -394,7 +456,7 @@ struct plugin *plugin_set_find(const struct plugin_set *set, const char *type)
 {
     if (set == NULL || type == NULL || set->ntypes == 0)
         return NULL;
-    const struct plugin_type key = {type, NULL};
+    const struct plugin_type key = {type, NULL, NULL};
     const struct plugin_type *t =
         bsearch(&key, set->types, set->ntypes, sizeof(*set->types), type_cmp);
     return t != NULL ? t->plugin : NULL;
@@ -576,6 +638,8 @@ void plugin_set_destroy(struct plugin_set *set)
         free(p->name);
         free(p);
     }
+    for (size_t i = 0; i < set->ntypes; i++)
+        json_decref(set->types[i].skill);
     free(set->types);
     free(set->plugins);
     free(set);

@@ -36,6 +36,7 @@ struct plugin {
 struct plugin_type {
     const char *type; /* points into the plugin's descriptor */
     struct plugin *plugin;
+    json_t *skill; /* what the type advertises: its SkillInfo (skill.h) */
 };
 
 struct plugin_set {

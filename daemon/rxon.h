@@ -48,10 +48,12 @@ struct rxon_task_ref {
 /* What the worker is doing now, for a heartbeat. Borrowed. */
 struct rxon_state {
     int draining;       /* stop offering work (a drain or shutdown) */
+    int offline;        /* the last heartbeat before the process exits */
     int free_slots;     /* global slots not taken */
     json_t *skills_now; /* array of the types a task could start now */
     const struct rxon_task_ref *tasks;
     size_t ntasks;
+    json_t *usage; /* {"cpu_load_percent","ram_used_gb"} when worth sending, else NULL */
 };
 
 /* Per-session memory of a dialect that needs one (1.0b14's skills hash);
@@ -142,7 +144,9 @@ struct rxon_dialect {
 
     /* The bytes to send for a spooled result record (task_result_json()'s
      * text): 0 with *out NULL means "send the record as it is"; 0 with a new
-     * buffer; or -EINVAL when the record cannot be sent in this dialect. */
+     * buffer; 1 with a new buffer holding a failure in its place, because
+     * the record itself cannot be sent in this dialect (err says why: log
+     * it); or -EINVAL when nothing can be sent. */
     int (*result_wire)(const struct rxon_worker *w, const char *record, size_t len,
                        const struct rxon_key *key, char **out, size_t *outlen, char *err,
                        size_t errlen);
@@ -172,12 +176,31 @@ struct rxon_dialect {
      * rxon_command_clear), or 0 for anything else. */
     int (*parse_ws_command)(const char *msg, size_t len, struct rxon_command *cmd);
 
-    /* The operator's fix for a refused credential (auth_status or 403). */
-    void (*refusal_advice)(long status, const char *text, char *out, size_t outlen);
+    /*
+     * The operator's fix for a refused message (status 401/403, or 400 for
+     * a message the orchestrator could not validate), given the answer's
+     * text and the measured difference of the orchestrator's clock from
+     * ours (its Date header; NAN when unknown). Returns 1 with the advice in
+     * out, 0 when the dialect has none for this status.
+     */
+    int (*explain)(long status, const char *text, double clock_skew, char *out, size_t outlen);
+
+    int final_offline;            /* after a drain, a last heartbeat says "offline" */
+    const char *path_sts_refresh; /* renew an access token with its refresh token; NULL: none */
+    int sts_any_credential;       /* access tokens for any credential, not only a certificate */
 };
 
 /* RXON 1.0b3 as Avtomatika 1.0b13 speaks it (PROTOCOL.md). */
 extern const struct rxon_dialect rxon_b3;
+
+/* RXON 1.0b14 as Avtomatika 1.0b27 speaks it (PROTOCOL-1.0b14.md). */
+extern const struct rxon_dialect rxon_b14;
+
+/* The result-answer reader both versions share (parse_result_answer). */
+int rxon_parse_result_answer(const char *body, size_t len, char *out, size_t outlen);
+
+/* A random RFC 4122 version-4 UUID, lowercase, into out. */
+void rxon_uuid4(char out[37]);
 
 /* The server's {"error": "..."} text, or the first 120 bytes of the body
  * with control characters blanked, into out (always NUL-terminated). */

@@ -23,31 +23,6 @@
 #include "task.h"
 #include "util.h"
 
-/* ---- Shared by the dialects ------------------------------------------------ */
-
-void rxon_answer_text(const char *body, size_t len, char *out, size_t outlen)
-{
-    json_t *j = json_loadb(body, len, 0, NULL);
-    const char *e = j != NULL ? json_string_value(json_object_get(j, "error")) : NULL;
-    if (e != NULL) {
-        snprintf(out, outlen, "%s", e);
-    } else {
-        size_t n = len < 120 ? len : 120;
-        snprintf(out, outlen, "%.*s%s", (int)n, body, len > n ? "..." : "");
-        for (char *p = out; *p; p++) {
-            if ((unsigned char)*p < 0x20)
-                *p = ' ';
-        }
-    }
-    json_decref(j);
-}
-
-void rxon_command_clear(struct rxon_command *cmd)
-{
-    free_and_null(cmd->task_id);
-    free_and_null(cmd->job_id);
-}
-
 /* ---- Messages ---------------------------------------------------------------- */
 
 static json_t *b3_register_body(const struct rxon_worker *w, struct rxon_sync *sync)
@@ -157,28 +132,15 @@ static enum rxon_register_answer b3_parse_register_answer(const char *body, size
 {
     json_t *j = json_loadb(body, len, 0, NULL);
     const char *status = json_string_value(json_object_get(j, "status"));
+    const char *version = json_string_value(json_object_get(j, "version"));
     const char *w = json_string_value(json_object_get(j, "warning"));
-    int ok = status != NULL && strcmp(status, "registered") == 0;
-    *warning = ok && w != NULL ? xstrdup(w) : NULL;
+    enum rxon_register_answer rc = RXON_REG_UNEXPECTED;
+    if (status != NULL && strcmp(status, "registered") == 0)
+        rc =
+            version != NULL && strcmp(version, "1.0b3") != 0 ? RXON_REG_WRONG_VERSION : RXON_REG_OK;
+    *warning = rc != RXON_REG_UNEXPECTED && w != NULL ? xstrdup(w) : NULL;
     json_decref(j);
-    return ok ? RXON_REG_OK : RXON_REG_UNEXPECTED;
-}
-
-static int b3_parse_result_answer(const char *body, size_t len, char *out, size_t outlen)
-{
-    json_t *j = json_loadb(body, len, 0, NULL);
-    const char *status = json_string_value(json_object_get(j, "status"));
-    int ignored = status != NULL && strcmp(status, "ignored") == 0;
-    if (ignored) {
-        const char *reason = json_string_value(json_object_get(j, "reason"));
-        const char *msg = json_string_value(json_object_get(j, "message"));
-        snprintf(out, outlen, "%s (%s)", reason ? reason : "no reason", msg ? msg : "");
-    } else {
-        const char *tr = json_string_value(json_object_get(j, "transition"));
-        snprintf(out, outlen, "%s", tr ? tr : status ? status : "200");
-    }
-    json_decref(j);
-    return ignored;
+    return rc;
 }
 
 static int b3_parse_ws_command(const char *msg, size_t len, struct rxon_command *cmd)
@@ -193,11 +155,21 @@ static int b3_parse_ws_command(const char *msg, size_t len, struct rxon_command 
     return ok;
 }
 
-static void b3_refusal_advice(long status, const char *text, char *out, size_t outlen)
+/* A 1.0b27 orchestrator refuses 1.0b3 messages for their missing signature
+ * (PROTOCOL-1.0b14.md 4.1): that is a protocol choice, not a token. */
+static int b3_explain(long status, const char *text, double clock_skew, char *out, size_t outlen)
 {
-    (void)status;
-    (void)text;
-    snprintf(out, outlen, "%s", RXON_TOKEN_ADVICE);
+    (void)clock_skew;
+    if (status != 401 && status != 403)
+        return 0;
+    if (strstr(text, "timestamp") != NULL || strstr(text, "security context") != NULL)
+        snprintf(out, outlen,
+                 "the orchestrator wants signed messages: it speaks RXON 1.0b14 (Avtomatika "
+                 "1.0b21 or later), and this worker was set to speak 1.0b3 to it; set "
+                 "[orchestrator] protocol = auto (or 1.0b14), or RXON_PROTOCOL");
+    else
+        snprintf(out, outlen, "%s", RXON_TOKEN_ADVICE);
+    return 1;
 }
 
 const struct rxon_dialect rxon_b3 = {
@@ -217,8 +189,11 @@ const struct rxon_dialect rxon_b3 = {
     .parse_task = task_parse,
     .parse_heartbeat_answer = b3_parse_heartbeat_answer,
     .parse_register_answer = b3_parse_register_answer,
-    .parse_result_answer = b3_parse_result_answer,
+    .parse_result_answer = rxon_parse_result_answer,
     .parse_event_answer = NULL,
     .parse_ws_command = b3_parse_ws_command,
-    .refusal_advice = b3_refusal_advice,
+    .explain = b3_explain,
+    .final_offline = 0,
+    .path_sts_refresh = NULL,
+    .sts_any_credential = 0,
 };

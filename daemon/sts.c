@@ -33,10 +33,15 @@ struct sts {
     char *url, *url_sts;
     struct sts_hooks hooks;
     void *arg;
+    const struct rxon_dialect *dialect;
     char *token;
+    char *refresh_token; /* 1.0b14: renews the access token without the static one */
+    char *url_refresh;
+    double renewed_at; /* now_mono() of the last token obtained */
     struct http_req *req;
     ev_timer timer; /* renewal, or the retry after a failure */
     struct backoff backoff, refused_backoff;
+    int refreshing;       /* the request in flight uses the refresh token */
     double refused_after; /* a refusal may trigger a renewal again from then on */
     int tried;            /* the first attempt is over */
     int told_rate_limit;
@@ -44,6 +49,7 @@ struct sts {
 };
 
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents);
+static void request(struct sts *s);
 
 static void set_backoffs(struct sts *s)
 {
@@ -62,6 +68,7 @@ struct sts *sts_create(struct ev_loop *loop, struct http *http, const char *url,
     s->url_sts = xasprintf("%s" STS_PATH, url);
     s->hooks = *hooks;
     s->arg = arg;
+    s->dialect = &rxon_b3;
     set_backoffs(s);
     ev_timer_init(&s->timer, on_timer, 0., 0.);
     s->timer.data = s;
@@ -76,14 +83,28 @@ void sts_destroy(struct sts *s)
     if (s->req != NULL)
         http_cancel(s->req);
     free(s->token);
+    free(s->refresh_token);
     free(s->url);
     free(s->url_sts);
+    free(s->url_refresh);
     free(s);
 }
 
 int sts_enabled(const struct sts *s)
 {
+    if (s->cfg->access_tokens == CFG_ACCESS_ON)
+        return 1;
+    if (s->cfg->access_tokens == CFG_ACCESS_OFF)
+        return 0;
     return s->cfg->tls_cert_file != NULL && strncasecmp(s->url, "https://", 8) == 0;
+}
+
+void sts_set_dialect(struct sts *s, const struct rxon_dialect *d)
+{
+    s->dialect = d;
+    free(s->url_refresh);
+    s->url_refresh =
+        d->path_sts_refresh != NULL ? xasprintf("%s%s", s->url, d->path_sts_refresh) : NULL;
 }
 
 const char *sts_token(const struct sts *s)
@@ -110,10 +131,15 @@ static void timer_after(struct sts *s, double delay)
 }
 
 /* Adopt a token: every later request carries it. */
-static void adopt(struct sts *s, const char *token, double expires_in)
+static void adopt(struct sts *s, const char *token, const char *refresh, double expires_in)
 {
     free(s->token);
     s->token = xstrdup(token);
+    if (refresh != NULL) {
+        free(s->refresh_token);
+        s->refresh_token = xstrdup(refresh);
+    }
+    s->renewed_at = now_mono();
     s->hooks.adopted(s->arg);
     double renew = expires_in * STS_RENEW_AT;
     if (renew < STS_RENEW_MIN)
@@ -130,18 +156,21 @@ static double failed(struct sts *s, const struct http_response *r)
     if (r->status == 0) {
         struct backoff_peer peer = {.url = s->url,
                                     .https = 1,
-                                    .server = rxon_b3.server,
-                                    .auth_status = 401,
+                                    .server = s->dialect->server,
+                                    .auth_status = s->dialect->auth_status,
                                     .told_rate_limit = &s->told_rate_limit};
         return backoff_after_failure(&peer, "access token", r, &s->backoff, NULL);
     }
     rxon_answer_text(r->body, r->len, text, sizeof(text));
-    if (r->status == 401 || r->status == 403)
+    if ((r->status == 401 || r->status == 403) && !s->dialect->sts_any_credential)
         log_err("access token: %s did not accept this worker's client certificate (%ld %s): "
                 "it issues tokens only when it verifies the certificate itself (TLS_ENABLED, "
                 "TLS_CA_PATH naming the CA of TLS_CERT_PATH, no TLS-terminating proxy in "
                 "between) and its Common Name is the worker id %s",
                 s->url, r->status, text, s->cfg->worker_id);
+    else if (r->status == 401 || r->status == 403)
+        log_err("access token: %s refused this worker's credentials (%ld %s): %s", s->url,
+                r->status, text, RXON_TOKEN_ADVICE);
     else
         log_warn("access token: %s answered %ld: %s", s->url, r->status, text);
     return backoff_next(&s->backoff);
@@ -168,7 +197,18 @@ static void on_answer(void *arg, const struct http_response *r)
     const char *token;
     double expires_in;
     if (usable(j, &token, &expires_in)) {
-        adopt(s, token, expires_in);
+        const char *refresh = json_string_value(json_object_get(j, "refresh_token"));
+        adopt(s, token, refresh != NULL && strpbrk(refresh, "\r\n\"\\") == NULL ? refresh : NULL,
+              expires_in);
+    } else if (s->refreshing) {
+        /* The refresh token was refused or lost: ask with the static token. */
+        log_notice("access token: renewing with the refresh token failed (%ld); asking anew",
+                   r->status);
+        free_and_null(s->refresh_token);
+        s->refreshing = 0;
+        json_decref(j);
+        request(s);
+        return;
     } else {
         double d;
         if (r->status == 200) {
@@ -191,8 +231,18 @@ static void request(struct sts *s)
     if (s->req != NULL)
         return;
     ev_timer_stop(s->loop, &s->timer);
-    s->req = http_request(s->http, "POST", s->url_sts, s->hooks.headers(s->arg), NULL, 0,
-                          REQUEST_TIMEOUT, on_answer, s);
+    s->refreshing = s->refresh_token != NULL && s->url_refresh != NULL;
+    if (!s->refreshing) {
+        s->req = http_request(s->http, "POST", s->url_sts, s->hooks.headers(s->arg), NULL, 0,
+                              REQUEST_TIMEOUT, on_answer, s);
+        return;
+    }
+    json_t *b = json_pack("{s:s}", "refresh_token", s->refresh_token);
+    char *body = json_dumps(b, JSON_COMPACT);
+    s->req = http_request(s->http, "POST", s->url_refresh, s->hooks.headers(s->arg), body,
+                          strlen(body), REQUEST_TIMEOUT, on_answer, s);
+    free(body);
+    json_decref(b);
 }
 
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
@@ -220,9 +270,17 @@ int sts_after_refusal(struct sts *s)
     if (!sts_enabled(s))
         return 0;
     double now = now_mono();
+    if (s->token != NULL && s->req == NULL && now - s->renewed_at < STS_REFUSED_SPACING) {
+        /* A token just obtained is refused too: go on with the static one. */
+        log_warn("%s refused a fresh access token: going on with the configured token", s->url);
+        free_and_null(s->token);
+        free_and_null(s->refresh_token);
+        s->hooks.adopted(s->arg);
+        return 0;
+    }
     if (s->req == NULL && now >= s->refused_after) {
         s->refused_after = now + backoff_next(&s->refused_backoff);
-        log_notice("%s answered 401: renewing the access token", s->url);
+        log_notice("%s answered %ld: renewing the access token", s->url, s->dialect->auth_status);
         request(s);
     }
     return 1;

@@ -1,13 +1,19 @@
 /*
  * sts.h - the access-token client of one orchestrator (PROTOCOL.md 1.2,
- * 2.5, 4.10): with a client certificate the worker asks
+ * 2.5, 4.10; PROTOCOL-1.0b14.md 1.5): the worker asks
  * POST /_worker/auth/token for a short-lived access token before it
  * registers, uses it as its X-Worker-Token, renews it at 80 % of its
- * expires_in and after a refused credential (once per burst of refusals,
- * then with backoff), and never touches running tasks, the poll in flight
- * or an open WebSocket when it does. A CA file alone (server verification
- * only) never asks for tokens: the orchestrator would refuse forever.
- * Loop thread only.
+ * expires_in (with RXON 1.0b14 through /_worker/auth/token/refresh and its
+ * refresh token) and after a refused credential (once per burst of
+ * refusals, then with backoff; a fresh token refused again is dropped for
+ * the static token), and never touches running tasks, the poll in flight
+ * or an open WebSocket when it does. The access token only authenticates:
+ * 1.0b14 messages are always signed with the static token.
+ *
+ * Whether tokens are used is [orchestrator] access_tokens: auto asks only
+ * with a client certificate over https (1.0b13 issues tokens only then, and
+ * a CA file alone would be refused forever), on always, off never. Loop
+ * thread only.
  */
 #ifndef AVT_DAEMON_STS_H
 #define AVT_DAEMON_STS_H
@@ -28,14 +34,18 @@ struct sts_hooks {
 };
 
 /* For the orchestrator at base URL `url` (copied). cfg is borrowed until the
- * next sts_reconfigure(). */
+ * next sts_reconfigure(); the dialect is RXON 1.0b3's until
+ * sts_set_dialect(). */
 struct sts *sts_create(struct ev_loop *loop, struct http *http, const char *url,
                        const struct cfg *cfg, const struct sts_hooks *hooks, void *arg);
 void sts_destroy(struct sts *s); /* NULL is a no-op */
 
-/* 1 when this orchestrator issues tokens to us: a client certificate over
- * https. */
+/* 1 when tokens are asked for (access_tokens, see above). */
 int sts_enabled(const struct sts *s);
+
+/* The orchestrator's dialect (its refresh route, its refusal status). */
+struct rxon_dialect;
+void sts_set_dialect(struct sts *s, const struct rxon_dialect *d);
 
 /* Ask for the first token (first_done follows); a no-op when not enabled
  * or when it was asked already. Returns 1 when a request is under way. */

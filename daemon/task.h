@@ -65,6 +65,7 @@ struct task {
     struct plugin *plugin; /* NULL: unknown type (PERMANENT_ERROR) */
     struct evq *evq;       /* where its progress goes; set by pool_submit() */
     struct orch *origin;   /* the orchestrator it came from (its result goes there) */
+    int events_ok;         /* its orchestrator takes custom events; set before pool_submit */
 
     atomic_int cancel;      /* enum task_cancel; set by the loop, read by the handler */
     atomic_int has_outcome; /* 0 until the first outcome call wins */
@@ -82,6 +83,10 @@ struct task {
     double progress;      /* 0..100 */
     char *progress_msg;   /* owned */
     int progress_pending; /* an event is queued */
+
+    /* The orchestrator's deadline for the result as now_mono(), 0 = none
+     * (pub.deadline has it as unix seconds). */
+    double deadline;
 
     /* Timestamps (now_mono()). */
     double t_received;

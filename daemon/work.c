@@ -155,6 +155,7 @@ void work_accept(struct work *w, struct task *t, int valid, const struct plugin_
     }
     if (ledger_take_precancel(w->env.ledger, t->origin, t->id))
         task_cancel(t, TASK_CANCEL_ORCHESTRATOR);
+    t->events_ok = orch_speaks_events(t->origin);
     t->t_received = now_mono();
     /* Journaled before the pool can start it (journal.c explains why the
      * "started" record is the worker thread's). */

@@ -50,6 +50,7 @@
 #ifndef AVT_PLUGIN_H
 #define AVT_PLUGIN_H
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -62,7 +63,7 @@ extern "C" {
 
 /* ABI version of this header. See "Versioning" above. */
 #define AVT_ABI_MAJOR 1
-#define AVT_ABI_MINOR 0
+#define AVT_ABI_MINOR 1
 #define AVT_ABI_VERSION ((uint32_t)((AVT_ABI_MAJOR << 16) | AVT_ABI_MINOR))
 #define AVT_ABI_VERSION_MAJOR(v) ((uint32_t)(v) >> 16)
 #define AVT_ABI_VERSION_MINOR(v) ((uint32_t)(v)&0xffffu)
@@ -71,10 +72,14 @@ extern "C" {
 #define AVT_PLUGIN_SYMBOL "avt_plugin"
 
 /*
- * Error codes understood by the orchestrator (RXON 1.0b3). A failure with
- * TRANSIENT_ERROR (or any code the orchestrator does not know) is retried;
- * PERMANENT_ERROR, SECURITY_ERROR and DEPENDENCY_ERROR quarantine the job;
- * INVALID_INPUT_ERROR and INTEGRITY_MISMATCH_ERROR fail it without retry.
+ * Error codes understood by the orchestrator (RXON 1.0b3 and 1.0b14). A
+ * failure with TRANSIENT_ERROR (or any code the orchestrator does not know,
+ * TIMEOUT_ERROR among them) is retried; PERMANENT_ERROR, SECURITY_ERROR and
+ * DEPENDENCY_ERROR quarantine the job (with 1.0b14 they also cost the
+ * worker reputation: use them only for failures that are the task's own
+ * fault); INVALID_INPUT_ERROR and INTEGRITY_MISMATCH_ERROR fail it without
+ * retry. CONTRACT_VIOLATION_ERROR is the orchestrator's own (1.0b14: a
+ * success whose data violates the skill's output schema).
  */
 #define AVT_TRANSIENT_ERROR "TRANSIENT_ERROR"
 #define AVT_PERMANENT_ERROR "PERMANENT_ERROR"
@@ -85,6 +90,7 @@ extern "C" {
 #define AVT_DEPENDENCY_ERROR "DEPENDENCY_ERROR"
 #define AVT_SECURITY_ERROR "SECURITY_ERROR"
 #define AVT_INTERNAL_ERROR "INTERNAL_ERROR"
+#define AVT_CONTRACT_VIOLATION_ERROR "CONTRACT_VIOLATION_ERROR"
 
 /* Log levels, as syslog(3) numbers them. */
 #define AVT_LOG_ERR 3
@@ -131,6 +137,13 @@ struct avt_task {
     /* The job's data_metadata ({key path: {uri, size, etag}}) or NULL.
      * Borrowed. */
     json_t *params_metadata;
+
+    /* ABI 1.1 (check struct_size first): the time by which the
+     * orchestrator wants the result, as unix seconds, or 0 when it set none
+     * (RXON 1.0b14 sends it when the blueprint set a result timeout; 1.0b3
+     * never does). The daemon cancels the task at the earlier of this and
+     * its type's [limits] timeout and reports TIMEOUT_ERROR. */
+    double deadline;
 };
 
 /*
@@ -201,6 +214,45 @@ struct avt_host {
      */
     void (*log)(const struct avt_host *host, const struct avt_task *task, int level,
                 const char *fmt, ...) AVT__PRINTF(4, 5);
+
+    /*
+     * ABI 1.1 (use avt_emit_event(), which checks struct_size). A custom
+     * event of a running task, e.g. a partial result or a log record for
+     * the job's history: `type` is its event type (not "progress", which
+     * is avt_progress()'s), `payload` a JSON object (stolen, also on
+     * failure). Sent to the orchestrator as a signed event (RXON 1.0b14);
+     * when the skill declares events_schema, the orchestrator validates
+     * the payload against the schema of `type`. Returns 0, -EINVAL for an
+     * empty type, "progress" or a payload that is not an object, or
+     * -ENOTSUP when the task's orchestrator speaks RXON 1.0b3, which has no
+     * events (the daemon logs that once).
+     */
+    int (*emit_event)(struct avt_task *task, const char *type, json_t *payload);
+};
+
+/*
+ * ABI 1.1: what a task type is, for the orchestrator (RXON 1.0b14 "skills
+ * as objects"; 1.0b3 only learns the type names). One entry per task type
+ * a plugin wants to describe, in an array ended by an entry whose type is
+ * NULL; a type without an entry is advertised with its name and the
+ * plugin's version only. The JSON members are JSON texts, checked when the
+ * plugin is loaded (a text that is not valid JSON of the right kind stops
+ * the daemon with exit 78). Beware: the orchestrator enforces the schemas
+ * (a task whose params violate input_schema is not given to this worker; a
+ * success whose data violates output_schema becomes a failure that costs
+ * reputation).
+ */
+struct avt_skill {
+    const char *type;          /* the task type described; one of task_types */
+    const char *version;       /* default: the plugin's version */
+    const char *description;   /* free text, may be NULL */
+    const char *input_schema;  /* JSON Schema object of params, or NULL */
+    const char *output_schema; /* JSON Schema object of a success's data, or NULL */
+    const char *events_schema; /* JSON object: event type -> JSON Schema, or NULL */
+    /* Custom result statuses (avt_complete()) the type may report,
+     * NULL-terminated, or NULL. */
+    const char *const *output_statuses;
+    const char *properties; /* JSON object matched against a blueprint's requirements */
 };
 
 /*
@@ -259,6 +311,10 @@ struct avt_plugin {
      * after its last handle() returned. Free the state here.
      */
     void (*shutdown)(void *state);
+
+    /* ABI 1.1, optional: descriptions of the task types (struct avt_skill),
+     * ended by an entry whose type is NULL. */
+    const struct avt_skill *skills;
 };
 
 /*
@@ -282,6 +338,7 @@ struct avt__plugin_fields {
     int (*start)(void *state, char *err, size_t errlen) = nullptr;
     int (*handle)(void *state, struct avt_task *task) = nullptr;
     void (*shutdown)(void *state) = nullptr;
+    const struct avt_skill *skills = nullptr;
 };
 
 static inline constexpr struct avt_plugin avt__plugin_make(struct avt__plugin_fields f)
@@ -290,7 +347,8 @@ static inline constexpr struct avt_plugin avt__plugin_make(struct avt__plugin_fi
             f.name,          f.version,
             f.task_types,    f.init,
             f.configure,     f.start,
-            f.handle,        f.shutdown};
+            f.handle,        f.shutdown,
+            f.skills};
 }
 
 #define AVT_PLUGIN(...)                                                                            \
@@ -319,6 +377,16 @@ static inline int avt_complete(struct avt_task *task, const char *status, json_t
 static inline int avt_is_cancelled(const struct avt_task *task)
 {
     return task->host->is_cancelled(task);
+}
+
+/* A custom event (ABI 1.1); -ENOTSUP from a daemon older than ABI 1.1. */
+static inline int avt_emit_event(struct avt_task *task, const char *type, json_t *payload)
+{
+    if (task->host->struct_size < offsetof(struct avt_host, emit_event) + sizeof(void *)) {
+        json_decref(payload);
+        return -ENOTSUP;
+    }
+    return task->host->emit_event(task, type, payload);
 }
 
 #define avt_fail(task, code, ...) ((task)->host->fail((task), (code), __VA_ARGS__))

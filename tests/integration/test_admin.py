@@ -233,7 +233,10 @@ def healthz_follows_registration_and_orchestrator_contact(t):
                             endpoint="register", kind="transport") >= 1, what="transport error counted")
     o.start()
     o.wait_worker(WID, timeout=20)
-    wait_for(lambda: get(port, "/healthz") == (200, "ok\n"), what="healthy")
+    wait_for(lambda: (lambda r: r[0] == 200 and r[1].startswith("ok\n"))(get(port, "/healthz")),
+             what="healthy")
+    st, body = get(port, "/healthz")
+    check("%s: ok (RXON 1.0b3)\n" % o.url in body, body)  # detected, not configured
     st, body = get(port, "/healthz", method="HEAD")
     check(st == 200 and body == "", st, body)
     # The orchestrator vanishes: still "registered", but no exchange succeeds.
@@ -272,19 +275,21 @@ def metrics_and_healthz_cover_every_orchestrator(t):
     check(metric(ms, "avtworkerd_task_duration_seconds_count", type="echo") == 5)
     for o, n in ((a, 3), (b, 3)):
         check(metric(ms, "avtworkerd_registered", orchestrator=o.url) == 1, o.url, ms)
+        check(metric(ms, "avtworkerd_protocol_info", orchestrator=o.url, protocol="1.0b3") == 1)
         check(metric(ms, "avtworkerd_tasks_received_total", orchestrator=o.url) == n, o.url)
         check(metric(ms, "avtworkerd_results_sent_total", orchestrator=o.url) == n, o.url)
         check(metric(ms, "avtworkerd_orchestrator_requests_total", orchestrator=o.url,
                      endpoint="register") == 1, o.url)
         check(0 <= metric(ms, "avtworkerd_orchestrator_last_success_age_seconds",
                           orchestrator=o.url) < tmo(5), o.url)
-    check(get(port, "/healthz") == (200, "ok\n"), get(port, "/healthz"))
+    check((lambda r: r[0] == 200 and r[1].startswith("ok\n"))(get(port, "/healthz")),
+          get(port, "/healthz"))
     # One gone: still serving through the other, so healthy, and it says which.
     b.kill()
     st, body = wait_for(lambda: (lambda r: r if "degraded" in r[1] else None)(get(port, "/healthz")),
                         timeout=15, what="degraded health")
     check(st == 200 and body.startswith("degraded: 1 of 2 orchestrators healthy\n"), st, body)
-    check("%s: ok\n" % a.url in body and "%s: " % b.url in body and "%s: ok" % b.url not in body,
+    check("%s: ok (RXON" % a.url in body and "%s: " % b.url in body and "%s: ok" % b.url not in body,
           body)
     # Both gone: 503, each named.
     a.kill()
@@ -294,7 +299,8 @@ def metrics_and_healthz_cover_every_orchestrator(t):
           body)
     a.start()
     b.start()
-    wait_for(lambda: get(port, "/healthz") == (200, "ok\n"), timeout=30, what="healthy again")
+    wait_for(lambda: (lambda r: r[0] == 200 and r[1].startswith("ok\n"))(get(port, "/healthz")),
+             timeout=30, what="healthy again")
     stop(p)
 
 

@@ -92,9 +92,12 @@ static int renew(void *arg)
     return renew_answer;
 }
 
-static void custom_advice(long status, const char *text, char *out, size_t outlen)
+static int custom_advice(long status, const char *text, double skew, char *out, size_t outlen)
 {
-    snprintf(out, outlen, "custom advice for %ld (%s)", status, text);
+    if (status != 401 && status != 403 && status != 400)
+        return 0;
+    snprintf(out, outlen, "custom advice for %ld (%s, skew %.0f)", status, text, skew);
+    return 1;
 }
 
 static struct backoff_peer peer(int https, int auth_status)
@@ -274,7 +277,8 @@ TEST(the_dialects_refusal_advice_is_used)
 {
     log_init(LOG_INFO, LOG_FORMAT_PLAIN);
     struct backoff_peer p = peer(0, 403);
-    p.refusal_advice = custom_advice;
+    p.explain = custom_advice;
+    p.clock_skew = 42;
     struct backoff b;
     backoff_init(&b, 1, 60);
     struct http_response r = answer(403, "{\"error\":\"bad token\"}");
@@ -282,8 +286,17 @@ TEST(the_dialects_refusal_advice_is_used)
     double d = backoff_after_failure(&p, "poll", &r, &b, NULL);
     char *log = capture_end();
     EXPECT(d == 5.0);
-    EXPECT_CONTAINS(log, "custom advice for 403 (bad token)");
+    EXPECT_CONTAINS(log, "custom advice for 403 (bad token, skew 42)");
     EXPECT(strstr(log, RXON_TOKEN_ADVICE) == NULL);
+    free(log);
+    /* A 400 the dialect can explain is an error naming it, with the backoff. */
+    r = answer(400, "{\"error\":\"Expected `object` - at `$.x`\"}");
+    capture_begin();
+    d = backoff_after_failure(&p, "register", &r, &b, NULL);
+    log = capture_end();
+    EXPECT(d < 5.0 * 2);
+    EXPECT_CONTAINS(log, "error register: the orchestrator refused the message (400");
+    EXPECT_CONTAINS(log, "custom advice for 400");
     free(log);
 }
 

@@ -38,7 +38,7 @@ static struct cfg *cfg;
 static struct pool *pool;
 static struct ledger *ledger;
 static json_t *hot;
-static struct plugin_type types[] = {{"echo", NULL}, {"slow", NULL}};
+static struct plugin_type types[] = {{"echo", NULL, NULL}, {"slow", NULL, NULL}};
 static struct plugin_set plugins = {.types = types, .ntypes = 2};
 
 /* What the fakes saw. */
@@ -395,7 +395,7 @@ static void teardown(void)
 __attribute__((constructor)) static void setup(void)
 {
     char err[AVT_ERRLEN], ini[64];
-    log_set_level(LOG_EMERG);
+    log_set_level(getenv("AVT_TEST_LOG") ? LOG_DEBUG : LOG_EMERG);
     signal(SIGPIPE, SIG_IGN);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     if (fo_start(&fo, (const char *const[]){"--poll-timeout", "1", NULL}) < 0) {

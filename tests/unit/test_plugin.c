@@ -29,9 +29,10 @@
  * it. These sizes may only grow (minor bump, fields appended) or change with
  * a major bump; update them deliberately. */
 #if defined(__x86_64__) && defined(__LP64__)
-_Static_assert(sizeof(struct avt_plugin) == 72, "struct avt_plugin changed size");
-_Static_assert(sizeof(struct avt_task) == 64, "struct avt_task changed size");
-_Static_assert(sizeof(struct avt_host) == 88, "struct avt_host changed size");
+_Static_assert(sizeof(struct avt_plugin) == 80, "struct avt_plugin changed size");
+_Static_assert(sizeof(struct avt_task) == 72, "struct avt_task changed size");
+_Static_assert(sizeof(struct avt_host) == 96, "struct avt_host changed size");
+_Static_assert(sizeof(struct avt_skill) == 64, "struct avt_skill changed size");
 _Static_assert(offsetof(struct avt_plugin, abi_version) == 0, "abi_version must come first");
 _Static_assert(offsetof(struct avt_plugin, struct_size) == 4, "struct_size must be second");
 _Static_assert(offsetof(struct avt_plugin, task_types) == 24, "avt_plugin layout changed");
@@ -39,6 +40,10 @@ _Static_assert(offsetof(struct avt_plugin, handle) == 56, "avt_plugin layout cha
 _Static_assert(offsetof(struct avt_task, params) == 40, "avt_task layout changed");
 _Static_assert(offsetof(struct avt_host, succeed) == 16, "avt_host layout changed");
 _Static_assert(offsetof(struct avt_host, log) == 80, "avt_host layout changed");
+/* ABI 1.1 appended: */
+_Static_assert(offsetof(struct avt_plugin, skills) == 72, "avt_plugin 1.1 layout changed");
+_Static_assert(offsetof(struct avt_task, deadline) == 64, "avt_task 1.1 layout changed");
+_Static_assert(offsetof(struct avt_host, emit_event) == 88, "avt_host 1.1 layout changed");
 #endif
 _Static_assert(offsetof(struct plugin, host) == 0, "plugin_of_host() needs host first");
 
@@ -46,8 +51,8 @@ TEST(abi_sizes_pinned)
 {
     /* The real check is the _Static_assert above; this records it ran. */
 #if defined(__x86_64__)
-    EXPECT_EQ_INT(sizeof(struct avt_plugin), 72);
-    EXPECT_EQ_INT(sizeof(struct avt_host), 88);
+    EXPECT_EQ_INT(sizeof(struct avt_plugin), 80);
+    EXPECT_EQ_INT(sizeof(struct avt_host), 96);
 #endif
     EXPECT_EQ_INT(AVT_ABI_VERSION_MAJOR(AVT_ABI_VERSION), AVT_ABI_MAJOR);
     EXPECT_EQ_INT(AVT_ABI_VERSION_MINOR(AVT_ABI_VERSION), AVT_ABI_MINOR);

@@ -34,7 +34,7 @@ static struct cfg *load_cfg(void)
 }
 
 /* A plugin set of two types, without any plugin behind it. */
-static struct plugin_type types[] = {{"echo", NULL}, {"resize", NULL}};
+static struct plugin_type types[] = {{"echo", NULL, NULL}, {"resize", NULL, NULL}};
 static struct plugin_set plugins = {.types = types, .ntypes = 2};
 
 static struct rxon_worker worker(const struct cfg *c, json_t *hot)
@@ -220,10 +220,16 @@ TEST(answer_text_and_refusal_advice)
     memset(big, 'x', sizeof(big));
     rxon_answer_text(big, sizeof(big), out, sizeof(out));
     EXPECT_EQ_INT(strlen(out), sizeof(out) - 1);
-    char advice[256];
-    rxon_b3.refusal_advice(401, "bad token", advice, sizeof(advice));
+    char advice[512];
+    EXPECT_EQ_INT(rxon_b3.explain(401, "bad token", 0, advice, sizeof(advice)), 1);
     EXPECT_CONTAINS(advice, "WORKER_TOKEN");
     EXPECT_CONTAINS(advice, "GLOBAL_WORKER_TOKEN");
+    /* A 1.0b27 orchestrator refusing 1.0b3 messages: the protocol, not the token. */
+    EXPECT_EQ_INT(rxon_b3.explain(403, "Missing required timestamp for replay protection", 0,
+                                  advice, sizeof(advice)),
+                  1);
+    EXPECT_CONTAINS(advice, "protocol = auto");
+    EXPECT_EQ_INT(rxon_b3.explain(400, "x", 0, advice, sizeof(advice)), 0);
     EXPECT_EQ_INT(rxon_b3.auth_status, 401);
     EXPECT_EQ_STR(rxon_b3.version, "1.0b3");
 }

@@ -55,8 +55,9 @@ static const char *const fake_types[] = {"echo", "hold", NULL};
 static const struct avt_plugin desc = {.name = "fake", .task_types = fake_types, .handle = handle};
 static struct plugin fake_plugin, old_plugin;
 static char fake_name[] = "fake", old_name[] = "old";
-static struct plugin_type types_now[] = {{"echo", &fake_plugin}, {"hold", &fake_plugin}};
-static struct plugin_type types_old[] = {{"gone", &old_plugin}};
+static struct plugin_type types_now[] = {{"echo", &fake_plugin, NULL},
+                                         {"hold", &fake_plugin, NULL}};
+static struct plugin_type types_old[] = {{"gone", &old_plugin, NULL}};
 static struct plugin *list_now[] = {&fake_plugin}, *list_old[] = {&old_plugin};
 static struct plugin_set plugins_now = {list_now, 1, types_now, 2};
 static struct plugin_set plugins_old = {list_old, 1, types_old, 1};

@@ -1,0 +1,72 @@
+/*
+ * rxon.c - what the wire dialects share (rxon.h): the operator's excerpt of
+ * an answer, the result-answer reader (the same in both versions), the
+ * clearing of a command, and the random ids of events.
+ */
+#include "rxon.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "util.h"
+
+void rxon_answer_text(const char *body, size_t len, char *out, size_t outlen)
+{
+    json_t *j = json_loadb(body, len, 0, NULL);
+    const char *e = j != NULL ? json_string_value(json_object_get(j, "error")) : NULL;
+    if (e != NULL) {
+        snprintf(out, outlen, "%s", e);
+    } else {
+        size_t n = len < 120 ? len : 120;
+        snprintf(out, outlen, "%.*s%s", (int)n, body, len > n ? "..." : "");
+        for (char *p = out; *p; p++) {
+            if ((unsigned char)*p < 0x20)
+                *p = ' ';
+        }
+    }
+    json_decref(j);
+}
+
+void rxon_command_clear(struct rxon_command *cmd)
+{
+    free_and_null(cmd->task_id);
+    free_and_null(cmd->job_id);
+}
+
+int rxon_parse_result_answer(const char *body, size_t len, char *out, size_t outlen)
+{
+    json_t *j = json_loadb(body, len, 0, NULL);
+    const char *status = json_string_value(json_object_get(j, "status"));
+    int ignored = status != NULL && strcmp(status, "ignored") == 0;
+    if (ignored) {
+        const char *reason = json_string_value(json_object_get(j, "reason"));
+        const char *msg = json_string_value(json_object_get(j, "message"));
+        snprintf(out, outlen, "%s (%s)", reason ? reason : "no reason", msg ? msg : "");
+    } else {
+        const char *tr = json_string_value(json_object_get(j, "transition"));
+        snprintf(out, outlen, "%s", tr ? tr : status ? status : "200");
+    }
+    json_decref(j);
+    return ignored;
+}
+
+void rxon_uuid4(char out[37])
+{
+    unsigned char b[16];
+    size_t got = 0;
+    while (got < sizeof(b)) {
+        ssize_t n = getrandom(b + got, sizeof(b) - got, 0);
+        if (n > 0)
+            got += (size_t)n;
+        else if (n < 0 && errno != EINTR)
+            abort(); /* the kernel's random source cannot fail once seeded */
+    }
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40); /* version 4 */
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
+    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+             b[14], b[15]);
+}
