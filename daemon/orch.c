@@ -59,7 +59,8 @@ struct orch {
     double clock_skew; /* the orchestrator's clock minus ours (Date header); NAN: unknown */
     int told_skew;
     struct usage usage;
-    int leaving; /* the last ("offline") heartbeat went out */
+    int leaving; /* the last ("offline") heartbeat is due */
+    int left;    /* it went out */
 
     char *name, *url; /* this orchestrator: its cfg_orch name and base URL */
     char *url_poll, *url_heartbeat, *url_register, *url_result, *url_ws, *url_events, *url_status,
@@ -111,6 +112,7 @@ struct post {
 
 static void start_register(struct orch *o);
 static void send_heartbeat(struct orch *o, int periodic);
+static void send_last_heartbeat(struct orch *o);
 
 /* ---- Small helpers ------------------------------------------------------------ */
 
@@ -148,9 +150,12 @@ static const char *static_token(const struct orch *o)
     return e != NULL && e->token != NULL ? e->token : o->cfg->token;
 }
 
+/* The key of 1.0b14 signatures: [orchestrator] signing_key, else the
+ * configured token; never an access token (PROTOCOL-1.0b14.md 2.5). */
 static struct rxon_key signing_key(const struct orch *o)
 {
-    return (struct rxon_key){static_token(o), o->cfg->worker_id};
+    const char *k = o->cfg->signing_key != NULL ? o->cfg->signing_key : static_token(o);
+    return (struct rxon_key){k, o->cfg->worker_id};
 }
 
 /* The orchestrator's clock from its Date header: 1.0b14 refuses a signed
@@ -357,6 +362,10 @@ static void on_heartbeat(void *arg, const struct http_response *r)
     if (r->cancelled)
         return;
     count_exchange(o, ORCH_EP_HEARTBEAT, r);
+    if (o->leaving && !o->left) {
+        send_last_heartbeat(o); /* the one in flight was the "draining" */
+        return;
+    }
     if (r->status != 200) {
         o->stats.heartbeats_failed++;
         o->sync.full_sync = 1; /* the skills it may have carried did not arrive */
@@ -1048,19 +1057,26 @@ void orch_drain(struct orch *o)
     send_heartbeat(o, 0);
 }
 
-int orch_leave(struct orch *o)
+/* The last heartbeat ("offline"): after the one in flight, if any, which
+ * may be the "draining" that must reach the orchestrator first. */
+static void send_last_heartbeat(struct orch *o)
 {
-    if (!o->dialect->final_offline || !o->registered || o->leaving)
-        return 0;
-    if (o->hb_req != NULL)
-        http_cancel(o->hb_req); /* a heartbeat can be cut short; the last one matters */
-    o->leaving = 1;
+    o->left = 1;
     json_t *body = heartbeat_body(o);
     o->hb_probe = 0;
     o->stats.heartbeats++;
     o->hb_req = send_body(o, "PATCH", o->url_heartbeat, body, RXON_MSG_HEARTBEAT, on_heartbeat, o);
     json_decref(body);
-    return o->hb_req != NULL;
+}
+
+int orch_leave(struct orch *o)
+{
+    if (!o->dialect->final_offline || !o->registered || o->leaving)
+        return 0;
+    o->leaving = 1;
+    if (o->hb_req == NULL)
+        send_last_heartbeat(o); /* else on_heartbeat sends it */
+    return 1;
 }
 
 int orch_leaving(const struct orch *o)

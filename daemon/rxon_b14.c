@@ -201,6 +201,33 @@ static json_t *job_ids(const struct rxon_state *st)
     return a;
 }
 
+/*
+ * Members whose value is an empty object, removed at every depth. Found
+ * against the real 1.0b27 on RedisStorage (the contract is silent): a
+ * heartbeat is merged into the stored record by a Lua script whose
+ * serializer (cmsgpack) turns an empty object into an empty array, so an
+ * empty cost_per_skill came back as [] and every dispatch failed with
+ * "'list' object has no attribute 'get'". An absent member means the same
+ * to the orchestrator.
+ */
+static void strip_empty_objects(json_t *v)
+{
+    const char *k;
+    json_t *m;
+    void *tmp;
+    size_t i;
+    if (json_is_array(v)) {
+        json_array_foreach(v, i, m) strip_empty_objects(m);
+        return;
+    }
+    json_object_foreach_safe(v, tmp, k, m)
+    {
+        strip_empty_objects(m);
+        if (json_is_object(m) && json_object_size(m) == 0)
+            json_object_del(v, k);
+    }
+}
+
 static json_t *b14_heartbeat_body(const struct rxon_worker *w, const struct rxon_state *st,
                                   struct rxon_sync *sync)
 {
@@ -225,6 +252,7 @@ static json_t *b14_heartbeat_body(const struct rxon_worker *w, const struct rxon
     json_decref(skills);
     if (st->usage != NULL)
         json_object_set(b, "usage", st->usage);
+    strip_empty_objects(b);
     return b;
 }
 

@@ -2,7 +2,8 @@
  * fuzz_rxon.c - libFuzzer target for the answer readers of every wire
  * dialect (rxon.h): each input is read as a heartbeat answer (probe and
  * full), a registration answer, a result answer, an event answer, a
- * WebSocket command, a task and an error answer, by each dialect, since
+ * WebSocket command, a task and an error answer, by each dialect (1.0b3
+ * and 1.0b14), since
  * any endpoint can get any bytes. The input has exactly `size` bytes and
  * no terminating NUL, like a body from http.c seen through a truncated or
  * garbage response.
@@ -81,6 +82,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char out[160];
 
     read_as(&rxon_b3, body, size);
+    read_as(&rxon_b14, body, size);
     rxon_answer_text(body, size, out, sizeof(out));
     text_ok(out, sizeof(out));
     return 0;

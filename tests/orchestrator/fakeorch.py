@@ -55,6 +55,7 @@ Only Debian's python3 (3.11) and python3-aiohttp (3.8.4) are needed.
 """
 import argparse
 import asyncio
+import email.utils
 import gzip
 import hashlib
 import io
@@ -136,6 +137,9 @@ class Settings:
                                         # CN (tests that the worker renews it in time)
         "timings": bool,                # record per-task timestamps (GET /_test/timings), for bench/
         "steal": bool,                  # 1.0b14: work stealing after an empty hold (MemoryStorage)
+        "clock_offset": float,          # not in the real one: this server's clock runs this many
+                                        # seconds ahead (its Date header and the zero-trust
+                                        # timestamp check), to test what a worker says about skew
     }
 
     def __init__(self, args, dialect):
@@ -156,6 +160,7 @@ class Settings:
         self.sts_enforce = False
         self.timings = False
         self.steal = dialect.steals
+        self.clock_offset = 0.0
         self.rate_limit = None          # dict(limit, poll_limit, heartbeat_limit, period, retry_after) or None
         self.gzip = True
 
@@ -1493,7 +1498,10 @@ async def mw_ratelimit(request, handler):
 @web.middleware
 async def mw_version(request, handler):
     resp = await handler(request)
-    resp.headers[VERSION_HEADER] = orch_of(request).d.version
+    o = orch_of(request)
+    resp.headers[VERSION_HEADER] = o.d.version
+    if o.cfg.clock_offset:
+        resp.headers["Date"] = email.utils.formatdate(time.time() + o.cfg.clock_offset, usegmt=True)
     return resp
 
 
@@ -1654,7 +1662,8 @@ GET|POST /_test/config {...}      poll_timeout, worker_ttl, max_retries, task_ti
                                   (1.0b3: per IP/path id before the handler; 1.0b14: per credential, worker
                                   and message type after auth, 429 double-encoded), sts_expires_in,
                                   sts_enforce (certificate AND live access token), steal (1.0b14 work
-                                  stealing, default on); protocol is read-only
+                                  stealing, default on), clock_offset (s the server's clock runs ahead:
+                                  its Date header and the zero-trust check); protocol is read-only
 GET /_test/log?since=N&path=S     request log rows {t, method, path, kind, worker_id, status, body,
                                   headers, resp, resp_headers}; WebSocket frames as WS-RECV / WS-SEND
 GET /_test/stats                  per worker: polls, polls_outstanding, max_polls_outstanding,

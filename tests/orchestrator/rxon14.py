@@ -437,7 +437,7 @@ def verify_zero_trust(o, payload, wid, ignore=()):
     ts = payload.get("timestamp")
     if not ts:
         raise PermissionError("Missing required timestamp for replay protection")
-    if abs(int(time.time()) - int(ts)) > 60:
+    if abs(int(time.time() + o.cfg.clock_offset) - int(ts)) > 60:
         raise PermissionError("Message timestamp expired (replay protection)")
     secret = o.cfg.worker_tokens.get(wid) or o.cfg.worker_token or ""   # never an STS token
     raw = payload.get("security")

@@ -139,6 +139,18 @@ static int do_hot(struct avt_task *task)
     return avt_succeed(task, json_pack("{s:i}", "rc", rc));
 }
 
+/* Custom events (ABI 1.1): n of them; the result says what the last
+ * emission returned and the task's deadline as the daemon passed it. */
+static int do_event(struct avt_task *task)
+{
+    long n = param_long(task, "n", 2);
+    int rc = 0;
+    for (long i = 0; i < n; i++)
+        rc = avt_emit_event(task, param_str(task, "event", "t_note"),
+                            json_pack("{s:I, s:s}", "i", (json_int_t)i, "tag", "from t_event"));
+    return avt_succeed(task, json_pack("{s:i, s:f}", "rc", rc, "deadline", task->deadline));
+}
+
 static int t_handle(void *state, struct avt_task *task)
 {
     const char *type = task->type;
@@ -170,11 +182,16 @@ static int t_handle(void *state, struct avt_task *task)
         return do_gate(task);
     if (strcmp(type, "t_stubborn") == 0)
         return do_stubborn(task);
+    if (strcmp(type, "t_event") == 0)
+        return do_event(task);
+    if (strcmp(type, "t_huge") == 0) /* a number RXON 1.0b14 cannot sign */
+        return avt_succeed(task, json_pack("{s:f}", "x", 1e300));
     return avt_fail(task, AVT_PERMANENT_ERROR, "t_behave: unexpected type %s", type);
 }
 
-static const char *const t_types[] = {
-    "t_no_outcome", "t_eio",  "t_fail",  "t_two", "t_not_object", "t_custom", "t_progress",
-    "t_block",      "t_conc", "t_conc2", "t_hot", "t_stubborn",   "t_gate",   NULL};
+static const char *const t_types[] = {"t_no_outcome", "t_eio",    "t_fail",     "t_two",
+                                      "t_not_object", "t_custom", "t_progress", "t_block",
+                                      "t_conc",       "t_conc2",  "t_hot",      "t_stubborn",
+                                      "t_gate",       "t_event",  "t_huge",     NULL};
 
 AVT_PLUGIN(.name = "t_behave", .version = "1.0", .task_types = t_types, .handle = t_handle);
