@@ -3,14 +3,23 @@
 and avtworkerd with the example plugins, push a few jobs of each kind through,
 print their results as a table, stop everything.
 
-Environment: BUILD (build directory, default build), DEMO_KEEP_LOG=1 keeps
-the daemon's log file and prints its path."""
+The orchestrator speaks RXON 1.0b14 (Avtomatika 1.0b27) unless DEMO_PROTOCOL
+says 1.0b3 (Avtomatika 1.0b13); the daemon finds out by itself (protocol =
+auto) and the demo prints what it found. The daemon's state directory is
+BUILD/demo-state, private to the demo (no root, no clash with an installed
+service). When the daemon stops on its own, the demo prints its exit status
+and the end of its log at once.
+
+Environment: BUILD (build directory, default build), DEMO_PROTOCOL (1.0b14 or
+1.0b3), DEMO_KEEP_LOG=1 keeps the daemon's log file and prints its path."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,76 +27,131 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 from orch import FakeOrch  # noqa: E402
 
 BUILD = os.path.join(ROOT, os.environ.get("BUILD", "build"))
+PROTOCOL = os.environ.get("DEMO_PROTOCOL", "1.0b14")
 WORKER = "demo-worker"
+WRAP = 60
 
 
-def short(v, n=48):
-    s = v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
-    return s if len(s) <= n else s[: n - 3] + "..."
+class DaemonDied(Exception):
+    pass
+
+
+def log_tail(path, n=15):
+    with open(path, errors="replace") as f:
+        return "".join(f.readlines()[-n:])
+
+
+def wait(daemon, logpath, pred, what, timeout=15):
+    """pred() within timeout, unless the daemon stops first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon.poll() is not None:
+            raise DaemonDied("avtworkerd exited with status %d while the demo waited for %s; "
+                             "the end of its log:\n%s" % (daemon.returncode, what, log_tail(logpath)))
+        if pred():
+            return
+        time.sleep(0.05)
+    raise DaemonDied("avtworkerd did not get to %s within %d s; the end of its log:\n%s"
+                     % (what, timeout, log_tail(logpath)))
+
+
+def detected(logpath):
+    for line in open(logpath, errors="replace"):
+        if " speaks RXON " in line:
+            return line.split(" notice ", 1)[-1].strip()
+    return ""
+
+
+def jobs_of(o):
+    jobs = [
+        ("echo", o.create_job("echo", {"msg": "hello from avtworkerd"})),
+        ("echo", o.create_job("echo", {"n": 42, "list": [1, 2, 3]})),
+        ("pipeline resize_image -> apply_filters",
+         o.create_blueprint_job("process-image", {"image_url": "s3://demo/cat.png"})),
+        ("progress (5 steps)", o.create_job("progress", {"steps": 5, "step_seconds": 0.2})),
+        ("transient failure x2, then success", o.create_job("fail", {"code": "TRANSIENT_ERROR",
+                                                                    "times": 2,
+                                                                    "message": "flaky backend"})),
+        ("permanent failure", o.create_job("fail", {"code": "PERMANENT_ERROR", "times": -1,
+                                                    "message": "cannot ever work"})),
+    ]
+    return jobs
+
+
+def describe(j):
+    last = (j.get("results") or [{}])[-1]
+    if j["status"] == "finished" and "final_url" in j["state_history"]:
+        return "final_url=" + j["state_history"]["final_url"]
+    if j["status"] == "finished":
+        return json.dumps(j["state_history"], separators=(",", ":"))
+    if last.get("status") == "cancelled":
+        return "worker answered status \"cancelled\""
+    err = last.get("error")
+    if isinstance(err, dict):
+        return "%s: %s" % (err.get("code"), err.get("message"))
+    return j.get("error_message") or json.dumps(err)
+
+
+def table(jobs, recs):
+    rows = [("job", "status", "retries", "progress", "result / error")]
+    for (name, _), j in zip(jobs, recs):
+        prog = "" if j.get("progress") is None else "%d%% %s" % (round(j["progress"] * 100),
+                                                                 j.get("progress_message") or "")
+        rows.append((name, j["status"], str(j.get("retry_count", 0)), prog, describe(j)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    pad = sum(widths) + 2 * len(widths)
+    for k, r in enumerate(rows):
+        lines = textwrap.wrap(r[-1], WRAP) or [""]  # the whole text, never cut
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + lines[0])
+        for more in lines[1:]:
+            print(" " * pad + more)
+        if k == 0:
+            print("  ".join("-" * w for w in widths) + "  " + "-" * WRAP)
 
 
 def main():
     logf = tempfile.NamedTemporaryFile(prefix="avtworkerd-demo.", suffix=".log", delete=False)
-    with FakeOrch(poll_timeout=5) as o:
-        print("test orchestrator listening on %s" % o.url)
+    state = os.path.join(BUILD, "demo-state")
+    shutil.rmtree(state, ignore_errors=True)
+    ok = False
+    with FakeOrch(poll_timeout=5, protocol=PROTOCOL) as o:
+        print("test orchestrator (RXON %s) listening on %s" % (PROTOCOL, o.url))
         env = dict(os.environ, **o.worker_env(WORKER))
-        env.update(MAX_CONCURRENT_TASKS="4", LOG_LEVEL="info")
+        env.update(MAX_CONCURRENT_TASKS="4", LOG_LEVEL="info", STATE_DIRECTORY=state)
         daemon = subprocess.Popen([os.path.join(BUILD, "avtworkerd"), "-P", os.path.join(BUILD, "plugins")],
                                   env=env, stdout=logf, stderr=logf)
         try:
-            o.wait_worker(WORKER, timeout=15)
-            print("avtworkerd registered as %s (pid %d); log: %s\n" % (WORKER, daemon.pid, logf.name))
-            while not o.ws_connected(WORKER):
-                time.sleep(0.05)
-            jobs = [
-                ("echo", o.create_job("echo", {"msg": "hello from avtworkerd"})),
-                ("echo", o.create_job("echo", {"n": 42, "list": [1, 2, 3]})),
-                ("pipeline resize_image -> apply_filters",
-                 o.create_blueprint_job("process-image", {"image_url": "s3://demo/cat.png"})),
-                ("progress (5 steps)", o.create_job("progress", {"steps": 5, "step_seconds": 0.2})),
-                ("transient failure x2, then success", o.create_job("fail", {"code": "TRANSIENT_ERROR",
-                                                                            "times": 2,
-                                                                            "message": "flaky backend"})),
-                ("permanent failure", o.create_job("fail", {"code": "PERMANENT_ERROR", "times": -1,
-                                                            "message": "cannot ever work"})),
-            ]
+            wait(daemon, logf.name, lambda: any(w.get("worker_id") == WORKER for w in o.workers()),
+                 "its registration")
+            print("avtworkerd registered as %s (pid %d); log: %s" % (WORKER, daemon.pid, logf.name))
+            print("  %s\n" % detected(logf.name))
+            wait(daemon, logf.name, lambda: o.ws_connected(WORKER), "its WebSocket")
+            jobs = jobs_of(o)
             cancel_id = o.create_job("sleep", {"seconds": 60})
             jobs.append(("sleep 60 s, cancelled after 1 s", cancel_id))
             time.sleep(1)
             o.cancel(cancel_id)
             recs = o.wait_jobs([j for _, j in jobs[:-1]], timeout=30)
             recs.append(o.wait_job(cancel_id, pred=lambda j: j.get("results"), timeout=15))
+        except DaemonDied as e:
+            print("demo FAILED: %s" % e)
+            return 1
         finally:
-            daemon.send_signal(signal.SIGTERM)
+            if daemon.poll() is None:
+                daemon.send_signal(signal.SIGTERM)
             try:
                 daemon.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 daemon.kill()
-        rows = [("job", "status", "retries", "progress", "result / error")]
-        for (name, _), j in zip(jobs, recs):
-            last = (j.get("results") or [{}])[-1]
-            if j["status"] == "finished" and "final_url" in j["state_history"]:
-                what = "final_url=" + short(j["state_history"]["final_url"], 60)
-            elif j["status"] == "finished":
-                what = short(j["state_history"])
-            elif last.get("status") == "cancelled":
-                what = "worker answered status \"cancelled\""
-            else:
-                what = short(j.get("error_message") or last.get("error"))
-            prog = "" if j.get("progress") is None else "%d%% %s" % (round(j["progress"] * 100),
-                                                                     j.get("progress_message") or "")
-            rows.append((name, j["status"], str(j.get("retry_count", 0)), prog, what))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for k, r in enumerate(rows):
-            print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-            if k == 0:
-                print("  ".join("-" * w for w in widths))
+        table(jobs, recs)
         print("\navtworkerd exited with status %s after SIGTERM" % daemon.returncode)
-    expected = ["finished", "finished", "finished", "finished", "finished", "quarantined", "cancelled"]
-    ok = [j["status"] for j in recs] == expected and daemon.returncode == 0
+        expected = ["finished", "finished", "finished", "finished", "finished", "quarantined",
+                    "cancelled"]
+        ok = [j["status"] for j in recs] == expected and daemon.returncode == 0
     if not os.environ.get("DEMO_KEEP_LOG") and ok:
         os.unlink(logf.name)
-    print("demo %s" % ("OK" if ok else "FAILED (expected %s)" % expected))
+    shutil.rmtree(state, ignore_errors=True)
+    print("demo %s" % ("OK" if ok else "FAILED (expected %s); daemon log: %s" % (expected, logf.name)))
     return 0 if ok else 1
 
 

@@ -21,6 +21,8 @@ Endpoints:
   GET  /sleep?ms=<N>       waits N ms, then 200 "slept"
   GET  /close              closes the connection without answering
   GET  /conns              the number of TCP connections accepted so far
+  GET  /rxon?date=<D>&v=<V>  200 with "Date: D" and "X-RXON-Version: V" (each
+                           only when given)
 """
 import asyncio
 import gzip
@@ -91,6 +93,10 @@ async def route(method, target, headers, body):
         return None
     if path == "/conns":
         return 200, [], str(accepted).encode()
+    if path == "/rxon":
+        extra = [("Date", q["date"][0])] if "date" in q else []
+        extra += [("X-RXON-Version", q["v"][0])] if "v" in q else []
+        return 200, extra, b"{}"
     return 404, [], b"not found"
 
 

@@ -180,6 +180,8 @@ struct result {
     int cancelled;
     int too_large;
     double elapsed;
+    double date;
+    char rxon_version[64];
     int *counter; /* incremented on completion, may be NULL */
 };
 
@@ -201,6 +203,8 @@ static void on_done(void *arg, const struct http_response *r)
     res->cancelled = r->cancelled;
     res->too_large = r->too_large;
     res->elapsed = r->elapsed;
+    res->date = r->date;
+    snprintf(res->rxon_version, sizeof(res->rxon_version), "%s", r->rxon_version);
     if (res->counter) {
         (*res->counter)++;
     }
@@ -345,6 +349,26 @@ TEST(retry_after_parsed)
     EXPECT(r.retry_after >= 25 && r.retry_after <= 31);
     fetch(H, &r, "GET", "/hello", NULL, NULL, 0);
     EXPECT(r.retry_after == -1);
+}
+
+/* The orchestrator's clock (Date, for the signature's timestamp advice) and
+ * its dialect (X-RXON-Version, for detection) come with every answer. */
+TEST(date_and_rxon_version_kept)
+{
+    static struct result r;
+
+    ASSERT(setup() == 0);
+    fetch(H, &r, "GET", "/rxon?date=Sun,%2006%20Nov%201994%2008:49:37%20GMT&v=1.0b14", NULL, NULL,
+          0);
+    EXPECT_EQ_INT(r.status, 200);
+    EXPECT(r.date == 784111777.0);
+    EXPECT_EQ_STR(r.rxon_version, "1.0b14");
+    fetch(H, &r, "GET", "/rxon?date=yesterday", NULL, NULL, 0);
+    EXPECT(r.date == 0);
+    EXPECT_EQ_STR(r.rxon_version, "");
+    fetch(H, &r, "GET", "/hello", NULL, NULL, 0);
+    EXPECT(r.date == 0);
+    EXPECT_EQ_STR(r.rxon_version, "");
 }
 
 TEST(body_over_max_body_is_too_large)
