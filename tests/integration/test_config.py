@@ -47,10 +47,11 @@ def dump_value(out, key, section=None):
 
 def uncomment_examples(text):
     """The shipped file with every ';key = value' example switched on, except
-    token_file (token and token_file together are an error)."""
+    token_file (token and token_file together are an error) and
+    signing_key_file (its example path does not exist here)."""
     out = []
     for line in text.splitlines():
-        if line.startswith(";") and not line.startswith(";token_file"):
+        if line.startswith(";") and not line.startswith((";token_file", ";signing_key_file")):
             line = line[1:]
         out.append(line)
     return "\n".join(out) + "\n"
