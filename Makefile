@@ -195,10 +195,12 @@ fuzz-smoke: fuzz-build
 
 # Benchmarks (bench/README.md): bench/plugins/NAME.c becomes
 # build/bench/plugins/NAME.so. `make bench RUNS=5` prints the table and
-# rewrites docs/benchmarks.md; bench-smoke is CI's few-second run of the same
-# code (numbers never judged).
+# rewrites docs/benchmarks.md (`PROTOCOL=1.0b14`: docs/benchmarks-1.0b14.md);
+# bench-smoke is CI's few-second run of the same code in both dialects
+# (numbers never judged).
 BENCH_PLUGINS = $(patsubst bench/plugins/%.c,$(BUILD)/bench/plugins/%.so,$(wildcard bench/plugins/*.c))
 RUNS ?= 3
+PROTOCOL ?= 1.0b3
 $(BUILD)/bench/plugins/%.so: bench/plugins/%.c bench/plugins/stamp.h sdk/avt_plugin.h | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(CC) $(PLUGIN_CFLAGS) $(CFLAGS) $(PLUGIN_LDFLAGS) -o $@ $< $(PLUGIN_LIBS)
@@ -207,9 +209,10 @@ $(BUILD)/bench/floor: bench/floor.c | $(DEPS_STAMP)
 	$(CC) $(AVT_CFLAGS) $(CFLAGS) $(HARDEN_LD) $(LDFLAGS) -o $@ $< $(LDLIBS_AVT)
 .PHONY: bench-smoke
 bench: all $(BENCH_PLUGINS) $(BUILD)/bench/floor
-	@BUILD=$(BUILD) $(PYTHON) bench/bench.py --runs $(RUNS)
+	@BUILD=$(BUILD) $(PYTHON) bench/bench.py --runs $(RUNS) --protocol $(PROTOCOL)
 bench-smoke: all $(BENCH_PLUGINS) $(BUILD)/bench/floor
-	@BUILD=$(BUILD) $(PYTHON) bench/bench.py --smoke
+	@BUILD=$(BUILD) $(PYTHON) bench/bench.py --smoke --protocol 1.0b3
+	@BUILD=$(BUILD) $(PYTHON) bench/bench.py --smoke --protocol 1.0b14
 
 install: all
 	install -Dm0755 $(BUILD)/avtworkerd $(DESTDIR)$(BINDIR)/avtworkerd
