@@ -1350,6 +1350,12 @@ static struct cfg *cfg_new_defaults(void)
 
 /* ---- Public API ------------------------------------------------------------ */
 
+const char *cfg_protocol_name(int protocol)
+{
+    return protocol >= 0 && (size_t)protocol < ARRAY_LEN(protocol_names) ? protocol_names[protocol]
+                                                                         : "auto";
+}
+
 int cfg_load(const char *path, struct cfg **out, char *err, size_t errlen)
 {
     struct loader ld = {.err = err, .errlen = errlen};

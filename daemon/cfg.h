@@ -45,6 +45,9 @@ enum cfg_protocol {
     CFG_PROTOCOL_1_0B14, /* RXON 1.0b14, Avtomatika 1.0b27 */
 };
 
+/* "auto", "1.0b3" or "1.0b14". */
+const char *cfg_protocol_name(int protocol);
+
 /* [orchestrator] access_tokens / WORKER_ACCESS_TOKENS: STS access tokens. */
 enum cfg_access_tokens {
     CFG_ACCESS_AUTO, /* with a client certificate (1.0b3 issues them only then) */

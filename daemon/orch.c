@@ -1122,8 +1122,24 @@ static void reconfigure_ws(struct orch *o, int token_changed)
         start_ws(o);
 }
 
+/* The protocol this orchestrator's entry asks for in cfg (its own when the
+ * entry is gone: orchset tells about a changed list). */
+static int wanted_protocol(const struct orch *o, const struct cfg *cfg)
+{
+    for (size_t i = 0; i < cfg->norchs; i++) {
+        if (strcmp(cfg->orchs[i].url, o->url) == 0)
+            return cfg->orchs[i].protocol;
+    }
+    return cfg->norchs > 0 ? o->protocol : cfg->protocol;
+}
+
 void orch_reconfigure(struct orch *o, const struct cfg *cfg, const struct plugin_set *plugins)
 {
+    int want = wanted_protocol(o, cfg);
+    if (want != o->protocol)
+        log_warn("reload: %s: protocol changed to %s; it takes effect at the next restart (still "
+                 "%s)",
+                 o->name, cfg_protocol_name(want), cfg_protocol_name(o->protocol));
     char *old_token = o->header_token != NULL ? xstrdup(o->header_token) : NULL;
     int skills_changed = !same_types(o->plugins, plugins);
     o->cfg = cfg;

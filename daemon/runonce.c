@@ -5,7 +5,8 @@
  * pool (so [limits], the worker threads and the outcome mapping are the
  * real ones), and the loop thread is a private libev loop woken through
  * the worker-to-loop queue (evq.h), exactly like the daemon's. The result body that
- * would be sent is printed on stdout; progress goes to stderr. SIGINT (and
+ * would be sent is printed on stdout; progress and custom events
+ * (avt_emit_event(), as "event TYPE {payload}") go to stderr. SIGINT (and
  * SIGTERM) cancel the task as the orchestrator would; a second one exits at
  * once with status 130 for handlers that never look at is_cancelled().
  */
@@ -146,6 +147,20 @@ static void show_progress(struct runonce *ro, double percent, const char *messag
     free(msg);
 }
 
+/* A custom event, one line on stderr, as it would reach the orchestrator. */
+static void show_event(struct runonce *ro, const char *type, const json_t *payload)
+{
+    char *text = json_dumps(payload, JSON_COMPACT | JSON_SORT_KEYS);
+    char *name = printable(type);
+
+    if (ro->bar_drawn)
+        fputc('\n', stderr);
+    ro->bar_drawn = 0;
+    fprintf(stderr, "event %s %s\n", name, text != NULL ? text : "{}");
+    free(name);
+    free(text);
+}
+
 static void show_result(struct runonce *ro, struct task *t)
 {
     json_t *result = task_result_json(t, ro->worker_id);
@@ -172,13 +187,15 @@ static void on_wake(struct ev_loop *loop, ev_async *w, int revents)
         next = ev->next;
         if (ev->kind == EVQ_PROGRESS) {
             show_progress(ro, ev->percent, ev->message);
+        } else if (ev->kind == EVQ_EVENT) {
+            show_event(ro, ev->name, ev->payload);
         } else if (ev->kind == EVQ_DONE) {
             show_result(ro, ev->task);
             pool_release(ro->pool);
             ro->done = 1;
             ev_break(loop, EVBREAK_ALL);
         }
-        /* Hot-cache changes and events mean nothing without an orchestrator. */
+        /* Hot-cache changes mean nothing without an orchestrator. */
         evq_event_free(ev);
     }
 }
@@ -241,6 +258,7 @@ static int run_task(struct runonce *ro, const struct cfg *cfg, const char *plugi
     snprintf(id, sizeof(id), "run-once-%ld", (long)getpid());
     ro->task = task_create(id, id, type, params);
     ro->task->plugin = plugin_set_find(set, type);
+    ro->task->events_ok = 1; /* shown on stderr */
     if (pool_submit(ro->pool, ro->task) < 0) {
         fprintf(stderr, "run-once: the pool has no free slot\n"); /* cannot happen */
         task_destroy(ro->task);

@@ -11,7 +11,8 @@ custom events (WebSocket and HTTP); custom events refused on 1.0b3; heartbeat
 statuses, job ids, usage and capabilities; draining then offline; cancels by
 job id; stale results counted; the task's deadline; access and refresh
 tokens; the operator's advice for a wrong key, a skewed clock, a refused
-member and a forced 1.0b3; a result that cannot be signed."""
+member and a forced 1.0b3; a result that cannot be signed; a reload that
+changes the protocol (kept until a restart, and said)."""
 import json
 import os
 import re
@@ -125,6 +126,25 @@ def auto_detects_1_0b14_and_every_message_is_signed(t):
         reg = o.log(path="/_worker/workers/register")[0]["body"]
         check(all(isinstance(s, dict) for s in reg["supported_skills"]), reg)
         check(reg["skills_hash"] and len(reg["skills_hash"]) == 64, reg)
+        rc, err = stop(p)
+        check(rc == 0, rc, err[-2000:])
+
+
+@test
+def a_reload_keeps_the_protocol_and_says_so(t):
+    with orch14() as o:
+        conf = ini(t)
+        p = start(t, o, conf)
+        with open(conf) as f:
+            text = f.read()
+        with open(conf, "w") as f:
+            f.write(text.replace("[orchestrator]\n", "[orchestrator]\nprotocol = 1.0b3\n"))
+        p.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded:" in p.log(), what="reload")
+        check(log_has(p, "protocol changed to 1.0b3; it takes effect at the next restart (still auto)"),
+              p.log()[-2000:])
+        jid = o.create_job("echo", {"after": "reload"})
+        check(o.wait_jobs([jid], timeout=20)[0]["status"] == "finished", "not served in 1.0b14")
         rc, err = stop(p)
         check(rc == 0, rc, err[-2000:])
 

@@ -3,7 +3,8 @@
 plugin t_behave): the exact result body on stdout, params from the command
 line, a file and stdin, usage errors (exit 64), plugin refusal (exit 78),
 every failure mapping, progress on stderr (lines, and the live bar on a
-TTY), and SIGINT cancelling the task."""
+TTY), custom events on stderr (avt_emit_event() succeeds: there is no
+orchestrator to refuse them), and SIGINT cancelling the task."""
 import json
 import os
 import pty
@@ -172,6 +173,17 @@ def progress_lines_on_stderr(t):
     check(pcts == sorted(pcts), lines)
     check(all(re.fullmatch(r"progress (25|50|75|100)% part [1-4]", l) for l in lines), lines)
     check("progress" not in r.stdout, r.stdout)
+
+
+@test
+def custom_events_on_stderr(t):
+    r = run_once(t, "t_event", '{"n": 3, "event": "tile_done"}')
+    check(r.returncode == 0, r.stderr)
+    res = result_of(r)
+    check(res["data"]["rc"] == 0, res)  # not -ENOTSUP: run-once takes events
+    lines = [l for l in r.stderr.splitlines() if l.startswith("event ")]
+    check(lines == ['event tile_done {"i":%d,"tag":"from t_event"}' % i for i in range(3)], r.stderr)
+    check("1.0b3" not in r.stderr, r.stderr)
 
 
 @test
