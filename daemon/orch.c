@@ -65,8 +65,9 @@ struct orch {
     char *name, *url; /* this orchestrator: its cfg_orch name and base URL */
     char *url_poll, *url_heartbeat, *url_register, *url_result, *url_ws, *url_events, *url_status,
         *url_probe;
-    char *header_token; /* the token in `headers`, to notice a change */
-    char **headers;     /* NULL-terminated "Name: value" */
+    char *header_token;    /* the token in `headers`, to notice a change */
+    char **headers;        /* NULL-terminated "Name: value" */
+    char **static_headers; /* the same with the static token: access-token requests */
     void (*sched)(void *arg);
     void *sched_arg;
     struct sts *sts;
@@ -229,18 +230,39 @@ static int same_str(const char *a, const char *b)
     return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
 }
 
-/* (Re)build the headers every request copies; a WebSocket that is not
- * open picks them up at its next connect, an open one keeps its session. */
-static void build_headers(struct orch *o)
+static void free_headers(char **h)
+{
+    for (char **p = h; p != NULL && *p; p++)
+        free(*p);
+    free(h);
+}
+
+/* The headers of a request authenticated with `token` (may be NULL). */
+static char **make_headers(const struct orch *o, const char *token)
 {
     int n = 0;
-    const char *token = sts_token(o->sts) != NULL ? sts_token(o->sts) : static_token(o);
-    for (char **h = o->headers; h != NULL && *h; h++)
-        free(*h);
-    free(o->headers);
-    o->headers = xcalloc(5, sizeof(char *));
+    char **h = xcalloc(5, sizeof(char *));
     if (token != NULL)
-        o->headers[n++] = xasprintf("X-Worker-Token: %s", token);
+        h[n++] = xasprintf("X-Worker-Token: %s", token);
+    if (o->dialect->worker_id_header)
+        h[n++] = xasprintf("X-Worker-ID: %s", o->cfg->worker_id);
+    h[n++] = xasprintf("X-RXON-Version: %s", o->dialect->version);
+    h[n++] = xstrdup("Content-Type: application/json");
+    h[n] = NULL;
+    return h;
+}
+
+/* (Re)build the headers every request copies; a WebSocket that is not
+ * open picks them up at its next connect, an open one keeps its session.
+ * Access-token requests always carry the static token (static_headers):
+ * an expired or forgotten access token cannot buy its own successor. */
+static void build_headers(struct orch *o)
+{
+    const char *token = sts_token(o->sts) != NULL ? sts_token(o->sts) : static_token(o);
+    free_headers(o->headers);
+    o->headers = make_headers(o, token);
+    free_headers(o->static_headers);
+    o->static_headers = make_headers(o, static_token(o));
     if (o->ws != NULL && !ws_is_open(o->ws) && !same_str(o->header_token, token)) {
         ws_destroy(o->ws);
         o->ws = NULL;
@@ -249,11 +271,6 @@ static void build_headers(struct orch *o)
     }
     free(o->header_token);
     o->header_token = token != NULL ? xstrdup(token) : NULL;
-    if (o->dialect->worker_id_header)
-        o->headers[n++] = xasprintf("X-Worker-ID: %s", o->cfg->worker_id);
-    o->headers[n++] = xasprintf("X-RXON-Version: %s", o->dialect->version);
-    o->headers[n++] = xstrdup("Content-Type: application/json");
-    o->headers[n] = NULL;
 }
 
 static const char *const *headers(const struct orch *o)
@@ -726,7 +743,8 @@ static void start_ws(struct orch *o)
 
 static const char *const *sts_headers(void *arg)
 {
-    return headers(arg);
+    const struct orch *o = arg;
+    return (const char *const *)o->static_headers;
 }
 
 static void sts_adopted(void *arg)
@@ -1035,9 +1053,8 @@ void orch_destroy(struct orch *o)
     if (o->detect_req)
         http_cancel(o->detect_req);
     ws_destroy(o->ws);
-    for (char **h = o->headers; *h; h++)
-        free(*h);
-    free(o->headers);
+    free_headers(o->headers);
+    free_headers(o->static_headers);
     char *urls[] = {o->url_register, o->url_result, o->url_poll,    o->url_heartbeat,
                     o->url_ws,       o->url_events, o->url_status,  o->url_probe,
                     o->name,         o->url,        o->header_token};

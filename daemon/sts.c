@@ -38,10 +38,12 @@ struct sts {
     char *refresh_token; /* 1.0b14: renews the access token without the static one */
     char *url_refresh;
     double renewed_at; /* now_mono() of the last token obtained */
+    double expires_at; /* now_mono() when the token in force runs out */
     struct http_req *req;
     ev_timer timer; /* renewal, or the retry after a failure */
     struct backoff backoff, refused_backoff;
     int refreshing;       /* the request in flight uses the refresh token */
+    int after_refusal;    /* the request in flight renews a refused token */
     double refused_after; /* a refusal may trigger a renewal again from then on */
     int tried;            /* the first attempt is over */
     int told_rate_limit;
@@ -140,6 +142,7 @@ static void adopt(struct sts *s, const char *token, const char *refresh, double 
         s->refresh_token = xstrdup(refresh);
     }
     s->renewed_at = now_mono();
+    s->expires_at = s->renewed_at + expires_in;
     s->hooks.adopted(s->arg);
     double renew = expires_in * STS_RENEW_AT;
     if (renew < STS_RENEW_MIN)
@@ -148,6 +151,15 @@ static void adopt(struct sts *s, const char *token, const char *refresh, double 
     s->obtained++;
     timer_after(s, renew);
     log_info("access token from %s: valid %.0f s, renewed in %.0f s", s->url, expires_in, renew);
+}
+
+/* Back to the static token for the session's requests (1.0b14 1.5: refresh
+ * once, then fall back to the static token). */
+static void drop_token(struct sts *s, const char *why)
+{
+    log_warn("%s: %s: going on with the configured token until a new one comes", s->url, why);
+    free_and_null(s->token);
+    s->hooks.adopted(s->arg);
 }
 
 static double failed(struct sts *s, const struct http_response *r)
@@ -185,14 +197,22 @@ static int usable(json_t *j, const char **token, double *expires_in)
     return *token != NULL && **token != '\0' && strpbrk(*token, "\r\n") == NULL && *expires_in > 0;
 }
 
+/* A refresh that failed because the refresh token was refused (and not
+ * because the orchestrator could not answer): ask anew with the static one. */
+static int refresh_refused(const struct http_response *r)
+{
+    return r->status >= 400 && r->status < 500 && r->status != 408 && r->status != 429;
+}
+
 static void on_answer(void *arg, const struct http_response *r)
 {
     struct sts *s = arg;
     s->req = NULL;
     if (r->cancelled)
         return;
-    int first = !s->tried;
+    int first = !s->tried, after_refusal = s->after_refusal;
     s->tried = 1;
+    s->after_refusal = 0;
     json_t *j = r->status == 200 ? json_loadb(r->body, r->len, 0, NULL) : NULL;
     const char *token;
     double expires_in;
@@ -200,14 +220,14 @@ static void on_answer(void *arg, const struct http_response *r)
         const char *refresh = json_string_value(json_object_get(j, "refresh_token"));
         adopt(s, token, refresh != NULL && strpbrk(refresh, "\r\n\"\\") == NULL ? refresh : NULL,
               expires_in);
-    } else if (s->refreshing) {
+    } else if (s->refreshing && refresh_refused(r)) {
         /* The refresh token was refused or lost: ask with the static token. */
-        log_notice("access token: renewing with the refresh token failed (%ld); asking anew",
+        log_notice("access token: %s refused the refresh token (%ld); asking anew", s->url,
                    r->status);
         free_and_null(s->refresh_token);
-        s->refreshing = 0;
         json_decref(j);
         request(s);
+        s->after_refusal = after_refusal && s->req != NULL;
         return;
     } else {
         double d;
@@ -217,6 +237,10 @@ static void on_answer(void *arg, const struct http_response *r)
         } else {
             d = failed(s, r);
         }
+        if (s->token != NULL && after_refusal)
+            drop_token(s, "the refused access token could not be renewed");
+        else if (s->token != NULL && now_mono() >= s->expires_at)
+            drop_token(s, "the access token expired and could not be renewed");
         log_info("access token: asking again in %.1f s%s", d,
                  s->token != NULL ? " (the current one stays in use)" : "");
         timer_after(s, d);
@@ -263,6 +287,7 @@ int sts_begin(struct sts *s)
 void sts_credential_ok(struct sts *s)
 {
     backoff_reset(&s->refused_backoff);
+    s->refused_after = 0;
 }
 
 int sts_after_refusal(struct sts *s)
@@ -282,6 +307,7 @@ int sts_after_refusal(struct sts *s)
         s->refused_after = now + backoff_next(&s->refused_backoff);
         log_notice("%s answered %ld: renewing the access token", s->url, s->dialect->auth_status);
         request(s);
+        s->after_refusal = s->req != NULL;
     }
     return 1;
 }

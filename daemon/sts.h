@@ -5,8 +5,9 @@
  * registers, uses it as its X-Worker-Token, renews it at 80 % of its
  * expires_in (with RXON 1.0b14 through /_worker/auth/token/refresh and its
  * refresh token) and after a refused credential (once per burst of
- * refusals, then with backoff; a fresh token refused again is dropped for
- * the static token), and never touches running tasks, the poll in flight
+ * refusals, then with backoff; a fresh token refused again, a refused token
+ * that cannot be renewed and an expired one are dropped for the static token
+ * until a new one comes), and never touches running tasks, the poll in flight
  * or an open WebSocket when it does. The access token only authenticates:
  * 1.0b14 messages are always signed with the static token.
  *
@@ -25,7 +26,8 @@ struct http;
 struct sts;
 
 struct sts_hooks {
-    /* The headers a token request carries (the session's current ones). */
+    /* The headers a token request carries: the session's, with the static
+     * token (never an access token, which may be the one that expired). */
     const char *const *(*headers)(void *arg);
     /* A new token is in force (sts_token()): rebuild the headers. */
     void (*adopted)(void *arg);

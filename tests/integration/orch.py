@@ -329,6 +329,10 @@ class FakeOrch:
         """Let the worker's TTL lapse now (its record is purged, its queue kept)."""
         return self._json("POST", "/_test/expire", {"worker_id": worker_id})
 
+    def expire_tokens(self):
+        """Every STS access and refresh token runs out now."""
+        return self._json("POST", "/_test/expire", {"sts": True})
+
     def config(self, **settings):
         """Change settings at runtime (poll_timeout, worker_ttl, max_retries,
         task_timeout, watcher_interval, queue_when_no_worker, log_requests,

@@ -10,7 +10,7 @@ versions serving one pool; skills as objects and the full sync; progress and
 custom events (WebSocket and HTTP); custom events refused on 1.0b3; heartbeat
 statuses, job ids, usage and capabilities; draining then offline; cancels by
 job id; stale results counted; the task's deadline; access and refresh
-tokens; the operator's advice for a wrong key, a skewed clock, a refused
+tokens, and tokens that ran out; the operator's advice for a wrong key, a skewed clock, a refused
 member and a forced 1.0b3; a result that cannot be signed; a reload that
 changes the protocol (kept until a restart, and said)."""
 import json
@@ -384,6 +384,33 @@ def access_and_refresh_tokens_authenticate_but_never_sign(t):
         check(refresh["status"] == 200 and "refresh_token" in refresh["body"], refresh)
         check(o.token not in p.log(), "the token was logged")
         stop(p)
+
+
+@test
+def tokens_that_ran_out_are_replaced_with_the_static_token(t):
+    """The orchestrator forgets every token: the next request is refused,
+    the refresh token is refused too, and the token route is asked with the
+    static token (not with the dead access token), so work goes on."""
+    with orch14() as o:
+        p = start(t, o, ini(t, extra_orch="access_tokens = on"))
+        wait_for(lambda: len(o.log(path="/_worker/auth/token")) >= 1, what="the first token")
+        check(o.wait_jobs([o.create_job("echo", {"i": 0})])[0]["status"] == "finished")
+        # Older than 5 s: a refused token that young is dropped, not renewed.
+        time.sleep(5.5)
+        o.expire_tokens()
+        wait_for(lambda: any(r["status"] == 403 for r in o.log(path="/_worker/auth/token/refresh")),
+                 timeout=30, what="the refused refresh")
+        token_route = lambda: [r for r in o.log(path="/_worker/auth/token")  # noqa: E731
+                               if r["path"] == "/_worker/auth/token"]
+        wait_for(lambda: len(token_route()) >= 2, timeout=30, what="a new token from the token route")
+        second = token_route()[1]
+        check(second["status"] == 200 and second["headers"].get("X-Worker-Token") == o.token, second)
+        refresh = o.log(path="/_worker/auth/token/refresh")[-1]
+        check(refresh["headers"].get("X-Worker-ID") == WID, refresh)
+        ids = [o.create_job("echo", {"i": i}) for i in range(1, 4)]
+        check(all(j["status"] == "finished" for j in o.wait_jobs(ids, timeout=30)))
+        rc, err = stop(p)
+        check(rc == 0, rc, err[-2000:])
 
 
 @test

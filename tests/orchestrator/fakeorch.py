@@ -82,7 +82,7 @@ ID_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
 TERMINAL = {"finished", "failed", "error", "quarantined"}
 PERMANENT_CODES = {"PERMANENT_ERROR", "SECURITY_ERROR", "DEPENDENCY_ERROR"}
 FAULT_KINDS = {"register", "poll", "heartbeat", "result", "event", "ws", "sts", "api", "public", "any"}
-LOGGED_HEADERS = ("X-Worker-Token", "X-RXON-Version", "Content-Type", "Content-Length",
+LOGGED_HEADERS = ("X-Worker-Token", "X-Worker-ID", "X-RXON-Version", "Content-Type", "Content-Length",
                   "Accept-Encoding", "Content-Encoding", "User-Agent", "Transfer-Encoding")
 LOGGED_RESP_HEADERS = ("X-RXON-Version", "Content-Encoding", "Retry-After", "Content-Type")
 
@@ -1214,7 +1214,13 @@ async def t_faults(request):
 
 async def t_expire(request):
     o = orch_of(request)
-    wid = (await request.json()).get("worker_id")
+    body = await request.json()
+    if body.get("sts"):  # every access and refresh token runs out now
+        n = len(o.sts) + len(o.sts_refresh)
+        o.sts.clear()
+        o.sts_refresh.clear()
+        return api_json({"status": "expired", "tokens": n})
+    wid = body.get("worker_id")
     known = wid in o.workers
     o.ttl[wid] = time.monotonic() - 1
     o.purge_expired()
@@ -1655,6 +1661,7 @@ POST /_test/fault {kind, ...}     the next `count` requests of `kind` (register,
     happen, e.g. a result is applied) and then applies the fault to the answer.
 GET|DELETE /_test/faults          list / clear queued faults
 POST /_test/expire {worker_id}    the worker's TTL lapses now (record purged, queue kept)
+POST /_test/expire {sts: true}    every STS access and refresh token runs out now
 GET|POST /_test/config {...}      poll_timeout, worker_ttl, max_retries, task_timeout, watcher_interval,
                                   queue_when_no_worker, log_requests, keep_results, ws_unregister_quirk,
                                   client_token, worker_token, worker_tokens {id: token}, gzip, timings,
