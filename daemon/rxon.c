@@ -1,7 +1,8 @@
 /*
  * rxon.c - what the wire dialects share (rxon.h): the operator's excerpt of
- * an answer, the result-answer reader (the same in both versions), the
- * clearing of a command, and the random ids of events.
+ * an answer, the readers of result, heartbeat and register answers (the
+ * same in both versions but for a few knobs), the clearing of a command,
+ * and the random ids of events.
  */
 #include "rxon.h"
 
@@ -51,6 +52,46 @@ int rxon_parse_result_answer(const char *body, size_t len, char *out, size_t out
     }
     json_decref(j);
     return ignored;
+}
+
+enum rxon_hb_answer rxon_parse_heartbeat_answer(const char *body, size_t len, int probe,
+                                                enum rxon_cancel_kind kind, int full_sync,
+                                                rxon_cancel_fn on_cancel, void *arg)
+{
+    enum rxon_hb_answer rc = RXON_HB_OK;
+    json_t *j = json_loadb(body, len, JSON_DECODE_ANY, NULL);
+    if (probe && (j == NULL || json_is_null(j))) {
+        rc = RXON_HB_EXPIRED; /* the only reliable "you expired" signal (2.3, 3.6; 1.0b14 3.2) */
+    } else if (json_is_object(j)) {
+        size_t i;
+        json_t *v;
+        json_array_foreach(json_object_get(j, "cancel_task_ids"), i, v)
+        {
+            if (json_is_string(v))
+                on_cancel(arg, kind, json_string_value(v));
+        }
+        if (full_sync && json_is_true(json_object_get(j, "require_full_sync")))
+            rc = RXON_HB_RESYNC;
+    } else if (!probe) {
+        rc = RXON_HB_UNEXPECTED;
+    }
+    json_decref(j);
+    return rc;
+}
+
+enum rxon_register_answer rxon_parse_register_answer(const char *body, size_t len,
+                                                     const char *version, char **warning)
+{
+    json_t *j = json_loadb(body, len, 0, NULL);
+    const char *status = json_string_value(json_object_get(j, "status"));
+    const char *v = json_string_value(json_object_get(j, "version"));
+    const char *w = json_string_value(json_object_get(j, "warning"));
+    enum rxon_register_answer rc = RXON_REG_UNEXPECTED;
+    if (status != NULL && strcmp(status, "registered") == 0)
+        rc = v != NULL && strcmp(v, version) != 0 ? RXON_REG_WRONG_VERSION : RXON_REG_OK;
+    *warning = w != NULL ? xstrdup(w) : NULL;
+    json_decref(j);
+    return rc;
 }
 
 void rxon_uuid4(char out[37])

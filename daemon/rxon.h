@@ -199,6 +199,21 @@ extern const struct rxon_dialect rxon_b14;
 /* The result-answer reader both versions share (parse_result_answer). */
 int rxon_parse_result_answer(const char *body, size_t len, char *out, size_t outlen);
 
+/* The heartbeat-answer reader both versions share: a probe (a heartbeat
+ * without a body) answered null or not JSON is EXPIRED; the ids of
+ * cancel_task_ids go to on_cancel as `kind`; with `full_sync`,
+ * "require_full_sync": true is RESYNC; anything but an object for a
+ * heartbeat with a body is UNEXPECTED. */
+enum rxon_hb_answer rxon_parse_heartbeat_answer(const char *body, size_t len, int probe,
+                                                enum rxon_cancel_kind kind, int full_sync,
+                                                rxon_cancel_fn on_cancel, void *arg);
+
+/* The register-answer reader both versions share: "registered" is OK, or
+ * WRONG_VERSION when the answer names a version other than `version`;
+ * the answer's warning, if any, into *warning (free it). */
+enum rxon_register_answer rxon_parse_register_answer(const char *body, size_t len,
+                                                     const char *version, char **warning);
+
 /* A random RFC 4122 version-4 UUID, lowercase, into out. */
 void rxon_uuid4(char out[37]);
 

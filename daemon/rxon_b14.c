@@ -380,41 +380,14 @@ static int b14_parse_task(const char *buf, size_t len, struct task **out, char *
 static enum rxon_hb_answer b14_parse_heartbeat_answer(const char *body, size_t len, int probe,
                                                       rxon_cancel_fn on_cancel, void *arg)
 {
-    enum rxon_hb_answer rc = RXON_HB_OK;
-    json_t *j = json_loadb(body, len, JSON_DECODE_ANY, NULL);
-    if (probe && (j == NULL || json_is_null(j))) {
-        rc = RXON_HB_EXPIRED; /* still the only "you expired" signal (3.2) */
-    } else if (json_is_object(j)) {
-        size_t i;
-        json_t *v;
-        json_array_foreach(json_object_get(j, "cancel_task_ids"), i, v)
-        {
-            if (json_is_string(v))
-                on_cancel(arg, RXON_CANCEL_JOB, json_string_value(v));
-        }
-        if (json_is_true(json_object_get(j, "require_full_sync")))
-            rc = RXON_HB_RESYNC;
-    } else if (!probe) {
-        rc = RXON_HB_UNEXPECTED;
-    }
-    json_decref(j);
-    return rc;
+    /* cancel_task_ids are job ids (6); require_full_sync is new (3.2) */
+    return rxon_parse_heartbeat_answer(body, len, probe, RXON_CANCEL_JOB, 1, on_cancel, arg);
 }
 
 static enum rxon_register_answer b14_parse_register_answer(const char *body, size_t len,
                                                            char **warning)
 {
-    json_t *j = json_loadb(body, len, 0, NULL);
-    const char *status = json_string_value(json_object_get(j, "status"));
-    const char *version = json_string_value(json_object_get(j, "version"));
-    const char *w = json_string_value(json_object_get(j, "warning"));
-    enum rxon_register_answer rc = RXON_REG_UNEXPECTED;
-    if (status != NULL && strcmp(status, "registered") == 0)
-        rc =
-            version != NULL && strcmp(version, VERSION) != 0 ? RXON_REG_WRONG_VERSION : RXON_REG_OK;
-    *warning = w != NULL ? xstrdup(w) : NULL;
-    json_decref(j);
-    return rc;
+    return rxon_parse_register_answer(body, len, VERSION, warning);
 }
 
 static int b14_parse_event_answer(const char *body, size_t len, char *out, size_t outlen)

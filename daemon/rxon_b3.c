@@ -107,39 +107,16 @@ static int b3_result_wire(const struct rxon_worker *w, const char *record, size_
 static enum rxon_hb_answer b3_parse_heartbeat_answer(const char *body, size_t len, int probe,
                                                      rxon_cancel_fn on_cancel, void *arg)
 {
-    enum rxon_hb_answer rc = RXON_HB_OK;
-    json_t *j = json_loadb(body, len, JSON_DECODE_ANY, NULL);
-    if (probe && (j == NULL || json_is_null(j))) {
-        rc = RXON_HB_EXPIRED; /* the only reliable "you expired" signal (2.3, 3.6) */
-    } else if (json_is_object(j)) {
-        json_t *ids = json_object_get(j, "cancel_task_ids");
-        size_t i;
-        json_t *v;
-        json_array_foreach(ids, i, v)
-        {
-            if (json_is_string(v))
-                on_cancel(arg, RXON_CANCEL_TASK_IS_JOB, json_string_value(v));
-        }
-    } else if (!probe) {
-        rc = RXON_HB_UNEXPECTED;
-    }
-    json_decref(j);
-    return rc;
+    return rxon_parse_heartbeat_answer(body, len, probe, RXON_CANCEL_TASK_IS_JOB, 0, on_cancel,
+                                       arg);
 }
 
 static enum rxon_register_answer b3_parse_register_answer(const char *body, size_t len,
                                                           char **warning)
 {
-    json_t *j = json_loadb(body, len, 0, NULL);
-    const char *status = json_string_value(json_object_get(j, "status"));
-    const char *version = json_string_value(json_object_get(j, "version"));
-    const char *w = json_string_value(json_object_get(j, "warning"));
-    enum rxon_register_answer rc = RXON_REG_UNEXPECTED;
-    if (status != NULL && strcmp(status, "registered") == 0)
-        rc =
-            version != NULL && strcmp(version, "1.0b3") != 0 ? RXON_REG_WRONG_VERSION : RXON_REG_OK;
-    *warning = rc != RXON_REG_UNEXPECTED && w != NULL ? xstrdup(w) : NULL;
-    json_decref(j);
+    enum rxon_register_answer rc = rxon_parse_register_answer(body, len, "1.0b3", warning);
+    if (rc == RXON_REG_UNEXPECTED) /* 1.0b13 warns only about a registration it made */
+        free_and_null(*warning);
     return rc;
 }
 

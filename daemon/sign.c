@@ -13,7 +13,6 @@
 
 #include <errno.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,20 +118,8 @@ out:
     return rc;
 }
 
-/* Like fmt_err(), for a signature that does not verify: returns -EPERM. */
-static int perm_err(char *why, size_t whylen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int perm_err(char *why, size_t whylen, const char *fmt, ...)
-{
-    if (why != NULL && whylen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(why, whylen, fmt, ap);
-        va_end(ap);
-    }
-    return -EPERM;
-}
+/* fmt_err() for a signature that does not verify: -EPERM. */
+#define perm_err(why, whylen, ...) (fmt_err(why, whylen, __VA_ARGS__), -EPERM)
 
 /* The top-level security.signature of body as canonical JSON text, which
  * for a string of hex digits is the digits in quotes. */

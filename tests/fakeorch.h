@@ -26,6 +26,7 @@ struct fo {
     pid_t pid;
     char base[64];
     char port_file[64];
+    const char *ca_file; /* the CA to trust when base is https://, or NULL */
 };
 
 struct fo_buf {
@@ -95,13 +96,18 @@ static __attribute__((unused)) void fo_stop(struct fo *f)
     unlink(f->port_file);
 }
 
-/* A request to the fake; the answer's JSON (decref it) or NULL. */
-static __attribute__((unused)) json_t *fo_call(struct fo *f, const char *method, const char *path,
-                                               const char *body, long *status)
+/* A request to the fake with extra headers (NULL-terminated, may be NULL):
+ * its control API, or a worker route with the worker's headers. The
+ * answer's JSON (decref it) or NULL; its status in *status (may be NULL). */
+static __attribute__((unused)) json_t *fo_request(struct fo *f, const char *method,
+                                                  const char *path, const char *const *hdrs,
+                                                  const char *body, long *status)
 {
     char url[512];
     struct fo_buf b = {0};
     struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    for (int i = 0; hdrs != NULL && hdrs[i] != NULL; i++)
+        h = curl_slist_append(h, hdrs[i]);
     CURL *c = curl_easy_init();
     snprintf(url, sizeof(url), "%s%s", f->base, path);
     curl_easy_setopt(c, CURLOPT_URL, url);
@@ -110,6 +116,8 @@ static __attribute__((unused)) json_t *fo_call(struct fo *f, const char *method,
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, fo_write);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
+    if (f->ca_file != NULL)
+        curl_easy_setopt(c, CURLOPT_CAINFO, f->ca_file);
     if (body != NULL)
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
     long st = 0;
@@ -122,6 +130,13 @@ static __attribute__((unused)) json_t *fo_call(struct fo *f, const char *method,
     json_t *j = b.p != NULL ? json_loads(b.p, JSON_DECODE_ANY, NULL) : NULL;
     free(b.p);
     return j;
+}
+
+/* A request to the fake; the answer's JSON (decref it) or NULL. */
+static __attribute__((unused)) json_t *fo_call(struct fo *f, const char *method, const char *path,
+                                               const char *body, long *status)
+{
+    return fo_request(f, method, path, NULL, body, status);
 }
 
 /* The request log rows whose path contains `path` (decref). */

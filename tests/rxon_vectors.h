@@ -14,6 +14,8 @@
 
 #include <jansson.h>
 
+#include "tap.h"
+
 #define RXON_VECTORS_MAIN "signature_vectors.json"
 #define RXON_VECTORS_EXTRA "signature_vectors_extra.json"
 #define RXON_IGNORE_MAX 8
@@ -78,6 +80,28 @@ static inline char *rxon_hex(const char *s, size_t n)
     }
     h[2 * n] = '\0';
     return h;
+}
+
+/* Every vector of `file` through check (1 = it passed): all must pass, and
+ * there must be want_count of them; "# file: n of m vectors <what>". */
+static inline void rxon_vectors_check(const char *file, size_t want_count,
+                                      int (*check)(const json_t *v), const char *what)
+{
+    json_t *vectors = rxon_vectors_load(file), *v;
+    size_t i, passed = 0;
+
+    if (vectors == NULL) {
+        TAP_FAIL_("no vectors in %s", file);
+        return;
+    }
+    json_array_foreach(vectors, i, v)
+    {
+        passed += (size_t)check(v);
+    }
+    EXPECT_EQ_INT(json_array_size(vectors), want_count);
+    EXPECT_EQ_INT(passed, json_array_size(vectors));
+    printf("# %s: %zu of %zu vectors %s\n", file, passed, json_array_size(vectors), what);
+    json_decref(vectors);
 }
 
 #endif /* AVT_TESTS_RXON_VECTORS_H */

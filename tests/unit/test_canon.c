@@ -100,22 +100,7 @@ static int check_vector(const json_t *v)
 
 static void check_file(const char *file, size_t want_count)
 {
-    json_t *vectors = rxon_vectors_load(file);
-    size_t i, passed = 0;
-    json_t *v;
-
-    if (vectors == NULL) {
-        TAP_FAIL_("no vectors in %s", file);
-        return;
-    }
-    json_array_foreach(vectors, i, v)
-    {
-        passed += (size_t)check_vector(v);
-    }
-    EXPECT_EQ_INT(json_array_size(vectors), want_count);
-    EXPECT_EQ_INT(passed, json_array_size(vectors));
-    printf("# %s: %zu of %zu vectors match\n", file, passed, json_array_size(vectors));
-    json_decref(vectors);
+    rxon_vectors_check(file, want_count, check_vector, "match");
 }
 
 TEST(vectors_main)

@@ -49,54 +49,19 @@ static struct ev_loop *loop;
 
 /* ---- The fakes ------------------------------------------------------------------ */
 
-/* A blocking request to a fake (its control API, or a worker route with
- * `hdrs`, NULL-terminated, may be NULL): the answer's JSON (decref) or NULL,
- * its status in *status (may be NULL). The loop stands still meanwhile. */
-static json_t *call(struct fo *f, const char *method, const char *path, const char *const *hdrs,
-                    const char *body, long *status)
-{
-    char url[512];
-    struct fo_buf b = {0};
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-    for (int i = 0; hdrs != NULL && hdrs[i] != NULL; i++)
-        h = curl_slist_append(h, hdrs[i]);
-    CURL *c = curl_easy_init();
-    snprintf(url, sizeof(url), "%s%s", f->base, path);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, fo_write);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
-    if (f == &fo3)
-        curl_easy_setopt(c, CURLOPT_CAINFO, ca);
-    if (body != NULL)
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-    long st = 0;
-    if (curl_easy_perform(c) == CURLE_OK)
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &st);
-    curl_easy_cleanup(c);
-    curl_slist_free_all(h);
-    if (status != NULL)
-        *status = st;
-    json_t *j = b.p != NULL ? json_loads(b.p, JSON_DECODE_ANY, NULL) : NULL;
-    free(b.p);
-    return j;
-}
-
 /* A fresh fake issuing tokens valid `expires_in` seconds. */
 static void reset_fake(struct fo *f, double expires_in)
 {
     char body[64];
-    json_decref(call(f, "POST", "/_test/reset", NULL, "{}", NULL));
+    json_decref(fo_request(f, "POST", "/_test/reset", NULL, "{}", NULL));
     snprintf(body, sizeof(body), "{\"sts_expires_in\":%g}", expires_in);
-    json_decref(call(f, "POST", "/_test/config", NULL, body, NULL));
+    json_decref(fo_request(f, "POST", "/_test/config", NULL, body, NULL));
 }
 
 /* The fake's log of token requests, both routes (decref). */
 static json_t *sts_log(struct fo *f)
 {
-    json_t *rows = call(f, "GET", "/_test/log?path=" PATH_TOKEN, NULL, NULL, NULL);
+    json_t *rows = fo_request(f, "GET", "/_test/log?path=" PATH_TOKEN, NULL, NULL, NULL);
     return json_is_array(rows) ? rows : (json_decref(rows), json_array());
 }
 
@@ -137,7 +102,8 @@ static long poll_with(struct fo *f, const char *token)
     long status = 0;
     snprintf(auth, sizeof(auth), "X-Worker-Token: %s", token);
     const char *hdrs[] = {auth, "X-Worker-ID: " WORKER, NULL};
-    json_decref(call(f, "GET", "/_worker/workers/" WORKER "/tasks/next", hdrs, NULL, &status));
+    json_decref(
+        fo_request(f, "GET", "/_worker/workers/" WORKER "/tasks/next", hdrs, NULL, &status));
     return status;
 }
 
@@ -558,8 +524,8 @@ TEST(a_refusal_renews_once_per_burst_and_credential_ok_rearms_it)
      * half of REFUSED_SPACING, far more than one loopback answer; a machine
      * too slow for that skips it. */
     age_token(x);
-    json_decref(call(&fo14, "POST", "/_test/fault", NULL,
-                     "{\"kind\":\"sts\",\"count\":1,\"status\":503,\"body\":{}}", NULL));
+    json_decref(fo_request(&fo14, "POST", "/_test/fault", NULL,
+                           "{\"kind\":\"sts\",\"count\":1,\"status\":503,\"body\":{}}", NULL));
     double t0 = now_mono();
     EXPECT_EQ_INT(sts_after_refusal(x->sts), 1);
     EXPECT_EQ_INT(x->asked, 3);
@@ -661,8 +627,8 @@ TEST(an_outage_across_the_expiry_falls_back_to_the_static_token)
     ASSERT(run_until_obtained(x, 1));
     /* The renewal at 1.6 s and its first retry (0.5-1 s later, after the
      * expiry at 2 s) are answered 503. */
-    json_decref(call(&fo14, "POST", "/_test/fault", NULL,
-                     "{\"kind\":\"sts\",\"count\":2,\"status\":503,\"body\":{}}", NULL));
+    json_decref(fo_request(&fo14, "POST", "/_test/fault", NULL,
+                           "{\"kind\":\"sts\",\"count\":2,\"status\":503,\"body\":{}}", NULL));
     ASSERT(run_until_obtained(x, 2));
     EXPECT_EQ_INT(x->dropped, 1);
     EXPECT_EQ_INT(x->adopted, 3); /* the first, the drop, the next */
@@ -798,6 +764,7 @@ __attribute__((constructor)) static void setup(void)
                                              "--tls-cert", server_cert, "--tls-key", server_key,
                                              "--tls-ca", ca, NULL}) < 0)
         bail_out("cannot start tests/orchestrator/fakeorch.py with TLS");
+    fo3.ca_file = ca;
     long port = strtol(strrchr(fo3.base, ':') + 1, NULL, 10);
     snprintf(fo3.base, sizeof(fo3.base), "https://127.0.0.1:%ld", port);
     loop = ev_loop_new(EVFLAG_AUTO);
