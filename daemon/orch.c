@@ -113,6 +113,7 @@ struct post {
 
 static void start_register(struct orch *o);
 static void send_heartbeat(struct orch *o, int periodic);
+static void heartbeat_out(struct orch *o, int probe);
 static void send_last_heartbeat(struct orch *o);
 
 /* ---- Small helpers ------------------------------------------------------------ */
@@ -316,7 +317,7 @@ static json_t *heartbeat_body(struct orch *o)
 {
     struct rxon_worker w = worker_view(o);
     struct rxon_state st = {.draining = o->draining,
-                            .offline = o->leaving,
+                            .offline = o->left,
                             .free_slots = pool_free_slots(o->env.pool),
                             .skills_now = skills_now(o),
                             .usage = usage_sample(&o->usage, "/proc")};
@@ -380,7 +381,12 @@ static void on_heartbeat(void *arg, const struct http_response *r)
         return;
     count_exchange(o, ORCH_EP_HEARTBEAT, r);
     if (o->leaving && !o->left) {
-        send_last_heartbeat(o); /* the one in flight was the "draining" */
+        if (o->hb_again) { /* the "draining" is still owed: it goes first */
+            o->hb_again = 0;
+            heartbeat_out(o, 0);
+        } else {
+            send_last_heartbeat(o); /* the one in flight was the "draining" */
+        }
         return;
     }
     if (r->status != 200) {
@@ -419,6 +425,16 @@ static void on_heartbeat(void *arg, const struct http_response *r)
     }
 }
 
+/* Sends one heartbeat now: a probe (no body) or the full state. */
+static void heartbeat_out(struct orch *o, int probe)
+{
+    json_t *body = probe ? NULL : heartbeat_body(o);
+    o->hb_probe = probe;
+    o->stats.heartbeats++;
+    o->hb_req = send_body(o, "PATCH", o->url_heartbeat, body, RXON_MSG_HEARTBEAT, on_heartbeat, o);
+    json_decref(body);
+}
+
 static void send_heartbeat(struct orch *o, int periodic)
 {
     if (!o->registered || o->leaving)
@@ -429,12 +445,7 @@ static void send_heartbeat(struct orch *o, int periodic)
     }
     if (now_mono() < o->hb_paused_until)
         return;
-    int probe = periodic && o->cfg->probe_every > 0 && ++o->beats % o->cfg->probe_every == 0;
-    json_t *body = probe ? NULL : heartbeat_body(o);
-    o->hb_probe = probe;
-    o->stats.heartbeats++;
-    o->hb_req = send_body(o, "PATCH", o->url_heartbeat, body, RXON_MSG_HEARTBEAT, on_heartbeat, o);
-    json_decref(body);
+    heartbeat_out(o, periodic && o->cfg->probe_every > 0 && ++o->beats % o->cfg->probe_every == 0);
 }
 
 static void on_hb_periodic(struct ev_loop *loop, ev_timer *w, int revents)
@@ -1079,11 +1090,7 @@ void orch_drain(struct orch *o)
 static void send_last_heartbeat(struct orch *o)
 {
     o->left = 1;
-    json_t *body = heartbeat_body(o);
-    o->hb_probe = 0;
-    o->stats.heartbeats++;
-    o->hb_req = send_body(o, "PATCH", o->url_heartbeat, body, RXON_MSG_HEARTBEAT, on_heartbeat, o);
-    json_decref(body);
+    heartbeat_out(o, 0);
 }
 
 int orch_leave(struct orch *o)

@@ -301,6 +301,19 @@ def heartbeats_carry_job_ids_statuses_usage_and_capabilities(t):
 
 
 @test
+def draining_goes_out_before_offline_when_a_heartbeat_is_in_flight_at_stop(t):
+    with orch14() as o:
+        p = start(t, o, ini(t, hb=0.3))
+        wait_for(lambda: len(heartbeats(o)) >= 1, what="a heartbeat")
+        o.inject("heartbeat", "slow", delay=1.0)
+        # The server now holds a heartbeat: the stop comes while it is in flight.
+        wait_for(lambda: o.stats()["counters"].get("fault_slow", 0) >= 1, what="a held heartbeat")
+        rc, err = stop(p)
+        statuses = [h["status"] for h in heartbeats(o)]
+        check(rc == 0 and statuses[-2:] == ["draining", "offline"], statuses)
+
+
+@test
 def a_cancel_by_job_id_in_a_heartbeat_answer_stops_the_task(t):
     gate = t.path("never")
     with orch14() as o:
