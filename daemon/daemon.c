@@ -536,18 +536,21 @@ static void on_task_start(void *arg, struct task *t)
 }
 
 /* Spool a failure result for every task the previous run died with; the
- * outbox sends them once their orchestrator's session is up. */
-static void report_lost(struct daemon *d, struct journal_lost *lost, size_t n)
+ * outbox sends them once their orchestrator's session is up. Returns how
+ * many could not be spooled (the outbox keeps those in memory). */
+static size_t report_lost(struct daemon *d, struct journal_lost *lost, size_t n)
 {
+    size_t failed = 0;
     for (size_t i = 0; i < n; i++) {
         struct task *t = task_create(lost[i].task_id, lost[i].job_id, lost[i].type, NULL);
         task_set_failure(t, lost[i].code, "%s", lost[i].message);
         json_t *record = task_result_json(t, d->cfg->worker_id);
-        /* A failure is logged; the orchestrator's timeout remains. */
-        outbox_spool(d->outbox, lost[i].url, record, lost[i].task_id, lost[i].job_id);
+        if (outbox_spool(d->outbox, lost[i].url, record, lost[i].task_id, lost[i].job_id) < 0)
+            failed++;
         json_decref(record);
         task_destroy(t);
     }
+    return failed;
 }
 
 /*
@@ -636,10 +639,11 @@ static void on_registered(void *arg, struct orch *o)
     outbox_resume(d->outbox, o);
 }
 
+/* No new task while the spool is at a bound or cannot be written. */
 static int may_poll(void *arg)
 {
     struct daemon *d = arg;
-    return d->spool == NULL || !spool_is_full(d->spool);
+    return d->spool == NULL || (!spool_is_full(d->spool) && spool_trouble(d->spool, NULL) == 0);
 }
 
 static const struct orch_hooks orch_hooks = {on_task, on_registered, may_poll};
@@ -657,7 +661,7 @@ static double failure_delay(void *dest, const char *what, const struct http_resp
 }
 
 static const struct outbox_sender outbox_sender = {post_result, orch_cancel_post, failure_delay};
-static const struct outbox_hooks outbox_hooks = {work_release, work_room};
+static const struct outbox_hooks outbox_hooks = {work_release, work_room, work_settled};
 static const struct ledger_hooks ledger_hooks = {work_cancel, work_abandoned};
 
 /* The task path: ledger, work and the sessions. */
@@ -692,10 +696,15 @@ static void outbox_setup(struct daemon *d, struct cfg *cfg, struct journal_lost 
     }
     if (nlost > 0)
         log_err("the previous run ended abnormally with %zu task(s): reporting them as failed "
-                "once its long-poll has lapsed (%.0f s)",
+                "once its long-poll has lapsed (%.0f s); new work is taken and delivered at once",
                 nlost, cfg->poll_timeout + 1.0);
-    report_lost(d, lost, nlost);
-    journal_recovered(d->journal); /* the reports are durable: start afresh */
+    size_t unspooled = report_lost(d, lost, nlost);
+    if (unspooled == 0)
+        journal_recovered(d->journal); /* the reports are durable: start afresh */
+    else
+        log_err("%zu crash report(s) could not be written to the spool: they are sent from "
+                "memory, and the crash journal keeps them until its next compaction",
+                unspooled);
     if (nlost > 0)
         outbox_hold(d->outbox, cfg->poll_timeout + 1.0);
 }

@@ -8,8 +8,13 @@
  * actually starts, and blaming every task the worker held would fail
  * innocent tasks permanently in a crash loop. The loop thread records
  * "accepted" (before pool_submit, so a task waiting in the pool is also
- * reported after a crash) and "ended" (after the result is in the spool,
- * so that a result is always either spooled or reported by the journal).
+ * reported after a crash) and "ended" once the outbox says the result is
+ * settled: durable in the spool (after the fdatasync that covers it, so
+ * that even after a power cut a task is reported by the spool or by the
+ * journal), or delivered when it could not be written. A result is thus
+ * always either spooled or reported by the journal. A task given up on
+ * (deadline, drain) ends the same way when its failure is settled: the
+ * next start does not report it again, nor count it as a crash.
  *
  * Cost. Every record is one write(2) of a short line to an O_APPEND file,
  * without fsync: measured on this project's CI machine (ext4), three
@@ -53,7 +58,7 @@
 #define JOURNAL_FILE_MAX (64UL << 20)
 
 struct jentry {
-    const struct task *t; /* identity only; never dereferenced off the loop thread */
+    const struct task *t; /* identity only, NULL once it returned; never dereferenced */
     unsigned long long seq;
     char *type;
     char *line; /* the "accepted" record, for compaction */
@@ -410,8 +415,9 @@ static void compact(struct journal *j)
     free(path);
 }
 
-void journal_task_accepted(struct journal *j, const struct task *t, const char *url)
+void journal_task_accepted(struct journal *j, struct task *t, const char *url)
 {
+    t->journal_seq = 0;
     if (j == NULL)
         return;
     json_t *r = json_pack("{s:I, s:s, s:s, s:s, s:s}", "a", (json_int_t)j->next_seq, "u", url, "t",
@@ -420,6 +426,7 @@ void journal_task_accepted(struct journal *j, const struct task *t, const char *
     json_decref(r);
     if (s == NULL)
         return; /* not valid UTF-8: the task cannot be journaled */
+    t->journal_seq = j->next_seq;
     char *line = xasprintf("%s\n", s);
     free(s);
     pthread_mutex_lock(&j->mu);
@@ -449,9 +456,8 @@ void journal_task_started(struct journal *j, const struct task *t)
     pthread_mutex_unlock(&j->mu);
 }
 
-void journal_task_finished(struct journal *j, const struct task *t)
+void journal_task_returned(struct journal *j, const struct task *t, int clean)
 {
-    char line[40];
     if (j == NULL)
         return;
     pthread_mutex_lock(&j->mu);
@@ -459,6 +465,30 @@ void journal_task_finished(struct journal *j, const struct task *t)
     int started = 0;
     if (e != NULL) {
         started = e->started;
+        e->t = NULL; /* t is freed next; another task may get its address */
+    }
+    pthread_mutex_unlock(&j->mu);
+    struct crash *c = clean && started ? crash_find(j, t->type) : NULL;
+    if (c != NULL && c->count > 0) {
+        log_notice("journal: a %s task ended cleanly: its crash count (%d) is reset", t->type,
+                   c->count);
+        c->count = 0;
+        crashes_save(j);
+    }
+}
+
+void journal_task_settled(struct journal *j, unsigned long long seq)
+{
+    char line[40];
+    if (j == NULL || seq == 0)
+        return;
+    pthread_mutex_lock(&j->mu);
+    struct jentry *e = NULL;
+    for (size_t i = 0; i < j->nentries && e == NULL; i++) {
+        if (j->entries[i].seq == seq)
+            e = &j->entries[i];
+    }
+    if (e != NULL) {
         int n = snprintf(line, sizeof(line), "E %llu\n", e->seq);
         append(j, line, (size_t)n);
         free(e->type);
@@ -470,11 +500,4 @@ void journal_task_finished(struct journal *j, const struct task *t)
             compact(j);
     }
     pthread_mutex_unlock(&j->mu);
-    struct crash *c = started ? crash_find(j, t->type) : NULL;
-    if (c != NULL && c->count > 0) {
-        log_notice("journal: a %s task ended cleanly: its crash count (%d) is reset", t->type,
-                   c->count);
-        c->count = 0;
-        crashes_save(j);
-    }
 }

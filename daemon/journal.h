@@ -9,7 +9,7 @@
  * STATE_DIR/journal/running.log is an append-only log of three records:
  *   accepted  {"a":SEQ,"u":URL,"t":TYPE,"i":TASK_ID,"j":JOB_ID}   loop thread
  *   started   S SEQ                                                worker thread
- *   ended     E SEQ                                                loop thread
+ *   ended     E SEQ  (once its result is settled)                  loop thread
  * STATE_DIR/journal/crashes holds "COUNT TYPE" lines: how many times in a
  * row a handler of TYPE was running when the process died.
  *
@@ -55,15 +55,22 @@ void journal_recovered(struct journal *j);
  * next start). */
 void journal_close(struct journal *j);
 
-/* Loop thread, before the task is handed to the pool. */
-void journal_task_accepted(struct journal *j, const struct task *t, const char *url);
+/* Loop thread, before the task is handed to the pool; sets t->journal_seq
+ * (0 when it is not journaled). */
+void journal_task_accepted(struct journal *j, struct task *t, const char *url);
 
 /* Any thread, just before the task's handler runs. */
 void journal_task_started(struct journal *j, const struct task *t);
 
-/* Loop thread, once the task's result is spooled: the entry is closed, and
- * a clean end resets its type's crash count. */
-void journal_task_finished(struct journal *j, const struct task *t);
+/* Loop thread: t's handler returned (t is freed next). clean: it ended by
+ * itself (not given up on), which resets its type's crash count when it
+ * had started. The entry stays open until its result is settled. */
+void journal_task_returned(struct journal *j, const struct task *t, int clean);
+
+/* Loop thread: the result of the task journaled as seq (t->journal_seq) is
+ * settled: durable in the spool, or delivered. The entry is closed ("ended").
+ * seq 0 or an unknown seq is a no-op. */
+void journal_task_settled(struct journal *j, unsigned long long seq);
 
 /* Crash count of a type (tests, metrics). */
 int journal_crash_count(const struct journal *j, const char *type);

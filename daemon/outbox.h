@@ -10,13 +10,16 @@
  * its task came from (a destination), through that orchestrator's session,
  * which turns the record into its dialect's bytes at send time. A 200
  * (accepted, or ignored because the orchestrator has it already) is the
- * acknowledgement: the spool records it and the result is freed. Any other
- * answer pauses that destination's results for a jittered backoff; other
- * destinations are not affected. Results older than [spool] max_age are
- * dropped (logged). At start the spool's undelivered results of every
- * destination are loaded ahead of anything new, and after a crash the
- * sending can be held back (outbox_hold) while the dead process's
- * long-poll lapses.
+ * acknowledgement: the spool records it and the result is freed. An answer
+ * that may change (network error, 5xx, 408, 429, 401, 403) pauses that
+ * destination's results for a jittered backoff and sends the failed result
+ * to the back of its queue; other destinations are not affected. Any other
+ * 4xx refuses that one result for good: it is set aside in
+ * STATE_DIR/refused/ (spool_set_aside) and the others go on. Results older
+ * than [spool] max_age are dropped (logged). At start the spool's
+ * undelivered results of every destination are loaded ahead of anything
+ * new; after a crash only the crash reports are held back (outbox_hold)
+ * while the dead process's long-poll lapses.
  *
  * Capacity: a result added with holds_slot keeps its task's global slot
  * until it is delivered or its first attempt failed; then the release hook
@@ -65,8 +68,13 @@ struct outbox_sender {
 struct outbox_hooks {
     /* A task's global slot is free again. */
     void (*release)(void *arg);
-    /* The spool left its bound (delivered results made room): poll again. */
+    /* The spool left its bound (delivered results made room) or can be
+     * written again after a disk error: poll again. */
     void (*room)(void *arg);
+    /* The result added with ref is settled: durable in the spool (after the
+     * commit that covers it) or, when it could not be written, delivered or
+     * set aside. The task's crash journal entry can close. */
+    void (*settled)(void *arg, unsigned long long ref);
 };
 
 /* Why an orchestrator ignored a result (it counts as delivered), bounded:
@@ -78,6 +86,7 @@ struct outbox_stats {
     unsigned long sent;                            /* results acknowledged (accepted or ignored) */
     unsigned long ignored[OUTBOX_IGNORED_REASONS]; /* of those, ignored, by reason */
     unsigned long failed;                          /* attempts that failed */
+    unsigned long refused;                         /* refused for good, set aside */
     unsigned long pending;                         /* results not yet acknowledged */
 };
 
@@ -97,17 +106,20 @@ void outbox_add_dest(struct outbox *ob, void *dest, const char *url);
 /* Queue the spooled results of every destination, oldest first. */
 void outbox_load(struct outbox *ob);
 
-/* Send nothing for `seconds` (after a crash). */
+/* Send no crash report of this start (outbox_spool) for `seconds`: the
+ * previous process's long-poll may still be held by the orchestrator.
+ * Everything else is sent at once. */
 void outbox_hold(struct outbox *ob, double seconds);
 
 /*
  * A finished task's result record for dest (record borrowed; the ids and
  * type are copied): spooled now, sent after the next outbox_flush().
  * holds_slot: give the task's global slot back through release() once it
- * is delivered or its first attempt failed.
+ * is delivered or its first attempt failed. ref (0: none): passed to the
+ * settled hook once the result is settled.
  */
 void outbox_add(struct outbox *ob, void *dest, json_t *record, const char *task_id,
-                const char *job_id, const char *type, int holds_slot);
+                const char *job_id, const char *type, int holds_slot, unsigned long long ref);
 
 /* The end of a batch of outbox_add(): one commit, then the results go. */
 void outbox_flush(struct outbox *ob);
@@ -115,8 +127,9 @@ void outbox_flush(struct outbox *ob);
 /*
  * A result that belongs to the orchestrator at `url` but has no session
  * yet (the crash reports made at start): spooled and committed at once,
- * then loaded by outbox_load() like any result of a previous run. Returns 0
- * or -errno (logged): it could not be made durable.
+ * then loaded by outbox_load() like any result of a previous run, and held
+ * back by outbox_hold(). Returns 0, or -errno (logged) when it could not be
+ * made durable: it is then kept in memory and sent all the same.
  */
 int outbox_spool(struct outbox *ob, const char *url, json_t *record, const char *task_id,
                  const char *job_id);

@@ -51,6 +51,9 @@
 
 #define SPOOL_SUBDIR "spool"
 #define CORRUPT_SUBDIR "corrupt"
+#define REFUSED_SUBDIR "refused" /* in STATE_DIR, beside spool/ */
+#define PROBE_NAME ".probe"
+#define PROBE_SIZE (64 * 1024)
 #define SEG_SUFFIX ".seg"
 #define TMP_PREFIX "tmp."
 #define MAGIC "AVSP"
@@ -89,6 +92,9 @@ struct spool {
     int curfd;
     int dirty; /* results appended since the last commit */
     int told_ack_error;
+    char *refused;     /* STATE_DIR/refused */
+    double trouble;    /* now_wall() since writing fails, 0 = it works */
+    int trouble_err;   /* its errno */
     struct live *live; /* by seq */
     size_t nlive, livecap, ndead;
     struct spool_stats st;
@@ -291,6 +297,21 @@ static void account(struct spool *sp, long files, long long bytes)
     update_full(sp);
 }
 
+/* Writing failed (disk full, quota, I/O error): the worker takes no new
+ * tasks until spool_probe() finds the disk writable again. Said once per
+ * episode. */
+static void set_trouble(struct spool *sp, int e)
+{
+    sp->trouble_err = e;
+    if (sp->trouble > 0)
+        return;
+    sp->trouble = now_wall();
+    sp->st.trouble_events++;
+    log_err("spool: cannot write to %s: %s; taking no new tasks until it can (free space or "
+            "fix the disk); the results in memory are still delivered",
+            sp->dir, strerror(e));
+}
+
 /* ---- The index: segments and live results ------------------------------------ */
 
 static struct seg *seg_find(struct spool *sp, unsigned long long id)
@@ -447,9 +468,11 @@ static char *read_seg(struct spool *sp, unsigned long long id, size_t *size)
     seg_name(name, sizeof(name), id);
     char *path = xasprintf("%s/%s", sp->dir, name);
     char *buf = read_file(path, FILE_MAX, size);
+    int e = errno;
     if (buf == NULL)
-        log_err("spool: cannot read %s: %s", path, strerror(errno));
+        log_err("spool: cannot read %s: %s", path, strerror(e));
     free(path);
+    errno = e;
     return buf;
 }
 
@@ -572,9 +595,11 @@ int spool_write(struct spool *sp, struct spool_record *rec)
         sp->st.write_errors++;
         struct log_ctx ctx = {NULL, rec->task_id, rec->job_id, NULL};
         log_emit(LOG_ERR, &ctx,
-                 "spool: cannot write the result to %s: %s; it is kept in memory only and "
-                 "is lost if the worker stops before it is delivered",
+                 "spool: cannot write the result to %s: %s; it is kept in memory (and its "
+                 "task in the crash journal) until it is delivered or can be written",
                  sp->dir, strerror(-rc));
+        if (rc != -EINVAL)
+            set_trouble(sp, -rc);
         return rc;
     }
     sp->st.written++;
@@ -592,11 +617,52 @@ int spool_commit(struct spool *sp)
     }
     int e = errno;
     sp->st.write_errors++;
-    log_err("spool: cannot make the results in %s durable: %s; they are kept in memory and "
-            "sent, and are lost if the worker stops before they are delivered",
+    log_err("spool: cannot make the results in %s durable: %s; they are kept in memory (and "
+            "their tasks in the crash journal) until they are delivered or can be written",
             sp->dir, strerror(e));
     close_current(sp);
+    set_trouble(sp, e);
     return -e;
+}
+
+int spool_trouble(const struct spool *sp, double *since)
+{
+    if (since != NULL)
+        *since = sp->trouble;
+    return sp->trouble > 0 ? sp->trouble_err : 0;
+}
+
+/* Write, sync and delete a file of PROBE_SIZE bytes: room for results. */
+static int probe_write(struct spool *sp)
+{
+    static const char zeros[4096];
+    int fd = openat(sp->dirfd, PROBE_NAME, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -errno;
+    int rc = 0;
+    for (size_t done = 0; rc == 0 && done < PROBE_SIZE; done += sizeof(zeros))
+        rc = write_all(fd, zeros, sizeof(zeros));
+    if (rc == 0 && fdatasync(fd) < 0)
+        rc = -errno;
+    close(fd);
+    unlinkat(sp->dirfd, PROBE_NAME, 0);
+    return rc;
+}
+
+int spool_probe(struct spool *sp)
+{
+    if (sp->trouble <= 0)
+        return 0;
+    int rc = probe_write(sp);
+    if (rc < 0) {
+        sp->trouble_err = -rc;
+        return rc;
+    }
+    log_notice("spool: %s can be written again (after %.0f s): taking tasks again", sp->dir,
+               now_wall() - sp->trouble);
+    sp->trouble = 0;
+    sp->trouble_err = 0;
+    return 0;
 }
 
 /* ---- Acknowledging and deleting ---------------------------------------------- */
@@ -673,6 +739,82 @@ int spool_expire(struct spool *sp, struct spool_record *rec, double now)
         ack_live(sp, l);
     sp->st.expired++;
     return 1;
+}
+
+/* A file name from a task id: what is not [A-Za-z0-9._-] becomes '_'. */
+static void safe_name(char *out, size_t n, const char *id)
+{
+    size_t i = 0;
+    for (; id[i] != '\0' && i + 1 < n; i++) {
+        char c = id[i];
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '.' || c == '_' || c == '-';
+        out[i] = ok && !(i == 0 && c == '.') ? c : '_';
+    }
+    out[i] = '\0';
+}
+
+/* Write text to dir/name durably (tmp, fsync, rename, directory fsync). */
+static int write_durably(const char *dir, const char *name, const char *text)
+{
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return -errno;
+    char *tmp = xasprintf(".%s.tmp", name);
+    int rc = 0, fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        rc = -errno;
+    if (rc == 0)
+        rc = write_all(fd, text, strlen(text));
+    if (rc == 0 && fsync(fd) < 0)
+        rc = -errno;
+    if (fd >= 0)
+        close(fd);
+    if (rc == 0 && renameat(dfd, tmp, dfd, name) < 0)
+        rc = -errno;
+    if (rc == 0 && fsync(dfd) < 0)
+        rc = -errno;
+    if (rc < 0)
+        unlinkat(dfd, tmp, 0);
+    free(tmp);
+    close(dfd);
+    return rc;
+}
+
+int spool_set_aside(struct spool *sp, struct spool_record *rec, const char *why)
+{
+    char id[128], name[200];
+    safe_name(id, sizeof(id), rec->task_id);
+    snprintf(name, sizeof(name), "%.0f-%s.json", now_wall() * 1000.0, id);
+    json_t *result = json_loadb(rec->body, rec->len, 0, NULL);
+    json_t *doc =
+        json_pack("{s:s, s:f, s:s, s:s, s:s, s:o}", "reason", why, "refused_at", now_wall(),
+                  "orchestrator", rec->url, "task_id", rec->task_id, "job_id", rec->job_id,
+                  "result", result != NULL ? result : json_stringn(rec->body, rec->len));
+    char *text = doc != NULL ? json_dumps(doc, JSON_INDENT(2)) : NULL;
+    json_decref(doc);
+    int rc = text == NULL ? -EINVAL : mkdir(sp->refused, 0700) < 0 && errno != EEXIST ? -errno : 0;
+    if (rc == 0)
+        rc = write_durably(sp->refused, name, text);
+    free(text);
+    struct log_ctx ctx = {NULL, rec->task_id, rec->job_id, NULL};
+    if (rc < 0) {
+        log_emit(LOG_ERR, &ctx,
+                 "spool: the orchestrator %s refused this result (%s) and it cannot be saved in "
+                 "%s: %s; it stays in the spool and is sent again after a restart",
+                 rec->url, why, sp->refused, strerror(-rc));
+        return rc;
+    }
+    log_emit(LOG_ERR, &ctx,
+             "the orchestrator %s refused this result for good (%s): moved to %s/%s; the "
+             "orchestrator's own timeout decides what happens to the task",
+             rec->url, why, sp->refused, name);
+    struct live *l = rec->seq ? live_find(sp, rec->seq) : NULL;
+    rec->seq = 0;
+    if (l != NULL)
+        ack_live(sp, l);
+    sp->st.refused++;
+    return 0;
 }
 
 /* ---- Opening ----------------------------------------------------------------- */
@@ -786,7 +928,8 @@ struct scan {
     struct xack *acks; /* every ack: seq, and the segment holding the ack */
     size_t nacks, acap;
     unsigned long long max_seq;
-    struct nums corrupt; /* segments to recover and move aside */
+    struct nums corrupt;      /* segments to recover and move aside */
+    unsigned long unreadable; /* segments left in place unread */
 };
 
 static void scan_item(void *arg, const struct spool_item *it)
@@ -862,6 +1005,17 @@ static void scan_segment(struct scan *s, unsigned long long id)
     char *buf = read_seg(s->sp, id, &size);
     s->seg = id;
     s->bad_body = 0;
+    if (buf == NULL && errno != ENOMEM) {
+        /* Unreadable is not damaged: left in place, neither indexed nor
+         * deleted, so its results are sent by a start that can read it. */
+        log_err("spool: %s/%016llx" SEG_SUFFIX " cannot be read (%s): left in place, not "
+                "moved; its undelivered results are sent by the first start that can read it "
+                "(check the disk, then restart)",
+                s->sp->dir, id, strerror(errno));
+        s->sp->st.unreadable_segments++;
+        s->unreadable++;
+        return;
+    }
     int rc = buf ? spool_parse_segment(buf, size, scan_item, s, &bad) : SPOOL_PARSE_CORRUPT;
     free(buf);
     if (rc == SPOOL_PARSE_TORN) {
@@ -1040,7 +1194,9 @@ static void load_segments(struct spool *sp, const struct nums *ids)
         scan_segment(&s, ids->v[i]);
     if (ids->n > 0)
         sp->next_seg = ids->v[ids->n - 1] + 1;
-    sp->next_seq = s.max_seq + 1;
+    /* Past every seq an unreadable segment can hold (each record takes at
+     * least HDR bytes), so that none is reused. */
+    sp->next_seq = s.max_seq + 1 + s.unreadable * (SPOOL_SEGMENT_MAX / HDR + 2);
     match_acks(&s, &reack);
     build_live(&s);
     for (size_t i = 0; i < s.corrupt.n; i++)
@@ -1104,6 +1260,7 @@ int spool_open(const char *state_dir, const struct spool_limits *lim, struct spo
     sp->next_seq = sp->next_seg = 1;
     sp->dir = xasprintf("%s/" SPOOL_SUBDIR, state_dir);
     sp->corrupt = xasprintf("%s/" CORRUPT_SUBDIR, sp->dir);
+    sp->refused = xasprintf("%s/" REFUSED_SUBDIR, state_dir);
     rc = make_dir(sp->dir, err, errlen);
     if (rc == 0)
         rc = make_dir(sp->corrupt, err, errlen);
@@ -1138,6 +1295,7 @@ void spool_close(struct spool *sp)
     free(sp->live);
     free(sp->dir);
     free(sp->corrupt);
+    free(sp->refused);
     free(sp);
 }
 

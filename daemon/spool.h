@@ -82,22 +82,25 @@ struct spool_record {
 };
 
 struct spool_stats {
-    unsigned long files;              /* live (unacknowledged) results now */
-    unsigned long long bytes;         /* their record bytes (headers included) */
-    int full;                         /* at a bound now */
-    unsigned long written;            /* results made durable */
-    unsigned long write_errors;       /* results that could not be written */
-    unsigned long removed;            /* delivered and removed */
-    unsigned long corrupt;            /* files moved to corrupt/ */
-    unsigned long expired;            /* dropped at max_age */
-    unsigned long full_events;        /* times the spool became full */
-    unsigned long other_orchestrator; /* loaded results that belong to another url */
-    unsigned long corrupt_segments;   /* of corrupt: segments (the rest are files) */
-    unsigned long torn;               /* records cut short by a crash, ignored */
-    unsigned long migrated;           /* version-1 files taken over */
-    unsigned long commits;            /* fdatasyncs of spool_commit() */
-    unsigned long segments;           /* segment files now */
-    unsigned long long disk_bytes;    /* their size now */
+    unsigned long files;               /* live (unacknowledged) results now */
+    unsigned long long bytes;          /* their record bytes (headers included) */
+    int full;                          /* at a bound now */
+    unsigned long written;             /* results made durable */
+    unsigned long write_errors;        /* results that could not be written */
+    unsigned long removed;             /* delivered and removed */
+    unsigned long corrupt;             /* files moved to corrupt/ */
+    unsigned long expired;             /* dropped at max_age */
+    unsigned long full_events;         /* times the spool became full */
+    unsigned long other_orchestrator;  /* loaded results that belong to another url */
+    unsigned long corrupt_segments;    /* of corrupt: segments (the rest are files) */
+    unsigned long torn;                /* records cut short by a crash, ignored */
+    unsigned long migrated;            /* version-1 files taken over */
+    unsigned long commits;             /* fdatasyncs of spool_commit() */
+    unsigned long segments;            /* segment files now */
+    unsigned long refused;             /* refused for good, set aside in refused/ */
+    unsigned long unreadable_segments; /* segments that could not be read at start, left in place */
+    unsigned long trouble_events;      /* times writing started to fail */
+    unsigned long long disk_bytes;     /* their size now */
 };
 
 /*
@@ -157,6 +160,29 @@ int spool_load(struct spool *sp, const char *url, struct spool_record ***out, si
 
 /* 1 while at a bound (max_files or max_bytes). */
 int spool_is_full(const struct spool *sp);
+
+/*
+ * The errno of the failure while writing fails (a write or a commit failed:
+ * disk full, quota, I/O error; *since = its now_wall() when not NULL), else
+ * 0. While it fails the worker takes no new tasks.
+ */
+int spool_trouble(const struct spool *sp, double *since);
+
+/*
+ * While writing fails: write, sync and delete a probe file the size of a
+ * large result; when that works the trouble is over (logged). Returns 0
+ * when the spool can be written, else -errno.
+ */
+int spool_probe(struct spool *sp);
+
+/*
+ * The orchestrator refused rec for good: write it with the reason durably
+ * to STATE_DIR/refused/<ms>-<task id>.json (an operator's record, never read
+ * back), then acknowledge it in the spool. Logged and counted. Returns 0,
+ * or -errno (logged) when the file cannot be written: rec stays in the
+ * spool then.
+ */
+int spool_set_aside(struct spool *sp, struct spool_record *rec, const char *why);
 
 void spool_get_stats(const struct spool *sp, struct spool_stats *st);
 

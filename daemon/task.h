@@ -66,6 +66,7 @@ struct task {
     struct evq *evq;       /* where its progress goes; set by pool_submit() */
     struct orch *origin;   /* the orchestrator it came from (its result goes there) */
     int events_ok;         /* its orchestrator takes custom events; set before pool_submit */
+    unsigned long long journal_seq; /* its crash journal entry, 0 = none (journal.h) */
 
     atomic_int cancel;      /* enum task_cancel; set by the loop, read by the handler */
     atomic_int has_outcome; /* 0 until the first outcome call wins */

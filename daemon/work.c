@@ -84,11 +84,13 @@ static void record_task(struct work *w, const struct task *t)
         taskstats_duration(w->env.taskstats, t->type, t->t_finished - t->t_started);
 }
 
-/* Queue t's result for the orchestrator it came from. */
+/* Queue t's result for the orchestrator it came from; its journal entry
+ * closes once the result is settled (work_settled). */
 static void to_outbox(struct work *w, const struct task *t, int holds_slot)
 {
     json_t *record = task_result_json(t, w->env.cfg->worker_id);
-    outbox_add(w->env.outbox, t->origin, record, t->id, t->job_id, t->type, holds_slot);
+    outbox_add(w->env.outbox, t->origin, record, t->id, t->job_id, t->type, holds_slot,
+               t->journal_seq);
     json_decref(record);
 }
 
@@ -166,7 +168,7 @@ void work_accept(struct work *w, struct task *t, int valid, const struct plugin_
         struct log_ctx ctx = task_ctx(t);
         log_emit(LOG_ERR, &ctx, "no free slot for a polled task (bug): failing it transiently");
         answer_unrun(w, t, AVT_TRANSIENT_ERROR, "worker had no free slot");
-        journal_task_finished(w->env.journal, t);
+        journal_task_returned(w->env.journal, t, 0);
         task_destroy(t);
         return;
     }
@@ -191,7 +193,7 @@ static void abandoned_done(struct work *w, struct task *t)
              "handler given up on returned after %.1f s: its thread is free again "
              "(its outcome was not sent: the failure already was)",
              t->t_finished - t->t_started);
-    journal_task_finished(w->env.journal, t);
+    journal_task_returned(w->env.journal, t, 0); /* closed when its failure was settled */
     task_destroy(t);
     pool_release(w->env.pool);
     changed(w);
@@ -210,7 +212,7 @@ static void task_done(struct work *w, struct task *t)
     else
         log_emit(LOG_DEBUG, &ctx, "task %s in %.3f s", t->status, t->t_finished - t->t_started);
     to_outbox(w, t, 1); /* the outbox gives the slot back once it is delivered */
-    journal_task_finished(w->env.journal, t); /* after the result is spooled */
+    journal_task_returned(w->env.journal, t, 1);
     task_destroy(t);
     changed(w);
 }
@@ -297,7 +299,9 @@ void work_abandoned(void *arg, struct task *t, const char *code, const char *mes
     if (record == NULL)
         abort(); /* the ids are valid UTF-8 (task_parse): only OOM fails here */
     taskstats_outcome(w->env.taskstats, t->type, "failure", code);
-    outbox_add(w->env.outbox, t->origin, record, t->id, t->job_id, t->type, 0);
+    /* Its journal entry closes once this failure is settled: the next start
+     * neither reports the task again nor counts it as a crash. */
+    outbox_add(w->env.outbox, t->origin, record, t->id, t->job_id, t->type, 0, t->journal_seq);
     json_decref(record);
     outbox_flush(w->env.outbox);
     changed(w);
@@ -313,4 +317,10 @@ void work_release(void *arg)
 void work_room(void *arg)
 {
     changed(arg);
+}
+
+void work_settled(void *arg, unsigned long long ref)
+{
+    struct work *w = arg;
+    journal_task_settled(w->env.journal, ref);
 }

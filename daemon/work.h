@@ -78,5 +78,6 @@ void work_abandoned(void *w, struct task *t, const char *code, const char *messa
 /* The outbox's hooks (outbox.h). */
 void work_release(void *w);
 void work_room(void *w);
+void work_settled(void *w, unsigned long long ref); /* closes the task's journal entry */
 
 #endif /* AVT_DAEMON_WORK_H */

@@ -7,8 +7,11 @@ crashes the process; at the end every result is delivered, none twice.
 Soak size: AVT_SOAK_TASKS (default 3000, a fifth of it under sanitizers or
 valgrind, i.e. when TIMEOUT_MULT > 1)."""
 import glob
+import json
 import os
+import random
 import signal
+import time
 import struct
 import zlib
 
@@ -178,6 +181,75 @@ def sigkill_mid_task_is_reported_on_restart(t):
         for i in ids:
             o.cancel(i)
         p2.kill()
+
+
+def open_journal_tasks(t):
+    """The task ids the crash journal holds open (accepted, not ended)."""
+    seqs, ended = {}, set()
+    try:
+        lines = open(t.path("state", "journal", "running.log")).read().split("\n")[:-1]
+    except FileNotFoundError:
+        return set()
+    for line in lines:
+        if line.startswith("E "):
+            ended.add(int(line[2:]))
+        elif line.startswith("{"):
+            rec = json.loads(line)
+            seqs[rec["a"]] = rec["i"]
+    return {tid for seq, tid in seqs.items() if seq not in ended}
+
+
+@test
+def kills_at_random_moments_of_a_burst_lose_no_job_and_never_freeze_the_restart(t):
+    """20 kill -9 at random moments of bursts, each followed by a restart
+    with the same state directory. As the real orchestrator, the test
+    orchestrator fails a job that waits in the queue longer than its task
+    timeout, and retries one picked up but not answered in time; the timeout
+    is shorter than the crash reports' hold, so a restart that held new
+    results behind its crash reports would fail jobs."""
+    kills, slots = 20, 4
+    hold = tmo(2.0)  # poll_timeout; the crash reports wait poll_timeout + 1 s
+    rng = random.Random(int(os.environ.get("AVT_SEED", "1")))
+    with FakeOrch(poll_timeout=hold, max_retries=kills + 5, task_timeout=hold,
+                  watcher_interval=0.2) as o:
+        conf = ini(t, slots=slots)
+        ids = []
+        checked, explained = 0, 0
+        held_back = set()  # this start's crash reports
+        p = spawn(t, o, conf, wait=False)
+        for k in range(kills + 1):
+            since = len(o.log())
+            ids += o.prequeue(WID, "t_slow", {"ms": 150}, count=24)
+            if k == kills:
+                break
+            # Even lives die mid-burst (their tasks become crash reports);
+            # odd ones outlive the hold, so that their crash reports go out.
+            time.sleep(rng.uniform(0.1, 0.8) * TIMEOUT_MULT if k % 2 == 0
+                       else hold + rng.uniform(1.5, 2.5))
+            p.kill()
+            p.wait()
+            explained += len(o.worker_stats(WID).get("outstanding_task_ids", [])) + 1
+            rows = o.log(since=since)
+            results = [r for r in rows if r["kind"] == "result" and isinstance(r.get("body"), dict)]
+            reports = [i for i, r in enumerate(results) if r["body"].get("task_id") in held_back]
+            fresh = [i for i, r in enumerate(results) if r["body"].get("status") == "success"]
+            if held_back and reports:
+                # The crash reports went out in this life: a new result went first.
+                checked += 1
+                check(fresh and fresh[0] < reports[0],
+                      "life %d: new results waited behind the crash reports" % k,
+                      [(r["t"], r["body"].get("task_id"), r["body"].get("status")) for r in results[:8]])
+            held_back = open_journal_tasks(t)
+            p = spawn(t, o, conf, wait=False)
+        jobs = o.wait_jobs(ids, timeout=120)
+        lost = [j["id"] for j in jobs if j["status"] != "finished"]
+        check(not lost, "%d of %d jobs not finished, e.g. %s" % (len(lost), len(ids), [o.job(i) for i in lost[:2]]))
+        handouts = o.worker_stats(WID).get("handouts", 0)
+        check(handouts <= len(ids) + explained,
+              "%d tasks run for %d jobs; %d kills explain at most %d more"
+              % (handouts, len(ids), kills, explained))
+        check(checked >= 3, "only %d lives lasted until their crash reports went" % checked)
+        check(stop(p) == 0)
 
 
 @test

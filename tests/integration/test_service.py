@@ -188,6 +188,38 @@ def stuck_handler_is_reported_and_the_daemon_restarts_itself(t):
 
 
 @test
+def a_task_given_up_on_is_neither_reported_again_nor_counted_as_a_crash(t):
+    # Two rolling restarts for a stuck handler, with crash_limit = 1: were
+    # the abandoned tasks left open in the crash journal, the next start
+    # would report each again as "worker crashed" and fail the type for good.
+    with FakeOrch(poll_timeout=2, max_retries=0) as o:
+        # One slot: no long-poll is left in flight when the daemon exits 75,
+        # which would take the next start's task with it.
+        conf = stuck_ini(t, True, slots=1, extra="crash_limit = 1\n")
+        stubs = []
+        for _ in range(2):
+            p = start(t, o, conf)
+            check("ended abnormally" not in p.log(), p.log()[-3000:])
+            stubs += o.prequeue(WID, "t_stubborn", {"ms": FOREVER_MS})
+            r = one_result(o, stubs[-1], timeout=15)
+            check(r["error"]["code"] == "TIMEOUT_ERROR", r)
+            rc, log = wait_exit(p, 30)
+            check(rc == 75, "exit status %s (want 75)" % rc, log[-3000:])
+        p = start(t, o, conf)
+        quick = o.prequeue(WID, "t_stubborn", {"ms": 10})[0]
+        check(one_result(o, quick)["status"] == "success", results(o, quick))
+        log = p.log()
+        check("ended abnormally" not in log and "crash-loop" not in log, log[-3000:])
+        for jid in stubs:
+            check(len(results(o, jid)) == 1, "reported again", results(o, jid))
+        crashes = t.path("state", "journal", "crashes")
+        check(not os.path.exists(crashes) or "t_stubborn" not in open(crashes).read(),
+              open(crashes).read() if os.path.exists(crashes) else "")
+        p.send_signal(signal.SIGTERM)
+        check(wait_exit(p, 20)[0] == 0)
+
+
+@test
 def stuck_thread_is_not_polled_for_and_other_types_keep_running(t):
     with FakeOrch(poll_timeout=2, max_retries=0) as o:
         p = start(t, o, stuck_ini(t, False, slots=2))

@@ -181,7 +181,7 @@ static void o_room(void *arg)
     (void)arg;
 }
 
-static const struct outbox_hooks ohooks = {o_release, o_room};
+static const struct outbox_hooks ohooks = {o_release, o_room, NULL};
 
 /* Answer `n` unanswered sends to dest with 200. */
 static void ack_sends(void *dest, int n)
@@ -327,7 +327,7 @@ static void fill_outbox(struct fx *f)
         struct orch *o = orchset_get(f->orchs, i);
         int k = i == 0 ? 3 : 4;
         for (int r = 0; r < k; r++)
-            outbox_add(f->outbox, o, rec, "t", "j", "echo", 0);
+            outbox_add(f->outbox, o, rec, "t", "j", "echo", 0, 0);
         ack_sends(o, i == 0 ? 2 : 1);
     }
     json_decref(rec);

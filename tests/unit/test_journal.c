@@ -81,6 +81,13 @@ struct opened {
     char err[AVT_ERRLEN];
 };
 
+/* The handler returned cleanly and its result is settled (work.c's way). */
+static void finish(struct journal *j, struct task *t)
+{
+    journal_task_returned(j, t, 1);
+    journal_task_settled(j, t->journal_seq);
+}
+
 static struct opened open_j(const char *state, int limit)
 {
     struct opened o;
@@ -162,9 +169,9 @@ TEST(a_crash_reports_running_and_waiting_tasks)
     journal_task_started(o.j, run);
     journal_task_started(o.j, done);
     journal_task_started(o.j, run2);
-    journal_task_finished(o.j, done);
-    journal_task_finished(o.j, quick); /* ended without starting (cancelled while waiting) */
-    journal_close(o.j);                /* the crash */
+    finish(o.j, done);
+    finish(o.j, quick); /* ended without starting (cancelled while waiting) */
+    journal_close(o.j); /* the crash */
     journal_lost_free(o.lost, o.n);
 
     o = open_j(state, 3);
@@ -330,16 +337,16 @@ TEST(a_clean_finish_resets_the_count_for_good)
     /* A task that never started proves nothing about the handler. */
     struct task *waited = mk("w", "w", "flaky");
     journal_task_accepted(o.j, waited, URL1);
-    journal_task_finished(o.j, waited);
+    finish(o.j, waited);
     EXPECT_EQ_INT(journal_crash_count(o.j, "flaky"), 2);
 
     struct task *ok = mk("ok", "ok", "flaky");
     journal_task_accepted(o.j, ok, URL1);
     journal_task_started(o.j, ok);
-    journal_task_finished(o.j, ok);
+    finish(o.j, ok);
     EXPECT_EQ_INT(journal_crash_count(o.j, "flaky"), 0);
-    journal_task_finished(o.j, ok); /* a second end of the same task: ignored */
-    journal_task_finished(NULL, ok);
+    finish(o.j, ok); /* a second end of the same task: ignored */
+    finish(NULL, ok);
     close_o(&o);
 
     o = open_j(state, 5);
@@ -546,7 +553,7 @@ TEST(started_records_from_many_threads)
         snprintf(id, sizeof(id), "loop-%d", i);
         struct task *t = mk(id, id, "other");
         journal_task_accepted(o.j, t, URL2);
-        journal_task_finished(o.j, t);
+        finish(o.j, t);
         task_destroy(t);
     }
     for (int s = 0; s < NSTARTERS; s++)

@@ -1,11 +1,11 @@
 /*
  * test_work.c - a task's way from poll to result (work.c) with its real
  * neighbours where they need no network (the pool with a fake plugin, the
- * ledger, the worker-to-loop queue, the crash journal in a temporary
- * directory) and a fake in place of the network: the outbox's sender
- * records every result, and the sessions are never started. Covers a task
- * accepted, run and its result queued holding the slot, the journal entry
- * closed only after the result is queued, a copy of a running task
+ * ledger, the worker-to-loop queue, the crash journal and the spool in a
+ * temporary directory) and a fake in place of the network: the outbox's
+ * sender records every result, and the sessions are never started. Covers
+ * a task accepted, run and its result queued holding the slot, the journal
+ * entry closed once the result is durable, a copy of a running task
  * refused, a task polled before a reload running with the retired plugin,
  * a cancel that arrived first, an invalid payload answered without
  * running, an abandoned task's failure sent at once and its late outcome
@@ -29,6 +29,7 @@
 #include "log.h"
 #include "orch.h"
 #include "outbox.h"
+#include "spool.h"
 #include "plugin.h"
 #include "pool.h"
 #include "tap.h"
@@ -93,7 +94,7 @@ static void on_changed(void *arg)
 }
 
 static const struct outbox_sender sender = {fake_post, fake_cancel, fake_delay};
-static const struct outbox_hooks ohooks = {work_release, work_room};
+static const struct outbox_hooks ohooks = {work_release, work_room, work_settled};
 static const struct ledger_hooks lhooks = {work_cancel, work_abandoned};
 
 static void no_task(void *arg, struct task *t, int valid, const struct plugin_set *p)
@@ -119,6 +120,7 @@ struct fixture {
     struct ledger *ledger;
     struct work *work;
     struct outbox *outbox;
+    struct spool *spool;
     struct journal *journal;
     struct taskstats *ts;
     struct orch *orch;
@@ -143,6 +145,9 @@ static void fixture_open(struct fixture *f)
         journal_open(f->dir, 3, &f->journal, &lost, &nlost, err, sizeof(err)) < 0)
         abort();
     journal_lost_free(lost, nlost);
+    struct spool_limits lim = {0, 0, 0};
+    if (spool_open(f->dir, &lim, &f->spool, err, sizeof(err)) < 0)
+        abort();
     f->loop = ev_loop_new(EVFLAG_AUTO);
     f->http = http_create(f->loop, NULL);
     f->evq = evq_create(NULL, NULL);
@@ -156,7 +161,7 @@ static void fixture_open(struct fixture *f)
     f->work = work_create(&env);
     f->ledger = ledger_create(&lhooks, f->work);
     work_set_ledger(f->work, f->ledger);
-    f->outbox = outbox_create(f->loop, f->cfg, NULL, &sender, &ohooks, f->work);
+    f->outbox = outbox_create(f->loop, f->cfg, f->spool, &sender, &ohooks, f->work);
     work_set_outbox(f->work, f->outbox, f->journal);
     struct orch_env oenv = {f->pool, f->ledger, work_hot_cache(f->work), &orch_hooks, NULL};
     f->orch = orch_create(f->loop, f->http, f->cfg, 0, &oenv, &plugins_now);
@@ -172,6 +177,7 @@ static size_t fixture_close(struct fixture *f)
     pool_destroy(f->pool);
     evq_destroy(f->evq);
     outbox_destroy(f->outbox);
+    spool_close(f->spool);
     orch_destroy(f->orch);
     ledger_destroy(f->ledger);
     work_destroy(f->work);
