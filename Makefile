@@ -207,12 +207,18 @@ $(BUILD)/bench/plugins/%.so: bench/plugins/%.c bench/plugins/stamp.h sdk/avt_plu
 $(BUILD)/bench/floor: bench/floor.c | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(CC) $(AVT_CFLAGS) $(CFLAGS) $(HARDEN_LD) $(LDFLAGS) -o $@ $< $(LDLIBS_AVT)
-.PHONY: bench-smoke
+.PHONY: bench-smoke soak
 bench: all $(BENCH_PLUGINS) $(BUILD)/bench/floor
 	@BUILD=$(BUILD) $(PYTHON) bench/bench.py --runs $(RUNS) --protocol $(PROTOCOL)
 bench-smoke: all $(BENCH_PLUGINS) $(BUILD)/bench/floor
 	@BUILD=$(BUILD) $(PYTHON) bench/bench.py --smoke --protocol 1.0b3
 	@BUILD=$(BUILD) $(PYTHON) bench/bench.py --smoke --protocol 1.0b14
+	@BUILD=$(BUILD) $(PYTHON) bench/soak.py --smoke
+# The kill -9 soak (bench/soak.py): SOAK_TASKS (100000) no-op tasks, a kill
+# every SOAK_EVERY (3000); rewrites docs/benchmarks-soak.md. Fails if a job
+# is lost.
+soak: all $(BENCH_PLUGINS)
+	@BUILD=$(BUILD) $(PYTHON) bench/soak.py
 
 install: all
 	install -Dm0755 $(BUILD)/avtworkerd $(DESTDIR)$(BINDIR)/avtworkerd

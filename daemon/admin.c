@@ -38,6 +38,7 @@
 #include "orchset.h"
 #include "outbox.h"
 #include "pool.h"
+#include "spool.h"
 #include "taskstats.h"
 #include "util.h"
 
@@ -165,6 +166,36 @@ static void render_process(struct buf *b, const struct admin_sources *src,
     metric_value(b, "process_resident_memory_bytes", rss_bytes());
     metric_head(b, "avtworkerd_draining", "gauge", "1 while the daemon drains for shutdown.");
     metric_value(b, "avtworkerd_draining", nv > 0 && v[0].st.draining ? 1 : 0);
+}
+
+/* The spool: what it holds, and whether it can be written. */
+static void render_spool(struct buf *b, const struct admin_sources *src)
+{
+    if (src->spool == NULL)
+        return;
+    struct spool_stats st;
+    spool_get_stats(src->spool, &st);
+    metric_head(b, "avtworkerd_spool_results", "gauge",
+                "Results in the spool not yet acknowledged by their orchestrator.");
+    metric_value(b, "avtworkerd_spool_results", (double)st.files);
+    metric_head(b, "avtworkerd_spool_bytes", "gauge", "Bytes of those results' records.");
+    metric_value(b, "avtworkerd_spool_bytes", (double)st.bytes);
+    metric_head(b, "avtworkerd_spool_full", "gauge",
+                "1 while the spool is at max_files or max_bytes (no new task is taken).");
+    metric_value(b, "avtworkerd_spool_full", st.full);
+    metric_head(b, "avtworkerd_spool_write_failing", "gauge",
+                "1 while the spool cannot be written (disk full, I/O error; no new task is "
+                "taken).");
+    metric_value(b, "avtworkerd_spool_write_failing", spool_trouble(src->spool, NULL) != 0);
+    metric_head(b, "avtworkerd_spool_write_errors_total", "counter",
+                "Results or commits that could not be written to the spool.");
+    buf_printf(b, "avtworkerd_spool_write_errors_total %lu\n", st.write_errors);
+    metric_head(b, "avtworkerd_results_refused_total", "counter",
+                "Results an orchestrator refused for good, set aside in STATE_DIR/refused/.");
+    buf_printf(b, "avtworkerd_results_refused_total %lu\n", st.refused);
+    metric_head(b, "avtworkerd_results_expired_total", "counter",
+                "Results dropped undelivered at [spool] max_age.");
+    buf_printf(b, "avtworkerd_results_expired_total %lu\n", st.expired);
 }
 
 static void render_slots(struct buf *b, const struct admin_sources *src)
@@ -392,6 +423,7 @@ char *admin_metrics_text(const struct admin_sources *src, size_t *len)
     struct orch_view *v = orch_views(src, &nv);
     render_process(&b, src, v, nv);
     render_slots(&b, src);
+    render_spool(&b, src);
     render_types(&b, src);
     render_outcomes(&b, src);
     render_durations(&b, src);
@@ -428,8 +460,9 @@ static int orch_healthy(const struct orch_stats *st, double window, char *why, s
 
 /*
  * The /healthz answer (caller frees): healthy while at least one
- * orchestrator is, since the worker then still gets work. The first line is
- * "ok" or, with one orchestrator, the reason, with several a summary
+ * orchestrator is and the spool can be written, since the worker then
+ * still gets work. The first line is "ok" or, when the spool cannot be
+ * written, why; with one orchestrator, its reason, with several a summary
  * ("degraded: K of N ..." or "down: ..."); then one "URL: state (RXON
  * version)" line for each orchestrator.
  */
@@ -443,11 +476,21 @@ static char *health_text(const struct admin_sources *src, int *ok)
     for (size_t i = 0; i < nv; i++)
         good += (size_t)orch_healthy(&v[i].st, window, why[i], sizeof(why[i]));
     *ok = good > 0;
-    if (nv == 1 || (good == nv && nv > 0))
+    double since;
+    int err = src->spool != NULL ? spool_trouble(src->spool, &since) : 0;
+    if (err != 0) {
+        /* The worker takes no new task: not healthy, whatever the links say. */
+        *ok = 0;
+        buf_printf(&b,
+                   "spool cannot be written for %.0f s (%s): taking no new tasks; free space "
+                   "or fix the disk\n",
+                   now_wall() - since, strerror(err));
+    } else if (nv == 1 || (good == nv && nv > 0)) {
         buf_printf(&b, "%s\n", nv == 1 ? why[0] : "ok");
-    else
+    } else {
         buf_printf(&b, "%s: %zu of %zu orchestrators healthy\n", good > 0 ? "degraded" : "down",
                    good, nv);
+    }
     for (size_t i = 0; i < nv; i++)
         buf_printf(&b, "%s: %s (RXON %s)\n", v[i].url, why[i],
                    v[i].st.protocol ? v[i].st.protocol : "not detected yet");

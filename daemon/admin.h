@@ -49,6 +49,7 @@ struct admin_sources {
     const struct orchset *orchs;       /* link-level figures, per orchestrator */
     const struct ledger *ledger;       /* deadlines, abandoned and stuck tasks */
     const struct outbox *outbox;       /* results sent and pending, per orchestrator */
+    const struct spool *spool;         /* the durable outbox; NULL: none */
     const struct taskstats *taskstats; /* finished tasks */
     double started;                    /* now_mono() at start-up, for the uptime */
 };

@@ -173,7 +173,10 @@ static void status_text(struct daemon *d, char *buf, size_t len)
         sep = ", ";
     }
     if (o < len && st.stuck > 0)
-        snprintf(buf + o, len - o, "; %d stuck", st.stuck);
+        o += (size_t)snprintf(buf + o, len - o, "; %d stuck", st.stuck);
+    int err = d->spool != NULL ? spool_trouble(d->spool, NULL) : 0;
+    if (o < len && err != 0)
+        snprintf(buf + o, len - o, "; spool cannot be written (%s): no new tasks", strerror(err));
 }
 
 /* STATUS= when it changed, at most once per STATUS_MIN_GAP unless forced
@@ -596,6 +599,7 @@ static int admin_setup(struct daemon *d)
                                           .orchs = d->orchs,
                                           .ledger = d->ledger,
                                           .outbox = d->outbox,
+                                          .spool = d->spool,
                                           .taskstats = d->taskstats,
                                           .started = now_mono()};
     ev_signal_init(&d->sigusr1, on_sigusr1, SIGUSR1);

@@ -23,7 +23,7 @@ import time
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BUILD = os.environ.get("AVT_BUILD", os.path.join(ROOT, "build"))
+BUILD = os.path.abspath(os.environ.get("AVT_BUILD", os.path.join(ROOT, "build")))
 DAEMON = os.path.join(BUILD, "avtworkerd")
 PLUGINS = os.path.join(BUILD, "plugins")
 TEST_PLUGINS = os.path.join(BUILD, "tests", "plugins")
@@ -132,16 +132,17 @@ class TestCtx:
             os.replace(dst + ".tmp", dst)
         return d
 
-    def spawn(self, args, env=None, **kw):
+    def spawn(self, args, env=None, prefix=(), **kw):
         """Start the daemon in the background; stopped at the end of the test.
         Unless env names one, its state directory (spool, crash journal) is
-        the test's own `state/`, shared by every daemon the test starts."""
+        the test's own `state/`, shared by every daemon the test starts.
+        prefix: a command that execs the daemon (e.g. nsenter ...)."""
         env = dict(env or {})
         env.setdefault("STATE_DIRECTORY", self.path("state"))
         n = len(self._procs)
         out = open(self.path("daemon%d.out" % n), "w")
         err = open(self.path("daemon%d.log" % n), "w")
-        p = subprocess.Popen(daemon_argv(args), env=daemon_env(env), stdout=out, stderr=err,
+        p = subprocess.Popen(list(prefix) + daemon_argv(args), env=daemon_env(env), stdout=out, stderr=err,
                              text=True, **kw)
         out.close()
         err.close()

@@ -6,6 +6,7 @@ crashes the process; at the end every result is delivered, none twice.
 
 Soak size: AVT_SOAK_TASKS (default 3000, a fifth of it under sanitizers or
 valgrind, i.e. when TIMEOUT_MULT > 1)."""
+import errno
 import glob
 import json
 import os
@@ -249,6 +250,102 @@ def kills_at_random_moments_of_a_burst_lose_no_job_and_never_freeze_the_restart(
               "%d tasks run for %d jobs; %d kills explain at most %d more"
               % (handouts, len(ids), kills, explained))
         check(checked >= 3, "only %d lives lasted until their crash reports went" % checked)
+        check(stop(p) == 0)
+
+
+class SmallDisk:
+    """A tmpfs of `size` mounted on `path` in a private user and mount
+    namespace, held by a sleeping process, so that daemons entered into it
+    (nsenter) share it across restarts; the test fills it from outside
+    through /proc/PID/root. None when user namespaces are not available."""
+
+    def __init__(self, path, size="2m"):
+        os.makedirs(path, exist_ok=True)
+        self.path = path
+        self.holder = subprocess.Popen(
+            ["unshare", "-Urm", "sh", "-c",
+             'mount -t tmpfs -o size=%s,mode=0700 tmpfs "$0" && echo ready && exec sleep 3600' % size,
+             path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.ok = self.holder.stdout.readline().strip() == "ready"
+        self.why = "" if self.ok else self.holder.stderr.read()
+        self.prefix = ["nsenter", "-t", str(self.holder.pid), "-U", "-m", "--preserve-credentials"]
+        self.fill_path = "/proc/%d/root%s/fill" % (self.holder.pid, path)
+
+    def fill(self):
+        """Write until the disk is full; returns the bytes written."""
+        n = 0
+        with open(self.fill_path, "wb", buffering=0) as f:
+            try:
+                while True:
+                    n += f.write(b"\0" * 4096)
+            except OSError as e:
+                check(e.errno == errno.ENOSPC, e)
+        return n
+
+    def free(self):
+        os.unlink(self.fill_path)
+
+    def close(self):
+        self.holder.kill()
+        self.holder.wait()
+
+
+def free_port():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def http_get(port, path):
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=tmo(5)) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@test
+def a_full_disk_stops_new_work_delivers_what_it_holds_and_resumes(t):
+    disk = SmallDisk(t.path("state"), size="2m")
+    t.on_cleanup(disk.close)
+    check(disk.ok, "unshare -Urm (user namespaces) is needed for this test: " + disk.why)
+    port = free_port()
+    with FakeOrch(poll_timeout=1, max_retries=5) as o:
+        conf = ini(t, slots=2)
+        env = dict(o.worker_env(WID), ADMIN_PORT=str(port))
+        plugins = t.plugin_dir("echo", "t_crash", "t_behave")
+        run = lambda: t.spawn(["-c", conf, "-P", plugins], env=env, prefix=disk.prefix)
+        p = run()
+        o.wait_worker(WID, timeout=15)
+        check(o.wait_jobs(o.prequeue(WID, "echo", {"x": 1}, count=3))[0]["status"] == "finished")
+        # The disk fills; results larger than a page cannot be spooled.
+        disk.fill()
+        held = o.prequeue(WID, "echo", {"pad": "x" * 20000}, count=2)
+        wait_for(lambda: http_get(port, "/healthz")[0] == 503, what="/healthz 503")
+        code, text = http_get(port, "/healthz")
+        check("spool cannot be written" in text and "No space left on device" in text, text)
+        check("avtworkerd_spool_write_failing 1" in http_get(port, "/metrics")[1])
+        check("taking no new tasks until it can" in p.log(), p.log()[-3000:])
+        # Delivered from memory all the same.
+        jobs = o.wait_jobs(held, timeout=20)
+        check(all(j["status"] == "finished" for j in jobs), jobs)
+        # No new task while the disk is full.
+        later = o.prequeue(WID, "echo", {"x": 2}, count=4)
+        polls = len(o.log(kind="poll", worker_id=WID))
+        time.sleep(tmo(2.5))
+        check(len(o.log(kind="poll", worker_id=WID)) == polls, "polled with a full disk")
+        check(all(o.job(j)["status"] != "finished" for j in later), "took a task with a full disk")
+        # Space comes back: the worker says so and takes tasks again.
+        disk.free()
+        wait_for(lambda: "can be written again" in p.log(), timeout=30, what="the recovery")
+        jobs = o.wait_jobs(later, timeout=30)
+        check(all(j["status"] == "finished" and len(results_of(j)) == 1 for j in jobs), jobs)
+        wait_for(lambda: http_get(port, "/healthz")[0] == 200, what="/healthz 200 again")
         check(stop(p) == 0)
 
 

@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "journal.h"
@@ -394,6 +395,65 @@ TEST(a_corrupt_record_moves_the_segment_aside_and_recovers_the_rest)
     free(p);
     rm_rf(state);
     free(state);
+}
+
+/* In a child running as a user the permission bits bind (root's do not):
+ * a segment that cannot be read is left in place, its results are loaded
+ * by the first open that can read it, and no seq is used twice meanwhile.
+ * Returns the number of failed checks. */
+static int unreadable_segment_scenario(void)
+{
+    int bad = 0;
+#define CHILD_CHECK(c)                                                                             \
+    do {                                                                                           \
+        if (!(c)) {                                                                                \
+            printf("#   %s:%d: %s\n", __FILE__, __LINE__, #c);                                     \
+            bad++;                                                                                 \
+        }                                                                                          \
+    } while (0)
+    char *state = new_state();
+    struct spool *sp = open_sp(state, 0, 0, 0);
+    put(sp, URL, "a");
+    unsigned long long sb = put(sp, URL, "b");
+    spool_close(sp);
+    sp = open_sp(state, 0, 0, 0); /* a new process starts a new segment */
+    put(sp, URL, "c");
+    spool_close(sp);
+    char *seg1 = spool_path(state, "0000000000000001.seg");
+    CHILD_CHECK(chmod(seg1, 0) == 0);
+    sp = open_sp(state, 0, 0, 0);
+    CHILD_CHECK(sp != NULL);
+    CHILD_CHECK(strcmp(loaded(sp, URL), "c") == 0);
+    CHILD_CHECK(stats(sp).unreadable_segments == 1);
+    CHILD_CHECK(stats(sp).corrupt_segments == 0);
+    CHILD_CHECK(access(seg1, F_OK) == 0); /* left in place, not moved aside */
+    unsigned long long sd = put(sp, URL, "d");
+    CHILD_CHECK(sd > sb);
+    spool_close(sp);
+    CHILD_CHECK(chmod(seg1, 0600) == 0); /* the disk is fixed */
+    sp = open_sp(state, 0, 0, 0);
+    CHILD_CHECK(strcmp(loaded(sp, URL), "a,b,c,d") == 0);
+    spool_close(sp);
+    free(seg1);
+    rm_rf(state);
+    free(state);
+    return bad;
+#undef CHILD_CHECK
+}
+
+TEST(an_unreadable_segment_is_left_in_place_and_read_later)
+{
+    fflush(stdout);
+    pid_t pid = fork();
+    ASSERT(pid >= 0);
+    if (pid == 0) {
+        if (geteuid() == 0 && (setgid(65534) < 0 || setuid(65534) < 0))
+            _exit(100);
+        _exit(unreadable_segment_scenario() == 0 ? 0 : 1);
+    }
+    int status = 0;
+    ASSERT(waitpid(pid, &status, 0) == pid);
+    EXPECT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
 TEST(version_1_files_are_migrated_or_moved_aside)
