@@ -9,6 +9,7 @@
 #include "log.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@
 #include "util.h"
 
 _Atomic int log_level = LOG_INFO;
+static atomic_int fatal_exit; /* fatal() or fatalx() is ending the process */
 static enum log_format log_fmt = LOG_FORMAT_PLAIN;
 
 static const char *const level_names[] = {"emerg",   "alert",  "crit", "error",
@@ -194,6 +196,11 @@ void log_emit(int level, const struct log_ctx *ctx, const char *fmt, ...)
     va_end(ap);
 }
 
+int log_fatal_exiting(void)
+{
+    return atomic_load(&fatal_exit);
+}
+
 void fatal(const char *fmt, ...)
 {
     int e = errno;
@@ -203,6 +210,7 @@ void fatal(const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     log_emit(LOG_ERR, NULL, "%s: %s", msg, strerror(e));
+    atomic_store(&fatal_exit, 1);
     exit(1);
 }
 
@@ -212,5 +220,6 @@ void fatalx(const char *fmt, ...)
     va_start(ap, fmt);
     log_vemit(LOG_ERR, NULL, fmt, ap);
     va_end(ap);
+    atomic_store(&fatal_exit, 1);
     exit(1);
 }

@@ -3,7 +3,7 @@
  * lines from several threads never interleave. Under journald
  * ($JOURNAL_STREAM set, or format "journal") each line starts with the
  * sd-daemon "<N>" priority prefix; otherwise plain "LEVEL message k=v" text
- * or one JSON object per line. Levels are syslog's (LOG_ERR..LOG_DEBUG).
+ * or one JSON object per line. Levels are syslog's (LOG_CRIT..LOG_DEBUG).
  * Tokens must never be passed to these functions.
  */
 #ifndef AVT_DAEMON_LOG_H
@@ -61,5 +61,8 @@ void log_vemit(int level, const struct log_ctx *ctx, const char *fmt, va_list ap
  * and invariant failures only. */
 void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 void fatalx(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+/* 1 once fatal() or fatalx() has begun to exit: the daemon's own exit
+ * (exitguard.h lets it through). */
+int log_fatal_exiting(void);
 
 #endif /* AVT_DAEMON_LOG_H */
