@@ -467,9 +467,16 @@ static void thread_line(struct buf *b, const struct pool_thread_info *ti, double
         return;
     }
     int c = ti->cancel >= 0 && (size_t)ti->cancel < ARRAY_LEN(cancel_names) ? ti->cancel : 0;
+    /* The ids and the type come from the orchestrator: escaped as in the
+     * log, so that none can add a line of its own. */
+    char id[4 * sizeof(ti->task_id)], job[4 * sizeof(ti->job_id)], type[4 * sizeof(ti->type)],
+        plugin[4 * sizeof(ti->plugin)];
+    log_escape(id, sizeof(id), ti->task_id);
+    log_escape(job, sizeof(job), ti->job_id);
+    log_escape(type, sizeof(type), ti->type);
+    log_escape(plugin, sizeof(plugin), ti->plugin);
     buf_printf(b, "avt-worker-%d busy %.1fs task_id=%s job_id=%s type=%s plugin=%s%s%s\n",
-               ti->index, now - ti->since, ti->task_id, ti->job_id, ti->type, ti->plugin,
-               c ? " " : "", cancel_names[c]);
+               ti->index, now - ti->since, id, job, type, plugin, c ? " " : "", cancel_names[c]);
 }
 
 static struct pool_thread_info *threads_snapshot(struct pool *pool, size_t *n)

@@ -10,7 +10,8 @@
  *              the reason; with several orchestrators, unless all are
  *              healthy, "degraded: K of N ..." or "down: ..." and one
  *              "URL: state" line for each of them
- *   /threads   what every worker thread does, and for how long (text)
+ *   /threads   what every worker thread does, and for how long (text; ids
+ *              and types escaped like the log, log_escape())
  *
  * Connection-level metrics carry the label orchestrator="URL"; task-level
  * ones (outcomes, durations, deadlines) are summed over the orchestrators.
