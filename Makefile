@@ -58,6 +58,7 @@ PLUGIN_LIBS = -ljansson
 # Daemon sources, one per line.
 SRCS += daemon/util.c
 SRCS += daemon/log.c
+SRCS += daemon/exitguard.c
 SRCS += daemon/cfg.c
 SRCS += daemon/plugin.c
 SRCS += daemon/skill.c

@@ -45,6 +45,10 @@
 #define REQ_MAX 8192
 #define TYPES_SHOWN 1024
 #define THREADS_SHOWN 4096
+/* accept() failing for want of descriptors pauses accepting this long,
+ * doubling up to the maximum while it goes on. */
+#define ACCEPT_PAUSE_MIN 0.1
+#define ACCEPT_PAUSE_MAX 1.0
 
 struct conn {
     struct admin *a;
@@ -65,6 +69,15 @@ struct admin {
     ev_io accept_io;
     struct conn *conns;
     int nconns;
+    /* accept() failed (EMFILE and the like): accept_io is stopped and
+     * accept_retry restarts it after pause seconds; pause is 0 while
+     * accept() works. One episode logs one line when it starts and one
+     * when it ends. */
+    ev_timer accept_retry;
+    double pause;
+    double episode_start;
+    unsigned long episode_errors;
+    unsigned long accept_errors; /* every failed accept(), for /metrics */
 };
 
 /* ---- A growing text buffer --------------------------------------------- */
@@ -416,7 +429,17 @@ static void render_counters(struct buf *b, const struct orch_view *v, size_t nv)
     }
 }
 
-char *admin_metrics_text(const struct admin_sources *src, size_t *len)
+/* The endpoint's own figures (0 when rendered without a live endpoint). */
+static void render_admin(struct buf *b, const struct admin *a)
+{
+    const char *name = "avtworkerd_admin_accept_errors_total";
+    metric_head(b, name, "counter",
+                "Connections the admin endpoint could not accept (out of file descriptors, or "
+                "another error); accepting pauses 0.1 to 1 s after each.");
+    buf_printf(b, "%s %lu\n", name, a != NULL ? a->accept_errors : 0);
+}
+
+static char *metrics_text(const struct admin *a, const struct admin_sources *src, size_t *len)
 {
     struct buf b = {0};
     size_t nv;
@@ -431,9 +454,15 @@ char *admin_metrics_text(const struct admin_sources *src, size_t *len)
     render_protocol(&b, v, nv);
     render_requests(&b, v, nv);
     render_counters(&b, v, nv);
+    render_admin(&b, a);
     free(v);
     *len = b.len;
     return b.p;
+}
+
+char *admin_metrics_text(const struct admin_sources *src, size_t *len)
+{
+    return metrics_text(NULL, src, len);
 }
 
 /* ---- /healthz and /threads ------------------------------------------------ */
@@ -510,9 +539,16 @@ static void thread_line(struct buf *b, const struct pool_thread_info *ti, double
         return;
     }
     int c = ti->cancel >= 0 && (size_t)ti->cancel < ARRAY_LEN(cancel_names) ? ti->cancel : 0;
+    /* The ids and the type come from the orchestrator: escaped as in the
+     * log, so that none can add a line of its own. */
+    char id[4 * sizeof(ti->task_id)], job[4 * sizeof(ti->job_id)], type[4 * sizeof(ti->type)],
+        plugin[4 * sizeof(ti->plugin)];
+    log_escape(id, sizeof(id), ti->task_id);
+    log_escape(job, sizeof(job), ti->job_id);
+    log_escape(type, sizeof(type), ti->type);
+    log_escape(plugin, sizeof(plugin), ti->plugin);
     buf_printf(b, "avt-worker-%d busy %.1fs task_id=%s job_id=%s type=%s plugin=%s%s%s\n",
-               ti->index, now - ti->since, ti->task_id, ti->job_id, ti->type, ti->plugin,
-               c ? " " : "", cancel_names[c]);
+               ti->index, now - ti->since, id, job, type, plugin, c ? " " : "", cancel_names[c]);
 }
 
 static struct pool_thread_info *threads_snapshot(struct pool *pool, size_t *n)
@@ -634,7 +670,7 @@ static void handle_request(struct conn *c, char *line)
     size_t len;
     char *body;
     if (strcmp(path, "/metrics") == 0) {
-        body = admin_metrics_text(src, &len);
+        body = metrics_text(c->a, src, &len);
         respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", body, len, head);
         free(body);
     } else if (strcmp(path, "/healthz") == 0) {
@@ -778,6 +814,47 @@ static struct conn *oldest(struct admin *a)
     return c;
 }
 
+/* accept() failed with errno e (not EAGAIN): stop accepting for a pause,
+ * so that a listening socket that stays readable (a connection waits, but
+ * no descriptor is free for it) does not spin the loop. */
+static void accept_pause(struct admin *a, int e)
+{
+    a->accept_errors++;
+    a->episode_errors++;
+    if (a->pause == 0) {
+        a->pause = ACCEPT_PAUSE_MIN;
+        a->episode_start = now_mono();
+        if (e == EMFILE || e == ENFILE)
+            log_warn("admin: cannot accept a connection: %s (the daemon is out of file "
+                     "descriptors: raise LimitNOFILE= in the unit, or find what holds them in "
+                     "/proc/%d/fd); retrying every %g to %g s",
+                     strerror(e), (int)getpid(), ACCEPT_PAUSE_MIN, ACCEPT_PAUSE_MAX);
+        else
+            log_warn("admin: cannot accept a connection: %s; retrying every %g to %g s",
+                     strerror(e), ACCEPT_PAUSE_MIN, ACCEPT_PAUSE_MAX);
+    } else {
+        a->pause = a->pause * 2 < ACCEPT_PAUSE_MAX ? a->pause * 2 : ACCEPT_PAUSE_MAX;
+    }
+    ev_io_stop(a->loop, &a->accept_io);
+    ev_timer_set(&a->accept_retry, a->pause, 0.);
+    ev_timer_start(a->loop, &a->accept_retry);
+}
+
+static void accept_resumed(struct admin *a)
+{
+    log_notice("admin: accepting connections again after %lu failed attempt(s) in %.1f s",
+               a->episode_errors, now_mono() - a->episode_start);
+    a->pause = 0;
+    a->episode_errors = 0;
+}
+
+static void on_accept_retry(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    struct admin *a = w->data;
+    ev_io_start(loop, &a->accept_io); /* a waiting connection makes it fire at once */
+}
+
 static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)loop;
@@ -789,9 +866,11 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
             if (errno != EAGAIN && errno != EWOULDBLOCK)
-                log_warn("admin: accept: %s", strerror(errno));
-            return; /* EMFILE and the like: the next connection retries */
+                accept_pause(a, errno);
+            return;
         }
+        if (a->pause > 0)
+            accept_resumed(a);
         if (a->nconns >= ADMIN_CONNS_MAX)
             conn_close(oldest(a)); /* a flood of idle connections cannot lock out a scrape */
         conn_new(a, fd);
@@ -800,34 +879,44 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
 
 /* ---- Life cycle ------------------------------------------------------------ */
 
-/* "ADDRESS:PORT" or "[IPV6]:PORT" into a socket address. */
+/* "IPV4:PORT" or "[IPV6]:PORT" (as cfg normalizes [admin] listen) into a
+ * socket address; anything else, e.g. "[::1:80" or "127.0.0.1:80x", is
+ * -EINVAL: it is never guessed at, since a wrong guess may open the
+ * endpoint on every interface. */
 static int parse_listen(const char *addr, struct sockaddr_storage *ss, socklen_t *sl)
 {
     const char *colon = strrchr(addr, ':');
     char host[64];
     if (colon == NULL)
         return -EINVAL;
-    int port = (int)strtol(colon + 1, NULL, 10);
+    const char *ps = colon + 1;
+    size_t pl = strlen(ps);
+    if (pl == 0 || pl > 5 || strspn(ps, "0123456789") != pl)
+        return -EINVAL;
+    int port = (int)strtol(ps, NULL, 10);
     const char *h = addr;
     size_t hl = (size_t)(colon - addr);
-    if (hl >= 2 && h[0] == '[') {
+    int bracketed = hl > 0 && h[0] == '[';
+    if (bracketed != (hl >= 2 && h[hl - 1] == ']'))
+        return -EINVAL;
+    if (bracketed) {
         h++;
         hl -= 2;
     }
-    if (hl >= sizeof(host) || port < 1 || port > 65535)
+    if (hl == 0 || hl >= sizeof(host) || port < 1 || port > 65535)
         return -EINVAL;
     memcpy(host, h, hl);
     host[hl] = '\0';
     memset(ss, 0, sizeof(*ss));
     struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
     struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
-    if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
+    if (!bracketed && inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
         s4->sin_family = AF_INET;
         s4->sin_port = htons((uint16_t)port);
         *sl = sizeof(*s4);
         return 0;
     }
-    if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
+    if (bracketed && inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
         s6->sin6_family = AF_INET6;
         s6->sin6_port = htons((uint16_t)port);
         *sl = sizeof(*s6);
@@ -836,12 +925,26 @@ static int parse_listen(const char *addr, struct sockaddr_storage *ss, socklen_t
     return -EINVAL;
 }
 
+/* 1 for 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104. */
+static int is_loopback(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)ss;
+        return (ntohl(s4->sin_addr.s_addr) >> 24) == 127;
+    }
+    const struct in6_addr *a6 = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+    return IN6_IS_ADDR_LOOPBACK(a6) || (IN6_IS_ADDR_V4MAPPED(a6) && a6->s6_addr[12] == 127);
+}
+
 static int open_listener(const char *addr, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
     socklen_t sl;
     if (parse_listen(addr, &ss, &sl) < 0)
-        return fmt_err(err, errlen, "admin: cannot listen on %s: not ADDRESS:PORT", addr);
+        return fmt_err(err, errlen,
+                       "admin: cannot listen on %s: not IPV4:PORT or [IPV6]:PORT with PORT "
+                       "1..65535",
+                       addr);
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     if (fd >= 0)
@@ -856,6 +959,12 @@ static int open_listener(const char *addr, char *err, size_t errlen)
                 addr, strerror(e));
         return -e;
     }
+    if (!is_loopback(&ss))
+        log_warn("admin: listening on %s, which is not a loopback address: /metrics, /healthz "
+                 "and /threads (the ids of running tasks) answer anyone who can reach it, "
+                 "without authentication; set [admin] listen to 127.0.0.1:PORT (or a bare "
+                 "PORT) and scrape it from this host, or restrict the port with a firewall",
+                 addr);
     return fd;
 }
 
@@ -872,6 +981,8 @@ struct admin *admin_create(struct ev_loop *loop, const char *addr, const struct 
     ev_io_init(&a->accept_io, on_accept, fd, EV_READ);
     a->accept_io.data = a;
     ev_io_start(loop, &a->accept_io);
+    ev_timer_init(&a->accept_retry, on_accept_retry, 0., 0.);
+    a->accept_retry.data = a;
     log_info("admin endpoint on http://%s (/metrics, /healthz, /threads)", addr);
     return a;
 }
@@ -883,6 +994,7 @@ void admin_destroy(struct admin *a)
     while (a->conns != NULL)
         conn_close(a->conns);
     ev_io_stop(a->loop, &a->accept_io);
+    ev_timer_stop(a->loop, &a->accept_retry);
     close(a->fd);
     free(a);
 }

@@ -10,7 +10,8 @@
  *              the reason; with several orchestrators, unless all are
  *              healthy, "degraded: K of N ..." or "down: ..." and one
  *              "URL: state" line for each of them
- *   /threads   what every worker thread does, and for how long (text)
+ *   /threads   what every worker thread does, and for how long (text; ids
+ *              and types escaped like the log, log_escape())
  *
  * Connection-level metrics carry the label orchestrator="URL"; task-level
  * ones (outcomes, durations, deadlines) are summed over the orchestrators.
@@ -20,7 +21,9 @@
  * ADMIN_REQUEST_TIMEOUT seconds of the connection (slow clients are cut
  * off) and at most ADMIN_CONNS_MAX connections are open at once (a new one
  * closes the oldest); nothing a client sends can block the loop or crash
- * the daemon.
+ * the daemon. When accept() fails (out of file descriptors), accepting
+ * pauses 0.1 s, doubling up to 1 s, with one log line per episode and
+ * avtworkerd_admin_accept_errors_total counting the attempts.
  *
  * Everything here runs on the loop thread.
  */
@@ -57,9 +60,11 @@ struct admin_sources {
 struct admin;
 
 /*
- * Listen on `addr` ("ADDRESS:PORT" or "[IPV6]:PORT", as cfg normalizes
- * it). Returns the admin, or NULL with "admin: cannot listen on ...: why"
- * in err (the daemon then exits 78).
+ * Listen on `addr` ("IPV4:PORT" or "[IPV6]:PORT", as cfg normalizes it;
+ * any other form is refused, never guessed at). Returns the admin, or NULL
+ * with "admin: cannot listen on ...: why" in err (the daemon then exits
+ * 78). An address that is not loopback is served with a warning logged:
+ * the endpoint has no authentication.
  */
 struct admin *admin_create(struct ev_loop *loop, const char *addr, const struct admin_sources *src,
                            char *err, size_t errlen);

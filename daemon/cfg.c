@@ -437,7 +437,10 @@ static int parse_listen(struct loader *ld, const char *where, const char *v, cha
                     "with PORT 1..65535",
                     v);
     size_t hl = colon != NULL ? (size_t)(colon - v) : 0;
-    if (hl >= 2 && v[0] == '[' && v[hl - 1] == ']') {
+    int bracketed = hl >= 2 && v[0] == '[' && v[hl - 1] == ']';
+    if (!bracketed && hl > 0 && (v[0] == '[' || v[hl - 1] == ']'))
+        return fail(ld, where, "\"%s\": unbalanced brackets; expected [IPV6]:PORT", v);
+    if (bracketed) {
         v++;
         hl -= 2;
     }
@@ -446,6 +449,12 @@ static int parse_listen(struct loader *ld, const char *where, const char *v, cha
         snprintf(host, sizeof(host), "127.0.0.1");
     if (inet_pton(AF_INET, host, a) != 1 && inet_pton(AF_INET6, host, a) != 1)
         return fail(ld, where, "\"%.*s\" is not an IPv4 or IPv6 address", (int)hl, v);
+    /* "::1:9464" is also the address ::1:9464: the port must be unambiguous. */
+    if (!bracketed && strchr(host, ':') != NULL)
+        return fail(ld, where,
+                    "\"%s\" is ambiguous: an IPv6 address goes in brackets, as in "
+                    "[%s]:%ld",
+                    v, host, port);
     *out = strchr(host, ':') != NULL ? xasprintf("[%s]:%ld", host, port)
                                      : xasprintf("%s:%ld", host, port);
     return 0;

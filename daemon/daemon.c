@@ -52,6 +52,7 @@
 #include "admin.h"
 #include "cfg.h"
 #include "evq.h"
+#include "exitguard.h"
 #include "http.h"
 #include "journal.h"
 #include "ledger.h"
@@ -394,6 +395,7 @@ static void daemon_reload(struct daemon *d)
         d->admin_src.cfg = c;
         d->cfg_owned = 1;
         d->plugins = set;
+        exitguard_install(); /* ahead of the new plugins' own exit handlers */
         log_notice("reloaded: %zu plugin(s), %zu task type(s)", set->nplugins, set->ntypes);
         retired_reap(d, 0);
     }
@@ -835,6 +837,9 @@ int daemon_run(struct cfg *cfg)
         curl_global_cleanup();
         return rc;
     }
+    /* Again, now that libcurl, OpenSSL and the plugins have registered
+     * their exit handlers: a plugin's exit() is caught before they run. */
+    exitguard_install();
     log_notice("avtworkerd %s starting: worker %s, orchestrator %s, %d slots", AVT_VERSION,
                cfg->worker_id, cfg->url, cfg->max_concurrent_tasks);
     outbox_load(d->outbox);

@@ -5,10 +5,17 @@
  * an ISO-8601 timestamp, and one JSON object per line. A line about a task
  * carries plugin, task_id, job_id and type as key=value pairs (or JSON
  * members). Nothing here ever sees a token: callers must not pass one.
+ *
+ * Much of what is logged comes from outside: ids and types chosen by the
+ * orchestrator, its answers, plugin messages. A newline in any of them
+ * would start a line of the attacker's choosing (with a "<0>" of its own
+ * under journald), so the formatted message and each context field are
+ * escaped (log_escape) once, here, before any format puts them together.
  */
 #include "log.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +29,7 @@
 #include "util.h"
 
 _Atomic int log_level = LOG_INFO;
+static atomic_int fatal_exit; /* fatal() or fatalx() is ending the process */
 static enum log_format log_fmt = LOG_FORMAT_PLAIN;
 
 static const char *const level_names[] = {"emerg",   "alert",  "crit", "error",
@@ -90,6 +98,69 @@ static void write_all(const char *buf, size_t len)
     }
 }
 
+/* Room for a field of `raw` bytes once escaped (4 bytes per byte at most). */
+#define ESCAPED_MAX(raw) (4 * (raw) + 1)
+#define MSG_MAX 2048
+#define FIELD_MAX 192 /* a context field is cut there (ids are at most 128 bytes) */
+
+/* An escape of one byte: "\xNN". */
+static size_t put_hex(char *out, unsigned char c)
+{
+    static const char hex[] = "0123456789abcdef";
+    out[0] = '\\';
+    out[1] = 'x';
+    out[2] = hex[c >> 4];
+    out[3] = hex[c & 0xf];
+    return 4;
+}
+
+/* The length of the valid UTF-8 character at s that is shown as it is, or
+ * 0 when its bytes are to be escaped: not UTF-8, a C1 control, U+2028 or
+ * U+2029 (line breaks to some viewers). */
+static size_t kept_len(const unsigned char *s, size_t n)
+{
+    size_t len = utf8_seq_len(s, n);
+    if (len == 2 && s[0] == 0xc2 && s[1] < 0xa0)
+        return 0;
+    if (len == 3 && s[0] == 0xe2 && s[1] == 0x80 && (s[2] == 0xa8 || s[2] == 0xa9))
+        return 0;
+    return len;
+}
+
+size_t log_escape(char *out, size_t outlen, const char *in)
+{
+    const unsigned char *s = (const unsigned char *)in;
+    size_t n = strlen(in), o = 0, i = 0;
+    while (i < n) {
+        char esc[16];
+        size_t elen, used;
+        if (s[i] == '\n' || s[i] == '\r' || s[i] == '\t') {
+            esc[0] = '\\';
+            esc[1] = s[i] == '\n' ? 'n' : s[i] == '\r' ? 'r' : 't';
+            elen = 2, used = 1;
+        } else if (s[i] < 0x20 || s[i] == 0x7f) {
+            elen = put_hex(esc, s[i]), used = 1;
+        } else if ((used = kept_len(s + i, n - i)) > 0) {
+            memcpy(esc, s + i, used);
+            elen = used;
+        } else { /* escape every byte of a C1 control or line separator */
+            size_t len = utf8_seq_len(s + i, n - i);
+            used = len > 0 ? len : 1;
+            elen = 0;
+            for (size_t k = 0; k < used; k++)
+                elen += put_hex(esc + elen, s[i + k]);
+        }
+        if (o + elen >= outlen)
+            break;
+        memcpy(out + o, esc, elen);
+        o += elen;
+        i += used;
+    }
+    if (outlen > 0)
+        out[o] = '\0';
+    return o;
+}
+
 static void ctx_pairs(char *out, size_t outlen, const struct log_ctx *ctx)
 {
     out[0] = '\0';
@@ -101,9 +172,11 @@ static void ctx_pairs(char *out, size_t outlen, const struct log_ctx *ctx)
     for (size_t i = 0; i < ARRAY_LEN(keys); i++) {
         if (vals[i] == NULL)
             continue;
+        char v[ESCAPED_MAX(FIELD_MAX)];
+        log_escape(v, sizeof(v), vals[i]);
         /* The job id equals the task id with Avtomatika 1.0b13; still print
          * both, since tools grep for either. */
-        int n = snprintf(out + used, outlen - used, " %s=%s", keys[i], vals[i]);
+        int n = snprintf(out + used, outlen - used, " %s=%s", keys[i], v);
         if (n < 0 || (size_t)n >= outlen - used)
             break;
         used += (size_t)n;
@@ -121,6 +194,16 @@ static void format_ts(char ts[40])
     snprintf(ts + n, 40 - n, ".%03dZ", (int)(tv.tv_usec / 1000));
 }
 
+/* A context field of a JSON line, escaped like the message. */
+static void json_field(json_t *o, const char *key, const char *val)
+{
+    if (val == NULL)
+        return;
+    char v[ESCAPED_MAX(FIELD_MAX)];
+    log_escape(v, sizeof(v), val);
+    json_object_set_new(o, key, json_string(v));
+}
+
 static void emit_json(int level, const struct log_ctx *ctx, const char *msg)
 {
     char ts[40];
@@ -130,14 +213,10 @@ static void emit_json(int level, const struct log_ctx *ctx, const char *msg)
     json_object_set_new(o, "level", json_string(log_level_name(level)));
     json_object_set_new(o, "msg", json_string(msg));
     if (ctx != NULL) {
-        if (ctx->plugin)
-            json_object_set_new(o, "plugin", json_string(ctx->plugin));
-        if (ctx->task_id)
-            json_object_set_new(o, "task_id", json_string(ctx->task_id));
-        if (ctx->job_id)
-            json_object_set_new(o, "job_id", json_string(ctx->job_id));
-        if (ctx->type)
-            json_object_set_new(o, "type", json_string(ctx->type));
+        json_field(o, "plugin", ctx->plugin);
+        json_field(o, "task_id", ctx->task_id);
+        json_field(o, "job_id", ctx->job_id);
+        json_field(o, "type", ctx->type);
     }
     char *s = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
     json_decref(o);
@@ -155,13 +234,10 @@ void log_vemit(int level, const struct log_ctx *ctx, const char *fmt, va_list ap
     if (level > log_level)
         return;
     int saved = errno;
-    char msg[2048];
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    /* One line per record: a message never spans lines. */
-    for (char *p = msg; *p; p++) {
-        if (*p == '\n' || *p == '\r')
-            *p = ' ';
-    }
+    char raw[MSG_MAX], msg[ESCAPED_MAX(MSG_MAX)];
+    vsnprintf(raw, sizeof(raw), fmt, ap);
+    /* One line per record, whatever the message holds. */
+    log_escape(msg, sizeof(msg), raw);
     if (log_fmt == LOG_FORMAT_JSON) {
         emit_json(level, ctx, msg);
         errno = saved;
@@ -169,7 +245,7 @@ void log_vemit(int level, const struct log_ctx *ctx, const char *fmt, va_list ap
     }
     char pairs[768];
     ctx_pairs(pairs, sizeof(pairs), ctx);
-    char line[3200];
+    char line[sizeof(msg) + sizeof(pairs) + 64];
     int n;
     if (log_fmt == LOG_FORMAT_JOURNAL) {
         n = snprintf(line, sizeof(line), "<%d>%s%s\n", level, msg, pairs);
@@ -194,6 +270,11 @@ void log_emit(int level, const struct log_ctx *ctx, const char *fmt, ...)
     va_end(ap);
 }
 
+int log_fatal_exiting(void)
+{
+    return atomic_load(&fatal_exit);
+}
+
 void fatal(const char *fmt, ...)
 {
     int e = errno;
@@ -203,6 +284,7 @@ void fatal(const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     log_emit(LOG_ERR, NULL, "%s: %s", msg, strerror(e));
+    atomic_store(&fatal_exit, 1);
     exit(1);
 }
 
@@ -212,5 +294,6 @@ void fatalx(const char *fmt, ...)
     va_start(ap, fmt);
     log_vemit(LOG_ERR, NULL, fmt, ap);
     va_end(ap);
+    atomic_store(&fatal_exit, 1);
     exit(1);
 }

@@ -8,6 +8,8 @@
  * Without -c the daemon runs on built-in defaults plus the environment, as
  * the Python worker SDK does. Configuration and plugin errors exit 78
  * (EX_CONFIG), which the systemd unit lists in RestartPreventExitStatus.
+ * An exit() that main() did not make (a plugin's) ends the process with
+ * status 70 instead (exitguard.h), in every mode.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -18,6 +20,7 @@
 #include "avt_plugin.h"
 #include "cfg.h"
 #include "daemon.h"
+#include "exitguard.h"
 #include "log.h"
 #include "plugin.h"
 #include "runonce.h"
@@ -61,7 +64,7 @@ static void print_skills(const struct plugin_set *set)
     }
 }
 
-int main(int argc, char **argv)
+static int run(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"config", required_argument, NULL, 'c'}, {"plugin-dir", required_argument, NULL, 'P'},
@@ -152,5 +155,13 @@ int main(int argc, char **argv)
     daemon_set_plugin_dir_override(plugin_dir);
     rc = daemon_run(cfg);
     cfg_destroy(cfg);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    exitguard_install();
+    int rc = run(argc, argv);
+    exitguard_own_exit();
     return rc;
 }

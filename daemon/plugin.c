@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "cfg.h"
+#include "exitguard.h"
 #include "log.h"
 #include "host.h"
 #include "skill.h"
@@ -202,7 +203,11 @@ static int check_symbol(const struct plugin *p, const void *sym, char *err, size
 
 static int open_plugin(struct plugin *p, char *err, size_t errlen)
 {
+    /* A constructor of the library runs in dlopen(). */
+    struct exitguard_site site = {.plugin = p->path, .call = "constructor (at load)"};
+    const struct exitguard_site *prev = exitguard_enter(&site);
     p->dl = dlopen(p->path, RTLD_NOW | RTLD_LOCAL);
+    exitguard_leave(prev);
     if (p->dl == NULL) {
         fmt_err(err, errlen, "%s: cannot load: %s", p->path, dl_reason(p->path));
         return -ENOEXEC;
@@ -501,7 +506,10 @@ static int init_one(struct plugin *p, char *err, size_t errlen)
     host_init(&p->host, p->name, p->host.evq);
     if (p->desc->init != NULL) {
         void *state = NULL;
+        struct exitguard_site site = {.plugin = p->name, .call = "init()"};
+        const struct exitguard_site *prev = exitguard_enter(&site);
         int rc = p->desc->init(&p->host.table, &state);
+        exitguard_leave(prev);
         if (rc < 0) {
             fmt_err(err, errlen, "%s: init() failed: %s", p->path, rc_str(rc));
             return rc > -4096 ? rc : -EIO;
@@ -522,8 +530,11 @@ static int configure_one(struct plugin *p, const struct cfg_plugin_key *k, char 
         return fmt_err(err, errlen, "%s:%d: plugin.%s.%s: plugin %s takes no settings", key_file(k),
                        k->line, p->name, k->key, p->name);
     char perr[AVT_ERRLEN] = "";
+    struct exitguard_site site = {.plugin = p->name, .call = "configure()"};
+    const struct exitguard_site *prev = exitguard_enter(&site);
     int rc =
         p->desc->configure(p->state, k->key, k->value != NULL ? k->value : "", perr, sizeof(perr));
+    exitguard_leave(prev);
     if (rc == 0)
         return 0;
     perr[sizeof(perr) - 1] = '\0';
@@ -537,7 +548,10 @@ static int start_one(struct plugin *p, char *err, size_t errlen)
     if (p->desc->start == NULL)
         return 0;
     char perr[AVT_ERRLEN] = "";
+    struct exitguard_site site = {.plugin = p->name, .call = "start()"};
+    const struct exitguard_site *prev = exitguard_enter(&site);
     int rc = p->desc->start(p->state, perr, sizeof(perr));
+    exitguard_leave(prev);
     if (rc == 0)
         return 0;
     perr[sizeof(perr) - 1] = '\0';
@@ -626,8 +640,12 @@ void plugin_set_destroy(struct plugin_set *set)
     /* Shut down in reverse load order, before any code is unmapped. */
     for (size_t i = set->nplugins; i-- > 0;) {
         struct plugin *p = set->plugins[i];
-        if (p->started && p->desc->shutdown != NULL)
+        if (p->started && p->desc->shutdown != NULL) {
+            struct exitguard_site site = {.plugin = p->name, .call = "shutdown()"};
+            const struct exitguard_site *prev = exitguard_enter(&site);
             p->desc->shutdown(p->state);
+            exitguard_leave(prev);
+        }
         p->started = 0;
     }
     for (size_t i = 0; i < set->nplugins; i++) {
@@ -658,8 +676,16 @@ void plugin_run(struct task *t)
     t->pub.host = &t->plugin->host.table;
     /* A task that already has an outcome (invalid payload) or was cancelled
      * while it waited is not started at all. */
-    if (atomic_load(&t->has_outcome) == 0 && atomic_load(&t->cancel) == TASK_CANCEL_NONE)
+    if (atomic_load(&t->has_outcome) == 0 && atomic_load(&t->cancel) == TASK_CANCEL_NONE) {
+        struct exitguard_site site = {.plugin = t->plugin->name,
+                                      .call = "handler",
+                                      .type = t->type,
+                                      .task_id = t->id,
+                                      .job_id = t->job_id};
+        const struct exitguard_site *prev = exitguard_enter(&site);
         rc = t->plugin->desc->handle(t->plugin->state, &t->pub);
+        exitguard_leave(prev);
+    }
     task_finish(t, rc);
     t->t_finished = now_mono();
 }

@@ -669,6 +669,7 @@ static const struct readme_metric readme_metrics[] = {
     {"process_resident_memory_bytes", "gauge"},
     {"avtworkerd_uptime_seconds", "gauge"},
     {"avtworkerd_build_info", "gauge"},
+    {"avtworkerd_admin_accept_errors_total", "counter"},
 };
 
 /* Every `name` in the first column of README.md's metrics table (the
@@ -1236,15 +1237,33 @@ TEST(a_port_in_use_or_a_bad_address_is_an_error)
     EXPECT(admin_create(f.loop, addr, &f.src, err, sizeof(err)) == NULL);
     EXPECT_CONTAINS(err, "admin: cannot listen on 127.0.0.1:");
     EXPECT_CONTAINS(err, strerror(EADDRINUSE));
-    /* Addresses cfg would never hand over (it normalizes [admin] listen). */
-    const char *bad[] = {"localhost", "127.0.0.1:0", "127.0.0.1:70000", "nohost:80", "1.2.3:80"};
+    /* Addresses cfg would never hand over (it normalizes [admin] listen);
+     * none is guessed at: "[::1:PORT" once bound [::]:PORT, every
+     * interface. # is a free port, so that a wrong guess would succeed. */
+    const char *bad[] = {"localhost",      "127.0.0.1:0",  "127.0.0.1:70000",
+                         "nohost:#",       "1.2.3:#",      "[::1:#",
+                         "::1]:#",         "[::1]:",       "[::1]:#x",
+                         "127.0.0.1:#x",   "127.0.0.1:+#", "127.0.0.1: #",
+                         "127.0.0.1:",     ":#",           "[]:#",
+                         "::1:#",          "[::1]#",       "[127.0.0.1]:#",
+                         "127.0.0.1:#0000"};
+    int free = free_port();
+    ASSERT(free > 0);
     for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        char which[64];
+        const char *hash = strchr(bad[i], '#');
+        if (hash != NULL)
+            snprintf(which, sizeof(which), "%.*s%d%s", (int)(hash - bad[i]), bad[i], free,
+                     hash + 1);
+        else
+            snprintf(which, sizeof(which), "%s", bad[i]);
         err[0] = '\0';
-        struct admin *b = admin_create(f.loop, bad[i], &f.src, err, sizeof(err));
+        struct admin *b = admin_create(f.loop, which, &f.src, err, sizeof(err));
         if (b != NULL)
-            TAP_FAIL_("admin_create accepted %s", bad[i]);
+            TAP_FAIL_("admin_create accepted %s", which);
         admin_destroy(b);
         EXPECT_CONTAINS(err, "admin: cannot listen on");
+        EXPECT_CONTAINS(err, "not IPV4:PORT or [IPV6]:PORT");
     }
     admin_destroy(a);
     fx_down(&f);

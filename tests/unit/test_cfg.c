@@ -702,6 +702,46 @@ TEST(dump_round_trips)
     cfg_destroy(b);
 }
 
+TEST(admin_listen_values)
+{
+    clear_env();
+    static const struct {
+        const char *ini, *want;
+    } bad[] = {
+        {"[admin]\nlisten = [::1:80\n", "2: listen: \"[::1:80\": unbalanced brackets"},
+        {"[admin]\nlisten = ::1]:80\n", "2: listen: \"::1]:80\": unbalanced brackets"},
+        {"[admin]\nlisten = 80x\n", "2: listen: \"80x\": expected off, PORT"},
+        {"[admin]\nlisten = 127.0.0.1:80x\n", "2: listen: \"127.0.0.1:80x\": expected off"},
+        {"[admin]\nlisten = 127.0.0.1:0\n", "2: listen: \"127.0.0.1:0\": expected off"},
+        {"[admin]\nlisten = ::1:9464\n",
+         "2: listen: \"::1:9464\" is ambiguous: an IPv6 address goes in brackets, as in "
+         "[::1]:9464"},
+        {"[admin]\nlisten = host.example:80\n", "2: listen: \"host.example\" is not an IPv4"},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++)
+        EXPECT(expect_error(bad[i].ini, bad[i].want));
+    static const struct {
+        const char *value, *want;
+    } good[] = {{"9464", "127.0.0.1:9464"},       {"localhost:9464", "127.0.0.1:9464"},
+                {"0.0.0.0:9464", "0.0.0.0:9464"}, {"[::1]:9464", "[::1]:9464"},
+                {"[::]:9464", "[::]:9464"},       {"off", NULL}};
+    for (size_t i = 0; i < ARRAY_LEN(good); i++) {
+        char text[128];
+        snprintf(text, sizeof(text), "[admin]\nlisten = %s\n", good[i].value);
+        struct cfg *c = load_ok(ini(text));
+        if (c == NULL) {
+            TAP_FAIL_("listen = %s refused", good[i].value);
+            continue;
+        }
+        if (good[i].want == NULL
+                ? c->admin_listen != NULL
+                : c->admin_listen == NULL || strcmp(c->admin_listen, good[i].want) != 0)
+            TAP_FAIL_("listen = %s gave %s", good[i].value,
+                      c->admin_listen ? c->admin_listen : "(off)");
+        cfg_destroy(c);
+    }
+}
+
 TEST(destroy_null)
 {
     cfg_destroy(NULL);
