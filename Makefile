@@ -20,6 +20,7 @@ PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 SYSCONFDIR ?= /etc
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 MANDIR ?= $(PREFIX)/share/man
+DATADIR ?= $(PREFIX)/share
 PKG_CONFIG ?= pkg-config
 PYTHON ?= /usr/bin/python3
 EV_LIBS ?= -lev
@@ -233,9 +234,12 @@ install: all
 	    install -m0640 conf/worker.ini $(DESTDIR)$(SYSCONFDIR)/avtworkerd/worker.ini
 	install -d $(DESTDIR)$(UNITDIR)
 	sed -e 's|/usr/local/sbin/avtworkerd|$(BINDIR)/avtworkerd|g' \
+	    -e 's|/usr/local/share/avtworkerd/|$(DATADIR)/avtworkerd/|g' \
 	    -e 's|/etc/avtworkerd/|$(SYSCONFDIR)/avtworkerd/|g' systemd/avtworkerd.service \
 	    > $(DESTDIR)$(UNITDIR)/avtworkerd.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/avtworkerd.service
+	@# The GPU drop-in is an example to copy into avtworkerd.service.d/, not active.
+	install -Dm0644 systemd/gpu.conf $(DESTDIR)$(DATADIR)/avtworkerd/gpu.conf
 	install -Dm0644 man/avtworkerd.8 $(DESTDIR)$(MANDIR)/man8/avtworkerd.8
 	install -Dm0644 man/worker.ini.5 $(DESTDIR)$(MANDIR)/man5/worker.ini.5
 	install -Dm0644 man/avt_plugin.3 $(DESTDIR)$(MANDIR)/man3/avt_plugin.3
@@ -251,6 +255,8 @@ uninstall:
 	rm -f $(DESTDIR)$(SYSCONFDIR)/avtworkerd/worker.ini.example
 	-rmdir $(DESTDIR)$(SYSCONFDIR)/avtworkerd 2>/dev/null
 	rm -f $(DESTDIR)$(UNITDIR)/avtworkerd.service
+	rm -f $(DESTDIR)$(DATADIR)/avtworkerd/gpu.conf
+	-rmdir $(DESTDIR)$(DATADIR)/avtworkerd 2>/dev/null
 	rm -f $(DESTDIR)$(MANDIR)/man8/avtworkerd.8 $(DESTDIR)$(MANDIR)/man5/worker.ini.5
 	rm -f $(DESTDIR)$(MANDIR)/man3/avt_plugin.3
 

@@ -227,6 +227,7 @@ struct loader {
 
 static int fail(struct loader *ld, const char *where, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+static const char *env_get(const char *var);
 
 /* Record the first error as "where: message"; returns -EINVAL. */
 static int fail(struct loader *ld, const char *where, const char *fmt, ...)
@@ -871,7 +872,7 @@ static int parse_orch_json(struct loader *ld, const char *where, size_t i, json_
 /* ORCHESTRATORS_CONFIG replaces the [orchestrator.NAME] sections. */
 static int apply_orchs_env(struct loader *ld)
 {
-    const char *v = getenv(ORCHS_ENV);
+    const char *v = env_get(ORCHS_ENV);
     const char *where = "environment: " ORCHS_ENV;
     json_t *j = NULL;
     if (v == NULL || *v == '\0')
@@ -1106,6 +1107,79 @@ static int load_file(struct loader *ld, const char *path)
     return ld->failed ? -EINVAL : 0;
 }
 
+/* ---- Secrets in the environment ------------------------------------------- */
+
+/* A variable of the environment that holds a secret: one that sets a
+ * K_TOKEN key (tokens, the signing key), and ORCHESTRATORS_CONFIG, whose
+ * entries may carry tokens. Derived from the tables, so that a secret key
+ * added later is scrubbed too. */
+static int env_is_secret(const char *var)
+{
+    if (strcmp(var, ORCHS_ENV) == 0)
+        return 1;
+    for (size_t i = 0; i < ARRAY_LEN(envs); i++) {
+        if (strcmp(envs[i].var, var) == 0)
+            return keys[key_index(envs[i].key)].kind == K_TOKEN;
+    }
+    return 0;
+}
+
+/* What cfg_env_scrub() took: the value of each secret variable that was
+ * set (NULL when it was not), for every later cfg_load() (reloads).
+ * Process lifetime. */
+static struct {
+    int done;
+    const char *var[ARRAY_LEN(envs) + 1];
+    char *value[ARRAY_LEN(envs) + 1];
+    size_t n;
+} scrubbed;
+
+/* Keep var's value and wipe it from the environment: every "VAR=value"
+ * string's value is overwritten in place (the strings of the initial
+ * environment are what /proc/PID/environ shows), then the variable is
+ * unset so that nothing later getenv()s it or hands it to a child. */
+static void scrub_one(const char *var)
+{
+    extern char **environ;
+    size_t n = strlen(var);
+    char *value = NULL;
+    for (char **e = environ; e != NULL && *e != NULL; e++) {
+        if (strncmp(*e, var, n) != 0 || (*e)[n] != '=')
+            continue;
+        char *v = *e + n + 1;
+        if (value == NULL)
+            value = xstrdup(v); /* the first, as getenv() would */
+        explicit_bzero(v, strlen(v));
+    }
+    unsetenv(var);
+    scrubbed.var[scrubbed.n] = var;
+    scrubbed.value[scrubbed.n++] = value;
+}
+
+void cfg_env_scrub(void)
+{
+    if (scrubbed.done)
+        return;
+    scrubbed.done = 1;
+    for (size_t i = 0; i < ARRAY_LEN(envs); i++) {
+        if (env_is_secret(envs[i].var))
+            scrub_one(envs[i].var);
+    }
+    scrub_one(ORCHS_ENV);
+}
+
+/* getenv(), except for a secret variable once cfg_env_scrub() took it. */
+static const char *env_get(const char *var)
+{
+    if (!scrubbed.done || !env_is_secret(var))
+        return getenv(var);
+    for (size_t i = 0; i < scrubbed.n; i++) {
+        if (strcmp(scrubbed.var[i], var) == 0)
+            return scrubbed.value[i];
+    }
+    return NULL;
+}
+
 /* ---- The environment ------------------------------------------------------- */
 
 /* The environment wins over the file; a token from it replaces a token file
@@ -1155,7 +1229,7 @@ static int apply_extra_env(struct loader *ld)
 static int apply_env(struct loader *ld)
 {
     for (size_t i = 0; i < ARRAY_LEN(envs); i++) {
-        const char *v = getenv(envs[i].var);
+        const char *v = env_get(envs[i].var);
         if (v == NULL || *v == '\0')
             continue;
         if (apply_env_one(ld, &envs[i], v) < 0)
@@ -1168,11 +1242,16 @@ static int apply_env(struct loader *ld)
 
 /* ---- Finishing ------------------------------------------------------------- */
 
-/* A secret from a file: one trailing newline (and CR) stripped; empty or
- * control characters refused. The secret itself never appears in a message. */
+/* A secret from a file: private like a TLS key (secfile_check_private:
+ * owner only, owned by the daemon's user or root); one trailing newline
+ * (and CR) stripped; empty or control characters refused. The secret itself
+ * never appears in a message. */
 static int read_secret_file(struct loader *ld, const char *path, const char *where, char **out)
 {
     size_t len;
+    char err[AVT_ERRLEN];
+    if (secfile_check_private(path, err, sizeof(err)) < 0)
+        return fail(ld, where, "%s", err);
     char *t = read_file(path, TOKEN_FILE_MAX, &len);
     if (t == NULL)
         return fail(ld, where, "cannot read %s: %s", path, strerror(errno));
@@ -1223,7 +1302,7 @@ static int finalize_orchs(struct loader *ld)
 {
     struct cfg *cfg = ld->cfg;
     size_t ki_url = key_index("url");
-    int env_list = getenv(ORCHS_ENV) != NULL && *getenv(ORCHS_ENV) != '\0';
+    int env_list = env_get(ORCHS_ENV) != NULL && *env_get(ORCHS_ENV) != '\0';
     if (!env_list && cfg->norchs > 0 && ld->from_env[ki_url])
         orchs_clear(ld); /* the environment wins over the file */
     if (!env_list && cfg->norchs > 0 && ld->origin[ki_url] != NULL)
@@ -1363,6 +1442,52 @@ const char *cfg_protocol_name(int protocol)
 {
     return protocol >= 0 && (size_t)protocol < ARRAY_LEN(protocol_names) ? protocol_names[protocol]
                                                                          : "auto";
+}
+
+/* The host of an http:// url (lower case, without port, brackets or a
+ * final dot) in host[n]; 0, or -1 for another scheme or a host too long. */
+static int http_host(const char *url, char *host, size_t n)
+{
+    if (strncasecmp(url, "http://", 7) != 0)
+        return -1;
+    const char *h = url + 7;
+    size_t len = strcspn(h, "/?#");
+    const char *close = h[0] == '[' ? memchr(h, ']', len) : NULL;
+    if (close != NULL) {
+        h++;
+        len = (size_t)(close - h);
+    } else {
+        const char *colon = memchr(h, ':', len);
+        len = colon != NULL ? (size_t)(colon - h) : len;
+    }
+    if (len > 0 && h[len - 1] == '.')
+        len--;
+    if (len >= n)
+        return -1;
+    for (size_t i = 0; i < len; i++)
+        host[i] = (char)tolower((unsigned char)h[i]);
+    host[len] = '\0';
+    return 0;
+}
+
+int cfg_url_is_cleartext_remote(const char *url)
+{
+    char host[256];
+    struct in_addr a4;
+    struct in6_addr a6;
+    size_t n;
+    if (strncasecmp(url, "http://", 7) != 0)
+        return 0;
+    if (http_host(url, host, sizeof(host)) < 0)
+        return 1;
+    n = strlen(host);
+    if (strcmp(host, "localhost") == 0 || (n > 10 && strcmp(host + n - 10, ".localhost") == 0))
+        return 0; /* RFC 6761 6.3: never leaves the machine (curl resolves it itself) */
+    if (inet_aton(host, &a4) != 0) /* also 127.1 and 2130706433, as the resolver reads them */
+        return (ntohl(a4.s_addr) >> 24) != 127;
+    if (inet_pton(AF_INET6, host, &a6) == 1)
+        return !(IN6_IS_ADDR_LOOPBACK(&a6) || (IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127));
+    return 1; /* a name: where it resolves to is not known here */
 }
 
 int cfg_load(const char *path, struct cfg **out, char *err, size_t errlen)

@@ -159,6 +159,22 @@ struct cfg {
  */
 int cfg_load(const char *path, struct cfg **out, char *err, size_t errlen);
 
+/*
+ * Take the secrets out of the environment: WORKER_TOKEN,
+ * WORKER_INDIVIDUAL_TOKEN, WORKER_SIGNING_KEY (every variable of a token
+ * key) and ORCHESTRATORS_CONFIG (it may carry tokens). Their values are kept
+ * for every later cfg_load(), so a reload reads them as the start did; the
+ * environment's copies are overwritten and unset, so that no plugin, library
+ * or child process finds them there, nor /proc/PID/environ. Call it once,
+ * from main() before any thread exists (unsetenv() is not thread-safe).
+ */
+void cfg_env_scrub(void);
+
+/* 1 when url is http:// to a host that may be another machine: anything
+ * but localhost, *.localhost, 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104.
+ * A token sent there crosses the network in clear text. 0 for https://. */
+int cfg_url_is_cleartext_remote(const char *url);
+
 void cfg_destroy(struct cfg *cfg);
 
 /* The limit entry of a task type, or NULL when it has none. */

@@ -74,6 +74,9 @@ static int run(int argc, char **argv)
     const char *config_path = NULL, *plugin_dir = NULL;
     int check_only = 0, c;
 
+    /* First of all, while this is the only thread: no plugin, library or
+     * child process may find the token in the environment. */
+    cfg_env_scrub();
     while ((c = getopt_long(argc, argv, "+c:P:thV", longopts, NULL)) != -1) {
         switch (c) {
         case 'c':

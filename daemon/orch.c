@@ -66,6 +66,7 @@ struct orch {
     char *url_poll, *url_heartbeat, *url_register, *url_result, *url_ws, *url_events, *url_status,
         *url_probe;
     char *header_token;    /* the token in `headers`, to notice a change */
+    int told_cleartext;    /* warned that the token goes out over plain http:// */
     char **headers;        /* NULL-terminated "Name: value" */
     char **static_headers; /* the same with the static token: access-token requests */
     void (*sched)(void *arg);
@@ -253,6 +254,18 @@ static char **make_headers(const struct orch *o, const char *token)
     return h;
 }
 
+/* Once per session: its token would cross the network in clear text. */
+static void warn_cleartext(struct orch *o)
+{
+    if (o->told_cleartext || static_token(o) == NULL || !cfg_url_is_cleartext_remote(o->url))
+        return;
+    o->told_cleartext = 1;
+    log_warn("%s: the worker token goes to this orchestrator in clear text (http:// to another "
+             "host): anyone on the way can read it and act as this worker; use an https:// url "
+             "(see [tls] in worker.ini(5))",
+             o->url);
+}
+
 /* (Re)build the headers every request copies; a WebSocket that is not
  * open picks them up at its next connect, an open one keeps its session.
  * Access-token requests always carry the static token (static_headers):
@@ -272,6 +285,7 @@ static void build_headers(struct orch *o)
     }
     free(o->header_token);
     o->header_token = token != NULL ? xstrdup(token) : NULL;
+    warn_cleartext(o);
 }
 
 static const char *const *headers(const struct orch *o)

@@ -136,14 +136,14 @@ class TestCtx:
         """Start the daemon in the background; stopped at the end of the test.
         Unless env names one, its state directory (spool, crash journal) is
         the test's own `state/`, shared by every daemon the test starts.
-        prefix: a command that execs the daemon (e.g. nsenter ...)."""
+        prefix: a command that runs the daemon (unitfilter.argv_prefix, nsenter ...)."""
         env = dict(env or {})
         env.setdefault("STATE_DIRECTORY", self.path("state"))
         n = len(self._procs)
         out = open(self.path("daemon%d.out" % n), "w")
         err = open(self.path("daemon%d.log" % n), "w")
-        p = subprocess.Popen(list(prefix) + daemon_argv(args), env=daemon_env(env), stdout=out, stderr=err,
-                             text=True, **kw)
+        p = subprocess.Popen(list(prefix) + daemon_argv(args), env=daemon_env(env), stdout=out,
+                             stderr=err, text=True, **kw)
         out.close()
         err.close()
         # Files, not pipes: a chatty daemon must never block on a full pipe

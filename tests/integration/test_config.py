@@ -134,7 +134,7 @@ def token_file_shown_as_path(t):
 @test
 def bad_configs_exit_78_with_file_line_key(t):
     missing = t.path("no-such-token")
-    empty = t.write("empty-token", "\n")
+    empty = t.write("empty-token", "\n", mode=0o600)
     cases = [
         ("[worker]\nmax_concurrent_tasks = 0\n", "2: max_concurrent_tasks: 0 is out of range"),
         ("[worker]\n\nid = not ok!\n", "3: id: \"not ok!\" must match"),

@@ -3,15 +3,20 @@ handlers, the sd_notify messages (with a datagram socket of the test's own
 as NOTIFY_SOCKET) and reload on SIGHUP. The real daemon binary against the
 protocol-faithful test orchestrator; what happened is read from the
 orchestrator's job records and request log."""
+import errno
 import os
+import re
 import shutil
 import signal
 import socket
+import subprocess
 import time
 
+import unitfilter
+
 from avt import *  # noqa: F401,F403
-from avt import TIMEOUT_MULT
-from avt import check, main, test, tmo, wait_for
+from avt import ROOT, TIMEOUT_MULT, VALGRIND
+from avt import Skip, check, daemon_argv, daemon_env, main, test, tmo, wait_for
 from orch import FakeOrch
 
 WID = "w1"
@@ -38,10 +43,10 @@ retry_max_delay = 2
 """ % (slots, worker, hb, limits), name=name)
 
 
-def start(t, o, conf, plugins=("echo", "steps", "t_behave"), env=None, pdir=None):
+def start(t, o, conf, plugins=("echo", "steps", "t_behave"), env=None, pdir=None, prefix=()):
     e = o.worker_env(WID)
     e.update(env or {})
-    p = t.spawn(["-c", conf, "-P", pdir or t.plugin_dir(*plugins)], env=e)
+    p = t.spawn(["-c", conf, "-P", pdir or t.plugin_dir(*plugins)], env=e, prefix=prefix)
     o.wait_worker(WID, timeout=15)
     return p
 
@@ -444,6 +449,93 @@ def bad_reload_keeps_the_running_configuration(t):
         rc, log = wait_exit(p, 20)
         check(rc == 0, rc, log[-2000:])
         check("task accepted" not in log.split("reloaded:")[-1], "log level not applied")
+
+
+# ---- the unit's system call filter ------------------------------------------------
+#
+# systemd/avtworkerd.service filters system calls. These tests run the daemon
+# under that filter as the unit's text describes it (unitfilter.py: no
+# systemd needed), with a plugin that calls what OpenMP, BLAS and NUMA code
+# calls: sched_setaffinity, setpriority, mbind (all in @resources).
+
+UNIT = os.path.join(ROOT, "systemd", "avtworkerd.service")
+SCHED_CALLS = ("sched_setaffinity", "setpriority", "mbind")
+
+
+def unit_filter_prefix(t, unit_text=None):
+    """The command prefix that applies the unit's filter (a variant of the
+    unit when unit_text is given); skips where no filter can be applied."""
+    if VALGRIND:
+        raise Skip("valgrind does not run under a seccomp filter")
+    path = UNIT if unit_text is None else t.write("avtworkerd.service", unit_text)
+    try:
+        prefix = unitfilter.argv_prefix(path)
+    except unitfilter.Unavailable as e:
+        raise Skip(str(e))
+    r = subprocess.run(prefix + ["/bin/true"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise Skip("cannot apply a seccomp filter here: " + r.stderr.strip()[-300:])
+    return prefix
+
+
+def filtered_env():
+    """The environment of a daemon under the filter: LeakSanitizer stops the
+    world with ptrace at exit, which @system-service does not allow (leaks
+    are checked by every other test)."""
+    asan = os.environ.get("ASAN_OPTIONS")
+    return {"ASAN_OPTIONS": asan.replace("detect_leaks=1", "detect_leaks=0")} if asan else {}
+
+
+def sched_calls(o, p, jid):
+    """What t_sched's calls returned (errno values); fails when the daemon died."""
+    wait_for(lambda: results(o, jid) or p.poll() is not None, timeout=15, what="t_sched's result")
+    check(p.poll() is None, "the daemon died (exit status %s)" % p.returncode, p.log()[-1500:])
+    r = results(o, jid)[0]
+    check(r["status"] == "success", r)
+    return {k: r["data"][k] for k in SCHED_CALLS}
+
+
+@test
+def plugin_calls_the_unit_filters_fail_with_eperm_and_the_daemon_lives(t):
+    prefix = unit_filter_prefix(t)
+    with FakeOrch(poll_timeout=2, max_retries=0) as o:
+        p = start(t, o, ini(t), prefix=prefix, env=filtered_env())
+        got = sched_calls(o, p, o.prequeue(WID, "t_sched", {})[0])
+        check(got == {k: errno.EPERM for k in SCHED_CALLS}, "expected EPERM from the filter", got,
+              p.log()[-1500:])
+        # Still serving: another task, then a clean stop.
+        jid = o.create_job("echo", {"msg": "after the filtered calls"})
+        check(o.wait_job(jid)["status"] == "finished", o.job(jid), p.log()[-1500:])
+        check(p.poll() is None, "the daemon died", p.log()[-1500:])
+        p.send_signal(signal.SIGTERM)
+        rc, log = wait_exit(p, 20)
+        check(rc == 0, rc, log[-2000:])
+
+
+@test
+def without_systemcallerrornumber_the_filter_kills_the_daemon(t):
+    """What the unit did before SystemCallErrorNumber=EPERM (and a proof
+    that the filter the tests apply is live): SIGSYS for the whole daemon."""
+    text = open(UNIT).read()
+    check(re.search(r"^SystemCallErrorNumber=EPERM$", text, re.M), "the unit lost its EPERM")
+    prefix = unit_filter_prefix(t, re.sub(r"^SystemCallErrorNumber=.*$", "", text, flags=re.M))
+    r = subprocess.run(prefix + daemon_argv(["-P", t.plugin_dir("t_behave"), "run-once", "t_sched"]),
+                       env=daemon_env(dict(filtered_env(), STATE_DIRECTORY=t.path("state"))),
+                       capture_output=True,
+                       text=True, timeout=tmo(30))
+    check(r.returncode == -signal.SIGSYS, "exit %d, expected SIGSYS" % r.returncode, r.stdout,
+          r.stderr[-1500:])
+
+
+@test
+def plugin_scheduling_calls_work_without_a_filter(t):
+    with FakeOrch(poll_timeout=2, max_retries=0) as o:
+        p = start(t, o, ini(t))
+        got = sched_calls(o, p, o.prequeue(WID, "t_sched", {})[0])
+        # mbind is ENOSYS on a kernel built without NUMA.
+        check(got["sched_setaffinity"] == 0 and got["setpriority"] == 0
+              and got["mbind"] in (0, errno.ENOSYS), got)
+        check(p.poll() is None, "the daemon died", p.log()[-1500:])
 
 
 main()

@@ -28,14 +28,30 @@
  *                  params.path exists (the test opens the gate) and
  *                  succeeds with {"gate": "opened"}, or until cancelled and
  *                  succeeds with {"gate": "cancelled"}
+ *   t_env          what a plugin and its child processes find in the
+ *                  environment: {"in_env": whether getenv(params.name)
+ *                  (default WORKER_TOKEN) is set or any variable holds
+ *                  params.needle, "in_child": the same for the environment
+ *                  of a child process (env(1) through popen), "child_ran":
+ *                  whether the child printed anything};
+ *                  never the values themselves
+ *   t_sched        what OpenMP, BLAS and NUMA libraries call: sched_setaffinity
+ *                  (to the thread's own mask), setpriority (to its own nice
+ *                  value) and mbind (MPOL_DEFAULT on one page); succeeds
+ *                  with each call's errno: {"sched_setaffinity": 0, ...}
  */
 #define _POSIX_C_SOURCE 200809L
 
 #include <avt_plugin.h>
 
 #include <errno.h>
+#include <sched.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -151,6 +167,62 @@ static int do_event(struct avt_task *task)
     return avt_succeed(task, json_pack("{s:i, s:f}", "rc", rc, "deadline", task->deadline));
 }
 
+/* 1 when `line` ("NAME=value") is the variable name or holds needle. */
+static int env_line_matches(const char *line, const char *name, const char *needle)
+{
+    size_t n = strlen(name);
+    if (strncmp(line, name, n) == 0 && line[n] == '=')
+        return 1;
+    return needle != NULL && *needle != '\0' && strstr(line, needle) != NULL;
+}
+
+static int do_env(struct avt_task *task)
+{
+    extern char **environ;
+    const char *name = param_str(task, "name", "WORKER_TOKEN");
+    const char *needle = param_str(task, "needle", NULL);
+    int in_env = 0, in_child = 0, child_ran = 0;
+    for (char **e = environ; e != NULL && *e != NULL; e++)
+        in_env |= env_line_matches(*e, name, needle);
+    FILE *fp = popen("env", "r");
+    if (fp != NULL) {
+        char line[65536];
+        while (fgets(line, sizeof(line), fp) != NULL) {
+            child_ran = 1;
+            in_child |= env_line_matches(line, name, needle);
+        }
+        /* Not its status: the daemon's libev default loop reaps every
+         * child on SIGCHLD, so pclose() may find none (ECHILD). */
+        pclose(fp);
+    }
+    return avt_succeed(task, json_pack("{s:b,s:b,s:b}", "in_env", in_env, "in_child", in_child,
+                                       "child_ran", child_ran));
+}
+
+/* errno of the last call when rc != 0, else 0. */
+static int err_of(long rc)
+{
+    return rc == 0 ? 0 : errno;
+}
+
+static int do_sched(struct avt_task *task)
+{
+    cpu_set_t set;
+    int aff = err_of(sched_getaffinity(0, sizeof(set), &set));
+    if (aff == 0)
+        aff = err_of(sched_setaffinity(0, sizeof(set), &set));
+    errno = 0;
+    int nice_now = getpriority(PRIO_PROCESS, 0);
+    int prio = errno != 0 ? errno : err_of(setpriority(PRIO_PROCESS, 0, nice_now));
+    long page = sysconf(_SC_PAGESIZE);
+    void *p = mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    int mb = p == MAP_FAILED ? errno : err_of(syscall(SYS_mbind, p, page, 0, NULL, 0UL, 0U));
+    if (p != MAP_FAILED)
+        munmap(p, (size_t)page);
+    return avt_succeed(task, json_pack("{s:i,s:i,s:i}", "sched_setaffinity", aff, "setpriority",
+                                       prio, "mbind", mb));
+}
+
 static int t_handle(void *state, struct avt_task *task)
 {
     const char *type = task->type;
@@ -184,14 +256,18 @@ static int t_handle(void *state, struct avt_task *task)
         return do_stubborn(task);
     if (strcmp(type, "t_event") == 0)
         return do_event(task);
+    if (strcmp(type, "t_env") == 0)
+        return do_env(task);
+    if (strcmp(type, "t_sched") == 0)
+        return do_sched(task);
     if (strcmp(type, "t_huge") == 0) /* a number RXON 1.0b14 cannot sign */
         return avt_succeed(task, json_pack("{s:f}", "x", 1e300));
     return avt_fail(task, AVT_PERMANENT_ERROR, "t_behave: unexpected type %s", type);
 }
 
-static const char *const t_types[] = {"t_no_outcome", "t_eio",    "t_fail",     "t_two",
-                                      "t_not_object", "t_custom", "t_progress", "t_block",
-                                      "t_conc",       "t_conc2",  "t_hot",      "t_stubborn",
-                                      "t_gate",       "t_event",  "t_huge",     NULL};
+static const char *const t_types[] = {
+    "t_no_outcome", "t_eio",   "t_fail", "t_two",   "t_not_object", "t_custom",
+    "t_progress",   "t_block", "t_conc", "t_conc2", "t_hot",        "t_stubborn",
+    "t_gate",       "t_event", "t_huge", "t_env",   "t_sched",      NULL};
 
 AVT_PLUGIN(.name = "t_behave", .version = "1.0", .task_types = t_types, .handle = t_handle);

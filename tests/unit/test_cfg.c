@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "cfg.h"
@@ -108,6 +109,17 @@ static const char *write_file(const char *name, const char *text)
         exit(2);
     }
     return path;
+}
+
+/* A token file: private (mode 0600), as the loader requires. */
+static const char *write_secret(const char *name, const char *text)
+{
+    const char *p = write_file(name, text);
+    if (chmod(p, 0600) < 0) {
+        perror(p);
+        exit(2);
+    }
+    return p;
 }
 
 static const char *ini(const char *text)
@@ -342,7 +354,7 @@ TEST(env_overrides_file)
 TEST(env_token_precedence)
 {
     clear_env();
-    const char *tf = write_file("token.env", "from-file\n");
+    const char *tf = write_secret("token.env", "from-file\n");
     char tfpath[256];
     snprintf(tfpath, sizeof(tfpath), "%s", tf);
     const char *path = ini("[orchestrator]\ntoken = in-ini\n");
@@ -623,7 +635,7 @@ TEST(token_file)
 {
     clear_env();
     char tf[256], text[512];
-    snprintf(tf, sizeof(tf), "%s", write_file("token", "tok-123\n"));
+    snprintf(tf, sizeof(tf), "%s", write_secret("token", "tok-123\n"));
     snprintf(text, sizeof(text), "[orchestrator]\ntoken_file = %s\n", tf);
     struct cfg *cfg = load_ok(ini(text));
     ASSERT(cfg != NULL);
@@ -632,10 +644,10 @@ TEST(token_file)
     cfg_destroy(cfg);
 
     /* Only one newline is stripped: a second one is a control character. */
-    write_file("token", "tok\n\n");
+    write_secret("token", "tok\n\n");
     EXPECT(expect_error(text, "2: token_file: "));
 
-    write_file("token", "\n");
+    write_secret("token", "\n");
     char want[512];
     snprintf(want, sizeof(want), "2: token_file: %s is empty", tf);
     EXPECT(expect_error(text, want));
@@ -646,6 +658,143 @@ TEST(token_file)
 
     EXPECT(expect_env_error("WORKER_TOKEN_FILE", "/nonexistent/token",
                             "environment: WORKER_TOKEN_FILE: cannot read /nonexistent/token: "));
+}
+
+/* A token file open to others is refused like a TLS key (mode, owner),
+ * whichever key names it; the token itself never shows. */
+TEST(token_file_must_be_private)
+{
+    clear_env();
+    char tf[256], text[512], want[1024];
+    snprintf(tf, sizeof(tf), "%s", write_secret("token.open", "tok-secret-42\n"));
+    snprintf(text, sizeof(text), "[orchestrator]\ntoken_file = %s\n", tf);
+    struct cfg *cfg = load_ok(ini(text));
+    EXPECT(cfg != NULL);
+    cfg_destroy(cfg);
+
+    static const mode_t open_modes[] = {0644, 0640, 0604, 0620, 0660};
+    for (size_t i = 0; i < ARRAY_LEN(open_modes); i++) {
+        chmod(tf, open_modes[i]);
+        snprintf(want, sizeof(want),
+                 "2: token_file: %s has mode %04o: a file holding a secret must not be accessible "
+                 "by group or others; run chmod 600 %s",
+                 tf, (unsigned)open_modes[i], tf);
+        EXPECT(expect_error(text, want));
+    }
+    chmod(tf, 0644);
+    snprintf(want, sizeof(want), "environment: WORKER_TOKEN_FILE: %s has mode 0644", tf);
+    EXPECT(expect_env_error("WORKER_TOKEN_FILE", tf, want));
+    snprintf(text, sizeof(text), "[orchestrator]\nsigning_key_file = %s\n", tf);
+    EXPECT(expect_error(text, "2: signing_key_file: "));
+    snprintf(text, sizeof(text), "[orchestrator.b]\nurl = http://b\ntoken_file = %s\n", tf);
+    EXPECT(expect_error(text, "2: [orchestrator.b]: "));
+
+    /* Owned by another user (only root can make such a file readable). */
+    chmod(tf, 0600);
+    if (geteuid() == 0 && chown(tf, 1, 1) == 0) {
+        snprintf(text, sizeof(text), "[orchestrator]\ntoken_file = %s\n", tf);
+        snprintf(want, sizeof(want),
+                 "2: token_file: %s is owned by uid 1: a file holding a secret must belong to the "
+                 "user the daemon runs as (uid 0) or to root",
+                 tf);
+        EXPECT(expect_error(text, want));
+        EXPECT(chown(tf, 0, 0) == 0);
+    } else {
+        printf(
+            "# (not root: a file of another user's cannot be made readable to test its owner)\n");
+    }
+}
+
+/* The environment of a child process that ran cfg_env_scrub(): the
+ * secrets are gone (also from the strings of the environment), other
+ * variables stay, and every cfg_load() - a reload too - still sees the
+ * secrets. In a child, because the scrub is once per process. */
+static int scrub_in_child(void)
+{
+    extern char **environ;
+    int bad = 0;
+    setenv("WORKER_TOKEN", "tok-global-1", 1);
+    setenv("WORKER_INDIVIDUAL_TOKEN", "tok-individual-2", 1);
+    setenv("WORKER_SIGNING_KEY", "key-signing-3", 1);
+    setenv("ORCHESTRATORS_CONFIG", "[{\"url\": \"http://h:1\", \"token\": \"tok-orch-4\"}]", 1);
+    setenv("MAX_CONCURRENT_TASKS", "7", 1);
+    char *kept = getenv("WORKER_TOKEN");
+    cfg_env_scrub();
+    static const char *const gone[] = {"WORKER_TOKEN", "WORKER_INDIVIDUAL_TOKEN",
+                                       "WORKER_SIGNING_KEY", "ORCHESTRATORS_CONFIG"};
+    for (size_t i = 0; i < ARRAY_LEN(gone); i++) {
+        if (getenv(gone[i]) != NULL) {
+            printf("#   %s is still in the environment\n", gone[i]);
+            bad = 1;
+        }
+    }
+    for (char **e = environ; *e != NULL; e++)
+        bad |= strstr(*e, "tok-") != NULL || strstr(*e, "key-signing") != NULL;
+    if (kept[0] != '\0') {
+        printf("#   the environment's copy of WORKER_TOKEN was not wiped\n");
+        bad = 1;
+    }
+    if (getenv("MAX_CONCURRENT_TASKS") == NULL) {
+        printf("#   MAX_CONCURRENT_TASKS was taken too\n");
+        bad = 1;
+    }
+    for (int round = 0; round < 2; round++) { /* the start, then a reload */
+        struct cfg *cfg = load_ok(NULL);
+        if (cfg == NULL || strcmp(cfg->token, "tok-individual-2") != 0 ||
+            strcmp(cfg->signing_key, "key-signing-3") != 0 || cfg->norchs != 1 ||
+            strcmp(cfg->orchs[0].token, "tok-orch-4") != 0 || cfg->max_concurrent_tasks != 7) {
+            printf("#   load %d did not see the scrubbed secrets\n", round);
+            bad = 1;
+        }
+        cfg_destroy(cfg);
+    }
+    cfg_env_scrub(); /* twice is harmless: the kept values stay */
+    struct cfg *cfg = load_ok(NULL);
+    bad |= cfg == NULL || strcmp(cfg->token, "tok-individual-2") != 0;
+    cfg_destroy(cfg);
+    return bad;
+}
+
+TEST(env_scrub_takes_secrets_and_keeps_them_for_reloads)
+{
+    clear_env();
+    fflush(stdout);
+    pid_t pid = fork();
+    ASSERT(pid >= 0);
+    if (pid == 0) {
+        int bad = scrub_in_child();
+        fflush(stdout);
+        _exit(bad);
+    }
+    int status = 0;
+    ASSERT(waitpid(pid, &status, 0) == pid);
+    EXPECT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+TEST(cleartext_remote_urls)
+{
+    static const char *const remote[] = {
+        "http://orch.example.com:8080", "http://192.0.2.7",         "HTTP://Example.COM/api",
+        "http://[2001:db8::1]:80",      "http://localhost.evil.io", "http://127.0.0.1.nip.io",
+        "http://10.0.0.1:8080/",        "http://[::ffff:10.0.0.1]",
+    };
+    static const char *const local[] = {
+        "http://localhost:8080", "http://LOCALHOST",   "http://localhost.",
+        "http://127.0.0.1:1",    "http://127.0.0.2/x", "http://127.1",
+        "http://[::1]:8080",     "http://w.localhost", "http://[::ffff:127.0.0.1]:9",
+    };
+    static const char *const secure[] = {"https://orch.example.com", "https://192.0.2.7:443",
+                                         "https://[2001:db8::1]"};
+    for (size_t i = 0; i < ARRAY_LEN(remote); i++) {
+        if (!cfg_url_is_cleartext_remote(remote[i]))
+            TAP_FAIL_("%s is another host over http://", remote[i]);
+    }
+    for (size_t i = 0; i < ARRAY_LEN(local); i++) {
+        if (cfg_url_is_cleartext_remote(local[i]))
+            TAP_FAIL_("%s is this machine", local[i]);
+    }
+    for (size_t i = 0; i < ARRAY_LEN(secure); i++)
+        EXPECT(!cfg_url_is_cleartext_remote(secure[i]));
 }
 
 TEST(token_and_token_file_conflict)

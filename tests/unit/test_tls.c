@@ -6,10 +6,12 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include "cfg.h"
@@ -156,6 +158,64 @@ TEST(key_file_permissions)
     EXPECT_CONTAINS(err, "cannot read");
     EXPECT_EQ_INT(secfile_check_readable(tmpdir, err, sizeof(err)), -EINVAL);
     EXPECT_CONTAINS(err, "not a regular file");
+}
+
+/* Give path a POSIX ACL: the owner r, `user` (when not -1) r, the group
+ * `group_perm`, others nothing, the mask r (the kernel's xattr format).
+ * 0, or -1 when the file system takes no ACLs. */
+static int set_acl(const char *path, long user, unsigned group_perm)
+{
+    unsigned char buf[4 + 8 * 5], *p = buf + 4;
+    const unsigned tags[] = {0x01, 0x02, 0x04, 0x10, 0x20};
+    const unsigned perms[] = {4, 4, group_perm, 4 | group_perm, 0};
+    buf[0] = 2, buf[1] = buf[2] = buf[3] = 0;
+    for (size_t i = 0; i < ARRAY_LEN(tags); i++) {
+        if (tags[i] == 0x02 && user < 0)
+            continue;
+        uint32_t id = tags[i] == 0x02 ? (uint32_t)user : 0xffffffffu;
+        p[0] = (unsigned char)tags[i], p[1] = 0, p[2] = (unsigned char)perms[i], p[3] = 0;
+        for (int b = 0; b < 4; b++)
+            p[4 + b] = (unsigned char)(id >> (8 * b));
+        p += 8;
+    }
+    return setxattr(path, "system.posix_acl_access", buf, (size_t)(p - buf), 0);
+}
+
+/* A systemd credential on a file system with ACLs: mode 0400 plus an entry
+ * for the service's user, which st_mode shows as 0440. Accepted; an ACL
+ * that lets anyone else read is not. */
+TEST(key_file_acls)
+{
+    char err[AVT_ERRLEN];
+    setup();
+    const char *k = write_file("cred", "key", 0400);
+    if (set_acl(k, (long)geteuid(), 0) < 0) {
+        printf("# no ACLs on %s (%s): skipped\n", tmpdir, strerror(errno));
+        return;
+    }
+    struct stat st;
+    EXPECT(stat(k, &st) == 0 && (st.st_mode & 07777) == 0440);
+    EXPECT_EQ_INT(secfile_check_private(k, err, sizeof(err)), 0);
+
+    long other = geteuid() == 4242 ? 4243 : 4242;
+    k = write_file("acl-other", "key", 0600);
+    ASSERT(set_acl(k, other, 0) == 0);
+    EXPECT_EQ_INT(secfile_check_private(k, err, sizeof(err)), -EPERM);
+    char want[128];
+    snprintf(want, sizeof(want), "its ACL lets user %ld access it", other);
+    EXPECT_CONTAINS(err, want);
+    EXPECT_CONTAINS(err, "setfacl -b");
+
+    k = write_file("acl-group", "key", 0600);
+    ASSERT(set_acl(k, -1, 4) == 0);
+    EXPECT_EQ_INT(secfile_check_private(k, err, sizeof(err)), -EPERM);
+    EXPECT_CONTAINS(err, "its ACL lets its group access it");
+
+    k = write_file("acl-others", "key", 0600);
+    ASSERT(set_acl(k, (long)geteuid(), 0) == 0);
+    ASSERT(chmod(k, 0444) == 0); /* others: r, whatever the ACL's entries */
+    EXPECT_EQ_INT(secfile_check_private(k, err, sizeof(err)), -EPERM);
+    EXPECT_CONTAINS(err, "chmod 600");
 }
 
 static struct cfg *load(const char *ini_text, char *err, size_t errlen)
