@@ -721,7 +721,9 @@ static int daemon_setup(struct daemon *d, struct cfg *cfg)
     struct journal_lost *lost = NULL;
     size_t nlost = 0;
     d->cfg = cfg;
-    d->loop = ev_default_loop(EVFLAG_AUTO);
+    /* Not the default loop: that one reaps every child process on SIGCHLD,
+     * which would take their exit status from plugins (pclose, system). */
+    d->loop = ev_loop_new(EVFLAG_AUTO);
     ev_async_init(&d->wake, on_pool_events);
     d->wake.data = d;
     ev_async_start(d->loop, &d->wake);

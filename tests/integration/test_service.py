@@ -486,6 +486,21 @@ def filtered_env():
     return {"ASAN_OPTIONS": asan.replace("detect_leaks=1", "detect_leaks=0")} if asan else {}
 
 
+@test
+def a_plugin_gets_the_exit_status_of_its_child_processes(t):
+    # The daemon must not reap a plugin's children (libev's default loop
+    # does, on SIGCHLD): pclose() and system() see the child's status.
+    with FakeOrch(poll_timeout=2, max_retries=0) as o:
+        p = start(t, o, ini(t, slots=4))
+        ids = o.prequeue(WID, "t_child", {"code": 3}, count=8)
+        for jid in ids:
+            r = one_result(o, jid, timeout=20)
+            check(r["status"] == "success" and r["data"] == {"popen": 3, "popen_errno": 0, "system": 3},
+                  r)
+        p.send_signal(signal.SIGTERM)
+        check(wait_exit(p, 20)[0] == 0)
+
+
 def sched_calls(o, p, jid):
     """What t_sched's calls returned (errno values); fails when the daemon died."""
     wait_for(lambda: results(o, jid) or p.poll() is not None, timeout=15, what="t_sched's result")

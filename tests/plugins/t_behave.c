@@ -39,6 +39,8 @@
  *                  (to the thread's own mask), setpriority (to its own nice
  *                  value) and mbind (MPOL_DEFAULT on one page); succeeds
  *                  with each call's errno: {"sched_setaffinity": 0, ...}
+ *   t_child        runs "exit params.code" (default 3) through popen()/pclose()
+ *                  and system(): {"popen": status, "popen_errno", "system"}
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -50,6 +52,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -191,12 +194,30 @@ static int do_env(struct avt_task *task)
             child_ran = 1;
             in_child |= env_line_matches(line, name, needle);
         }
-        /* Not its status: the daemon's libev default loop reaps every
-         * child on SIGCHLD, so pclose() may find none (ECHILD). */
         pclose(fp);
     }
     return avt_succeed(task, json_pack("{s:b,s:b,s:b}", "in_env", in_env, "in_child", in_child,
                                        "child_ran", child_ran));
+}
+
+/* A child's exit status, through popen()/pclose() and system(): the
+ * daemon must not reap a plugin's children. */
+static int do_child(struct avt_task *task)
+{
+    long code = param_long(task, "code", 3);
+    char cmd[64];
+    snprintf(cmd, sizeof(cmd), "exit %ld", code);
+    int popen_status = -1, popen_errno = 0;
+    FILE *fp = popen(cmd, "r");
+    if (fp != NULL) {
+        int st = pclose(fp);
+        popen_errno = st < 0 ? errno : 0;
+        popen_status = st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    }
+    int st = system(cmd);
+    int system_status = st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return avt_succeed(task, json_pack("{s:i,s:i,s:i}", "popen", popen_status, "popen_errno",
+                                       popen_errno, "system", system_status));
 }
 
 /* errno of the last call when rc != 0, else 0. */
@@ -260,14 +281,17 @@ static int t_handle(void *state, struct avt_task *task)
         return do_env(task);
     if (strcmp(type, "t_sched") == 0)
         return do_sched(task);
+    if (strcmp(type, "t_child") == 0)
+        return do_child(task);
     if (strcmp(type, "t_huge") == 0) /* a number RXON 1.0b14 cannot sign */
         return avt_succeed(task, json_pack("{s:f}", "x", 1e300));
     return avt_fail(task, AVT_PERMANENT_ERROR, "t_behave: unexpected type %s", type);
 }
 
-static const char *const t_types[] = {
-    "t_no_outcome", "t_eio",   "t_fail", "t_two",   "t_not_object", "t_custom",
-    "t_progress",   "t_block", "t_conc", "t_conc2", "t_hot",        "t_stubborn",
-    "t_gate",       "t_event", "t_huge", "t_env",   "t_sched",      NULL};
+static const char *const t_types[] = {"t_no_outcome", "t_eio",    "t_fail",     "t_two",
+                                      "t_not_object", "t_custom", "t_progress", "t_block",
+                                      "t_conc",       "t_conc2",  "t_hot",      "t_stubborn",
+                                      "t_child",      "t_gate",   "t_event",    "t_huge",
+                                      "t_env",        "t_sched",  NULL};
 
 AVT_PLUGIN(.name = "t_behave", .version = "1.0", .task_types = t_types, .handle = t_handle);
