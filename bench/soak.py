@@ -137,7 +137,9 @@ def run_soak(args):
                 figures["first_result"].append(result_s)
             first = False
             # Kill at a random moment while this chunk runs.
-            target = results0 + int(n * rng.uniform(0.2, 0.9))
+            # Every earlier chunk done, and part of this one: the backlog
+            # stays under a chunk, so no job waits out its timeout in the queue.
+            target = queued - n + int(n * rng.uniform(0.2, 0.9))
             # The fake answers once `target` results arrived (no polling).
             while d.proc.poll() is None and orch._json(
                     "GET", "/_test/wait?results=%d&timeout=10" % target)["results"] < target:

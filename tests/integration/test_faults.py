@@ -138,6 +138,37 @@ def result_endpoint_faults_are_retried_from_the_spool(t):
 
 
 @test
+def a_result_refused_for_good_is_set_aside_and_delays_no_other(t):
+    with FakeOrch(poll_timeout=2) as o:
+        conf = ini(t, slots=1)
+        p = spawn(t, o, conf)
+        # A proxy in front of the orchestrator refuses one result (413), the
+        # orchestrator another (400): each is set aside, the others go on.
+        o.inject("result", status=413, raw="<html>413 Request Entity Too Large</html>")
+        ids = o.prequeue(WID, "echo", {"k": 1}, count=6)
+        refused_dir = t.path("state", "refused")
+        wait_for(lambda: os.path.isdir(refused_dir) and os.listdir(refused_dir), what="refused/")
+        o.inject("result", status=400, body={"error": "bad result"})
+        ids += o.prequeue(WID, "echo", {"k": 2}, count=6)
+        wait_for(lambda: len(os.listdir(refused_dir)) == 2, what="the second refusal")
+        wait_for(lambda: len([i for i in ids if results_of(o.job(i))]) == len(ids) - 2,
+                 what="every other result")
+        saved = [json.load(open(os.path.join(refused_dir, f))) for f in sorted(os.listdir(refused_dir))]
+        check(sorted(x["reason"][:3] for x in saved) == ["400", "413"], saved)
+        check(all(x["orchestrator"] == o.url and x["result"]["task_id"] == x["task_id"]
+                  and x["task_id"] in ids for x in saved), saved)
+        check(p.log().count("refused this result for good") == 2, p.log()[-3000:])
+        check(not spooled(t), "a refused result is still in the spool")
+        check(stop(p) == 0)
+        # The next start does not send them again.
+        n = len(o.log(kind="result"))
+        p = spawn(t, o, conf)
+        time.sleep(tmo(1))
+        check(len(o.log(kind="result")) == n, "a refused result was sent again")
+        check(stop(p) == 0)
+
+
+@test
 def sigkill_between_spooling_and_sending_delivers_exactly_once(t):
     with FakeOrch(poll_timeout=2) as o:
         conf = ini(t, slots=4)

@@ -289,6 +289,16 @@ TEST(a_failure_releases_the_slot_and_pauses_only_its_destination)
     rm_state();
 }
 
+/* Writes that extend a file fail with EFBIG past RLIMIT_FSIZE (SIGXFSZ is
+ * ignored): a real failing write, as on a full disk. */
+static void file_size_limit(rlim_t lim)
+{
+    struct rlimit rl;
+    getrlimit(RLIMIT_FSIZE, &rl);
+    rl.rlim_cur = lim;
+    setrlimit(RLIMIT_FSIZE, &rl);
+}
+
 /* A crash report of this start for A, spooled before the outbox loads. */
 static void spool_crash_report(struct outbox *ob, const char *id)
 {
@@ -464,16 +474,6 @@ static int spool_works_again(void)
     return nsettled == 2 && rooms > 0;
 }
 
-/* Writes that extend a file fail with EFBIG past RLIMIT_FSIZE (SIGXFSZ is
- * ignored): a real failing write, as on a full disk. */
-static void file_size_limit(rlim_t lim)
-{
-    struct rlimit rl;
-    getrlimit(RLIMIT_FSIZE, &rl);
-    rl.rlim_cur = lim;
-    setrlimit(RLIMIT_FSIZE, &rl);
-}
-
 TEST(a_disk_error_keeps_the_journal_entry_until_the_result_is_delivered_or_written)
 {
     setup();
@@ -512,6 +512,32 @@ TEST(a_disk_error_keeps_the_journal_entry_until_the_result_is_delivered_or_writt
     outbox_load(ob);
     ASSERT(nsends >= 4);
     EXPECT_CONTAINS(sends[nsends - 1].record, "\"kept\"");
+    outbox_destroy(ob);
+    spool_close(sp);
+    rm_state();
+}
+
+TEST(a_crash_report_that_cannot_be_spooled_is_sent_from_memory)
+{
+    setup();
+    signal(SIGXFSZ, SIG_IGN);
+    struct spool *sp = open_spool(0);
+    struct outbox *ob = new_outbox(sp);
+    add(ob, DEST_A, "before", 0); /* a segment exists: the report would extend it */
+    outbox_flush(ob);
+    answer(&sends[0], 200, "{}", 0);
+    json_t *rec =
+        json_pack("{s:s, s:s, s:s}", "task_id", "lost", "job_id", "lost", "status", "failure");
+    file_size_limit(1);
+    EXPECT(outbox_spool(ob, URL_A, rec, "lost", "lost") < 0);
+    file_size_limit(RLIM_INFINITY);
+    json_decref(rec);
+    outbox_hold(ob, 0.05);
+    outbox_load(ob);
+    ASSERT(sends_reach(2)); /* after the hold, from memory */
+    EXPECT_CONTAINS(sends[1].record, "\"lost\"");
+    answer(&sends[1], 200, "{}", 0);
+    EXPECT(outbox_idle(ob));
     outbox_destroy(ob);
     spool_close(sp);
     rm_state();
