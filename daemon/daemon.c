@@ -19,8 +19,9 @@
  *              the task's ids only, the late DONE is dropped); the results
  *              get FLUSH_LIMIT seconds to be delivered.
  * A long-poll in flight when the drain begins is let finish (orch_drain:
- * aborting it can lose the task the orchestrator hands out for it); a task
- * it brings while DRAINING runs like the others, one it brings later is
+ * aborting it can lose the task the orchestrator hands out for it), even
+ * past FLUSHING's end when the drain is shorter than its hold; a task it
+ * brings while DRAINING runs like the others, one it brings later is
  * answered TRANSIENT_ERROR at once without running (work_decline).
  * The loop ends as soon as nothing is left: no task, no result, no poll
  * in flight. Every further signal moves on to the next phase at once. The
@@ -265,6 +266,28 @@ static int plugins_in_use(const struct daemon *d, const struct plugin_set *set)
 
 /* ---- The drain ------------------------------------------------------------ */
 
+/* 1 while a long-poll is in flight: the drain lets it finish (orch_drain). */
+static int polling(const struct daemon *d)
+{
+    for (size_t i = 0; i < orchset_count(d->orchs); i++) {
+        if (orch_poll_hold_end(orchset_get(d->orchs, i)) > 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Seconds until every long-poll in flight has ended at the latest (it is
+ * given up then, orch_drain), a little more; 0 when none is in flight. */
+static double poll_wait(const struct daemon *d)
+{
+    double last = 0;
+    for (size_t i = 0; i < orchset_count(d->orchs); i++) {
+        double end = orch_poll_hold_end(orchset_get(d->orchs, i));
+        last = end > last ? end : last;
+    }
+    return last > 0 ? last + ORCH_DRAIN_POLL_MARGIN + 0.5 - now_mono() : 0;
+}
+
 static void drain_extend(struct daemon *d, double seconds)
 {
     notify_sendf("EXTEND_TIMEOUT_USEC=%llu", (unsigned long long)((seconds + 5.0) * 1e6));
@@ -314,6 +337,11 @@ static void on_drain_timer(struct ev_loop *loop, ev_timer *w, int revents)
         drain_timer_after(d, FLUSH_LIMIT);
         return;
     case FLUSHING:
+        if (poll_wait(d) > 0) { /* a short drain: the long-poll still decides */
+            drain_extend(d, poll_wait(d));
+            drain_timer_after(d, poll_wait(d));
+            return;
+        }
         log_err("shutdown: giving up on undelivered results; the orchestrator's timeout covers "
                 "them");
         ev_break(loop, EVBREAK_ALL);
@@ -464,16 +492,6 @@ static void on_pool_events(struct ev_loop *loop, ev_async *w, int revents)
 static void on_leave_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop, (void)w, (void)revents; /* only wakes the loop for on_idle_check */
-}
-
-/* 1 while a long-poll is in flight: the drain lets it finish (orch_drain). */
-static int polling(const struct daemon *d)
-{
-    for (size_t i = 0; i < orchset_count(d->orchs); i++) {
-        if (orch_poll_hold_end(orchset_get(d->orchs, i)) > 0)
-            return 1;
-    }
-    return 0;
 }
 
 /* Nothing left to deliver: the last heartbeats ("offline", 1.0b14) go out,

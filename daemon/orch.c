@@ -44,9 +44,6 @@
  * poll given up early can lose the task the server pops for it (2.2), so
  * err on the side of a busy orchestrator answering late. */
 #define POLL_MARGIN 15.0
-/* While draining, a poll still unanswered this long after the end of its
- * hold is given up: the orchestrator has answered every poll it will. */
-#define DRAIN_POLL_MARGIN 2.0
 
 struct orch {
     struct ev_loop *loop;
@@ -673,7 +670,7 @@ double orch_poll_hold_end(const struct orch *o)
 }
 
 /* While draining: the orchestrator has answered every poll it will by the
- * end of the hold; one it still holds is given up (DRAIN_POLL_MARGIN). */
+ * end of the hold; one it still holds is given up (ORCH_DRAIN_POLL_MARGIN). */
 static void on_poll_hold_end(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop;
@@ -684,7 +681,7 @@ static void on_poll_hold_end(struct ev_loop *loop, ev_timer *w, int revents)
     log_notice("shutdown: %s has not answered the long-poll %.0f s after the end of its hold "
                "(poll_timeout = %g s, which must match its WORKER_POLL_TIMEOUT_SECONDS): giving "
                "it up",
-               o->url, DRAIN_POLL_MARGIN, o->cfg->poll_timeout);
+               o->url, ORCH_DRAIN_POLL_MARGIN, o->cfg->poll_timeout);
     http_cancel(o->poll_req); /* on_poll runs now, cancelled */
 }
 
@@ -1203,7 +1200,7 @@ void orch_drain(struct orch *o)
         /* Aborting a long-poll can lose the task the orchestrator hands out
          * for it meanwhile (PROTOCOL.md 2.2): it is let finish, and given
          * up only when it outlasts its hold. */
-        double left = orch_poll_hold_end(o) + DRAIN_POLL_MARGIN - now_mono();
+        double left = orch_poll_hold_end(o) + ORCH_DRAIN_POLL_MARGIN - now_mono();
         log_notice("shutdown: letting the long-poll to %s finish (its hold ends within %.0f s): "
                    "aborting it could lose a task handed out meanwhile",
                    o->url, left > 0 ? left : 0);

@@ -163,7 +163,9 @@ void orch_poll(struct orch *o);
 int orch_poll_uses(const struct orch *o, const struct plugin_set *set);
 
 /* now_mono() when the orchestrator's hold of the poll in flight ends (its
- * answer is due), 0 when none is in flight. */
+ * answer is due), 0 when none is in flight. While draining, a poll still
+ * unanswered ORCH_DRAIN_POLL_MARGIN seconds later is given up. */
+#define ORCH_DRAIN_POLL_MARGIN 2.0
 double orch_poll_hold_end(const struct orch *o);
 
 /* "polling paused until 2025-06-01T12:00:05Z (the orchestrator asked to

@@ -19,11 +19,11 @@ HOLD = tmo(5)  # the long-poll's hold, the orchestrator's and the daemon's
 MSG = "worker shutting down, task not started"
 
 
-def ini(t, hold=HOLD, cancel_grace=5):
+def ini(t, hold=HOLD, cancel_grace=5, shutdown_timeout=None):
     return t.ini("""
 [worker]
 max_concurrent_tasks = 2
-shutdown_timeout = 30
+shutdown_timeout = %s
 cancel_grace = %s
 log_level = debug
 [orchestrator]
@@ -33,7 +33,7 @@ heartbeat_debounce = 0.05
 probe_every = 2
 result_retry_initial_delay = 0.2
 retry_max_delay = 1
-""" % (cancel_grace, hold))
+""" % (hold + 30 if shutdown_timeout is None else shutdown_timeout, cancel_grace, hold))
 
 
 def spawn(t, o, conf):
@@ -44,10 +44,13 @@ def spawn(t, o, conf):
 
 def fresh_poll(o):
     """Wait until a poll has just begun (most of its hold lies ahead)."""
-    n = o.worker_stats(WID)["polls"]
-    wait_for(lambda: o.worker_stats(WID)["polls"] > n and o.worker_stats(WID)["polls_outstanding"] == 1,
-             timeout=HOLD + 10, what="a new poll")
-    return o.worker_stats(WID)["polls"]
+    def stat(key):
+        return o.worker_stats(WID).get(key, 0)  # nothing before the first poll
+
+    n = stat("polls")
+    wait_for(lambda: stat("polls") > n and stat("polls_outstanding") == 1, timeout=HOLD + 10,
+             what="a new poll")
+    return stat("polls")
 
 
 def exits(p, timeout):
@@ -113,12 +116,26 @@ def a_task_brought_while_tasks_are_cancelled_is_reported_not_started(t):
 
 
 @test
+def a_drain_shorter_than_the_hold_still_waits_for_it(t):
+    # No time to drain (0 + 0 + the 10 s to deliver the last results), a
+    # longer hold: the poll still ends as the orchestrator answers it.
+    hold = tmo(12)
+    with FakeOrch(poll_timeout=hold) as o:
+        p = spawn(t, o, ini(t, hold=hold, cancel_grace=0, shutdown_timeout=0))
+        n = fresh_poll(o)
+        p.send_signal(signal.SIGTERM)
+        rc, log = exits(p, hold + 15)
+        check(rc == 0, rc, log[-2000:])
+        check(len(polls(o)) == n and polls(o)[-1]["status"] == 204, polls(o)[-3:])
+
+
+@test
 def a_poll_held_past_its_hold_is_given_up(t):
     # The orchestrator holds polls far longer than the daemon's poll_timeout
     # says (a misconfiguration, or a server too busy to answer).
     with FakeOrch(poll_timeout=300) as o:
         p = spawn(t, o, ini(t, hold=2))
-        wait_for(lambda: o.worker_stats(WID)["polls_outstanding"] == 1, what="a poll held")
+        wait_for(lambda: o.worker_stats(WID).get("polls_outstanding") == 1, what="a poll held")
         p.send_signal(signal.SIGTERM)
         rc, log = exits(p, 30)
         check(rc == 0, rc, log[-2000:])
