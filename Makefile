@@ -82,6 +82,7 @@ SRCS += daemon/work.c
 SRCS += daemon/orch.c
 SRCS += daemon/daemon.c
 SRCS += daemon/http.c
+SRCS += daemon/bodycap.c
 SRCS += daemon/ws.c
 SRCS += daemon/spool.c
 SRCS += daemon/spool_v1.c

@@ -467,10 +467,20 @@ char *admin_metrics_text(const struct admin_sources *src, size_t *len)
 
 /* ---- /healthz and /threads ------------------------------------------------ */
 
-/* 1 when this orchestrator can hand out work, else 0 and the reason. */
-static int orch_healthy(const struct orch_stats *st, double window, char *why, size_t n)
+/*
+ * 1 when this orchestrator can hand out work, else 0 and the reason. Polls
+ * that pause after a failure (a 429's Retry-After, a 5xx) are healthy but
+ * say so ("polling paused until ..."): a pause is short (at most
+ * retry_max_delay, or the 1.0b13 limiter's 61 s window). Polls that keep
+ * failing for longer than poll_window are not: the worker gets no work.
+ */
+static int orch_healthy(const struct orch_stats *st, double window, double poll_window, char *why,
+                        size_t n)
 {
     double age = now_mono() - st->last_ok;
+    double failing = st->poll_failing_since > 0 ? now_mono() - st->poll_failing_since : 0;
+    char pause[160] = "";
+    int paused = orch_poll_pause_text(st, pause, sizeof(pause));
     if (st->draining)
         snprintf(why, n, "draining for shutdown");
     else if (!st->registered)
@@ -480,8 +490,11 @@ static int orch_healthy(const struct orch_stats *st, double window, char *why, s
     else if (age > window)
         snprintf(why, n, "no successful exchange with the orchestrator for %.0f s (limit %g s)",
                  age, window);
+    else if (failing > poll_window)
+        snprintf(why, n, "polls failing for %.0f s (limit %g s)%s%s", failing, poll_window,
+                 paused ? "; " : "", pause);
     else {
-        snprintf(why, n, "ok");
+        snprintf(why, n, "%s", paused ? pause : "ok");
         return 1;
     }
     return 0;
@@ -501,9 +514,11 @@ static char *health_text(const struct admin_sources *src, int *ok)
     size_t nv, good = 0;
     struct orch_view *v = orch_views(src, &nv);
     double window = 3 * src->cfg->heartbeat_interval;
-    char(*why)[200] = xcalloc(nv > 0 ? nv : 1, sizeof(*why));
+    /* Two full backoffs and a hold without one poll answered. */
+    double poll_window = 2 * src->cfg->retry_max_delay + src->cfg->poll_timeout;
+    char(*why)[320] = xcalloc(nv > 0 ? nv : 1, sizeof(*why));
     for (size_t i = 0; i < nv; i++)
-        good += (size_t)orch_healthy(&v[i].st, window, why[i], sizeof(why[i]));
+        good += (size_t)orch_healthy(&v[i].st, window, poll_window, why[i], sizeof(why[i]));
     *ok = good > 0;
     double since;
     int err = src->spool != NULL ? spool_trouble(src->spool, &since) : 0;

@@ -17,6 +17,7 @@
 
 #define RATE_LIMIT_PAUSE 61.0 /* the limiter's 60 s window must lapse (1.3) */
 #define REFUSED_MIN 5.0       /* a refused credential is not retried faster */
+#define RETRY_AFTER_MIN 1.0   /* "Retry-After: 0" is no licence to hammer */
 
 void backoff_init(struct backoff *b, double base, double cap)
 {
@@ -50,8 +51,35 @@ static double transport_failure(const struct backoff_peer *p, const char *what,
     return backoff_next(b);
 }
 
+double backoff_retry_after(double retry_after, double cap)
+{
+    double lo = cap < RETRY_AFTER_MIN ? cap : RETRY_AFTER_MIN;
+    if (!(retry_after >= lo)) /* also NaN */
+        return lo;
+    return retry_after > cap ? cap : retry_after;
+}
+
+/* An orchestrator's Retry-After, clamped to [1 s, the endpoint's cap]: a
+ * value beyond the cap would stop the endpoint for that long (99999999999
+ * s is forever), and the cap is the operator's promise of how long any
+ * retry waits. The operator hears of a clamped long wait once. */
+static double honour_retry_after(const struct backoff_peer *p, const char *what,
+                                 const struct http_response *r, const struct backoff *b,
+                                 const struct log_ctx *ctx)
+{
+    double d = backoff_retry_after(r->retry_after, b->cap);
+    if (r->retry_after > d && p->told_retry_after != NULL && !*p->told_retry_after) {
+        log_emit(LOG_WARNING, ctx,
+                 "%s: %s asked to retry after %.0f s; waiting %g s instead (retry_max_delay)", what,
+                 p->url, r->retry_after, d);
+        *p->told_retry_after = 1;
+    }
+    return d;
+}
+
 static double rate_limited(const struct backoff_peer *p, const char *what,
-                           const struct http_response *r, const struct log_ctx *ctx)
+                           const struct http_response *r, const struct backoff *b,
+                           const struct log_ctx *ctx)
 {
     if (p->told_rate_limit != NULL && !*p->told_rate_limit) {
         log_emit(LOG_WARNING, ctx,
@@ -63,7 +91,7 @@ static double rate_limited(const struct backoff_peer *p, const char *what,
         *p->told_rate_limit = 1;
     }
     if (r->retry_after >= 0)
-        return r->retry_after;
+        return honour_retry_after(p, what, r, b, ctx);
     return RATE_LIMIT_PAUSE + 5.0 * ((double)random() / (double)RAND_MAX);
 }
 
@@ -97,7 +125,7 @@ double backoff_after_failure(const struct backoff_peer *p, const char *what,
     if (r->status == 401 || r->status == 403 || r->status == p->auth_status)
         return refused(p, what, r, text, b, ctx);
     if (r->status == 429)
-        return rate_limited(p, what, r, ctx);
+        return rate_limited(p, what, r, b, ctx);
     char advice[AVT_ERRLEN];
     if (r->status == 400 && p->explain != NULL &&
         p->explain(r->status, text, p->clock_skew, advice, sizeof(advice))) {
@@ -106,8 +134,10 @@ double backoff_after_failure(const struct backoff_peer *p, const char *what,
         return backoff_next(b);
     }
     if (r->too_large)
-        log_emit(LOG_WARNING, ctx, "%s: answer %ld larger than the body limit, ignored", what,
-                 r->status);
+        log_emit(LOG_WARNING, ctx,
+                 "%s: %s answered %ld with a body of at least %zu bytes, over this endpoint's "
+                 "limit of %zu bytes: not read",
+                 what, p->url, r->status, r->body_seen, r->max_body);
     else
         log_emit(LOG_WARNING, ctx, "%s: orchestrator answered %ld: %s", what, r->status, text);
     return backoff_next(b);

@@ -45,15 +45,23 @@ struct backoff_peer {
      * NULL: none. */
     int (*renew_credentials)(void *arg);
     void *renew_arg;
-    int *told_rate_limit; /* the 429 hint is given once per orchestrator */
+    int *told_rate_limit;  /* the 429 hint is given once per orchestrator */
+    int *told_retry_after; /* so is a Retry-After beyond the cap; NULL: never told */
 };
+
+/* How long to wait for an orchestrator's Retry-After of `retry_after`
+ * seconds (delta or date, http.h; -1 when absent or invalid) on an
+ * endpoint whose backoff caps at `cap` (retry_max_delay): clamped to
+ * [1 s, cap] (to cap when cap is below 1 s). */
+double backoff_retry_after(double retry_after, double cap);
 
 /* Seconds to wait before the endpoint tries again after the failed
  * exchange `r` (what: "poll", "result of task X (attempt 2)", ...), using
  * and advancing `b`; logs the failure once at the right level with ctx
- * (may be NULL). 429 honours Retry-After, else waits out the limiter's
- * window; a refused credential waits at least 5 s; TLS failures get the
- * operator message of tls.h. */
+ * (may be NULL). 429 honours Retry-After clamped to [1 s, b's cap]
+ * (backoff_retry_after), else waits out the limiter's 60 s window (61..66 s,
+ * even beyond the cap: an earlier try re-arms the limiter); a refused credential waits at least 5
+ * s; TLS failures get the operator message of tls.h. */
 double backoff_after_failure(const struct backoff_peer *peer, const char *what,
                              const struct http_response *r, struct backoff *b,
                              const struct log_ctx *ctx);

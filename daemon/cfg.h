@@ -109,6 +109,7 @@ struct cfg {
     double result_retry_initial_delay; /* RESULT_RETRY_INITIAL_DELAY; default 1.0 */
     double retry_max_delay;            /* BACKOFF_MAX_DELAY; cap of every backoff, default 60 */
     int probe_every;                   /* empty-body liveness PATCH every N heartbeats; default 4 */
+    int max_task_bytes; /* the largest poll answer (one task) read, bytes; default 16 MiB */
 
     /* The orchestrators, sorted by (priority, url); never empty: without a
      * list it holds one entry made of url (the global token applies). */

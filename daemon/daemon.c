@@ -18,9 +18,15 @@
  *              instead of waiting for its timeout (orch_abandon: built from
  *              the task's ids only, the late DONE is dropped); the results
  *              get FLUSH_LIMIT seconds to be delivered.
- * The loop ends as soon as nothing is left (orch_idle). Every further
- * signal moves on to the next phase at once. The exit status is 0, or
- * EXIT_RESTART when the drain was started because handlers were stuck.
+ * A long-poll in flight when the drain begins is let finish (orch_drain:
+ * aborting it can lose the task the orchestrator hands out for it), even
+ * past FLUSHING's end when the drain is shorter than its hold; a task it
+ * brings while DRAINING runs like the others, one it brings later is
+ * answered TRANSIENT_ERROR at once without running (work_decline).
+ * The loop ends as soon as nothing is left: no task, no result, no poll
+ * in flight. Every further signal moves on to the next phase at once. The
+ * exit status is 0, or EXIT_RESTART when the drain was started because
+ * handlers were stuck.
  *
  * Deadlines: a tick calls orch_supervise(), which cancels a task at its
  * type's timeout and gives up on it cancel_grace later. A handler given up
@@ -151,6 +157,32 @@ static const char *phase_name(const struct daemon *d)
     fatalx("daemon: unknown phase %d", (int)d->phase);
 }
 
+/* What the polls are waiting for, after status_text()'s first part:
+ * "; polling paused until ... (why)" for each orchestrator whose polls
+ * pause after a failure (named when there are several), and while
+ * draining "; waiting for the long-poll in flight (N s)". Returns the new
+ * length. */
+static size_t status_polls(struct daemon *d, char *buf, size_t len, size_t o)
+{
+    size_t n = orchset_count(d->orchs);
+    double hold = 0;
+    for (size_t i = 0; i < n && o < len; i++) {
+        const struct orch *s = orchset_get(d->orchs, i);
+        struct orch_stats st;
+        char pause[160];
+        orch_get_stats(s, &st);
+        if (orch_poll_pause_text(&st, pause, sizeof(pause)))
+            o += (size_t)snprintf(buf + o, len - o, "; %s%s%s", n > 1 ? orch_name(s) : "",
+                                  n > 1 ? ": " : "", pause);
+        if (orch_poll_hold_end(s) > hold)
+            hold = orch_poll_hold_end(s);
+    }
+    if (o < len && d->phase != RUNNING && hold > 0)
+        o += (size_t)snprintf(buf + o, len - o, "; waiting for the long-poll in flight (%.0f s)",
+                              hold > now_mono() ? hold - now_mono() : 0);
+    return o;
+}
+
 /* "serving: 3/8 slots busy; echo 2, t_conc 1/1 (2 waiting); 1 stuck" */
 static void status_text(struct daemon *d, char *buf, size_t len)
 {
@@ -177,7 +209,10 @@ static void status_text(struct daemon *d, char *buf, size_t len)
         o += (size_t)snprintf(buf + o, len - o, "; %d stuck", st.stuck);
     int err = d->spool != NULL ? spool_trouble(d->spool, NULL) : 0;
     if (o < len && err != 0)
-        snprintf(buf + o, len - o, "; spool cannot be written (%s): no new tasks", strerror(err));
+        o += (size_t)snprintf(buf + o, len - o, "; spool cannot be written (%s): no new tasks",
+                              strerror(err));
+    if (o < len)
+        status_polls(d, buf, len, o);
 }
 
 /* STATUS= when it changed, at most once per STATUS_MIN_GAP unless forced
@@ -236,6 +271,28 @@ static int plugins_in_use(const struct daemon *d, const struct plugin_set *set)
 
 /* ---- The drain ------------------------------------------------------------ */
 
+/* 1 while a long-poll is in flight: the drain lets it finish (orch_drain). */
+static int polling(const struct daemon *d)
+{
+    for (size_t i = 0; i < orchset_count(d->orchs); i++) {
+        if (orch_poll_hold_end(orchset_get(d->orchs, i)) > 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Seconds until every long-poll in flight has ended at the latest (it is
+ * given up then, orch_drain), a little more; 0 when none is in flight. */
+static double poll_wait(const struct daemon *d)
+{
+    double last = 0;
+    for (size_t i = 0; i < orchset_count(d->orchs); i++) {
+        double end = orch_poll_hold_end(orchset_get(d->orchs, i));
+        last = end > last ? end : last;
+    }
+    return last > 0 ? last + ORCH_DRAIN_POLL_MARGIN + 0.5 - now_mono() : 0;
+}
+
 static void drain_extend(struct daemon *d, double seconds)
 {
     notify_sendf("EXTEND_TIMEOUT_USEC=%llu", (unsigned long long)((seconds + 5.0) * 1e6));
@@ -285,6 +342,11 @@ static void on_drain_timer(struct ev_loop *loop, ev_timer *w, int revents)
         drain_timer_after(d, FLUSH_LIMIT);
         return;
     case FLUSHING:
+        if (poll_wait(d) > 0) { /* a short drain: the long-poll still decides */
+            drain_extend(d, poll_wait(d));
+            drain_timer_after(d, poll_wait(d));
+            return;
+        }
         log_err("shutdown: giving up on undelivered results; the orchestrator's timeout covers "
                 "them");
         ev_break(loop, EVBREAK_ALL);
@@ -472,7 +534,8 @@ static void on_idle_check(struct ev_loop *loop, ev_check *w, int revents)
             status_update(d, 1);
         }
     }
-    if (d->phase != RUNNING && active_tasks(d) == 0 && outbox_idle(d->outbox) && left(d))
+    if (d->phase != RUNNING && active_tasks(d) == 0 && !polling(d) && outbox_idle(d->outbox) &&
+        left(d))
         ev_break(loop, EVBREAK_ALL);
 }
 
@@ -633,10 +696,17 @@ static void on_changed(void *arg)
         orchset_changed(d->orchs);
 }
 
+/* A polled task. The long-poll a drain lets finish may still bring one:
+ * while DRAINING it runs like the others; once running tasks are being
+ * cancelled or given up on, it is answered without running, so that the
+ * orchestrator retries it at once instead of after its timeout. */
 static void on_task(void *arg, struct task *t, int valid, const struct plugin_set *polled_under)
 {
     struct daemon *d = arg;
-    work_accept(d->work, t, valid, polled_under);
+    if (valid && (d->phase == CANCELLING || d->phase == FLUSHING))
+        work_decline(d->work, t, AVT_TRANSIENT_ERROR, "worker shutting down, task not started");
+    else
+        work_accept(d->work, t, valid, polled_under);
 }
 
 static void on_registered(void *arg, struct orch *o)

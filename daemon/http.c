@@ -99,6 +99,8 @@ struct http_req {
     char rxon_version[24]; /* the X-RXON-Version header; "" when absent */
     int in_multi;
     int too_large;
+    size_t max_body;   /* this request's limit (http_set_max_body) */
+    size_t seen_body;  /* too_large: the body's size as far as known */
     CURLcode deferred; /* != CURLE_OK: failed before reaching the multi */
     http_done_fn done;
     http_connect_fn connect_done; /* set for connect-only requests */
@@ -406,6 +408,8 @@ static struct http_req *req_get(struct http *h)
     req->date = 0;
     req->rxon_version[0] = '\0';
     req->too_large = 0;
+    req->max_body = h->max_body;
+    req->seen_body = 0;
     req->deferred = CURLE_OK;
     req->errbuf[0] = '\0';
     req->start = now_mono();
@@ -445,28 +449,37 @@ static void req_release(struct http *h, struct http_req *req)
 
 /* ---- curl callbacks of one transfer ---- */
 
+/* The body is over this request's limit: the transfer stops here. */
+static size_t body_too_large(struct http_req *req, size_t seen)
+{
+    req->too_large = 1;
+    req->seen_body = seen;
+    return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
+}
+
 static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
 {
     struct http_req *req = arg;
-    struct http *h = req->h;
     size_t n = size * nmemb;
     size_t need = req->in.len + n;
+    curl_off_t cl = -1;
 
-    if (need > h->max_body) {
-        req->too_large = 1;
-        return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
+    if (req->in.len == 0) {
+        /* First chunk: the declared size (a lower bound when the body is
+         * compressed) refuses an answer at once, or sizes the buffer. */
+        curl_easy_getinfo(req->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+        if (cl > 0 && (size_t)cl > req->max_body) {
+            return body_too_large(req, (size_t)cl);
+        }
+    }
+    if (need > req->max_body) {
+        return body_too_large(req, need);
     }
     if (need + 1 > req->in.cap) {
-        curl_off_t cl = -1;
-        if (req->in.len == 0) {
-            /* First chunk: size the buffer from Content-Length (a lower
-             * bound when the body is compressed). */
-            curl_easy_getinfo(req->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
-        }
-        if (cl > 0 && (size_t)cl <= h->max_body && (size_t)cl >= need) {
+        if (cl > 0 && (size_t)cl >= need) {
             buf_reserve(&req->in, (size_t)cl + 1, (size_t)cl + 1);
         } else {
-            buf_reserve(&req->in, need + 1, h->max_body + 1);
+            buf_reserve(&req->in, need + 1, req->max_body + 1);
         }
     }
     memcpy(req->in.p + req->in.len, data, n);
@@ -676,6 +689,11 @@ struct http_req *http_request(struct http *h, const char *method, const char *ur
     return req;
 }
 
+void http_set_max_body(struct http_req *req, size_t max_body)
+{
+    req->max_body = max_body > 0 ? max_body : req->h->max_body;
+}
+
 /* ---- completion ---- */
 
 static void request_finish(struct http_req *req, CURLcode rc)
@@ -690,10 +708,12 @@ static void request_finish(struct http_req *req, CURLcode rc)
     req_leave_multi(req); /* the connection goes back to the cache now */
     req_unlink(req);
     r.elapsed = now_mono() - req->start;
+    r.max_body = req->max_body;
     if (req->too_large) {
         r.too_large = 1;
+        r.body_seen = req->seen_body;
         r.curl_code = CURLE_FILESIZE_EXCEEDED;
-        r.error = "response body larger than max_body";
+        r.error = "response body larger than its limit";
     } else if (rc != CURLE_OK) {
         /* As http.h says: no status on a transport error, even when the
          * status line had arrived (a truncated answer must never look

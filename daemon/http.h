@@ -41,7 +41,10 @@ struct http_response {
     CURLcode curl_code;       /* CURLE_OK, or the transport error */
     const char *error;        /* human-readable transport error, NULL when none */
     int cancelled;            /* 1: cancelled; ignore the rest */
-    int too_large;            /* 1: body exceeded max_body (status is set, body is not) */
+    int too_large;            /* 1: body exceeded its limit (status is set, body is not) */
+    size_t body_seen;         /* too_large: the body's size as far as known (its Content-Length,
+                                 else the bytes received when the limit was passed: a lower bound) */
+    size_t max_body;          /* the limit the body was held to (http_set_max_body) */
     double elapsed;           /* seconds from start to completion */
 };
 
@@ -66,6 +69,14 @@ void http_destroy(struct http *h);
 struct http_req *http_request(struct http *h, const char *method, const char *url,
                               const char *const *headers, const char *body, size_t len,
                               double timeout, http_done_fn done, void *arg);
+
+/*
+ * Hold this request's answer body to `max_body` decoded bytes instead of
+ * the client's (0: the client's again). Call it right after http_request():
+ * an answer whose Content-Length is larger is refused before its first
+ * byte is kept, a longer one when it passes the limit (too_large).
+ */
+void http_set_max_body(struct http_req *req, size_t max_body);
 
 /* Cancel one request: its callback runs now with cancelled = 1. */
 void http_cancel(struct http_req *req);

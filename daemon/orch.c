@@ -12,11 +12,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <ev.h>
 #include <jansson.h>
 
 #include "backoff.h"
+#include "bodycap.h"
 #include "cfg.h"
 #include "http.h"
 #include "ledger.h"
@@ -86,6 +88,11 @@ struct orch {
     const struct plugin_set *poll_plugins;
     ev_timer poll_timer; /* pause after a failed poll */
     struct backoff poll_backoff;
+    double poll_sent;          /* now_mono() when the poll in flight was sent */
+    ev_timer poll_hold_end;    /* while draining: gives up a poll unanswered after its hold */
+    double poll_paused_until;  /* now_wall() when the pause after a failed poll ends */
+    long poll_pause_status;    /* the answer that paused polls (0: none came) */
+    double poll_failing_since; /* now_mono() of the first failed poll since one was answered */
 
     struct http_req *hb_req;
     int hb_probe; /* the in-flight heartbeat is the empty-body probe */
@@ -101,6 +108,7 @@ struct orch {
     struct backoff ws_backoff;
 
     int told_rate_limit;
+    int told_retry_after;
     struct orch_stats stats;
 };
 
@@ -221,11 +229,38 @@ double orch_failure_delay(struct orch *o, const char *what, const struct http_re
                                 .clock_skew = o->clock_skew,
                                 .renew_credentials = renew_credentials,
                                 .renew_arg = o,
-                                .told_rate_limit = &o->told_rate_limit};
+                                .told_rate_limit = &o->told_rate_limit,
+                                .told_retry_after = &o->told_retry_after};
     return backoff_after_failure(&peer, what, r, b, ctx);
 }
 
 /* ---- Requests ------------------------------------------------------------------- */
+
+/* A request whose answer is held to the body limit of endpoint ep
+ * (bodycap.h), so that no answer costs more than what ep can carry. */
+static struct http_req *request(struct orch *o, enum bodycap_endpoint ep, const char *method,
+                                const char *url, const char *const *hdrs, const char *body,
+                                size_t len, double timeout, http_done_fn done, void *arg)
+{
+    struct http_req *r = http_request(o->http, method, url, hdrs, body, len, timeout, done, arg);
+    if (r != NULL)
+        http_set_max_body(
+            r, bodycap_limit(ep, (size_t)o->cfg->max_task_bytes, o->cfg->max_concurrent_tasks));
+    return r;
+}
+
+/* A 2xx answer over its endpoint's limit was not read: say so (a non-2xx
+ * one is the backoff's to report). Returns 1 when r is such an answer. */
+static int unread_answer(const struct orch *o, enum bodycap_endpoint ep,
+                         const struct http_response *r, const char *consequence)
+{
+    if (!r->too_large || r->status < 200 || r->status >= 300)
+        return 0;
+    log_err("%s: %s answered %ld with a body of at least %zu bytes, over this endpoint's limit "
+            "of %zu bytes: not read; %s",
+            bodycap_name(ep), o->url, r->status, r->body_seen, r->max_body, consequence);
+    return 1;
+}
 
 static int same_str(const char *a, const char *b)
 {
@@ -305,8 +340,9 @@ static struct http_req *send_body(struct orch *o, const char *method, const char
         log_err("%s: cannot encode the message: %s", o->url, err);
         return NULL;
     }
+    enum bodycap_endpoint ep = kind == RXON_MSG_HEARTBEAT ? BODYCAP_HEARTBEAT : BODYCAP_REGISTER;
     struct http_req *r =
-        http_request(o->http, method, url, headers(o), s, len, REQUEST_TIMEOUT, done, arg);
+        request(o, ep, method, url, headers(o), s, len, REQUEST_TIMEOUT, done, arg);
     free(s);
     return r;
 }
@@ -423,8 +459,11 @@ static void on_heartbeat(void *arg, const struct http_response *r)
     backoff_reset(&o->hb_backoff);
     sts_credential_ok(o->sts);
     o->hb_paused_until = 0;
-    enum rxon_hb_answer ans =
-        o->dialect->parse_heartbeat_answer(r->body, r->len, probe, heartbeat_cancel, o);
+    enum rxon_hb_answer ans = RXON_HB_OK;
+    if (unread_answer(o, BODYCAP_HEARTBEAT, r, "a cancel it named comes again with a later one"))
+        o->stats.errors[ORCH_EP_HEARTBEAT][ORCH_ERR_INVALID]++;
+    else
+        ans = o->dialect->parse_heartbeat_answer(r->body, r->len, probe, heartbeat_cancel, o);
     if (ans == RXON_HB_EXPIRED && o->registered) {
         expired(o, "heartbeat answered null");
     } else if (ans == RXON_HB_RESYNC && o->registered) {
@@ -493,7 +532,8 @@ static void on_post(void *arg, const struct http_response *r)
     struct outbox_answer a = {.r = r, .text = text};
     if (!r->cancelled) {
         count_exchange(o, ORCH_EP_RESULT, r);
-        if (r->status == 200)
+        if (r->status == 200 &&
+            !unread_answer(o, BODYCAP_RESULT, r, "the result counts as delivered (200)"))
             a.ignored = o->dialect->parse_result_answer(r->body, r->len, text, sizeof(text));
     }
     p->done(p->arg, &a);
@@ -516,8 +556,8 @@ void *orch_post_result(struct orch *o, const char *record, size_t len, outbox_an
         log_err("result for %s cannot be encoded: %s; sending it as it is", o->url, err);
     else if (rc > 0)
         log_err("result for %s: %s", o->url, err);
-    p->req = http_request(o->http, "POST", o->url_result, headers(o), wire ? wire : record,
-                          wire ? wlen : len, REQUEST_TIMEOUT, on_post, p);
+    p->req = request(o, BODYCAP_RESULT, "POST", o->url_result, headers(o), wire ? wire : record,
+                     wire ? wlen : len, REQUEST_TIMEOUT, on_post, p);
     free(wire);
     if (p->req == NULL) { /* only while the HTTP client is being destroyed */
         free(p);
@@ -540,9 +580,17 @@ static void on_poll_task(struct orch *o, const struct http_response *r)
 {
     char err[AVT_ERRLEN];
     struct task *t = NULL;
-    if (r->too_large) {
-        log_err("poll: a task larger than the body limit was dropped; the orchestrator will time "
-                "it out");
+    if (unread_answer(o, BODYCAP_POLL, r,
+                      "the task is dropped and the orchestrator will time it out (raise "
+                      "[orchestrator] max_task_bytes if tasks this large are expected)")) {
+        o->stats.tasks_invalid++;
+        return;
+    }
+    /* The shape and the cost of the tree, before jansson builds it. */
+    if (bodycap_check_task(r->body, r->len, (size_t)o->cfg->max_task_bytes, err, sizeof(err)) < 0) {
+        log_err("poll: %s answered a task of %zu bytes that is not read: %s; the orchestrator "
+                "will time it out",
+                o->url, r->len, err);
         o->stats.tasks_invalid++;
         return;
     }
@@ -563,15 +611,28 @@ static void on_poll_task(struct orch *o, const struct http_response *r)
     o->env.hooks->task(o->env.arg, t, valid, o->poll_plugins);
 }
 
+/* Polls wait `delay` s after a failed one; /healthz and STATUS= say until
+ * when, and why (orch_poll_pause_text). */
+static void pause_polls(struct orch *o, const struct http_response *r, double delay)
+{
+    timer_after(o, &o->poll_timer, delay);
+    o->poll_paused_until = now_wall() + delay;
+    o->poll_pause_status = r->status;
+    if (o->poll_failing_since == 0)
+        o->poll_failing_since = now_mono();
+}
+
 static void on_poll(void *arg, const struct http_response *r)
 {
     struct orch *o = arg;
     o->poll_req = NULL;
+    ev_timer_stop(o->loop, &o->poll_hold_end);
     if (r->cancelled)
         return;
     count_exchange(o, ORCH_EP_POLL, r);
     if (r->status == 200 || r->status == 204) {
         backoff_reset(&o->poll_backoff);
+        o->poll_failing_since = 0;
         if (r->status == 200)
             on_poll_task(o, r);
         maybe_poll(o);
@@ -580,7 +641,7 @@ static void on_poll(void *arg, const struct http_response *r)
     o->stats.polls_failed++;
     if (redetect(o, r, "poll"))
         return;
-    timer_after(o, &o->poll_timer, orch_failure_delay(o, "poll", r, &o->poll_backoff, NULL));
+    pause_polls(o, r, orch_failure_delay(o, "poll", r, &o->poll_backoff, NULL));
 }
 
 /* Poll when this orchestrator may: alone, whenever a global slot is free;
@@ -612,8 +673,56 @@ void orch_poll(struct orch *o)
         return;
     o->stats.polls++;
     o->poll_plugins = o->plugins;
-    o->poll_req = http_request(o->http, "GET", o->url_poll, headers(o), NULL, 0,
-                               o->cfg->poll_timeout + POLL_MARGIN, on_poll, o);
+    o->poll_sent = now_mono();
+    o->poll_req = request(o, BODYCAP_POLL, "GET", o->url_poll, headers(o), NULL, 0,
+                          o->cfg->poll_timeout + POLL_MARGIN, on_poll, o);
+}
+
+double orch_poll_hold_end(const struct orch *o)
+{
+    return o->poll_req != NULL ? o->poll_sent + o->cfg->poll_timeout : 0;
+}
+
+/* While draining: the orchestrator has answered every poll it will by the
+ * end of the hold; one it still holds is given up (ORCH_DRAIN_POLL_MARGIN). */
+static void on_poll_hold_end(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct orch *o = w->data;
+    if (o->poll_req == NULL)
+        return;
+    log_notice("shutdown: %s has not answered the long-poll %.0f s after the end of its hold "
+               "(poll_timeout = %g s, which must match its WORKER_POLL_TIMEOUT_SECONDS): giving "
+               "it up",
+               o->url, ORCH_DRAIN_POLL_MARGIN, o->cfg->poll_timeout);
+    http_cancel(o->poll_req); /* on_poll runs now, cancelled */
+}
+
+static const char *pause_reason(long status, char *buf, size_t len)
+{
+    if (status == 429)
+        return "the orchestrator asked to retry later (429)";
+    if (status == 0)
+        return "no answer from the orchestrator";
+    if (status == 401 || status == 403)
+        snprintf(buf, len, "the orchestrator refused the credentials (%ld)", status);
+    else
+        snprintf(buf, len, "the orchestrator answered %ld", status);
+    return buf;
+}
+
+int orch_poll_pause_text(const struct orch_stats *st, char *out, size_t outlen)
+{
+    char when[32], why[64];
+    struct tm tm;
+    time_t t = (time_t)ceil(st->poll_paused_until);
+    if (st->poll_paused_until <= 0 || gmtime_r(&t, &tm) == NULL)
+        return 0;
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    snprintf(out, outlen, "polling paused until %s (%s)", when,
+             pause_reason(st->poll_pause_status, why, sizeof(why)));
+    return 1;
 }
 
 int orch_poll_uses(const struct orch *o, const struct plugin_set *set)
@@ -625,7 +734,9 @@ static void on_poll_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop;
     (void)revents;
-    maybe_poll(w->data);
+    struct orch *o = w->data;
+    o->poll_paused_until = 0;
+    maybe_poll(o);
 }
 
 /* ---- Progress and events ------------------------------------------------------------------- */
@@ -634,7 +745,7 @@ static void on_event_answer(void *arg, const struct http_response *r)
 {
     struct orch *o = arg;
     char text[320];
-    if (r->cancelled)
+    if (r->cancelled || unread_answer(o, BODYCAP_EVENT, r, "the event counts as delivered"))
         return;
     if (r->status != 200) {
         rxon_answer_text(r->body, r->len, text, sizeof(text));
@@ -662,8 +773,8 @@ static int send_event(struct orch *o, json_t *body)
     if (ws_open)
         ws_send_text(o->ws, s, len);
     else
-        http_request(o->http, "POST", o->url_events, headers(o), s, len, REQUEST_TIMEOUT,
-                     on_event_answer, o);
+        request(o, BODYCAP_EVENT, "POST", o->url_events, headers(o), s, len, REQUEST_TIMEOUT,
+                on_event_answer, o);
     free(s);
     return 0;
 }
@@ -759,7 +870,8 @@ static void start_ws(struct orch *o)
     if (!o->cfg->websockets || o->ws != NULL)
         return;
     static const struct ws_callbacks cb = {ws_on_open, ws_on_text, ws_on_close};
-    o->ws = ws_create(o->loop, o->http, o->url_ws, headers(o), 0, &cb, o);
+    o->ws = ws_create(o->loop, o->http, o->url_ws, headers(o),
+                      bodycap_limit(BODYCAP_WS, 0, o->cfg->max_concurrent_tasks), &cb, o);
     ws_connect(o->ws);
 }
 
@@ -792,6 +904,7 @@ static void registered(struct orch *o)
     log_notice("registered with %s as %s (%zu task types, %d slots)", o->url, o->cfg->worker_id,
                o->plugins->ntypes, o->cfg->max_concurrent_tasks);
     o->registered = 1;
+    o->poll_failing_since = 0;
     sts_credential_ok(o->sts);
     o->stats.registrations++;
     backoff_reset(&o->register_backoff);
@@ -810,7 +923,7 @@ static void on_register(void *arg, const struct http_response *r)
     count_exchange(o, ORCH_EP_REGISTER, r);
     char *warning = NULL;
     enum rxon_register_answer ans = RXON_REG_UNEXPECTED;
-    if (r->status == 200)
+    if (r->status == 200 && !unread_answer(o, BODYCAP_REGISTER, r, "registering again"))
         ans = o->dialect->parse_register_answer(r->body, r->len, &warning);
     if (warning != NULL)
         log_warn("orchestrator: %s", warning);
@@ -893,11 +1006,11 @@ static void detect_step(struct orch *o, int step)
 {
     o->detect_step = step;
     if (step == 1) /* no credentials: nothing here can be refused or counted */
-        o->detect_req = http_request(o->http, "GET", o->url_status, NULL, NULL, 0, DETECT_TIMEOUT,
-                                     on_detect, o);
+        o->detect_req = request(o, BODYCAP_DETECT, "GET", o->url_status, NULL, NULL, 0,
+                                DETECT_TIMEOUT, on_detect, o);
     else
-        o->detect_req = http_request(o->http, "POST", o->url_probe, NULL, NULL, 0, DETECT_TIMEOUT,
-                                     on_detect, o);
+        o->detect_req = request(o, BODYCAP_DETECT, "POST", o->url_probe, NULL, NULL, 0,
+                                DETECT_TIMEOUT, on_detect, o);
 }
 
 /* Step 1: the version header of /_public/status. */
@@ -1008,11 +1121,13 @@ static void init_timers(struct orch *o)
 {
     ev_timer_init(&o->register_timer, on_register_timer, 0., 0.);
     ev_timer_init(&o->poll_timer, on_poll_timer, 0., 0.);
+    ev_timer_init(&o->poll_hold_end, on_poll_hold_end, 0., 0.);
     ev_timer_init(&o->hb_periodic, on_hb_periodic, o->cfg->heartbeat_interval,
                   o->cfg->heartbeat_interval);
     ev_timer_init(&o->hb_debounce, on_hb_debounce, 0., 0.);
     ev_timer_init(&o->ws_timer, on_ws_timer, 0., 0.);
     o->register_timer.data = o->poll_timer.data = o->hb_periodic.data = o;
+    o->poll_hold_end.data = o;
     o->hb_debounce.data = o->ws_timer.data = o;
 }
 
@@ -1064,8 +1179,8 @@ void orch_destroy(struct orch *o)
 {
     if (o == NULL)
         return;
-    ev_timer *timers[] = {&o->register_timer, &o->poll_timer, &o->hb_periodic, &o->hb_debounce,
-                          &o->ws_timer};
+    ev_timer *timers[] = {&o->register_timer, &o->poll_timer, &o->hb_periodic,
+                          &o->hb_debounce,    &o->ws_timer,   &o->poll_hold_end};
     for (size_t i = 0; i < ARRAY_LEN(timers); i++)
         ev_timer_stop(o->loop, timers[i]);
     sts_destroy(o->sts);
@@ -1094,6 +1209,17 @@ void orch_drain(struct orch *o)
         return;
     o->draining = 1;
     ev_timer_stop(o->loop, &o->poll_timer);
+    o->poll_paused_until = 0;
+    if (o->poll_req != NULL) {
+        /* Aborting a long-poll can lose the task the orchestrator hands out
+         * for it meanwhile (PROTOCOL.md 2.2): it is let finish, and given
+         * up only when it outlasts its hold. */
+        double left = orch_poll_hold_end(o) + ORCH_DRAIN_POLL_MARGIN - now_mono();
+        log_notice("shutdown: letting the long-poll to %s finish (its hold ends within %.0f s): "
+                   "aborting it could lose a task handed out meanwhile",
+                   o->url, left > 0 ? left : 0);
+        timer_after(o, &o->poll_hold_end, left);
+    }
     /* Tell the orchestrator at once (3.6 "graceful leave"). */
     ev_timer_stop(o->loop, &o->hb_debounce);
     send_heartbeat(o, 0);
@@ -1130,6 +1256,9 @@ void orch_get_stats(const struct orch *o, struct orch_stats *st)
     st->sts_tokens = sts_tokens_obtained(o->sts);
     st->protocol = o->detected ? o->dialect->version : NULL;
     st->clock_skew = o->clock_skew;
+    st->poll_paused_until = o->poll_paused_until;
+    st->poll_pause_status = o->poll_pause_status;
+    st->poll_failing_since = o->poll_failing_since;
 }
 
 /* ---- Reload

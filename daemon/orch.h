@@ -76,6 +76,10 @@ struct orch_stats {
     double last_ok;       /* now_mono() of the last 2xx answer of any endpoint; 0 = none yet */
     const char *protocol; /* the RXON version spoken ("1.0b14"), NULL while not known */
     double clock_skew;    /* its clock minus ours, from its Date header; NAN: unknown */
+    /* Polls after a failed one (orch_poll_pause_text): */
+    double poll_paused_until;  /* now_wall() when their pause ends; 0: not paused */
+    long poll_pause_status;    /* the answer that paused them; 0: none came */
+    double poll_failing_since; /* now_mono() since polls fail without one answered; 0: none */
 };
 
 /* What the session tells the daemon. */
@@ -114,10 +118,13 @@ void orch_destroy(struct orch *o); /* NULL is a no-op */
 void orch_start(struct orch *o);
 
 /*
- * Graceful leave: stop polling (an in-flight long-poll is left to finish:
- * aborting it can lose a task, PROTOCOL.md 2.2; a task it still brings is
- * run), tell the orchestrator at once with a heartbeat without skills
- * ("offline" in 1.0b3, "draining" in 1.0b14); results keep flowing.
+ * Graceful leave: stop polling, tell the orchestrator at once with a
+ * heartbeat without skills ("offline" in 1.0b3, "draining" in 1.0b14);
+ * results keep flowing. A long-poll in flight is let finish, because
+ * aborting it can lose the task the orchestrator hands out for it
+ * (PROTOCOL.md 2.2): the task it still brings goes to the task hook like
+ * any other; a poll the orchestrator still holds 2 s after the end of its
+ * hold (poll_timeout) is given up.
  */
 void orch_drain(struct orch *o);
 
@@ -154,6 +161,17 @@ void orch_poll(struct orch *o);
 
 /* 1 while a poll sent when `set` was in force is in flight. */
 int orch_poll_uses(const struct orch *o, const struct plugin_set *set);
+
+/* now_mono() when the orchestrator's hold of the poll in flight ends (its
+ * answer is due), 0 when none is in flight. While draining, a poll still
+ * unanswered ORCH_DRAIN_POLL_MARGIN seconds later is given up. */
+#define ORCH_DRAIN_POLL_MARGIN 2.0
+double orch_poll_hold_end(const struct orch *o);
+
+/* "polling paused until 2025-06-01T12:00:05Z (the orchestrator asked to
+ * retry later (429))" into out, and 1, while polls of the session whose
+ * stats are `st` wait after a failed one; else 0. */
+int orch_poll_pause_text(const struct orch_stats *st, char *out, size_t outlen);
 
 /* The outbox's sender (outbox.h): send a result record, in this session's
  * dialect, with this session's credentials; cancel one in flight; and how

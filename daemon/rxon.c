@@ -14,9 +14,22 @@
 
 #include "util.h"
 
+#define ANSWER_PARSE_MAX (64 * 1024) /* the largest error answer parsed for its text */
+
+/* An error answer worth parsing for its "error": a small JSON object. Any
+ * other body is only excerpted, so that a large hostile one (a 15 MiB
+ * `[{},{},...]` is 1.2 GB once parsed) is never built. */
+static int small_object(const char *body, size_t len)
+{
+    size_t i = 0;
+    while (i < len && (body[i] == ' ' || body[i] == '\t' || body[i] == '\r' || body[i] == '\n'))
+        i++;
+    return len <= ANSWER_PARSE_MAX && i < len && body[i] == '{';
+}
+
 void rxon_answer_text(const char *body, size_t len, char *out, size_t outlen)
 {
-    json_t *j = json_loadb(body, len, 0, NULL);
+    json_t *j = small_object(body, len) ? json_loadb(body, len, 0, NULL) : NULL;
     const char *e = j != NULL ? json_string_value(json_object_get(j, "error")) : NULL;
     if (e != NULL) {
         snprintf(out, outlen, "%s", e);

@@ -217,8 +217,9 @@ enum rxon_register_answer rxon_parse_register_answer(const char *body, size_t le
 /* A random RFC 4122 version-4 UUID, lowercase, into out. */
 void rxon_uuid4(char out[37]);
 
-/* The server's {"error": "..."} text, or the first 120 bytes of the body
- * with control characters blanked, into out (always NUL-terminated). */
+/* The server's {"error": "..."} text (read only from a JSON object of at
+ * most 64 KiB), or the first 120 bytes of the body with control characters
+ * blanked, into out (always NUL-terminated). */
 void rxon_answer_text(const char *body, size_t len, char *out, size_t outlen);
 
 void rxon_command_clear(struct rxon_command *cmd);

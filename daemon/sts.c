@@ -14,6 +14,7 @@
 #include <jansson.h>
 
 #include "backoff.h"
+#include "bodycap.h"
 #include "cfg.h"
 #include "http.h"
 #include "log.h"
@@ -231,7 +232,12 @@ static void on_answer(void *arg, const struct http_response *r)
         return;
     } else {
         double d;
-        if (r->status == 200) {
+        if (r->status == 200 && r->too_large) {
+            log_warn("access token: %s answered with a body of at least %zu bytes, over this "
+                     "endpoint's limit of %zu bytes: not read",
+                     s->url, r->body_seen, r->max_body);
+            d = backoff_next(&s->backoff);
+        } else if (r->status == 200) {
             log_warn("access token: unusable answer from %s", s->url);
             d = backoff_next(&s->backoff);
         } else {
@@ -259,14 +265,16 @@ static void request(struct sts *s)
     if (!s->refreshing) {
         s->req = http_request(s->http, "POST", s->url_sts, s->hooks.headers(s->arg), NULL, 0,
                               REQUEST_TIMEOUT, on_answer, s);
-        return;
+    } else {
+        json_t *b = json_pack("{s:s}", "refresh_token", s->refresh_token);
+        char *body = json_dumps(b, JSON_COMPACT);
+        s->req = http_request(s->http, "POST", s->url_refresh, s->hooks.headers(s->arg), body,
+                              strlen(body), REQUEST_TIMEOUT, on_answer, s);
+        free(body);
+        json_decref(b);
     }
-    json_t *b = json_pack("{s:s}", "refresh_token", s->refresh_token);
-    char *body = json_dumps(b, JSON_COMPACT);
-    s->req = http_request(s->http, "POST", s->url_refresh, s->hooks.headers(s->arg), body,
-                          strlen(body), REQUEST_TIMEOUT, on_answer, s);
-    free(body);
-    json_decref(b);
+    if (s->req != NULL) /* a token answer is small (bodycap.h) */
+        http_set_max_body(s->req, bodycap_limit(BODYCAP_TOKEN, 0, 0));
 }
 
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)

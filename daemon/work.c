@@ -178,6 +178,15 @@ void work_accept(struct work *w, struct task *t, int valid, const struct plugin_
     changed(w);
 }
 
+void work_decline(struct work *w, struct task *t, const char *code, const char *message)
+{
+    struct log_ctx ctx = task_ctx(t);
+    log_emit(LOG_NOTICE, &ctx,
+             "task not started (%s): reported as %s for the orchestrator to retry", message, code);
+    answer_unrun(w, t, code, message);
+    task_destroy(t);
+}
+
 /* ---- The end of a task ------------------------------------------------------------ */
 
 /*

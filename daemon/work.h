@@ -67,6 +67,12 @@ json_t *work_hot_cache(struct work *w);
 /* A polled task (orch_hooks.task): takes ownership of t. */
 void work_accept(struct work *w, struct task *t, int valid, const struct plugin_set *polled_under);
 
+/* A valid polled task that will not run (the worker is shutting down):
+ * answered at once with a failure (code, message), without a slot, so that
+ * the orchestrator retries it instead of waiting for its timeout. Takes
+ * ownership of t. */
+void work_decline(struct work *w, struct task *t, const char *code, const char *message);
+
 /* The events the worker threads queued (evq_take()), oldest first; frees
  * them. One spool commit covers all the results among them. */
 void work_events(struct work *w, struct evq_event *list);

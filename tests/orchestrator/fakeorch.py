@@ -1193,9 +1193,11 @@ async def t_reset(request):
 
 async def t_fault(request):
     """POST /_test/fault {"kind", "count"=1, "mode"="respond", "status", "body",
-    "raw", "headers", "delay", "process", "extra"}: see USAGE."""
+    "raw", "headers", "delay", "process", "extra"}: see USAGE. Read past
+    aiohttp's 1 MiB request limit, which the worker endpoints keep like the
+    real orchestrator: a fault may carry a large answer (a 15 MiB raw)."""
     o = orch_of(request)
-    f = await request.json()
+    f = json.loads(await request.content.read())
     kind = f.get("kind")
     mode = f.setdefault("mode", "respond")
     if kind not in FAULT_KINDS or mode not in ("respond", "malformed", "truncate", "slow", "drop"):

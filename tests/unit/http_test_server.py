@@ -18,6 +18,7 @@ Endpoints:
   GET  /retry?after=<V>    429 with "Retry-After: V"
   GET  /retry-date         429 with an HTTP-date Retry-After 30 s ahead
   GET  /big?n=<N>          N bytes of "x"
+  GET  /chunked?n=<N>      N bytes of "x" in chunks of 1000, without Content-Length
   GET  /sleep?ms=<N>       waits N ms, then 200 "slept"
   GET  /close              closes the connection without answering
   GET  /conns              the number of TCP connections accepted so far
@@ -86,6 +87,13 @@ async def route(method, target, headers, body):
         return 429, [("Retry-After", formatdate(time.time() + 30, usegmt=True))], b"later"
     if path == "/big":
         return 200, [], b"x" * int(q.get("n", ["0"])[0])
+    if path == "/chunked":
+        n, out = int(q.get("n", ["0"])[0]), b""
+        while n > 0:
+            k = min(n, 1000)
+            out += b"%x\r\n" % k + b"x" * k + b"\r\n"
+            n -= k
+        return 200, [("Transfer-Encoding", "chunked")], out + b"0\r\n\r\n"
     if path == "/sleep":
         await asyncio.sleep(int(q.get("ms", ["1000"])[0]) / 1000.0)
         return 200, [], b"slept"
@@ -115,7 +123,7 @@ async def serve(reader, writer):
             status, extra, payload = answer
             lines = ["HTTP/1.1 %d %s" % (status, REASONS.get(status, "Status"))]
             lines += ["%s: %s" % kv for kv in extra]
-            if status != 204:
+            if status != 204 and ("Transfer-Encoding", "chunked") not in extra:
                 lines.append("Content-Length: %d" % len(payload))
             lines.append("Connection: keep-alive")
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + payload)

@@ -8,11 +8,15 @@
  * operator message of tls.h), 401/403 wait at least 5 s with the token
  * advice, a renewable credential waits at least 1 s but less than 5 s, and
  * the renewal callback is asked only for the dialect's auth status; 429
- * honours Retry-After exactly, else waits the limiter's window out (61..66
- * s) and gives its hint once; 500 and a too large answer use the backoff.
+ * honours Retry-After clamped to [1 s, the cap] (backoff_retry_after: 0 is
+ * 1 s, 99999999999 the cap, with a warning once; a cap below 1 s wins),
+ * else waits the limiter's window out (61..66 s) and gives its hint once;
+ * 500 and a too large answer (named with its size and limit) use the
+ * backoff.
  * Log lines are captured by pointing stderr at a temporary file.
  */
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -386,7 +390,28 @@ TEST(the_renewal_is_asked_only_for_the_dialects_auth_status)
     EXPECT(d == 1.0);
 }
 
-TEST(rate_limited_with_retry_after_uses_it_exactly)
+TEST(retry_after_is_clamped_to_one_second_and_the_cap)
+{
+    EXPECT(backoff_retry_after(7.5, 60) == 7.5);
+    EXPECT(backoff_retry_after(60, 60) == 60);
+    EXPECT(backoff_retry_after(1, 60) == 1);
+    /* "Retry-After: 0" (or a date in the past) is no licence to hammer. */
+    EXPECT(backoff_retry_after(0, 60) == 1);
+    EXPECT(backoff_retry_after(0.2, 60) == 1);
+    /* 99999999999 s (http.c makes it 1e10) would stop the endpoint for good. */
+    EXPECT(backoff_retry_after(1e10, 60) == 60);
+    EXPECT(backoff_retry_after(99999999999.0, 5) == 5);
+    EXPECT(backoff_retry_after(61, 60) == 60);
+    /* An operator's cap below 1 s wins over the floor. */
+    EXPECT(backoff_retry_after(0, 0.5) == 0.5);
+    EXPECT(backoff_retry_after(30, 0.5) == 0.5);
+    /* Garbage never yields a negative or infinite wait. */
+    EXPECT(backoff_retry_after(-1, 60) == 1);
+    EXPECT(backoff_retry_after(NAN, 60) == 1);
+    EXPECT(backoff_retry_after(INFINITY, 60) == 60);
+}
+
+TEST(rate_limited_with_retry_after_uses_it_within_the_cap)
 {
     log_init(LOG_INFO, LOG_FORMAT_PLAIN);
     struct backoff_peer p = peer(0, 401);
@@ -402,12 +427,46 @@ TEST(rate_limited_with_retry_after_uses_it_exactly)
     double d2 = backoff_after_failure(&p, "heartbeat", &r, &b, NULL);
     char *log = capture_end();
     EXPECT(d1 == 7.5);
-    EXPECT(d2 == 0);
+    EXPECT(d2 == 1);
     EXPECT(b.cur == 1); /* the backoff is not used */
     EXPECT_EQ_INT(told, 1);
     EXPECT_EQ_INT(count_of(log, "rate limiter answered 429"), 1);
     EXPECT_CONTAINS(log, "poll: the orchestrator's rate limiter answered 429. Avtomatika 1.0b13");
     EXPECT_CONTAINS(log, "RATE_LIMITING_ENABLED=false");
+    free(log);
+}
+
+TEST(a_retry_after_beyond_the_cap_waits_the_cap_and_says_so_once)
+{
+    log_init(LOG_INFO, LOG_FORMAT_PLAIN);
+    struct backoff_peer p = peer(0, 401);
+    int told = 0, told_ra = 0;
+    p.told_rate_limit = &told;
+    p.told_retry_after = &told_ra;
+    struct backoff b;
+    backoff_init(&b, 0.5, 20); /* retry_max_delay = 20 */
+    struct http_response r = answer(429, "");
+    r.retry_after = 1e10; /* "Retry-After: 99999999999", as http.c reads it */
+    capture_begin();
+    double d1 = backoff_after_failure(&p, "poll", &r, &b, NULL);
+    double d2 = backoff_after_failure(&p, "poll", &r, &b, NULL);
+    char *log = capture_end();
+    EXPECT(d1 == 20);
+    EXPECT(d2 == 20);
+    EXPECT(b.cur == 0.5);
+    EXPECT_EQ_INT(told_ra, 1);
+    EXPECT_EQ_INT(count_of(log, "asked to retry after"), 1);
+    EXPECT_CONTAINS(log, "poll: " URL " asked to retry after 10000000000 s; waiting 20 s instead "
+                         "(retry_max_delay)");
+    free(log);
+
+    /* Without a flag to remember it by: still clamped, not told. */
+    p.told_retry_after = NULL;
+    capture_begin();
+    double d3 = backoff_after_failure(&p, "heartbeat", &r, &b, NULL);
+    log = capture_end();
+    EXPECT(d3 == 20);
+    EXPECT(strstr(log, "asked to retry after") == NULL);
     free(log);
 }
 
@@ -478,16 +537,19 @@ TEST(a_too_large_answer_uses_the_backoff)
     struct backoff b;
     backoff_init(&b, 1, 60);
     /* As http.c reports it: the status is set, the body is not. */
-    struct http_response r = answer(200, "");
+    struct http_response r = answer(502, "");
     r.too_large = 1;
+    r.body_seen = 70000;
+    r.max_body = 65536;
     r.curl_code = CURLE_FILESIZE_EXCEEDED;
-    r.error = "response body larger than max_body";
+    r.error = "response body larger than its limit";
     capture_begin();
-    double d = backoff_after_failure(&p, "poll", &r, &b, NULL);
+    double d = backoff_after_failure(&p, "heartbeat", &r, &b, NULL);
     char *log = capture_end();
     EXPECT(in_range(d, 0.5, 1));
     EXPECT(b.cur == 2);
-    EXPECT_CONTAINS(log, "poll: answer 200 larger than the body limit, ignored");
+    EXPECT_CONTAINS(log, "heartbeat: " URL " answered 502 with a body of at least 70000 bytes, "
+                         "over this endpoint's limit of 65536 bytes: not read");
     free(log);
 }
 

@@ -226,6 +226,7 @@ TEST(defaults)
     EXPECT(cfg->retry_max_delay == 60);
     EXPECT_EQ_INT(cfg->websockets, 1);
     EXPECT_EQ_INT(cfg->probe_every, 4);
+    EXPECT_EQ_INT(cfg->max_task_bytes, 16 * 1024 * 1024);
     EXPECT_EQ_INT(cfg->nlimits, 0);
     EXPECT_EQ_INT(cfg->nplugin_keys, 0);
     cfg_destroy(cfg);
@@ -424,6 +425,8 @@ TEST(invalid_values_name_file_line_and_key)
         {"[orchestrator]\nresult_retry_initial_delay = 90\n",
          "2: result_retry_initial_delay: result_retry_initial_delay (90) is larger"},
         {"[orchestrator]\nprobe_every = 0\n", "2: probe_every: "},
+        {"[orchestrator]\nmax_task_bytes = 65535\n", "2: max_task_bytes: 65535 is out of range"},
+        {"[orchestrator]\nmax_task_bytes = 67108865\n", "2: max_task_bytes: "},
         {"[orchestrator]\nwebsockets = 2\n", "2: websockets: not a boolean"},
         {"[limits]\nresize = -1\n", "2: limits.resize: -1 is out of range"},
         {"[limits]\nresize = 4097\n", "2: limits.resize: "},

@@ -179,6 +179,7 @@ struct result {
     char error[CURL_ERROR_SIZE];
     int cancelled;
     int too_large;
+    size_t body_seen, max_body;
     double elapsed;
     double date;
     char rxon_version[64];
@@ -202,6 +203,8 @@ static void on_done(void *arg, const struct http_response *r)
     snprintf(res->error, sizeof(res->error), "%s", r->error ? r->error : "");
     res->cancelled = r->cancelled;
     res->too_large = r->too_large;
+    res->body_seen = r->body_seen;
+    res->max_body = r->max_body;
     res->elapsed = r->elapsed;
     res->date = r->date;
     snprintf(res->rxon_version, sizeof(res->rxon_version), "%s", r->rxon_version);
@@ -395,6 +398,53 @@ TEST(body_over_max_body_is_too_large)
     EXPECT_EQ_INT(r.len, 300000);
     fetch(H, &r, "GET", "/big?n=10", NULL, NULL, 0);
     EXPECT_EQ_STR(r.body, "xxxxxxxxxx");
+}
+
+/* One request held to `limit` bytes (http_set_max_body), run to completion. */
+static void fetch_limited(struct result *res, const char *path, size_t limit)
+{
+    memset(res, 0, sizeof(*res));
+    struct http_req *req = start(H, res, "GET", path, NULL, NULL, 0, tmo(10));
+    http_set_max_body(req, limit);
+    run_until(&res->calls, 1, 15);
+}
+
+TEST(a_request_limit_overrides_the_clients)
+{
+    static struct result r;
+
+    ASSERT(setup() == 0);
+    /* Refused by its Content-Length, which names the size. */
+    fetch_limited(&r, "/big?n=5000", 1000);
+    EXPECT_EQ_INT(r.too_large, 1);
+    EXPECT_EQ_INT(r.status, 200);
+    EXPECT_EQ_INT(r.len, 0);
+    EXPECT_EQ_INT(r.body_seen, 5000);
+    EXPECT_EQ_INT(r.max_body, 1000);
+    /* Exactly the limit is fine. */
+    fetch_limited(&r, "/big?n=1000", 1000);
+    EXPECT_EQ_INT(r.too_large, 0);
+    EXPECT_EQ_INT(r.len, 1000);
+    EXPECT_EQ_INT(r.max_body, 1000);
+    /* Without a Content-Length: stopped once past the limit; the size
+     * known then is a lower bound. */
+    fetch_limited(&r, "/chunked?n=50000", 2500);
+    EXPECT_EQ_INT(r.too_large, 1);
+    EXPECT_EQ_INT(r.len, 0);
+    EXPECT(r.body_seen > 2500 && r.body_seen <= 50000);
+    EXPECT_EQ_INT(r.max_body, 2500);
+    fetch_limited(&r, "/chunked?n=2500", 2500);
+    EXPECT_EQ_INT(r.too_large, 0);
+    EXPECT_EQ_INT(r.len, 2500);
+    /* 0: the client's limit again (16 MiB by default). */
+    fetch_limited(&r, "/big?n=5000", 0);
+    EXPECT_EQ_INT(r.too_large, 0);
+    EXPECT_EQ_INT(r.len, 5000);
+    EXPECT_EQ_INT(r.max_body, 16 * 1024 * 1024);
+    /* The next request on the same (reused) handle has the client's limit. */
+    fetch(H, &r, "GET", "/big?n=300000", NULL, NULL, 0);
+    EXPECT_EQ_INT(r.too_large, 0);
+    EXPECT_EQ_INT(r.len, 300000);
 }
 
 static int closed_port(void)
