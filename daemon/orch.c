@@ -101,6 +101,8 @@ struct orch {
     ev_timer hb_periodic;
     ev_timer hb_debounce;
     double hb_paused_until;
+    int told_busy;    /* advertise_busy: the last heartbeat withheld a type */
+    size_t told_open; /* the types it offered */
     struct backoff hb_backoff;
 
     struct ws *ws;
@@ -363,6 +365,26 @@ static json_t *skills_now(const struct orch *o)
     return skills;
 }
 
+/*
+ * advertise_busy: a type withheld by the last heartbeat that could take a
+ * task again. Until the orchestrator hears of it, every job created for
+ * that type fails dispatch ("No suitable workers": only idle workers listing
+ * it are candidates) and is quarantined after its immediate retries
+ * (avtomatika 1.0b13 storage/memory.py:181-193, dispatcher.py:189-193,
+ * executor.py:467-515; 1.0b27 storage/memory.py:227-245,
+ * dispatcher.py:324-335, executor.py:610-659), so that news goes out at
+ * once, not one heartbeat_debounce later.
+ */
+static int reopened(const struct orch *o)
+{
+    if (!o->told_busy || o->draining)
+        return 0;
+    json_t *now = skills_now(o);
+    int more = json_array_size(now) > o->told_open;
+    json_decref(now);
+    return more;
+}
+
 static json_t *heartbeat_body(struct orch *o)
 {
     struct rxon_worker w = worker_view(o);
@@ -371,6 +393,8 @@ static json_t *heartbeat_body(struct orch *o)
                             .free_slots = pool_free_slots(o->env.pool),
                             .skills_now = skills_now(o),
                             .usage = usage_sample(&o->usage, "/proc")};
+    o->told_open = json_array_size(st.skills_now);
+    o->told_busy = o->cfg->advertise_busy && o->told_open < o->plugins->ntypes;
     st.ntasks = ledger_refs(o->env.ledger, o, &st.tasks);
     json_t *body = o->dialect->heartbeat_body(&w, &st, &o->sync);
     json_decref(st.skills_now);
@@ -517,9 +541,15 @@ static void on_hb_debounce(struct ev_loop *loop, ev_timer *w, int revents)
 
 void orch_heartbeat_soon(struct orch *o)
 {
-    if (!o->registered || ev_is_active(&o->hb_debounce))
+    if (!o->registered)
         return;
-    timer_after(o, &o->hb_debounce, o->cfg->heartbeat_debounce);
+    if (reopened(o)) {
+        ev_timer_stop(o->loop, &o->hb_debounce);
+        send_heartbeat(o, 0);
+        return;
+    }
+    if (!ev_is_active(&o->hb_debounce))
+        timer_after(o, &o->hb_debounce, o->cfg->heartbeat_debounce);
 }
 
 /* ---- Results (2.4): the outbox's sender --------------------------------------------- */
@@ -905,6 +935,7 @@ static void registered(struct orch *o)
                o->plugins->ntypes, o->cfg->max_concurrent_tasks);
     o->registered = 1;
     o->poll_failing_since = 0;
+    o->told_busy = 0; /* the registration offered every type */
     sts_credential_ok(o->sts);
     o->stats.registrations++;
     backoff_reset(&o->register_backoff);
