@@ -55,6 +55,8 @@ LDLIBS_AVT = $(SAN) $(EV_LIBS) $(PKG_LIBS) -pthread -ldl -lm
 PLUGIN_CFLAGS = -std=c17 -D_GNU_SOURCE $(WARN) $(SAN) -Isdk -fPIC -fvisibility=hidden -MMD -MP
 PLUGIN_LDFLAGS = -shared $(SAN) -Wl,-z,defs
 PLUGIN_LIBS = -ljansson
+# Libraries of one plugin beyond libjansson: PLUGIN_LIBS_<name>.
+PLUGIN_LIBS_http_fetch = $(shell $(PKG_CONFIG) --libs libcurl 2>/dev/null || echo -lcurl)
 
 # Daemon sources, one per line.
 SRCS += daemon/util.c
@@ -136,7 +138,8 @@ $(BUILD)/avtworkerd: $(MAIN_OBJ) $(LIBAVTD)
 .SECONDEXPANSION:
 $(BUILD)/plugins/%.so: $$(wildcard plugins/%/*.c) sdk/avt_plugin.h | $(DEPS_STAMP)
 	@mkdir -p $(@D)
-	$(CC) $(PLUGIN_CFLAGS) $(CFLAGS) $(PLUGIN_LDFLAGS) -o $@ $(filter %.c,$^) $(PLUGIN_LIBS)
+	$(CC) $(PLUGIN_CFLAGS) $(CFLAGS) $(PLUGIN_LDFLAGS) -o $@ $(filter %.c,$^) $(PLUGIN_LIBS) \
+	    $(PLUGIN_LIBS_$*)
 
 $(BUILD)/tests/plugins/%.so: tests/plugins/%.c sdk/avt_plugin.h | $(DEPS_STAMP)
 	@mkdir -p $(@D)
