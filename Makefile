@@ -247,6 +247,7 @@ install: all
 	install -Dm0644 man/avtworkerd.8 $(DESTDIR)$(MANDIR)/man8/avtworkerd.8
 	install -Dm0644 man/worker.ini.5 $(DESTDIR)$(MANDIR)/man5/worker.ini.5
 	install -Dm0644 man/avt_plugin.3 $(DESTDIR)$(MANDIR)/man3/avt_plugin.3
+	install -Dm0644 man/avtworkerd-http_fetch.7 $(DESTDIR)$(MANDIR)/man7/avtworkerd-http_fetch.7
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/avtworkerd $(DESTDIR)$(INCLUDEDIR)/avt_plugin.h
@@ -263,6 +264,7 @@ uninstall:
 	-rmdir $(DESTDIR)$(DATADIR)/avtworkerd 2>/dev/null
 	rm -f $(DESTDIR)$(MANDIR)/man8/avtworkerd.8 $(DESTDIR)$(MANDIR)/man5/worker.ini.5
 	rm -f $(DESTDIR)$(MANDIR)/man3/avt_plugin.3
+	rm -f $(DESTDIR)$(MANDIR)/man7/avtworkerd-http_fetch.7
 
 FORMAT_FILES = $(wildcard daemon/*.[ch] sdk/*.h plugins/*/*.c tests/*.[ch] tests/unit/*.c tests/plugins/*.c)
 CLANG_FORMAT ?= clang-format

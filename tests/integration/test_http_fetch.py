@@ -6,12 +6,15 @@ server (tests/unit/http_test_server.py) and reports the body, the status
 and the selected headers as the job's result; a file body lands in
 output_dir; a URL the policy refuses (another loopback address than the one
 allow_networks opens) fails the job with SECURITY_ERROR without the server
-seeing a connection."""
+seeing a connection. The README's example settings load, and an unknown
+key stops the daemon with the line to fix."""
+import json
 import os
+import re
 import subprocess
 
 from avt import *  # noqa: F401,F403
-from avt import ROOT, check, main, test
+from avt import ROOT, check, main, run_daemon, test
 from orch import FakeOrch
 
 SERVER = os.path.join(ROOT, "tests", "unit", "http_test_server.py")
@@ -87,6 +90,34 @@ def fetch_jobs_end_to_end(t):
 
         j = jobs[4]
         check(j["status"] == "quarantined" and "HTTP status 404" in j["error_message"], j)
+
+
+
+def readme_ini():
+    text = open(os.path.join(ROOT, "README.md")).read()
+    m = re.search(r"### `http_fetch`.*?```ini\n(.*?)```", text, re.S)
+    check(m is not None, "README has no [plugin.http_fetch] example")
+    return m.group(1)
+
+
+@test
+def readme_example_settings_load(t):
+    out = t.path("fetched")
+    os.makedirs(out)
+    ini = readme_ini().replace("/var/lib/avtworkerd/fetched", out)
+    check("[plugin.http_fetch]" in ini, ini)
+    plugins = t.plugin_dir("http_fetch")
+    r = run_daemon(["-c", t.ini(ini), "-P", plugins, "--check-config"])
+    check(r.returncode == 0 and "# configuration OK" in r.stdout, r.stdout, r.stderr)
+    check("allow_hosts = www.example.com, *.example.org" in r.stdout, r.stdout)
+    # A host outside allow_hosts: refused without a connection.
+    r = run_daemon(["-c", t.ini(ini), "-P", plugins, "run-once", "http_fetch",
+                    json.dumps({"url": "http://127.0.0.1:9/x"})])
+    check(r.returncode == 1, r.stdout, r.stderr)
+    check(json.loads(r.stdout)["error"]["code"] == "SECURITY_ERROR", r.stdout)
+    bad = t.ini(ini.replace("max_redirects = 5", "max_redirect = 5"), name="bad.ini")
+    r = run_daemon(["-c", bad, "-P", plugins, "--check-config"])
+    check(r.returncode == 78 and "max_redirect: unknown key" in r.stderr, r.stdout, r.stderr)
 
 
 main()
