@@ -67,12 +67,12 @@
 
 #include <curl/curl.h>
 
-#define MAX_URL 8192           /* longest params.url accepted */
-#define MAX_HOSTS 64           /* allow_hosts patterns */
-#define MAX_NETS 64            /* allow_networks entries */
-#define MAX_HEADER_NAMES 64    /* params.headers entries */
-#define MAX_HEADER_NAME 128    /* bytes of one header name */
-#define MAX_STATUS 600         /* HTTP status codes are 100..599 */
+#define MAX_URL 8192        /* longest params.url accepted */
+#define MAX_HOSTS 64        /* allow_hosts patterns */
+#define MAX_NETS 64         /* allow_networks entries */
+#define MAX_HEADER_NAMES 64 /* params.headers entries */
+#define MAX_HEADER_NAME 128 /* bytes of one header name */
+#define MAX_STATUS 600      /* HTTP status codes are 100..599 */
 #define MAX_BODY_LIMIT (1LL << 30)
 
 enum status_class { ST_SUCCESS = 1, ST_TRANSIENT, ST_PERMANENT };
@@ -171,9 +171,10 @@ static int v6_is_internal(const unsigned char *a)
         return v4_is_internal(v4_at(a + 2));
     if (a[0] == 0x20 && a[1] == 0x01 && a[2] == 0 && a[3] == 0) /* 2001::/32 Teredo */
         return 1;
+    /* 64:ff9b:1::/48 local-use NAT64 */
     if (a[0] == 0 && a[1] == 0x64 && a[2] == 0xff && a[3] == 0x9b && a[4] == 0 && a[5] == 1)
-        return 1; /* 64:ff9b:1::/48 local-use NAT64 */
-    return (a[0] & 0xfe) == 0xfc ||                 /* fc00::/7 unique local */
+        return 1;
+    return (a[0] & 0xfe) == 0xfc ||                   /* fc00::/7 unique local */
            (a[0] == 0xfe && (a[1] & 0x80) == 0x80) || /* fe80::/10, fec0::/10 */
            a[0] == 0xff;                              /* ff00::/8 multicast */
 }
@@ -363,7 +364,8 @@ static int add_host(struct fetch_conf *c, const char *item, char *err, size_t er
 
     host_normalize(item, norm, sizeof(norm));
     name = strncmp(norm, "*.", 2) == 0 ? norm + 2 : norm;
-    if (name[0] == '\0' || strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789-.:") != strlen(name)) {
+    if (name[0] == '\0' ||
+        strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789-.:") != strlen(name)) {
         snprintf(err, errlen, "\"%s\" is not a host name, an address or *.domain", item);
         return -EINVAL;
     }
@@ -575,8 +577,8 @@ static int fetch_start(void *state, char *err, size_t errlen)
     c->host->log(c->host, NULL, AVT_LOG_INFO,
                  "timeout=%.1fs max_body_bytes=%lld max_redirects=%ld allow_hosts=%zu "
                  "allow_networks=%zu allow_private=%s output_dir=%s",
-                 (double)c->timeout_ms / 1000.0, c->max_body, c->max_redirects, c->nhosts,
-                 c->nnets, c->allow_private ? "true" : "false",
+                 (double)c->timeout_ms / 1000.0, c->max_body, c->max_redirects, c->nhosts, c->nnets,
+                 c->allow_private ? "true" : "false",
                  c->output_dir != NULL ? c->output_dir : "(none)");
     if (c->allow_private)
         c->host->log(c->host, NULL, AVT_LOG_WARNING,
@@ -676,8 +678,8 @@ static int params_read(struct avt_task *task, struct fetch_params *p)
     }
     p->mode = s[0] == 't' ? AS_TEXT : s[0] == 'b' ? AS_BASE64 : AS_FILE;
     p->headers = json_object_get(task->params, "headers");
-    if (p->headers != NULL && (!json_is_array(p->headers) ||
-                               json_array_size(p->headers) > MAX_HEADER_NAMES)) {
+    if (p->headers != NULL &&
+        (!json_is_array(p->headers) || json_array_size(p->headers) > MAX_HEADER_NAMES)) {
         avt_fail(task, AVT_INVALID_INPUT_ERROR,
                  "params.headers must be an array of at most %d header names", MAX_HEADER_NAMES);
         return -EINVAL;
@@ -695,11 +697,12 @@ static int params_read(struct avt_task *task, struct fetch_params *p)
 
 /* ---- URLs --------------------------------------------------------------- */
 
-/* The parts of `url` the checks need: scheme and host, malloc'ed. Also a
- * form for log lines and messages, without user, password, query and
- * fragment (they may hold credentials). Returns 0 or -EINVAL. */
+/* The parts of `url` the checks need: scheme and host, malloc'ed. Also the
+ * URL without user and password, for the result (shown), and without
+ * query and fragment too, for log lines and messages (safe): they may hold
+ * credentials. Returns 0 or -EINVAL. */
 struct url_parts {
-    char *scheme, *host, *safe;
+    char *scheme, *host, *safe, *shown;
 };
 
 static void url_parts_free(struct url_parts *u)
@@ -707,6 +710,7 @@ static void url_parts_free(struct url_parts *u)
     curl_free(u->scheme);
     curl_free(u->host);
     curl_free(u->safe);
+    curl_free(u->shown);
     memset(u, 0, sizeof(*u));
 }
 
@@ -724,6 +728,8 @@ static int url_parse(const char *url, struct url_parts *out)
         goto out;
     curl_url_set(u, CURLUPART_USER, NULL, 0);
     curl_url_set(u, CURLUPART_PASSWORD, NULL, 0);
+    if (curl_url_get(u, CURLUPART_URL, &out->shown, 0) != CURLUE_OK)
+        goto out;
     curl_url_set(u, CURLUPART_QUERY, NULL, 0);
     curl_url_set(u, CURLUPART_FRAGMENT, NULL, 0);
     if (curl_url_get(u, CURLUPART_URL, &out->safe, 0) != CURLUE_OK)
@@ -809,8 +815,9 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
         /* CURLINFO_REDIRECT_URL is only set once the transfer is over. */
         curl_easy_getinfo(f->easy, CURLINFO_RESPONSE_CODE, &code);
         curl_easy_getinfo(f->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &announced);
-        f->redirect_hop = is_redirect(code) && curl_easy_header(f->easy, "Location", 0, CURLH_HEADER,
-                                                                -1, &location) == CURLHE_OK;
+        f->redirect_hop =
+            is_redirect(code) &&
+            curl_easy_header(f->easy, "Location", 0, CURLH_HEADER, -1, &location) == CURLHE_OK;
         /* A body announced too large is refused before it is read. */
         if (!f->redirect_hop && announced > f->conf->max_body)
             f->oversize = 1;
@@ -899,12 +906,12 @@ static int part_open(struct fetch *f)
     return 0;
 }
 
-/* Forget the body of the previous request (a redirect's). */
+/* Forget the body and the notes of the previous request (a redirect's). */
 static void body_reset(struct fetch *f)
 {
     f->len = 0;
     f->total = 0;
-    f->hop_checked = f->redirect_hop = 0;
+    f->hop_checked = f->redirect_hop = f->oversize = f->refused = 0;
     if (f->fd >= 0 && (ftruncate(f->fd, 0) != 0 || lseek(f->fd, 0, SEEK_SET) != 0))
         f->write_errno = errno;
 }
@@ -1161,7 +1168,7 @@ static void fetch_run(struct fetch *f, const struct fetch_params *p)
             break;
         }
         if (!is_redirect(code) || (location = redirect_target(f->easy, url)) == NULL) {
-            finish(f, p, code, url, hops);
+            finish(f, p, code, u.shown, hops);
             break;
         }
         if (hops >= f->conf->max_redirects) {
@@ -1214,6 +1221,6 @@ static int fetch_handle(void *state, struct avt_task *task)
 
 static const char *const fetch_types[] = {"http_fetch", NULL};
 
-AVT_PLUGIN(.name = "http_fetch", .version = "1.0.0", .task_types = fetch_types,
-           .init = fetch_init, .configure = fetch_configure, .start = fetch_start,
-           .handle = fetch_handle, .shutdown = fetch_shutdown);
+AVT_PLUGIN(.name = "http_fetch", .version = "1.0.0", .task_types = fetch_types, .init = fetch_init,
+           .configure = fetch_configure, .start = fetch_start, .handle = fetch_handle,
+           .shutdown = fetch_shutdown);

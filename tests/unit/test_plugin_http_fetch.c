@@ -180,13 +180,20 @@ TEST(descriptor)
 TEST(configuration_refuses_unknown_keys_and_bad_values)
 {
     static const char *const bad[][2] = {
-        {"no_such_key", "1"},           {"timeout", "0"},
-        {"timeout", "abc"},             {"connect_timeout", "-1"},
-        {"max_body_bytes", "0"},        {"max_body_bytes", "2000000000"},
-        {"max_redirects", "51"},        {"allow_private", "maybe"},
-        {"allow_hosts", "exa mple/x"},  {"allow_networks", "10.0.0.0/33"},
-        {"allow_networks", "nonsense"}, {"output_dir", "relative/dir"},
-        {"success_status", "99"},       {"transient_status", "500-450"},
+        {"no_such_key", "1"},
+        {"timeout", "0"},
+        {"timeout", "abc"},
+        {"connect_timeout", "-1"},
+        {"max_body_bytes", "0"},
+        {"max_body_bytes", "2000000000"},
+        {"max_redirects", "51"},
+        {"allow_private", "maybe"},
+        {"allow_hosts", "exa mple/x"},
+        {"allow_networks", "10.0.0.0/33"},
+        {"allow_networks", "nonsense"},
+        {"output_dir", "relative/dir"},
+        {"success_status", "99"},
+        {"transient_status", "500-450"},
         {"user_agent", ""},
     };
     char err[256];
@@ -195,8 +202,9 @@ TEST(configuration_refuses_unknown_keys_and_bad_values)
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         ASSERT(mock_plugin_init(&avt_plugin, &st) == 0);
         err[0] = '\0';
-        EXPECT_EQ_INT(mock_plugin_configure(&avt_plugin, st, bad[i][0], bad[i][1], err, sizeof(err)),
-                      -EINVAL);
+        EXPECT_EQ_INT(
+            mock_plugin_configure(&avt_plugin, st, bad[i][0], bad[i][1], err, sizeof(err)),
+            -EINVAL);
         EXPECT(err[0] != '\0');
         mock_plugin_shutdown(&avt_plugin, st);
     }
@@ -249,14 +257,32 @@ static int refused(const struct fetch_conf *c, const char *addr)
 TEST(internal_addresses_are_refused_public_ones_not)
 {
     static const char *const internal[] = {
-        "127.0.0.1",     "127.8.9.10",      "10.1.2.3",        "172.16.0.1",   "172.31.255.255",
-        "192.168.1.1",   "169.254.169.254", "100.64.0.1",      "0.0.0.0",      "224.0.0.1",
-        "255.255.255.255", "::1",           "::",              "fe80::1",      "fd00::1",
-        "fc00::5",       "ff02::1",         "::ffff:127.0.0.1", "::ffff:10.0.0.1", "64:ff9b::a00:1",
-        "2002:7f00:1::1", "2001:0:1234::1", "::127.0.0.1",
+        "127.0.0.1",
+        "127.8.9.10",
+        "10.1.2.3",
+        "172.16.0.1",
+        "172.31.255.255",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "255.255.255.255",
+        "::1",
+        "::",
+        "fe80::1",
+        "fd00::1",
+        "fc00::5",
+        "ff02::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "64:ff9b::a00:1",
+        "2002:7f00:1::1",
+        "2001:0:1234::1",
+        "::127.0.0.1",
     };
-    static const char *const public_[] = {"93.184.216.34", "1.1.1.1",     "172.32.0.1",
-                                          "192.169.0.1",   "100.128.0.1", "2606:4700::1111",
+    static const char *const public_[] = {"93.184.216.34",  "1.1.1.1",          "172.32.0.1",
+                                          "192.169.0.1",    "100.128.0.1",      "2606:4700::1111",
                                           "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"};
     static const char *const nets[] = {"allow_networks", "10.1.0.0/16, fd00::/8", NULL};
     struct fetch_conf *c = conf_new(NULL), *n = conf_new(nets);
@@ -369,9 +395,12 @@ TEST(text_body_status_and_selected_headers)
 TEST(binary_body_as_base64_and_refused_as_text)
 {
     static const char *const b64 =
-        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+P0BBQkN"
-        "ERUZHSElKS0xNTk9QUVJTVFVWV1hZWltcXV5fYGFiY2RlZmdoaWprbG1ub3BxcnN0dXZ3eHl6e3x9fn+AgYKDhIWGh4"
-        "iJiouMjY6PkJGSk5SVlpeYmZqbnJ2en6ChoqOkpaanqKmqq6ytrq+wsbKztLW2t7i5uru8vb6/wMHCw8TFxsfIycrLz"
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+"
+        "P0BBQkN"
+        "ERUZHSElKS0xNTk9QUVJTVFVWV1hZWltcXV5fYGFiY2RlZmdoaWprbG1ub3BxcnN0dXZ3eHl6e3x9fn+"
+        "AgYKDhIWGh4"
+        "iJiouMjY6PkJGSk5SVlpeYmZqbnJ2en6ChoqOkpaanqKmqq6ytrq+wsbKztLW2t7i5uru8vb6/"
+        "wMHCw8TFxsfIycrLz"
         "M3Oz9DR0tPU1dbX2Nna29zd3t/g4eLj5OXm5+jp6uvs7e7v8PHy8/T19vf4+fr7/P3+/w==";
     void *st;
     struct mock_task *mt;
@@ -484,8 +513,8 @@ TEST(redirects_are_followed_up_to_the_limit)
 {
     /* Each redirect has a 100000-byte body, over max_body_bytes: it must not
      * be read. */
-    static const char *const kv[] = {"allow_private", "true", "max_redirects", "3",
-                                     "max_body_bytes", "1000", NULL};
+    static const char *const kv[] = {
+        "allow_private", "true", "max_redirects", "3", "max_body_bytes", "1000", NULL};
     static const char *const codes[] = {"301", "302", "303", "307", "308"};
     void *st;
     struct mock_task *mt;
@@ -537,8 +566,8 @@ TEST(task_deadline_ends_the_fetch)
 
     ASSERT(server() == 0 && (st = conf_new(OPEN)) != NULL);
     mt = mock_task_new("http_fetch", NULL);
-    json_object_set_new(mt->pub.params, "url", json_sprintf("http://127.0.0.1:%d/sleep?ms=30000",
-                                                            port));
+    json_object_set_new(mt->pub.params, "url",
+                        json_sprintf("http://127.0.0.1:%d/sleep?ms=30000", port));
     clock_gettime(CLOCK_REALTIME, &now);
     mt->pub.deadline = (double)now.tv_sec + 0.5;
     mock_run(&avt_plugin, st, mt);
@@ -570,8 +599,8 @@ TEST(body_over_the_limit_is_permanent)
 
 TEST(status_classes_and_overrides)
 {
-    static const char *const kv[] = {"allow_private", "true", "success_status", "404, 410",
-                                     "permanent_status", "503", NULL};
+    static const char *const kv[] = {
+        "allow_private", "true", "success_status", "404, 410", "permanent_status", "503", NULL};
     static const struct {
         int status;
         const char *code;
@@ -635,8 +664,8 @@ TEST(cancellation_stops_the_fetch)
 
     ASSERT(server() == 0 && (st = conf_new(OPEN)) != NULL);
     mt = mock_task_new("http_fetch", NULL);
-    json_object_set_new(mt->pub.params, "url", json_sprintf("http://127.0.0.1:%d/sleep?ms=30000",
-                                                            port));
+    json_object_set_new(mt->pub.params, "url",
+                        json_sprintf("http://127.0.0.1:%d/sleep?ms=30000", port));
     mock_cancel_after_ms(mt, 300);
     mock_run(&avt_plugin, st, mt);
     expect_failure(mt, AVT_TRANSIENT_ERROR, "cancelled");
@@ -719,6 +748,35 @@ TEST(allowlist_refuses_other_hosts_also_after_a_redirect)
     mock_plugin_shutdown(&avt_plugin, st);
 }
 
+TEST(credentials_in_the_url_are_never_shown)
+{
+    static const char *const kv[] = {"allow_private", "true", "timeout", "2", NULL};
+    void *open_st, *st;
+    struct mock_task *mt;
+    char url[128];
+
+    ASSERT(server() == 0 && (open_st = conf_new(kv)) != NULL && (st = conf_new(NULL)) != NULL);
+    mock_reset();
+    mt = fetch(open_st, "{\"url\": \"http://ann:s3cret@127.0.0.1:%d/page?q=1\"}");
+    ASSERT(mt->outcome == MOCK_SUCCEEDED);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/page?q=1", port);
+    EXPECT_EQ_STR(mock_data_str(mt, "url"), url);
+    mock_task_free(mt);
+    mt = fetch(open_st, "{\"url\": \"http://ann:s3cret@127.0.0.1:%d/sleep?ms=20000&t=tok\"}");
+    expect_failure(mt, AVT_TRANSIENT_ERROR, "timed out");
+    EXPECT(strstr(mt->message, "s3cret") == NULL && strstr(mt->message, "tok") == NULL);
+    mock_task_free(mt);
+    mt = fetch(st, "{\"url\": \"http://ann:s3cret@127.0.0.1:%d/hello?token=tok\"}");
+    EXPECT_EQ_STR(mt->code, AVT_SECURITY_ERROR);
+    EXPECT(strstr(mt->message, "s3cret") == NULL && strstr(mt->message, "tok") == NULL);
+    mock_task_free(mt);
+    EXPECT(mock_log_count() > 0);
+    EXPECT(!mock_log_contains("s3cret"));
+    EXPECT(!mock_log_contains("tok"));
+    mock_plugin_shutdown(&avt_plugin, open_st);
+    mock_plugin_shutdown(&avt_plugin, st);
+}
+
 /* ---- Threads ---- */
 
 #define THREADS 4
@@ -729,8 +787,9 @@ static void *fetch_thread(void *state)
     long failures = 0;
 
     for (int i = 0; i < PER_THREAD; i++) {
-        struct mock_task *mt = fetch(state, i % 2 ? "{\"url\": \"http://127.0.0.1:%d/page\"}"
-                                                  : "{\"url\": \"http://127.0.0.1:%d/redirect?n=1\"}");
+        struct mock_task *mt =
+            fetch(state, i % 2 ? "{\"url\": \"http://127.0.0.1:%d/page\"}"
+                               : "{\"url\": \"http://127.0.0.1:%d/redirect?n=1\"}");
         failures += mt->outcome != MOCK_SUCCEEDED || mock_data_int(mt, "status") != 200;
         mock_task_free(mt);
     }
