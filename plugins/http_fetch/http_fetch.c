@@ -845,7 +845,8 @@ static int on_progress(void *userp, curl_off_t dltotal, curl_off_t dlnow, curl_o
         return 1;
     }
     if (dltotal > 0 && !f->redirect_hop) {
-        percent = floor(100.0 * (double)dlnow / (double)dltotal);
+        /* Whole percents (the cast truncates), without libm's floor(). */
+        percent = (double)(long long)(100.0 * (double)dlnow / (double)dltotal);
         if (percent > f->last_percent && percent < 100) {
             f->last_percent = percent;
             avt_progress(f->task, percent, "%lld of %lld bytes", (long long)dlnow,

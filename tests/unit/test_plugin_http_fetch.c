@@ -597,6 +597,26 @@ TEST(body_over_the_limit_is_permanent)
     mock_plugin_shutdown(&avt_plugin, st);
 }
 
+TEST(progress_rises_with_a_known_length)
+{
+    static const char *const kv[] = {"allow_private", "true", "max_body_bytes", "30000000", NULL};
+    void *st;
+    struct mock_task *mt;
+
+    ASSERT(server() == 0 && (st = conf_new(kv)) != NULL);
+    mt = fetch(st, "{\"url\": \"http://127.0.0.1:%d/big?n=20000000\", \"as\": \"base64\"}");
+    EXPECT_EQ_INT(mt->outcome, MOCK_SUCCEEDED);
+    EXPECT_EQ_INT(mock_data_int(mt, "size"), 20000000);
+    EXPECT(mt->nprogress >= 1);
+    for (int i = 0; i < mt->nprogress && i < MOCK_MAX_PROGRESS; i++) {
+        EXPECT(mt->percents[i] >= 0 && mt->percents[i] < 100);
+        EXPECT(i == 0 || mt->percents[i] > mt->percents[i - 1]);
+    }
+    EXPECT_CONTAINS(mt->last_progress, "of 20000000 bytes");
+    mock_task_free(mt);
+    mock_plugin_shutdown(&avt_plugin, st);
+}
+
 TEST(status_classes_and_overrides)
 {
     static const char *const kv[] = {
