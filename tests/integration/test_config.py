@@ -75,8 +75,9 @@ def shipped_examples_are_valid(t):
     """Every commented example value in conf/worker.ini is accepted."""
     with open(SHIPPED) as f:
         text = uncomment_examples(f.read())
-    r = check_config(t, t.ini(text), plugins=("echo", "steps", "imaging"))
+    r = check_config(t, t.ini(text), plugins=("echo", "steps", "imaging", "http_fetch"))
     expect_ok(r)
+    check(dump_value(r.stdout, "allow_hosts", "plugin.http_fetch") is not None, r.stdout)
     check(dump_value(r.stdout, "transcribe", "limits") == "1", r.stdout)
     check(dump_value(r.stdout, "transcribe.timeout", "limits") == "600", r.stdout)
     check(dump_value(r.stdout, "max_steps", "plugin.steps") is not None, r.stdout)
