@@ -84,6 +84,16 @@ def wait_for(pred, timeout=10.0, interval=0.02, what="condition"):
     raise CheckFailed("timed out waiting for " + what)
 
 
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 class TestCtx:
     def __init__(self, name):
         self.name = name

@@ -20,14 +20,6 @@ WID = "w1"
 TOKEN = "tok-Zq8VxN3-distinctive"
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def ini(t, port=None, slots=4, hb=0.5, extra=""):
     admin = "[admin]\nlisten = 127.0.0.1:%d\n" % port if port else ""
     return t.ini("""

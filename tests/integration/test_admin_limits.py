@@ -20,14 +20,6 @@ from orch import FakeOrch
 WID = "w1"
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def ini(t, listen, name="worker.ini"):
     return t.ini("""
 [worker]

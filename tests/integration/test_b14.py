@@ -96,15 +96,6 @@ def metric(port, name, **labels):
     return None
 
 
-def free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 # ---- Which dialect ----------------------------------------------------------------
 
 

@@ -341,15 +341,6 @@ class SmallDisk:
         self.holder.wait()
 
 
-def free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def http_get(port, path):
     import urllib.error
     import urllib.request

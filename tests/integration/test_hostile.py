@@ -27,14 +27,6 @@ MIB = 1024 * 1024
 RSS_BOUND = 200 * MIB
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def ini(t, port=None, retry_max_delay=2, extra_orch=""):
     admin = "[admin]\nlisten = 127.0.0.1:%d\n" % port if port else ""
     return t.ini("""

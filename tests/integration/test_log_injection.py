@@ -8,7 +8,6 @@ endpoint's /threads and the SIGUSR1 dump likewise."""
 import json
 import re
 import signal
-import socket
 import urllib.request
 
 from avt import *  # noqa: F401,F403
@@ -20,14 +19,6 @@ TASK_ID = "t-1\n<0>forged task line\r\n<1>and another"
 JOB_ID = "j-1\n<0>forged job line\x1b[2J"
 ESCAPED_TASK = "t-1\\n<0>forged task line\\r\\n<1>and another"
 ESCAPED_JOB = "j-1\\n<0>forged job line\\x1b[2J"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def get(port, path):
