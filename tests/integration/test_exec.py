@@ -1,0 +1,195 @@
+#!/usr/bin/python3
+"""The exec plugin through the real daemon and the test orchestrator: task
+types declared as files (types() of ABI 1.2 advertises them), params as
+whole argv values and on stdin, the result from stdout, an invalid param
+failing the job without running anything, the daemon's secret kept from the
+child, a [limits] timeout reported as TIMEOUT_ERROR with the command's
+group gone; and the shipped ffmpeg example (conf/exec.d/transcode.json):
+a generated clip transcoded and checked with ffprobe, progress rising to
+100, and a long transcode cancelled leaving no ffmpeg process. The ffmpeg
+tests need ffmpeg and ffprobe (tools/deps.sh installs them with
+DEPS_EXTRA=ffmpeg; `make test` asks for them) and are skipped without."""
+import json
+import os
+import shutil
+import subprocess
+
+from avt import *  # noqa: F401,F403
+from avt import ROOT, Skip, check, main, test, tmo, wait_for
+from orch import FINAL, FakeOrch
+
+WID = "w-exec"
+EXAMPLE = os.path.join(ROOT, "conf", "exec.d", "transcode.json")
+
+
+def types_dir(t, decls):
+    d = t.path("exec.d")
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o755)
+    for name, decl in decls.items():
+        t.write(os.path.join("exec.d", name + ".json"), json.dumps(decl, indent=2))
+    return d
+
+
+def spawn(t, o, decls, limits=""):
+    work = t.path("work")
+    os.makedirs(work, exist_ok=True)
+    conf = t.ini("""
+[worker]
+max_concurrent_tasks = 2
+cancel_grace = 10
+[orchestrator]
+heartbeat_interval = 0.5
+heartbeat_debounce = 0.05
+result_retry_initial_delay = 0.2
+[limits]
+%s
+[plugin.exec]
+types_dir = %s
+work_dir = %s
+""" % (limits, types_dir(t, decls), work))
+    p = t.spawn(["-c", conf, "-P", t.plugin_dir("exec")], env=o.worker_env(WID))
+    o.wait_worker(WID, timeout=15)
+    return p
+
+
+def procs_with(marker):
+    """Live processes whose command line contains marker."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open("/proc/%s/stat" % pid) as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in cmd and state != "Z":
+            found.append((pid, cmd))
+    return found
+
+
+SHOUT = {
+    "argv": ["/bin/sh", "-c", 'printf \'{"said": "%s", "args": %s, "stdin": %s}\' "$1" "$#" "$(cat)"',
+             "sh", "{params.word}"],
+    "stdin": "params",
+}
+ENV = {"argv": ["/usr/bin/env"], "result": "text"}
+
+
+@test
+def declared_types_run_with_whole_values_and_stdin(t):
+    with FakeOrch(poll_timeout=2) as o:
+        spawn(t, o, {"shout": SHOUT, "env": ENV})
+        check({"shout", "env"} <= set(json.dumps(o.workers()).replace('"', " ").split()),
+              o.workers())
+        jid = o.create_job("shout", {"word": "two words; $(id)"})
+        job = o.wait_job(jid)
+        check(job["status"] == "finished", job)
+        said = job["state_history"]
+        check(said["said"] == "two words; $(id)" and said["args"] == 1, said)
+        check(said["stdin"] == {"word": "two words; $(id)"}, said)
+        # A non-scalar param: invalid input, the job fails without a retry.
+        jid = o.create_job("shout", {"word": {"nested": 1}})
+        job = o.wait_job(jid)
+        check(job["status"] == "failed", job)
+        check("param 'word' is an object" in job["error_message"], job)
+        # The daemon's token is not in the child's environment.
+        jid = o.create_job("env", {})
+        job = o.wait_job(jid)
+        check(job["status"] == "finished", job)
+        env = job["state_history"]["output"]
+        check("worker-token" not in env and "PATH=" in env and "TMPDIR=" in env, env)
+
+
+@test
+def limits_timeout_is_timeout_error_and_leaves_no_process(t):
+    marker = "avt-exec-sleeper-%d" % os.getpid()
+    sleeper = {"argv": ["/bin/sh", "-c", "trap '' TERM; sleep 1000 & sleep 1000; wait", marker],
+               "kill_grace_seconds": 0.5}
+    with FakeOrch(poll_timeout=2, max_retries=0) as o:
+        spawn(t, o, {"sleeper": sleeper}, limits="sleeper.timeout = 1")
+        jid = o.create_job("sleeper", {})
+        wait_for(lambda: procs_with(marker), timeout=10, what="the command running")
+        job = o.wait_job(jid, timeout=30)
+        check(job["status"] not in ("finished", "cancelled"), job)
+        check(job["results"][-1]["error"] == {"code": "TIMEOUT_ERROR",
+                                              "message": "task exceeded its timeout"}, job)
+        check(procs_with(marker) == [], procs_with(marker))
+
+
+def need_ffmpeg():
+    if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
+        raise Skip("ffmpeg/ffprobe not installed (DEPS_EXTRA=ffmpeg tools/deps.sh)")
+
+
+def clip(t, seconds, size="320x240"):
+    path = t.path("in-%ds.mp4" % seconds)
+    subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-f", "lavfi",
+                    "-i", "testsrc=duration=%d:size=%s:rate=25" % (seconds, size), "-c:v", "mpeg4",
+                    "-y", path], check=True, timeout=tmo(120))
+    return path
+
+
+def transcode_decl():
+    """The shipped example, paced at the clip's own rate (-re) so that the
+    transcode lasts long enough to report progress several times (and to be
+    cancelled half-way); everything else exactly as shipped."""
+    with open(EXAMPLE) as f:
+        decl = json.load(f)
+    i = decl["argv"].index("-i")
+    decl["argv"][i:i] = ["-re"]
+    return decl
+
+
+def progress_of(o, jid):
+    return [r["body"]["progress"] for r in o.log()
+            if r["method"] == "WS-RECV" and isinstance(r["body"], dict)
+            and r["body"].get("event") == "progress_update" and r["body"].get("job_id") == jid]
+
+
+@test
+def ffmpeg_transcode_with_progress_to_100(t):
+    need_ffmpeg()
+    src, out = clip(t, 3), t.path("out.mp4")
+    with FakeOrch(poll_timeout=2) as o:
+        p = spawn(t, o, {"transcode": transcode_decl()})
+        wait_for(lambda: "websocket connected" in p.log(), what="websocket")
+        jid = o.create_job("transcode", {"input": src, "output": out, "duration": 3})
+        job = o.wait_job(jid, timeout=60)
+        check(job["status"] == "finished", job, p.log()[-2000:])
+        probe = json.loads(subprocess.run(
+            ["ffprobe", "-v", "error", "-show_entries", "stream=codec_name,width,height:format=duration",
+             "-of", "json", out], check=True, capture_output=True, text=True).stdout)
+        check(probe["streams"][0]["codec_name"] == "h264", probe)
+        check((probe["streams"][0]["width"], probe["streams"][0]["height"]) == (320, 240), probe)
+        check(abs(float(probe["format"]["duration"]) - 3) < 0.5, probe)
+        prog = wait_for(lambda: (lambda v: v if v and v[-1] == 1 else None)(progress_of(o, jid)),
+                        what="progress 100")
+        check(all(a <= b for a, b in zip(prog, prog[1:])), prog)
+        check(any(0 < v < 1 for v in prog), prog)
+
+
+@test
+def ffmpeg_cancelled_leaves_no_ffmpeg(t):
+    need_ffmpeg()
+    src, out = clip(t, 60, size="160x120"), t.path("cancelled-out.mp4")
+    with FakeOrch(poll_timeout=2) as o:
+        p = spawn(t, o, {"transcode": transcode_decl()})
+        wait_for(lambda: "websocket connected" in p.log(), what="websocket")
+        jid = o.create_job("transcode", {"input": src, "output": out, "duration": 60})
+        wait_for(lambda: procs_with(out), timeout=20, what="ffmpeg running")
+        wait_for(lambda: any(0 < v < 1 for v in progress_of(o, jid)), timeout=30,
+                 what="progress under way")
+        o.cancel(jid)
+        job = o.wait_job(jid, pred=lambda j: j["status"] in FINAL, timeout=30)
+        check(job["status"] == "cancelled", job)
+        wait_for(lambda: "cancelled" in json.dumps(o.log(kind="result")), timeout=30,
+                 what="the cancelled result")
+        check(procs_with(out) == [], procs_with(out))
+        check(p.poll() is None, p.log()[-2000:])
+
+
+main()
