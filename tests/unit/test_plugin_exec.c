@@ -107,7 +107,7 @@ static void done(void *state)
 /* The process group `pgid` has no member left running, and no zombie of
  * ours (a background child the group's leader left is reparented to init,
  * which reaps it when it will). */
-static int group_gone(pid_t pgid)
+static int group_gone_now(pid_t pgid, int quiet)
 {
     DIR *d = opendir("/proc");
     struct dirent *e;
@@ -128,13 +128,26 @@ static int group_gone(pid_t pgid)
         char st;
         if (rp != NULL && sscanf(rp + 2, "%c %d %d", &st, &ppid, &pgrp) == 3 && pgrp == pgid &&
             (st != 'Z' || ppid == getpid())) {
-            printf("# /proc/%s is still in group %d (state %c)\n", e->d_name, (int)pgid, st);
+            if (!quiet)
+                printf("# /proc/%s is still in group %d (state %c)\n", e->d_name, (int)pgid, st);
             found = 1;
         }
     }
     if (d != NULL)
         closedir(d);
     return !found;
+}
+
+/* ... within 10 s: SIGKILL is delivered asynchronously, so a member may
+ * still be on its way out when the handler returns. */
+static int group_gone(pid_t pgid)
+{
+    for (int i = 0; i < 1000; i++) {
+        if (group_gone_now(pgid, 1))
+            return 1;
+        usleep(10000);
+    }
+    return group_gone_now(pgid, 0);
 }
 
 static pid_t read_pid(const char *path)
