@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -165,6 +166,47 @@ static int load_types(struct exec_state *s, char *err, size_t errlen)
     return rc;
 }
 
+/*
+ * rlimits and nice are set by system calls the service's own filter may
+ * forbid (systemd/avtworkerd.service denies @resources: setrlimit,
+ * prlimit64, setpriority fail with EPERM). Every task of such a type would
+ * fail, so try them here, with values that change nothing, and refuse to
+ * start with the fix instead.
+ */
+static int probe_limits(const struct exec_state *s, char *err, size_t errlen)
+{
+    const struct exec_type *rl = NULL, *nice = NULL;
+    struct rlimit cur;
+    for (size_t i = 0; i < s->ntypes; i++) {
+        const struct exec_type *t = s->types[i];
+        if (rl == NULL && (t->rl_cpu >= 0 || t->rl_as_mb >= 0 || t->rl_nofile >= 0))
+            rl = t;
+        if (nice == NULL && t->has_nice)
+            nice = t;
+    }
+    const struct exec_type *bad = NULL;
+    const char *what = NULL, *calls = NULL;
+    if (rl != NULL && getrlimit(RLIMIT_NOFILE, &cur) == 0 && setrlimit(RLIMIT_NOFILE, &cur) < 0) {
+        bad = rl;
+        what = "rlimits, but setrlimit()";
+        calls = "setrlimit prlimit64";
+    }
+    errno = 0;
+    int prio = nice != NULL ? getpriority(PRIO_PROCESS, 0) : 0;
+    if (bad == NULL && nice != NULL && errno == 0 && setpriority(PRIO_PROCESS, 0, prio) < 0) {
+        bad = nice;
+        what = "nice, but setpriority()";
+        calls = "setpriority";
+    }
+    if (bad == NULL)
+        return 0;
+    snprintf(err, errlen,
+             "type %s declares %s fails here: %s (a systemd SystemCallFilter= without "
+             "@resources? allow it with a drop-in: SystemCallFilter=%s)",
+             bad->name, what, strerror(errno), calls);
+    return -EPERM;
+}
+
 static int exec_start(void *state, char *err, size_t errlen)
 {
     struct exec_state *s = state;
@@ -184,7 +226,8 @@ static int exec_start(void *state, char *err, size_t errlen)
         snprintf(err, errlen, "work_dir %s: not a directory the daemon can write in", s->work_dir);
         return -EINVAL;
     }
-    return load_types(s, err, errlen);
+    int rc = load_types(s, err, errlen);
+    return rc == 0 ? probe_limits(s, err, errlen) : rc;
 }
 
 static const char *const *exec_types(void *state)

@@ -15,7 +15,8 @@ import shutil
 import subprocess
 
 from avt import *  # noqa: F401,F403
-from avt import ROOT, Skip, check, main, test, tmo, wait_for
+import unitfilter
+from avt import ROOT, VALGRIND, Skip, check, daemon_argv, daemon_env, main, test, tmo, wait_for
 from orch import FINAL, FakeOrch
 
 WID = "w-exec"
@@ -118,6 +119,59 @@ def limits_timeout_is_timeout_error_and_leaves_no_process(t):
         check(job["results"][-1]["error"] == {"code": "TIMEOUT_ERROR",
                                               "message": "task exceeded its timeout"}, job)
         check(procs_with(marker) == [], procs_with(marker))
+
+
+# The shipped unit denies @resources (setpriority among them): a type
+# declaring nice is refused at start with the drop-in that fixes it, and
+# with that drop-in nice applies (unitfilter.py applies the unit's system
+# call filter without systemd).
+UNIT = os.path.join(ROOT, "systemd", "avtworkerd.service")
+LIMITED = {"argv": ["/bin/sh", "-c", "echo $(ulimit -n) $(cut -d' ' -f19 /proc/$$/stat)"],
+           "result": "text", "rlimits": {"open_files": 64}, "nice": 5}
+
+
+def unit_prefix(t, unit_text):
+    if VALGRIND:
+        raise Skip("valgrind does not run under a seccomp filter")
+    try:
+        prefix = unitfilter.argv_prefix(t.write("avtworkerd.service", unit_text))
+    except unitfilter.Unavailable as e:
+        raise Skip(str(e))
+    if subprocess.run(prefix + ["/bin/true"], capture_output=True).returncode != 0:
+        raise Skip("cannot apply a seccomp filter here")
+    return prefix
+
+
+def run_once_filtered(t, prefix, decl):
+    conf = t.ini("[plugin.exec]\ntypes_dir = %s\n" % types_dir(t, {"limited": decl}))
+    asan = os.environ.get("ASAN_OPTIONS")
+    env = {"WORKER_ID": "w-unit", "STATE_DIRECTORY": t.path("state")}
+    if asan:
+        env["ASAN_OPTIONS"] = asan.replace("detect_leaks=1", "detect_leaks=0")
+    return subprocess.run(prefix + daemon_argv(["-c", conf, "-P", t.plugin_dir("exec"), "run-once",
+                                                "limited", "{}"]),
+                          env=daemon_env(env), capture_output=True, text=True, timeout=tmo(60))
+
+
+@test
+def under_the_units_filter_nice_needs_the_drop_in(t):
+    text = open(UNIT).read()
+    check("SystemCallFilter=~@privileged @resources" in text, "the unit changed its filter")
+    r = run_once_filtered(t, unit_prefix(t, text), LIMITED)
+    check(r.returncode == 78, r.returncode, r.stderr[-1500:])
+    check("type limited declares nice, but setpriority() fails here: Operation not permitted"
+          in r.stderr and "drop-in: SystemCallFilter=setpriority)" in r.stderr, r.stderr[-1500:])
+    # rlimits alone pass the filter (glibc's setrlimit() is prlimit64).
+    no_nice = dict(LIMITED)
+    del no_nice["nice"]
+    r = run_once_filtered(t, unit_prefix(t, text), no_nice)
+    check(r.returncode == 0, r.returncode, r.stderr[-1500:])
+    check(json.loads(r.stdout)["data"]["output"].startswith("64 "), r.stdout)
+    # The drop-in the message names: a later SystemCallFilter= line.
+    r = run_once_filtered(t, unit_prefix(t, text + "\n[Service]\nSystemCallFilter=setpriority\n"),
+                          LIMITED)
+    check(r.returncode == 0, r.returncode, r.stderr[-1500:])
+    check(json.loads(r.stdout)["data"] == {"output": "64 5\n"}, r.stdout)
 
 
 def need_ffmpeg():
