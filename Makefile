@@ -245,6 +245,9 @@ install: all
 	chmod 0644 $(DESTDIR)$(UNITDIR)/avtworkerd.service
 	@# The GPU drop-in is an example to copy into avtworkerd.service.d/, not active.
 	install -Dm0644 systemd/gpu.conf $(DESTDIR)$(DATADIR)/avtworkerd/gpu.conf
+	@# The exec plugin's drop-in and example type, to copy, not active.
+	install -Dm0644 systemd/exec.conf $(DESTDIR)$(DATADIR)/avtworkerd/exec.conf
+	install -Dm0644 conf/exec.d/transcode.json $(DESTDIR)$(DATADIR)/avtworkerd/exec.d/transcode.json
 	install -Dm0644 man/avtworkerd.8 $(DESTDIR)$(MANDIR)/man8/avtworkerd.8
 	install -Dm0644 man/worker.ini.5 $(DESTDIR)$(MANDIR)/man5/worker.ini.5
 	install -Dm0644 man/avt_plugin.3 $(DESTDIR)$(MANDIR)/man3/avt_plugin.3
@@ -260,7 +263,9 @@ uninstall:
 	rm -f $(DESTDIR)$(SYSCONFDIR)/avtworkerd/worker.ini.example
 	-rmdir $(DESTDIR)$(SYSCONFDIR)/avtworkerd 2>/dev/null
 	rm -f $(DESTDIR)$(UNITDIR)/avtworkerd.service
-	rm -f $(DESTDIR)$(DATADIR)/avtworkerd/gpu.conf
+	rm -f $(DESTDIR)$(DATADIR)/avtworkerd/gpu.conf $(DESTDIR)$(DATADIR)/avtworkerd/exec.conf
+	rm -f $(DESTDIR)$(DATADIR)/avtworkerd/exec.d/transcode.json
+	-rmdir $(DESTDIR)$(DATADIR)/avtworkerd/exec.d 2>/dev/null
 	-rmdir $(DESTDIR)$(DATADIR)/avtworkerd 2>/dev/null
 	rm -f $(DESTDIR)$(MANDIR)/man8/avtworkerd.8 $(DESTDIR)$(MANDIR)/man5/worker.ini.5
 	rm -f $(DESTDIR)$(MANDIR)/man3/avt_plugin.3

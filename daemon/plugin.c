@@ -12,7 +12,8 @@
  * plugin whose init() succeeded, then dlclose()) and leaves one message in
  * the caller's buffer. A plugin whose configuration decides its types (ABI
  * 1.2 types()) is left out of the table in (3); after (7) its types are
- * checked like any others and the table is built again with them. Everything here runs on the main thread; once loaded
+ * checked like any others and the table is built again with them (none
+ * at all is allowed: a plugin installed but not configured serves nothing). Everything here runs on the main thread; once loaded
  * the set is immutable, so plugin_set_find() may run on any thread.
  */
 #include "plugin.h"
@@ -280,11 +281,6 @@ static const char *const *(*types_fn(const struct plugin *p))(void *)
 static int check_types(const struct plugin *p, char *err, size_t errlen)
 {
     const char *const *t = p->types;
-    if ((t == NULL || t[0] == NULL) && types_fn(p) != NULL)
-        return fmt_err(err, errlen,
-                       "%s: plugin '%s' declares no task types: its configuration must declare "
-                       "at least one",
-                       p->path, p->name);
     if (t == NULL || t[0] == NULL)
         return fmt_err(err, errlen,
                        "%s: plugin '%s' declares no task types (task_types must list at least "
@@ -587,6 +583,8 @@ static int start_one(struct plugin *p, char *err, size_t errlen)
                    perr[0] != '\0' ? perr : rc_str(rc));
 }
 
+static const char *const no_types[] = {NULL};
+
 /* After start(): ask each plugin whose configuration decides its types
  * (ABI 1.2) for them, check them and build the table again. */
 static int configured_types(struct plugin_set *set, char *err, size_t errlen)
@@ -600,8 +598,14 @@ static int configured_types(struct plugin_set *set, char *err, size_t errlen)
         const struct exitguard_site *prev = exitguard_enter(&site);
         p->types = types_fn(p)(p->state);
         exitguard_leave(prev);
-        if (check_types(p, err, errlen) < 0)
+        if (p->types == NULL || p->types[0] == NULL) {
+            /* Unconfigured (e.g. exec installed but not set up): loaded,
+             * serving nothing. */
+            p->types = no_types;
+            log_notice("plugin %s: its configuration declares no task types", p->name);
+        } else if (check_types(p, err, errlen) < 0) {
             return -EINVAL;
+        }
         any = 1;
     }
     return any ? build_types(set, err, errlen) : 0;

@@ -322,7 +322,8 @@ struct avt_plugin {
      * on the main thread after start(); returns a NULL-terminated array
      * owned by the plugin's state, valid until shutdown(). When set, it
      * replaces task_types (which may then be NULL); the types are checked
-     * like task_types, and .skills may describe them.
+     * like task_types, and .skills may describe them. An empty list (or
+     * NULL) is allowed: the plugin is loaded and serves no type.
      */
     const char *const *(*types)(void *state);
 };
