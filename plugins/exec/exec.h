@@ -63,8 +63,8 @@ struct exec_run {
     double total;  /* the progress total of this task */
     pid_t pid;     /* also the process group */
     int fds[3];    /* parent ends: stdout, stderr, progress fd; -1 when closed */
-    char *out;     /* stdout kept for the result */
-    size_t out_len;
+    char *out; /* stdout kept for the result */
+    size_t out_len, out_cap;
     char *tail; /* last stderr_tail bytes of stderr, a ring */
     size_t tail_pos, tail_len;
     struct exec_line lines[3];

@@ -252,6 +252,18 @@ static void out_add(struct exec_run *r, const char *p, size_t n)
         r->stop = EXEC_STOP_OVERSIZE;
         return;
     }
+    if (r->out_len + n + 1 > r->out_cap) {
+        /* Grown as needed: stdout_max may be large and most output small. */
+        size_t cap = (r->out_len + n + 1) * 2;
+        cap = cap > r->ty->stdout_max + 1 ? r->ty->stdout_max + 1 : cap;
+        char *q = realloc(r->out, cap);
+        if (q == NULL) {
+            r->stop = EXEC_STOP_OVERSIZE;
+            return;
+        }
+        r->out = q;
+        r->out_cap = cap;
+    }
     memcpy(r->out + r->out_len, p, n);
     r->out_len += n;
 }
@@ -427,7 +439,8 @@ int run_command(struct exec_run *r, char *const *argv, char *const *envp, const 
     char *buf = malloc(READ_CHUNK);
     r->pid = -1;
     r->percent = -1;
-    r->out = malloc(r->ty->stdout_max + 1);
+    r->out_cap = 4096;
+    r->out = malloc(r->out_cap);
     r->tail = malloc(r->ty->stderr_tail + 1);
     if (buf == NULL || r->out == NULL || r->tail == NULL) {
         free(buf);
