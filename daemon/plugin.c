@@ -13,8 +13,9 @@
  * the caller's buffer. A plugin whose configuration decides its types (ABI
  * 1.2 types()) is left out of the table in (3); after (7) its types are
  * checked like any others and the table is built again with them (none
- * at all is allowed: a plugin installed but not configured serves nothing). Everything here runs on the main thread; once loaded
- * the set is immutable, so plugin_set_find() may run on any thread.
+ * at all is allowed: a plugin installed but not configured serves
+ * nothing). Everything here runs on the main thread; once loaded the set
+ * is immutable, so plugin_set_find() may run on any thread.
  */
 #include "plugin.h"
 

@@ -20,14 +20,26 @@
 #define DEFAULT_KILL_GRACE 2.0
 #define DEFAULT_PATH "/usr/local/bin:/usr/bin:/bin"
 
-static const char *const known_keys[] = {
-    "argv",          "stdin",         "result",   "result_key", "stdout_max_bytes",
-    "stderr_tail_bytes", "progress",  "exit_codes", "env",      "env_set",
-    "rlimits",       "nice",          "kill_grace_seconds", "description", NULL};
+static const char *const known_keys[] = {"argv",
+                                         "stdin",
+                                         "result",
+                                         "result_key",
+                                         "stdout_max_bytes",
+                                         "stderr_tail_bytes",
+                                         "progress",
+                                         "exit_codes",
+                                         "env",
+                                         "env_set",
+                                         "rlimits",
+                                         "nice",
+                                         "kill_grace_seconds",
+                                         "description",
+                                         NULL};
 
 static const char *const default_env[] = {"PATH", "LANG", "LC_ALL", "TZ", NULL};
 
-static int bad(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int bad(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 static int bad(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -40,8 +52,8 @@ static int bad(char *err, size_t errlen, const char *fmt, ...)
 
 static int is_param_char(char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '_' || c == '-';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-';
 }
 
 /* A template argument: every "{params." starts a placeholder that must be
@@ -80,7 +92,8 @@ static char *resolve(const char *prog, const char *path, char *err, size_t errle
         const char *colon = strchr(dir, ':');
         size_t n = colon != NULL ? (size_t)(colon - dir) : strlen(dir);
         char full[PATH_MAX];
-        if (n > 0 && snprintf(full, sizeof(full), "%.*s/%s", (int)n, dir, prog) < (int)sizeof(full) &&
+        if (n > 0 &&
+            snprintf(full, sizeof(full), "%.*s/%s", (int)n, dir, prog) < (int)sizeof(full) &&
             access(full, X_OK) == 0)
             return strdup(full);
         dir = colon != NULL ? colon + 1 : NULL;
@@ -184,8 +197,9 @@ static int load_source(struct exec_type *t, json_t *p, char *err, size_t errlen)
     else if (strcmp(s, "fd") == 0 && fd > 0)
         t->psource = EXEC_PROGRESS_FD;
     else
-        return bad(err, errlen, "progress.source: \"stdout\" (default), \"stderr\" or \"fd\" "
-                                "(with \"fd\": 3..9)");
+        return bad(err, errlen,
+                   "progress.source: \"stdout\" (default), \"stderr\" or \"fd\" "
+                   "(with \"fd\": 3..9)");
     if (fd > 0 && t->psource != EXEC_PROGRESS_FD)
         return bad(err, errlen, "progress.fd: only with \"source\": \"fd\"");
     t->pfd = (int)fd;
@@ -220,8 +234,8 @@ static int load_pattern(struct exec_type *t, json_t *p, char *err, size_t errlen
 
 static int load_progress(struct exec_type *t, json_t *p, char *err, size_t errlen)
 {
-    static const char *const keys[] = {"source", "fd", "pattern", "scale", "total",
-                                       "total_param", NULL};
+    static const char *const keys[] = {"source", "fd",          "pattern", "scale",
+                                       "total",  "total_param", NULL};
     const char *k;
     json_t *v;
     t->scale = 1;
@@ -236,8 +250,10 @@ static int load_progress(struct exec_type *t, json_t *p, char *err, size_t errle
         while (keys[i] != NULL && strcmp(keys[i], k) != 0)
             i++;
         if (keys[i] == NULL)
-            return bad(err, errlen, "progress.%s: unknown member (known: source, fd, pattern, "
-                                    "scale, total, total_param)", k);
+            return bad(err, errlen,
+                       "progress.%s: unknown member (known: source, fd, pattern, "
+                       "scale, total, total_param)",
+                       k);
     }
     if (load_source(t, p, err, errlen) < 0)
         return -EINVAL;
@@ -294,8 +310,9 @@ static int load_exit_codes(struct exec_type *t, json_t *o, char *err, size_t err
     }
     return 0;
 bad_code:
-    return bad(err, errlen, "exit_codes: each value is TRANSIENT_ERROR, PERMANENT_ERROR or "
-                            "INVALID_INPUT_ERROR");
+    return bad(err, errlen,
+               "exit_codes: each value is TRANSIENT_ERROR, PERMANENT_ERROR or "
+               "INVALID_INPUT_ERROR");
 }
 
 static int env_add(struct exec_type *t, size_t *n, const char *name, const char *value)
@@ -375,8 +392,10 @@ static int load_limits(struct exec_type *t, json_t *o, char *err, size_t errlen)
     {
         if (strcmp(k, "cpu_seconds") != 0 && strcmp(k, "address_space_mb") != 0 &&
             strcmp(k, "open_files") != 0)
-            return bad(err, errlen, "rlimits.%s: unknown (known: cpu_seconds, address_space_mb, "
-                                    "open_files)", k);
+            return bad(err, errlen,
+                       "rlimits.%s: unknown (known: cpu_seconds, address_space_mb, "
+                       "open_files)",
+                       k);
     }
     if (get_long(rl, "cpu_seconds", 1, 1L << 30, &t->rl_cpu, err, errlen) < 0 ||
         get_long(rl, "address_space_mb", 1, 1L << 30, &t->rl_as_mb, err, errlen) < 0 ||
@@ -414,8 +433,9 @@ static int load_all(struct exec_type *t, json_t *o, char *const *env, char *err,
     if (rc == 0)
         rc = load_progress(t, json_object_get(o, "progress"), err, errlen);
     if (rc == 0 && t->psource == EXEC_PROGRESS_STDOUT && t->result == EXEC_RESULT_TEXT)
-        rc = bad(err, errlen, "progress on stdout with \"result\": \"text\": progress lines "
-                              "would be cut out of the text; use stderr or an fd");
+        rc = bad(err, errlen,
+                 "progress on stdout with \"result\": \"text\": progress lines "
+                 "would be cut out of the text; use stderr or an fd");
     if (rc == 0)
         rc = load_exit_codes(t, o, err, errlen);
     if (rc == 0)

@@ -70,8 +70,7 @@ static int set_str(char **dst, const char *value, const char *key, char *err, si
     return *dst != NULL ? 0 : -ENOMEM;
 }
 
-static int exec_configure(void *state, const char *key, const char *value, char *err,
-                          size_t errlen)
+static int exec_configure(void *state, const char *key, const char *value, char *err, size_t errlen)
 {
     struct exec_state *s = state;
     if (strcmp(key, "types_dir") == 0)
@@ -122,8 +121,10 @@ static int load_one(struct exec_state *s, const char *file, char *err, size_t er
     char path[PATH_MAX], name[TYPE_NAME_MAX + 8];
     snprintf(name, sizeof(name), "%.*s", (int)(strlen(file) - 5), file);
     if (!type_name_ok(name)) {
-        snprintf(err, errlen, "%s/%s: \"%s\" is not a task type name (1 to %d of a-z A-Z 0-9 _ . "
-                 ": -)", s->types_dir, file, name, TYPE_NAME_MAX);
+        snprintf(err, errlen,
+                 "%s/%s: \"%s\" is not a task type name (1 to %d of a-z A-Z 0-9 _ . "
+                 ": -)",
+                 s->types_dir, file, name, TYPE_NAME_MAX);
         return -EINVAL;
     }
     snprintf(path, sizeof(path), "%s/%s", s->types_dir, file);
@@ -270,7 +271,9 @@ static char *scalar_text(json_t *v, char *why, size_t whylen)
         snprintf(num, sizeof(num), "%s", json_is_true(v) ? "true" : "false");
     else {
         snprintf(why, whylen, "is %s, not a string, number or boolean",
-                 json_is_null(v) ? "null" : json_is_object(v) ? "an object" : "an array");
+                 json_is_null(v)     ? "null"
+                 : json_is_object(v) ? "an object"
+                                     : "an array");
         return NULL;
     }
     return strdup(num);
@@ -373,8 +376,8 @@ static int progress_total(const struct exec_type *ty, struct avt_task *task, dou
         (end != NULL && (end == json_string_value(v) || *end != '\0')) || !(*total > 0) ||
         !isfinite(*total)) {
         avt_fail(task, AVT_INVALID_INPUT_ERROR,
-                 "param '%s' must be a number above 0 (the progress total of %s)",
-                 ty->total_param, task->type);
+                 "param '%s' must be a number above 0 (the progress total of %s)", ty->total_param,
+                 task->type);
         return -EINVAL;
     }
     return 0;

@@ -371,8 +371,8 @@ static enum exec_stop stop_reason(const struct exec_run *r)
         return r->stop;
     if (avt_is_cancelled(t))
         return EXEC_STOP_CANCEL;
-    if (t->struct_size >= offsetof(struct avt_task, deadline) + sizeof(double) &&
-        t->deadline > 0 && now_real() >= t->deadline)
+    if (t->struct_size >= offsetof(struct avt_task, deadline) + sizeof(double) && t->deadline > 0 &&
+        now_real() >= t->deadline)
         return EXEC_STOP_DEADLINE;
     return EXEC_STOP_NONE;
 }
@@ -382,7 +382,8 @@ static int exited(const struct exec_run *r)
 {
     siginfo_t si;
     memset(&si, 0, sizeof(si));
-    return waitid(P_PID, (id_t)r->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == r->pid;
+    return waitid(P_PID, (id_t)r->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+           si.si_pid == r->pid;
 }
 
 /* Supervise until the child exited; then kill its group, drain, reap. */
