@@ -400,6 +400,20 @@ static char **build_env(const struct exec_type *ty, const char *workdir)
     return env;
 }
 
+/* What build_env() made: the type's strings are borrowed, only the last
+ * one (TMPDIR) is ours. */
+static void free_env(char **env)
+{
+    size_t n = 0;
+    if (env == NULL)
+        return;
+    while (env[n] != NULL)
+        n++;
+    if (n > 0)
+        free(env[n - 1]);
+    free(env);
+}
+
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st;
@@ -495,12 +509,7 @@ static void run_task(const struct exec_state *s, const struct exec_type *ty, str
     } else {
         outcome(&r);
     }
-    if (env != NULL) {
-        for (size_t i = 0; env[i] != NULL; i++)
-            if (strncmp(env[i], "TMPDIR=", 7) == 0 && env[i + 1] == NULL)
-                free(env[i]);
-        free(env);
-    }
+    free_env(env);
     run_free(&r);
     remove_workdir(task, workdir);
 }
