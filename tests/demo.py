@@ -1,6 +1,8 @@
 #!/usr/bin/python3
 """make demo: start the local test orchestrator (tests/orchestrator/fakeorch.py)
-and avtworkerd with the example plugins, push a few jobs of each kind through,
+and avtworkerd with the example plugins (exec with a checksum type, and the
+shipped ffmpeg transcode when ffmpeg is installed), push a few jobs of each
+kind through,
 print their results as a table, stop everything.
 
 The orchestrator speaks RXON 1.0b14 (Avtomatika 1.0b27) unless DEMO_PROTOCOL
@@ -62,7 +64,33 @@ def detected(logpath):
     return ""
 
 
-def jobs_of(o):
+def exec_setup(tmp):
+    """A worker.ini for the exec plugin: a checksum type declared here, and
+    the shipped ffmpeg example (conf/exec.d/transcode.json) with a
+    generated clip when ffmpeg is installed. Returns (ini path, clip or None)."""
+    types = os.path.join(tmp, "exec.d")
+    os.makedirs(types)
+    os.chmod(tmp, 0o755)
+    os.chmod(types, 0o755)
+    with open(os.path.join(types, "checksum.json"), "w") as f:
+        json.dump({"argv": ["sha256sum", "--", "{params.path}"], "result": "text",
+                   "result_key": "sha256sum"}, f)
+    clip = None
+    if shutil.which("ffmpeg"):
+        shutil.copy(os.path.join(ROOT, "conf", "exec.d", "transcode.json"), types)
+        clip = os.path.join(tmp, "clip.mp4")
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                        "testsrc=duration=2:size=320x240:rate=25", "-c:v", "mpeg4", "-y", clip],
+                       check=True)
+    for name in os.listdir(types):
+        os.chmod(os.path.join(types, name), 0o644)
+    ini = os.path.join(tmp, "worker.ini")
+    with open(ini, "w") as f:
+        f.write("[plugin.exec]\ntypes_dir = %s\nwork_dir = %s\n" % (types, tmp))
+    return ini, clip
+
+
+def jobs_of(o, clip):
     jobs = [
         ("echo", o.create_job("echo", {"msg": "hello from avtworkerd"})),
         ("echo", o.create_job("echo", {"n": 42, "list": [1, 2, 3]})),
@@ -74,7 +102,12 @@ def jobs_of(o):
                                                                     "message": "flaky backend"})),
         ("permanent failure", o.create_job("fail", {"code": "PERMANENT_ERROR", "times": -1,
                                                     "message": "cannot ever work"})),
+        ("exec: sha256sum of a file", o.create_job("checksum", {"path": "/etc/os-release"})),
     ]
+    if clip is not None:
+        jobs.append(("exec: ffmpeg transcode (2 s clip)",
+                     o.create_job("transcode", {"input": clip, "output": clip + ".h264.mp4",
+                                                "duration": 2})))
     return jobs
 
 
@@ -82,6 +115,8 @@ def describe(j):
     last = (j.get("results") or [{}])[-1]
     if j["status"] == "finished" and "final_url" in j["state_history"]:
         return "final_url=" + j["state_history"]["final_url"]
+    if j["status"] == "finished" and "sha256sum" in j["state_history"]:
+        return "sha256sum: " + j["state_history"]["sha256sum"].strip()
     if j["status"] == "finished":
         return json.dumps(j["state_history"], separators=(",", ":"))
     if last.get("status") == "cancelled":
@@ -114,11 +149,14 @@ def main():
     state = os.path.join(BUILD, "demo-state")
     shutil.rmtree(state, ignore_errors=True)
     ok = False
+    tmp = tempfile.mkdtemp(prefix="avtworkerd-demo-exec.")
+    ini, clip = exec_setup(tmp)
     with FakeOrch(poll_timeout=5, protocol=PROTOCOL) as o:
         print("test orchestrator (RXON %s) listening on %s" % (PROTOCOL, o.url))
         env = dict(os.environ, **o.worker_env(WORKER))
         env.update(MAX_CONCURRENT_TASKS="4", LOG_LEVEL="info", STATE_DIRECTORY=state)
-        daemon = subprocess.Popen([os.path.join(BUILD, "avtworkerd"), "-P", os.path.join(BUILD, "plugins")],
+        daemon = subprocess.Popen([os.path.join(BUILD, "avtworkerd"), "-c", ini,
+                                   "-P", os.path.join(BUILD, "plugins")],
                                   env=env, stdout=logf, stderr=logf)
         try:
             wait(daemon, logf.name, lambda: any(w.get("worker_id") == WORKER for w in o.workers()),
@@ -126,7 +164,7 @@ def main():
             print("avtworkerd registered as %s (pid %d); log: %s" % (WORKER, daemon.pid, logf.name))
             print("  %s\n" % detected(logf.name))
             wait(daemon, logf.name, lambda: o.ws_connected(WORKER), "its WebSocket")
-            jobs = jobs_of(o)
+            jobs = jobs_of(o, clip)
             cancel_id = o.create_job("sleep", {"seconds": 60})
             jobs.append(("sleep 60 s, cancelled after 1 s", cancel_id))
             time.sleep(1)
@@ -146,11 +184,12 @@ def main():
         table(jobs, recs)
         print("\navtworkerd exited with status %s after SIGTERM" % daemon.returncode)
         expected = ["finished", "finished", "finished", "finished", "finished", "quarantined",
-                    "cancelled"]
+                    "finished"] + (["finished"] if clip else []) + ["cancelled"]
         ok = [j["status"] for j in recs] == expected and daemon.returncode == 0
     if not os.environ.get("DEMO_KEEP_LOG") and ok:
         os.unlink(logf.name)
     shutil.rmtree(state, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
     print("demo %s" % ("OK" if ok else "FAILED (expected %s); daemon log: %s" % (expected, logf.name)))
     return 0 if ok else 1
 
