@@ -3,7 +3,8 @@
 types declared as files (types() of ABI 1.2 advertises them), params as
 whole argv values and on stdin, the result from stdout, an invalid param
 failing the job without running anything, the daemon's secret kept from the
-child, a [limits] timeout reported as TIMEOUT_ERROR with the command's
+child, a declaration dropped in and a reload (SIGHUP) adding a type (a
+broken one refused, the running types kept), a [limits] timeout reported as TIMEOUT_ERROR with the command's
 group gone; and the shipped ffmpeg example (conf/exec.d/transcode.json):
 a generated clip transcoded and checked with ffprobe, progress rising to
 100, and a long transcode cancelled leaving no ffmpeg process. The ffmpeg
@@ -12,6 +13,7 @@ DEPS_EXTRA=ffmpeg; `make test` asks for them) and are skipped without."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 
 from avt import *  # noqa: F401,F403
@@ -103,6 +105,24 @@ def declared_types_run_with_whole_values_and_stdin(t):
         check(job["status"] == "finished", job)
         env = job["state_history"]["output"]
         check("worker-token" not in env and "PATH=" in env and "TMPDIR=" in env, env)
+
+
+@test
+def a_declaration_dropped_in_and_a_reload_add_a_type(t):
+    with FakeOrch(poll_timeout=2) as o:
+        p = spawn(t, o, {"shout": SHOUT})
+        t.write(os.path.join("exec.d", "env.json"), json.dumps(ENV))
+        p.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded: 1 plugin(s), 2 task type(s)" in p.log(), what="the reload")
+        wait_for(lambda: '"env"' in json.dumps(o.workers()), what="env advertised")
+        job = o.wait_job(o.create_job("env", {}))
+        check(job["status"] == "finished" and "PATH=" in job["state_history"]["output"], job)
+        # A broken declaration: the reload is refused, the running types stay.
+        t.write(os.path.join("exec.d", "broken.json"), '{"argv": []}')
+        p.send_signal(signal.SIGHUP)
+        wait_for(lambda: "broken.json: argv: required" in p.log(), what="the refusal")
+        job = o.wait_job(o.create_job("shout", {"word": "still"}))
+        check(job["status"] == "finished" and job["state_history"]["said"] == "still", job)
 
 
 @test
