@@ -55,6 +55,8 @@ LDLIBS_AVT = $(SAN) $(EV_LIBS) $(PKG_LIBS) -pthread -ldl -lm
 PLUGIN_CFLAGS = -std=c17 -D_GNU_SOURCE $(WARN) $(SAN) -Isdk -fPIC -fvisibility=hidden -MMD -MP
 PLUGIN_LDFLAGS = -shared $(SAN) -Wl,-z,defs
 PLUGIN_LIBS = -ljansson
+# Libraries of one plugin beyond libjansson: PLUGIN_LIBS_<name>.
+PLUGIN_LIBS_http_fetch = $(shell $(PKG_CONFIG) --libs libcurl 2>/dev/null || echo -lcurl)
 
 # Daemon sources, one per line.
 SRCS += daemon/util.c
@@ -136,7 +138,8 @@ $(BUILD)/avtworkerd: $(MAIN_OBJ) $(LIBAVTD)
 .SECONDEXPANSION:
 $(BUILD)/plugins/%.so: $$(wildcard plugins/%/*.c plugins/%/*.h) sdk/avt_plugin.h | $(DEPS_STAMP)
 	@mkdir -p $(@D)
-	$(CC) $(PLUGIN_CFLAGS) $(CFLAGS) $(PLUGIN_LDFLAGS) -o $@ $(filter %.c,$^) $(PLUGIN_LIBS)
+	$(CC) $(PLUGIN_CFLAGS) $(CFLAGS) $(PLUGIN_LDFLAGS) -o $@ $(filter %.c,$^) $(PLUGIN_LIBS) \
+	    $(PLUGIN_LIBS_$*)
 
 $(BUILD)/tests/plugins/%.so: tests/plugins/%.c sdk/avt_plugin.h | $(DEPS_STAMP)
 	@mkdir -p $(@D)
@@ -251,6 +254,7 @@ install: all
 	install -Dm0644 man/avtworkerd.8 $(DESTDIR)$(MANDIR)/man8/avtworkerd.8
 	install -Dm0644 man/worker.ini.5 $(DESTDIR)$(MANDIR)/man5/worker.ini.5
 	install -Dm0644 man/avt_plugin.3 $(DESTDIR)$(MANDIR)/man3/avt_plugin.3
+	install -Dm0644 man/avtworkerd-http_fetch.7 $(DESTDIR)$(MANDIR)/man7/avtworkerd-http_fetch.7
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/avtworkerd $(DESTDIR)$(INCLUDEDIR)/avt_plugin.h
@@ -269,6 +273,7 @@ uninstall:
 	-rmdir $(DESTDIR)$(DATADIR)/avtworkerd 2>/dev/null
 	rm -f $(DESTDIR)$(MANDIR)/man8/avtworkerd.8 $(DESTDIR)$(MANDIR)/man5/worker.ini.5
 	rm -f $(DESTDIR)$(MANDIR)/man3/avt_plugin.3
+	rm -f $(DESTDIR)$(MANDIR)/man7/avtworkerd-http_fetch.7
 
 FORMAT_FILES = $(wildcard daemon/*.[ch] sdk/*.h plugins/*/*.c tests/*.[ch] tests/unit/*.c tests/plugins/*.c)
 CLANG_FORMAT ?= clang-format

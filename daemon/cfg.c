@@ -1409,7 +1409,7 @@ static struct cfg *cfg_new_defaults(void)
     c->plugin_dir = xstrdup(AVT_PLUGINDIR);
     c->state_dir = xstrdup(STATE_DIR_DEFAULT);
     c->shutdown_timeout = 30;
-    c->advertise_busy = 1;
+    c->advertise_busy = 0;
     c->crash_limit = 3;
     c->spool_max_bytes = 256.0 * 1024 * 1024;
     c->spool_max_files = 100000;

@@ -81,7 +81,7 @@ struct cfg {
     char *plugin_dir;         /* default AVT_PLUGINDIR */
     char *state_dir;          /* STATE_DIRECTORY (systemd) or /var/lib/avtworkerd */
     double shutdown_timeout;  /* WORKER_SHUTDOWN_TIMEOUT; seconds, default 30 */
-    int advertise_busy;       /* ADVERTISE_BUSY; report "busy" when full; default 1 */
+    int advertise_busy;       /* ADVERTISE_BUSY; withdraw full types (status busy); default 0 */
     int crash_limit;          /* a type running at N crashes in a row fails PERMANENT; default 3 */
     double cancel_grace;      /* seconds between a task's cancellation (deadline or drain)
                                  and reporting it failed; default 5 */

@@ -95,12 +95,16 @@ struct orch {
     double poll_failing_since; /* now_mono() of the first failed poll since one was answered */
 
     struct http_req *hb_req;
-    int hb_probe; /* the in-flight heartbeat is the empty-body probe */
-    int hb_again; /* a state change happened while one was in flight */
+    int hb_probe;    /* the in-flight heartbeat is the empty-body probe */
+    int hb_again;    /* a state change happened while one was in flight */
+    int hb_drain;    /* the heartbeat in flight says this worker drains */
+    int drain_known; /* the orchestrator acknowledged a draining heartbeat */
     unsigned long beats;
     ev_timer hb_periodic;
     ev_timer hb_debounce;
     double hb_paused_until;
+    int told_busy;    /* advertise_busy: the last heartbeat withheld a type */
+    size_t told_open; /* the types it offered */
     struct backoff hb_backoff;
 
     struct ws *ws;
@@ -363,6 +367,26 @@ static json_t *skills_now(const struct orch *o)
     return skills;
 }
 
+/*
+ * advertise_busy: a type withheld by the last heartbeat that could take a
+ * task again. Until the orchestrator hears of it, every job created for
+ * that type fails dispatch ("No suitable workers": only idle workers listing
+ * it are candidates) and is quarantined after its immediate retries
+ * (avtomatika 1.0b13 storage/memory.py:181-193, dispatcher.py:189-193,
+ * executor.py:467-515; 1.0b27 storage/memory.py:227-245,
+ * dispatcher.py:324-335, executor.py:610-659), so that news goes out at
+ * once, not one heartbeat_debounce later.
+ */
+static int reopened(const struct orch *o)
+{
+    if (!o->told_busy || o->draining)
+        return 0;
+    json_t *now = skills_now(o);
+    int more = json_array_size(now) > o->told_open;
+    json_decref(now);
+    return more;
+}
+
 static json_t *heartbeat_body(struct orch *o)
 {
     struct rxon_worker w = worker_view(o);
@@ -371,6 +395,8 @@ static json_t *heartbeat_body(struct orch *o)
                             .free_slots = pool_free_slots(o->env.pool),
                             .skills_now = skills_now(o),
                             .usage = usage_sample(&o->usage, "/proc")};
+    o->told_open = json_array_size(st.skills_now);
+    o->told_busy = o->cfg->advertise_busy && o->told_open < o->plugins->ntypes;
     st.ntasks = ledger_refs(o->env.ledger, o, &st.tasks);
     json_t *body = o->dialect->heartbeat_body(&w, &st, &o->sync);
     json_decref(st.skills_now);
@@ -457,6 +483,17 @@ static void on_heartbeat(void *arg, const struct http_response *r)
         return;
     }
     backoff_reset(&o->hb_backoff);
+    if (o->hb_drain && o->draining && !o->drain_known) {
+        o->drain_known = 1;
+        if (o->poll_req != NULL) {
+            /* It dispatches to idle workers only, and what it queued for us
+             * the held poll would have brought at once: after a grace for a
+             * task on its way, the poll can go. */
+            double left = orch_poll_hold_end(o) + ORCH_DRAIN_POLL_MARGIN - now_mono();
+            timer_after(o, &o->poll_hold_end,
+                        left < ORCH_DRAIN_POLL_GRACE ? left : ORCH_DRAIN_POLL_GRACE);
+        }
+    }
     sts_credential_ok(o->sts);
     o->hb_paused_until = 0;
     enum rxon_hb_answer ans = RXON_HB_OK;
@@ -483,6 +520,7 @@ static void heartbeat_out(struct orch *o, int probe)
 {
     json_t *body = probe ? NULL : heartbeat_body(o);
     o->hb_probe = probe;
+    o->hb_drain = o->draining && !probe;
     o->stats.heartbeats++;
     o->hb_req = send_body(o, "PATCH", o->url_heartbeat, body, RXON_MSG_HEARTBEAT, on_heartbeat, o);
     json_decref(body);
@@ -517,9 +555,15 @@ static void on_hb_debounce(struct ev_loop *loop, ev_timer *w, int revents)
 
 void orch_heartbeat_soon(struct orch *o)
 {
-    if (!o->registered || ev_is_active(&o->hb_debounce))
+    if (!o->registered)
         return;
-    timer_after(o, &o->hb_debounce, o->cfg->heartbeat_debounce);
+    if (reopened(o)) {
+        ev_timer_stop(o->loop, &o->hb_debounce);
+        send_heartbeat(o, 0);
+        return;
+    }
+    if (!ev_is_active(&o->hb_debounce))
+        timer_after(o, &o->hb_debounce, o->cfg->heartbeat_debounce);
 }
 
 /* ---- Results (2.4): the outbox's sender --------------------------------------------- */
@@ -692,10 +736,15 @@ static void on_poll_hold_end(struct ev_loop *loop, ev_timer *w, int revents)
     struct orch *o = w->data;
     if (o->poll_req == NULL)
         return;
-    log_notice("shutdown: %s has not answered the long-poll %.0f s after the end of its hold "
-               "(poll_timeout = %g s, which must match its WORKER_POLL_TIMEOUT_SECONDS): giving "
-               "it up",
-               o->url, ORCH_DRAIN_POLL_MARGIN, o->cfg->poll_timeout);
+    if (o->drain_known && now_mono() < orch_poll_hold_end(o))
+        log_info("shutdown: %s knows this worker is draining and handed out no task since: "
+                 "giving up the long-poll",
+                 o->url);
+    else
+        log_notice("shutdown: %s has not answered the long-poll %.0f s after the end of its hold "
+                   "(poll_timeout = %g s, which must match its WORKER_POLL_TIMEOUT_SECONDS): "
+                   "giving it up",
+                   o->url, ORCH_DRAIN_POLL_MARGIN, o->cfg->poll_timeout);
     http_cancel(o->poll_req); /* on_poll runs now, cancelled */
 }
 
@@ -905,6 +954,7 @@ static void registered(struct orch *o)
                o->plugins->ntypes, o->cfg->max_concurrent_tasks);
     o->registered = 1;
     o->poll_failing_since = 0;
+    o->told_busy = 0; /* the registration offered every type */
     sts_credential_ok(o->sts);
     o->stats.registrations++;
     backoff_reset(&o->register_backoff);
@@ -1215,9 +1265,10 @@ void orch_drain(struct orch *o)
          * for it meanwhile (PROTOCOL.md 2.2): it is let finish, and given
          * up only when it outlasts its hold. */
         double left = orch_poll_hold_end(o) + ORCH_DRAIN_POLL_MARGIN - now_mono();
-        log_notice("shutdown: letting the long-poll to %s finish (its hold ends within %.0f s): "
+        log_notice("shutdown: letting the long-poll to %s finish (its hold ends within %.0f s, "
+                   "or %.0f s after the orchestrator acknowledged that this worker drains): "
                    "aborting it could lose a task handed out meanwhile",
-                   o->url, left > 0 ? left : 0);
+                   o->url, left > 0 ? left : 0, ORCH_DRAIN_POLL_GRACE);
         timer_after(o, &o->poll_hold_end, left);
     }
     /* Tell the orchestrator at once (3.6 "graceful leave"). */

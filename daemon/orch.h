@@ -164,8 +164,12 @@ int orch_poll_uses(const struct orch *o, const struct plugin_set *set);
 
 /* now_mono() when the orchestrator's hold of the poll in flight ends (its
  * answer is due), 0 when none is in flight. While draining, a poll still
- * unanswered ORCH_DRAIN_POLL_MARGIN seconds later is given up. */
+ * unanswered ORCH_DRAIN_POLL_MARGIN seconds later is given up, and so is one
+ * still unanswered ORCH_DRAIN_POLL_GRACE seconds after the orchestrator
+ * acknowledged a heartbeat saying that this worker drains (it then
+ * dispatches nothing more to it). */
 #define ORCH_DRAIN_POLL_MARGIN 2.0
+#define ORCH_DRAIN_POLL_GRACE 1.0
 double orch_poll_hold_end(const struct orch *o);
 
 /* "polling paused until 2025-06-01T12:00:05Z (the orchestrator asked to

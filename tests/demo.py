@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """make demo: start the local test orchestrator (tests/orchestrator/fakeorch.py)
-and avtworkerd with the example plugins (exec with a checksum type, and the
-shipped ffmpeg transcode when ffmpeg is installed), push a few jobs of each
-kind through,
+and avtworkerd with the example plugins (exec with a checksum type and, when
+ffmpeg is installed, the shipped transcode; a local web server for the
+http_fetch job), push a few jobs of each kind through,
 print their results as a table, stop everything.
 
 The orchestrator speaks RXON 1.0b14 (Avtomatika 1.0b27) unless DEMO_PROTOCOL
@@ -67,7 +67,8 @@ def detected(logpath):
 def exec_setup(tmp):
     """A worker.ini for the exec plugin: a checksum type declared here, and
     the shipped ffmpeg example (conf/exec.d/transcode.json) with a
-    generated clip when ffmpeg is installed. Returns (ini path, clip or None)."""
+    generated clip when ffmpeg is installed. Returns (its worker.ini section,
+    clip or None)."""
     types = os.path.join(tmp, "exec.d")
     os.makedirs(types)
     os.chmod(tmp, 0o755)
@@ -84,13 +85,19 @@ def exec_setup(tmp):
                        check=True)
     for name in os.listdir(types):
         os.chmod(os.path.join(types, name), 0o644)
-    ini = os.path.join(tmp, "worker.ini")
-    with open(ini, "w") as f:
-        f.write("[plugin.exec]\ntypes_dir = %s\nwork_dir = %s\n" % (types, tmp))
-    return ini, clip
+    return "[plugin.exec]\ntypes_dir = %s\nwork_dir = %s\n" % (types, tmp), clip
 
 
-def jobs_of(o, clip):
+def start_web_server():
+    """The local HTTP server the http_fetch job fetches from (the unit
+    tests' tests/unit/http_test_server.py); it exits when its stdin closes.
+    Returns (process, base URL)."""
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "unit", "http_test_server.py")],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return p, "http://127.0.0.1:%d" % int(p.stdout.readline())
+
+
+def jobs_of(o, web, clip):
     jobs = [
         ("echo", o.create_job("echo", {"msg": "hello from avtworkerd"})),
         ("echo", o.create_job("echo", {"n": 42, "list": [1, 2, 3]})),
@@ -102,6 +109,8 @@ def jobs_of(o, clip):
                                                                     "message": "flaky backend"})),
         ("permanent failure", o.create_job("fail", {"code": "PERMANENT_ERROR", "times": -1,
                                                     "message": "cannot ever work"})),
+        ("http_fetch (2 redirects)", o.create_job("http_fetch", {"url": web + "/redirect?n=1",
+                                                                 "headers": ["content-type"]})),
         ("exec: sha256sum of a file", o.create_job("checksum", {"path": "/etc/os-release"})),
     ]
     if clip is not None:
@@ -118,7 +127,7 @@ def describe(j):
     if j["status"] == "finished" and "sha256sum" in j["state_history"]:
         return "sha256sum: " + j["state_history"]["sha256sum"].strip()
     if j["status"] == "finished":
-        return json.dumps(j["state_history"], separators=(",", ":"))
+        return json.dumps(j["state_history"], separators=(",", ":"), ensure_ascii=False)
     if last.get("status") == "cancelled":
         return "worker answered status \"cancelled\""
     err = last.get("error")
@@ -136,7 +145,7 @@ def table(jobs, recs):
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     pad = sum(widths) + 2 * len(widths)
     for k, r in enumerate(rows):
-        lines = textwrap.wrap(r[-1], WRAP) or [""]  # the whole text, never cut
+        lines = textwrap.wrap(r[-1], WRAP, break_on_hyphens=False) or [""]  # the whole text, never cut
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + lines[0])
         for more in lines[1:]:
             print(" " * pad + more)
@@ -149,8 +158,16 @@ def main():
     state = os.path.join(BUILD, "demo-state")
     shutil.rmtree(state, ignore_errors=True)
     ok = False
+    # The http_fetch plugin refuses loopback addresses unless told: open
+    # exactly the demo web server's.
     tmp = tempfile.mkdtemp(prefix="avtworkerd-demo-exec.")
-    ini, clip = exec_setup(tmp)
+    exec_ini, clip = exec_setup(tmp)
+    ini = state + ".ini"
+    os.makedirs(BUILD, exist_ok=True)
+    with open(ini, "w") as f:
+        f.write("[plugin.http_fetch]\nallow_networks = 127.0.0.1/32\nuser_agent = avtworkerd-demo\n")
+        f.write(exec_ini)
+    web, web_url = start_web_server()
     with FakeOrch(poll_timeout=5, protocol=PROTOCOL) as o:
         print("test orchestrator (RXON %s) listening on %s" % (PROTOCOL, o.url))
         env = dict(os.environ, **o.worker_env(WORKER))
@@ -164,7 +181,7 @@ def main():
             print("avtworkerd registered as %s (pid %d); log: %s" % (WORKER, daemon.pid, logf.name))
             print("  %s\n" % detected(logf.name))
             wait(daemon, logf.name, lambda: o.ws_connected(WORKER), "its WebSocket")
-            jobs = jobs_of(o, clip)
+            jobs = jobs_of(o, web_url, clip)
             cancel_id = o.create_job("sleep", {"seconds": 60})
             jobs.append(("sleep 60 s, cancelled after 1 s", cancel_id))
             time.sleep(1)
@@ -184,8 +201,11 @@ def main():
         table(jobs, recs)
         print("\navtworkerd exited with status %s after SIGTERM" % daemon.returncode)
         expected = ["finished", "finished", "finished", "finished", "finished", "quarantined",
-                    "finished"] + (["finished"] if clip else []) + ["cancelled"]
+                    "finished", "finished"] + (["finished"] if clip else []) + ["cancelled"]
         ok = [j["status"] for j in recs] == expected and daemon.returncode == 0
+    web.stdin.close()
+    web.wait(timeout=10)
+    os.unlink(ini)
     if not os.environ.get("DEMO_KEEP_LOG") and ok:
         os.unlink(logf.name)
     shutil.rmtree(state, ignore_errors=True)

@@ -27,9 +27,12 @@ Typical daemon test:
 
 Things to know (all quirks of the real orchestrator, reproduced on purpose):
   * A job created while no registered, idle worker lists its type is
-    quarantined at once ("No suitable workers for task type 'X'"). Wait for
-    the registration first, or pass queue_when_no_worker=True, or pin the job
-    to a worker id with create_job(..., worker_id="w1") / prequeue().
+    quarantined ("No suitable workers for task type 'X'") after the
+    executor's three immediate retries, which run behind other requests
+    (wait_job() for it; stats()["counters"]["dispatch_failed"] counts the
+    attempts). Wait for the registration first, or pass
+    queue_when_no_worker=True, or pin the job to a worker id with
+    create_job(..., worker_id="w1") / prequeue().
   * 1.0b3: task_id == job_id, also on retries; missing ids or bad JSON are
     500. 1.0b14: task_id is task-<uuid4>, new on every dispatch and retry;
     bad JSON and schema errors are 400, auth and signature failures 403.

@@ -280,7 +280,7 @@ def custom_events_on_1_0b3_return_enotsup_and_are_logged_once(t):
 def heartbeats_carry_job_ids_statuses_usage_and_capabilities(t):
     gate = t.path("gate")
     with orch14() as o:
-        p = start(t, o, ini(t, slots=1, hb=0.3))
+        p = start(t, o, ini(t, slots=1, hb=0.3, extra_worker="advertise_busy = true"))
         jid = o.create_job("t_gate", {"path": gate})
         wait_for(lambda: any(jid in hb.get("current_tasks", []) for hb in heartbeats(o)),
                  what="the job id in current_tasks")

@@ -2,10 +2,12 @@
 against the test orchestrator. Aborting a long-poll can lose the task the
 orchestrator hands out for it meanwhile (PROTOCOL.md 2.2: the real one keeps
 its handler waiting after the client has gone), so a SIGTERM lets the held
-poll finish: without a task the daemon exits when the hold ends, a task it
-still brings runs (or, once running tasks are being cancelled, is reported
-TRANSIENT_ERROR without running), and a poll held past its hold is given
-up. The orchestrator hands a task out after the signal by queueing a job
+poll finish: without a task the daemon gives it up a second after the
+orchestrator acknowledged its draining heartbeat (it dispatches only to idle
+workers) or exits when the hold ends, a task it still brings runs (or, once
+running tasks are being cancelled, is reported TRANSIENT_ERROR without
+running), and a poll held past its hold is given up. Tests that need the
+poll to stay hold back the heartbeats' answers (a slow orchestrator). The orchestrator hands a task out after the signal by queueing a job
 straight onto the worker (its dispatcher skips a draining worker, but one
 chosen just before the signal is queued all the same)."""
 import signal
@@ -62,11 +64,33 @@ def polls(o):
     return [r for r in o.log(kind="poll", worker_id=WID) if r["method"] == "GET"]
 
 
+def slow_heartbeats(o, delay):
+    """Heartbeats are answered `delay` s late: the draining one too."""
+    o.inject("heartbeat", "slow", count=1000, delay=delay)
+
+
+@test
+def an_idle_worker_gives_up_its_poll_once_the_orchestrator_knows_it_drains(t):
+    with FakeOrch(poll_timeout=HOLD) as o:
+        p = spawn(t, o, ini(t))
+        n = fresh_poll(o)
+        p.send_signal(signal.SIGTERM)
+        rc, log = exits(p, HOLD + 15)
+        check(rc == 0, rc, log[-2000:])
+        hbs = [r["body"]["status"] for r in o.log(kind="heartbeat", worker_id=WID)
+               if isinstance(r.get("body"), dict)]
+        check("offline" in hbs, hbs)
+        check(len(polls(o)) == n, polls(o)[-3:])
+        check("knows this worker is draining and handed out no task since: giving up the "
+              "long-poll" in log, log[-2000:])
+
+
 @test
 def an_idle_worker_lets_its_held_poll_end_then_exits(t):
     with FakeOrch(poll_timeout=HOLD) as o:
         p = spawn(t, o, ini(t))
         n = fresh_poll(o)
+        slow_heartbeats(o, HOLD + 10)  # the draining heartbeat is not acknowledged in time
         p.send_signal(signal.SIGTERM)
         rc, log = exits(p, HOLD + 15)
         check(rc == 0, rc, log[-2000:])
@@ -82,6 +106,7 @@ def a_task_the_held_poll_brings_after_sigterm_runs(t):
     with FakeOrch(poll_timeout=HOLD) as o:
         p = spawn(t, o, ini(t))
         fresh_poll(o)
+        slow_heartbeats(o, HOLD + 10)
         p.send_signal(signal.SIGTERM)
         wait_for(lambda: "Terminated: draining" in p.log(), what="the drain")
         jid = o.create_job("echo", {"msg": "after the signal"}, worker_id=WID)
@@ -98,6 +123,7 @@ def a_task_brought_while_tasks_are_cancelled_is_reported_not_started(t):
     with FakeOrch(poll_timeout=HOLD, max_retries=0) as o:
         p = spawn(t, o, ini(t, cancel_grace=60))
         fresh_poll(o)
+        slow_heartbeats(o, HOLD + 10)
         p.send_signal(signal.SIGTERM)
         wait_for(lambda: "Terminated: draining" in p.log(), what="the drain")
         p.send_signal(signal.SIGTERM)  # on to cancelling the running tasks
@@ -123,6 +149,7 @@ def a_drain_shorter_than_the_hold_still_waits_for_it(t):
     with FakeOrch(poll_timeout=hold) as o:
         p = spawn(t, o, ini(t, hold=hold, cancel_grace=0, shutdown_timeout=0))
         n = fresh_poll(o)
+        slow_heartbeats(o, hold + 10)
         p.send_signal(signal.SIGTERM)
         rc, log = exits(p, hold + 15)
         check(rc == 0, rc, log[-2000:])
@@ -136,6 +163,7 @@ def a_poll_held_past_its_hold_is_given_up(t):
     with FakeOrch(poll_timeout=300) as o:
         p = spawn(t, o, ini(t, hold=2))
         wait_for(lambda: o.worker_stats(WID).get("polls_outstanding") == 1, what="a poll held")
+        slow_heartbeats(o, 30)
         p.send_signal(signal.SIGTERM)
         rc, log = exits(p, 30)
         check(rc == 0, rc, log[-2000:])

@@ -168,24 +168,46 @@ def dispatch_rules(t):
     """Section 3.1: no idle worker -> quarantined; busy workers and unlisted skills are skipped;
     null hot_skills breaks dispatch; queue_when_no_worker parks jobs instead."""
     with FakeOrch(poll_timeout=0.3) as o:
-        j = o.job(o.create_job("echo", {}))
+        j = o.wait_job(o.create_job("echo", {}))   # the retries run behind other work
         check(j["status"] == "quarantined" and j["error_message"] == "No suitable workers for task type 'echo'", j)
         check(j["retry_count"] == 3, j)
         reg(o)
         beat(o, body={"status": "busy"})
-        check(o.job(o.create_job("echo", {}))["status"] == "quarantined")
+        check(o.wait_job(o.create_job("echo", {}))["status"] == "quarantined")
         beat(o, body={"status": "idle", "hot_skills": None})
-        j = o.job(o.create_job("echo", {}))
+        j = o.wait_job(o.create_job("echo", {}))
         check(j["error_message"] == "argument of type 'NoneType' is not iterable", j)
         beat(o, body={"hot_skills": []})
         check(o.job(o.create_job("echo", {}))["status"] == "waiting_for_worker")
-        check(o.job(o.create_job("other", {}))["status"] == "quarantined")
+        check(o.wait_job(o.create_job("other", {}))["status"] == "quarantined")
         o.config(queue_when_no_worker=True)
         jid = o.create_job("other", {"k": 1})
         check(o.job(jid)["status"] == "waiting_for_worker" and o.stats()["pending"] == 1)
         reg(o, "w2", skills=["other"])
         r = poll(o, "w2")
         check(r.status == 200 and r.json()["task_id"] == jid and r.json()["params"] == {"k": 1}, r)
+
+
+@test
+def failed_dispatch_retries_run_behind_other_requests(t):
+    """The executor's handler retries (1.0b13 executor.py:467-515): a failed dispatch is retried
+    JOB_MAX_RETRIES times (each attempt counted as dispatch_failed), and requests are served in
+    between, so a worker that turns idle meanwhile gets the job instead of it being quarantined."""
+    with FakeOrch(poll_timeout=0.3) as o:
+        reg(o)
+        beat(o, body={"status": "busy"})
+        j = o.wait_job(o.create_job("echo", {}))
+        check(j["status"] == "quarantined" and j["retry_count"] == 3, j)
+        check(o.stats()["counters"]["dispatch_failed"] == 4, o.stats()["counters"])
+        o.config(max_retries=10 ** 9)
+        jid = o.create_job("echo", {"n": 1})
+        wait_for(lambda: o.job(jid)["retry_count"] >= 5, what="retries under way")
+        check(o.job(jid)["status"] == "awaiting_retry", o.job(jid))
+        beat(o, body={"status": "idle"})
+        j = o.wait_job(jid, pred=lambda j: j["status"] == "waiting_for_worker")
+        check(j["error_message"] == "No suitable workers for task type 'echo'", j)
+        r = poll(o)
+        check(r.status == 200 and r.json()["task_id"] == jid, r)
 
 
 @test

@@ -468,10 +468,10 @@ def string_skills_poison_dispatch(t):
         w2.register(skills=[{"name": "zecho"}])
         check(o.job(o.create_job("zecho", {}))["status"] == "waiting_for_worker")
         check(w1.beat({"status": "idle", "supported_skills": ["zecho"]}).json() == {"status": "ok"})
-        j = o.job(o.create_job("zecho", {}))
+        j = o.wait_job(o.create_job("zecho", {}))
         check(j["status"] == "quarantined" and j["error_message"] == "'str' object has no attribute 'get'", j)
         check(j["retry_count"] == 3, j)
-        j = o.job(o.create_job("other", {}))
+        j = o.wait_job(o.create_job("other", {}))
         check(j["error_message"] == "'str' object has no attribute 'get'", "every task type", j)
         w1.task()       # the job dispatched before the poisoning (to z1: first of equals)
         r = w2.poll()   # an empty hold, then the stealing scan trips over the string too (code)
@@ -481,7 +481,7 @@ def string_skills_poison_dispatch(t):
         # busy and draining workers are not candidates
         w1.beat({"status": "busy"})
         w2.beat({"status": "draining"})
-        j = o.job(o.create_job("zecho", {}))
+        j = o.wait_job(o.create_job("zecho", {}))
         check(j["status"] == "quarantined" and j["error_message"] == "No suitable workers for task type 'zecho'", j)
 
 
@@ -503,7 +503,7 @@ def dispatch_preferences(t):
         check(o.job(o.create_job("echo", {}))["task_worker_id"] == "b", "equal cost: better reputation")
         a.beat({"status": "busy"})
         b.beat({"status": "busy"})
-        j = o.job(o.create_job("echo", {}))
+        j = o.wait_job(o.create_job("echo", {}))
         check(j["status"] == "quarantined" and j["error_message"] == "No worker satisfies the resource requirements "
               "for task 'echo'. Reasons: {'skill_not_found: echo': 1}", j)
 
@@ -560,7 +560,7 @@ def retries_new_task_ids_and_stale(t):
         for _ in range(14):     # 1.0 - 14 x 0.05 is just below 0.3 in binary floating point
             o.create_job("echo", {})
             w.result(w.task(), status="failure", error={"code": "SECURITY_ERROR", "message": "x"})
-        j = o.job(o.create_job("echo", {}))
+        j = o.wait_job(o.create_job("echo", {}))
         check(j["error_message"] == "No suitable workers meeting the reputation threshold (0.3) for task 'echo'", j)
         w.register()
         check(o.job(o.create_job("echo", {}))["status"] == "waiting_for_worker", "re-registration resets reputation")
@@ -802,10 +802,10 @@ def schemas_and_contract(t):
         schema_in = {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}
         schema_out = {"type": "object", "required": ["out"], "properties": {"out": {"type": "string"}}}
         w.register(skills=[{"name": "calc", "input_schema": schema_in, "output_schema": schema_out}])
-        j = o.job(o.create_job("calc", {"m": 1}))
+        j = o.wait_job(o.create_job("calc", {"m": 1}))
         check(j["status"] == "quarantined" and j["error_message"] == "No worker satisfies the resource requirements "
               "for task 'calc'. Reasons: {\"schema_validation_failed: Missing required field: 'n'\": 1}", j)
-        j = o.job(o.create_job("calc", {"n": "x"}))
+        j = o.wait_job(o.create_job("calc", {"n": "x"}))
         check("Field 'n': Expected integer" in j["error_message"], j)
         jid = o.create_job("calc", {"n": 2})
         r = w.result(w.task(), data={"out": 5})

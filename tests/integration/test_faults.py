@@ -239,31 +239,51 @@ def kills_at_random_moments_of_a_burst_lose_no_job_and_never_freeze_the_restart(
     timeout, and retries one picked up but not answered in time; the timeout
     is shorter than the crash reports' hold, so a restart that held new
     results behind its crash reports would fail jobs."""
-    kills, slots = 20, 4
+    kills = 20 if TIMEOUT_MULT < 10 else 6  # scaled under valgrind
+    slots = 4
     hold = tmo(2.0)  # poll_timeout; the crash reports wait poll_timeout + 1 s
     rng = random.Random(int(os.environ.get("AVT_SEED", "1")))
     with FakeOrch(poll_timeout=hold, max_retries=kills + 5, task_timeout=hold,
                   watcher_interval=0.2) as o:
         conf = ini(t, slots=slots)
+        with open(conf) as f:
+            text = f.read().replace("poll_timeout = 2\n", "poll_timeout = %g\n" % hold)
+        with open(conf, "w") as f:
+            f.write(text)
         ids = []
         checked, explained = 0, 0
         held_back = set()  # this start's crash reports
         p = spawn(t, o, conf, wait=False)
         for k in range(kills + 1):
             since = len(o.log())
-            ids += o.prequeue(WID, "t_slow", {"ms": 150}, count=24)
+            ids += o.prequeue(WID, "t_slow", {"ms": 50}, count=16)
             if k == kills:
                 break
-            # Even lives die mid-burst (their tasks become crash reports);
-            # odd ones outlive the hold, so that their crash reports go out.
-            time.sleep(rng.uniform(0.1, 0.8) * TIMEOUT_MULT if k % 2 == 0
-                       else hold + rng.uniform(1.5, 2.5))
+            if k % 2 == 0:
+                # Even lives die mid-burst, once they hold tasks (crash reports).
+                try:
+                    wait_for(lambda: open_journal_tasks(t) - held_back, timeout=20,
+                             what="a task held by this life")
+                except Exception:
+                    pass
+                time.sleep(rng.uniform(0, 0.1))
+            else:
+                # Odd ones outlive the hold: their crash reports go out.
+                sent = lambda: {r["body"].get("task_id") for r in o.log(since=since)
+                                if r["kind"] == "result" and isinstance(r.get("body"), dict)
+                                and r["body"].get("status") == "failure"}
+                try:
+                    wait_for(lambda: held_back <= sent(), timeout=30, what="the crash reports")
+                except Exception:
+                    pass
+                time.sleep(rng.uniform(0.1, 0.5))
             p.kill()
             p.wait()
             explained += len(o.worker_stats(WID).get("outstanding_task_ids", [])) + 1
             rows = o.log(since=since)
             results = [r for r in rows if r["kind"] == "result" and isinstance(r.get("body"), dict)]
-            reports = [i for i, r in enumerate(results) if r["body"].get("task_id") in held_back]
+            reports = [i for i, r in enumerate(results) if r["body"].get("task_id") in held_back
+                       and r["body"].get("status") == "failure"]
             fresh = [i for i, r in enumerate(results) if r["body"].get("status") == "success"]
             if held_back and reports:
                 # The crash reports went out in this life: a new result went first.

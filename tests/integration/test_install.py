@@ -16,13 +16,15 @@ from avt import BUILD, ROOT, Skip, check, main, private_build, test
 
 PAGES = {"usr/share/man/man8/avtworkerd.8": "AVTWORKERD",
          "usr/share/man/man5/worker.ini.5": "WORKER.INI",
-         "usr/share/man/man3/avt_plugin.3": "AVT_PLUGIN"}
+         "usr/share/man/man3/avt_plugin.3": "AVT_PLUGIN",
+         "usr/share/man/man7/avtworkerd-http_fetch.7": "AVTWORKERD-HTTP_FETCH"}
 UNIT = "usr/lib/systemd/system/avtworkerd.service"
 GPU_DROPIN = "usr/share/avtworkerd/gpu.conf"
 EXPOSURE_MAX = 1.4  # the default unit's systemd-analyze security figure must not grow
 FILES = {  # path: mode
     "usr/sbin/avtworkerd": 0o755,
     "usr/lib/avtworkerd/echo.so": 0o755,
+    "usr/lib/avtworkerd/http_fetch.so": 0o755,
     "usr/include/avt_plugin.h": 0o644,
     "usr/lib/pkgconfig/avtworker-sdk.pc": 0o644,
     UNIT: 0o644,

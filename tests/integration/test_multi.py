@@ -117,12 +117,13 @@ def round_robin_shares_polls_by_weight(t):
 
 @test
 def every_orchestrator_hears_of_capacity_changes_at_once(t):
-    # One slot shared by two orchestrators, periodic heartbeats far apart:
-    # when B's task takes the slot A must hear "busy", and when it ends A
+    # One slot shared by two orchestrators (advertise_busy), periodic heartbeats
+    # far apart: when B's task takes the slot A must hear "busy", and when it ends A
     # must hear "idle" within the debounce, not at its next periodic beat
     # (the orchestrator quarantines jobs while no worker is idle).
     with FakeOrch(poll_timeout=1) as a, FakeOrch(poll_timeout=1) as b:
-        text = ("[worker]\nmax_concurrent_tasks = 1\n[orchestrator]\nheartbeat_interval = 60\n"
+        text = ("[worker]\nmax_concurrent_tasks = 1\nadvertise_busy = true\n"
+                "[orchestrator]\nheartbeat_interval = 60\n"
                 "heartbeat_debounce = 0.05\nretry_max_delay = 1\n")
         d = t.spawn(["-c", t.ini(text), "-P", t.plugin_dir("echo", "steps", "t_behave")],
                     env=orchs_env([{"url": a.url}, {"url": b.url}], "ROUND_ROBIN", WORKER_TOKEN=a.token))

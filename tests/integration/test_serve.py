@@ -98,9 +98,9 @@ def limits_are_never_exceeded_and_no_task_is_dropped(t):
 @test
 def heartbeat_advertises_capacity_and_never_null_lists(t):
     with FakeOrch(poll_timeout=2) as o:
-        p = start(t, o, ini(t, slots=1))
+        p = start(t, o, ini(t, slots=1, extra_worker="advertise_busy = true"))
         jid = o.prequeue(WID, "t_block", {}, count=1)[0]
-        # Full: the next heartbeat says busy with no skills.
+        # Full (advertise_busy): the next heartbeat says busy with no skills.
         wait_for(lambda: any(r["body"] and r["body"].get("status") == "busy"
                              for r in o.log(kind="heartbeat", worker_id=WID)), what="busy heartbeat")
         busy = [r["body"] for r in o.log(kind="heartbeat") if r["body"] and r["body"].get("status") == "busy"][0]

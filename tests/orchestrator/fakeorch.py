@@ -351,6 +351,10 @@ class FakeOrch:
         self.seq = 0
         self.tim = {}              # task_id -> [enqueued, handed out, result arrived, data.t0, data.t1]
         self.waiters = []          # [(results wanted, future)] of GET /_test/wait
+        if getattr(self, "exec_task", None) is not None:
+            self.exec_task.cancel()
+        self.exec_q = None         # the executor's queue of handler retries (executor())
+        self.exec_task = None
 
     # ---- workers ---------------------------------------------------------
     def wstats(self, wid):
@@ -512,16 +516,51 @@ class FakeOrch:
             self.watch[job_id] = at
 
     def handler_failed(self, job, err):
-        """The executor retries a failing handler JOB_MAX_RETRIES times without
-        delay, then quarantines the job with str(error) (section 3.1)."""
+        """The executor's _handle_failure (avtomatika 1.0b13 executor.py:467-515,
+        1.0b27 executor.py:610-659): the job goes back to the end of the
+        executor's job queue as "awaiting_retry" and its handler runs again,
+        JOB_MAX_RETRIES times at most, with no delay but behind what is queued
+        (other requests, heartbeats among them, are served in between: see
+        executor()); after that it is quarantined with str(error) (section 3.1).
+        Every failed attempt counts as dispatch_failed in /_test/stats; one
+        that found no idle worker listing the type is "No suitable workers"
+        (1.0b13 storage/memory.py:181-193 and dispatcher.py:189-193, 1.0b27
+        storage/memory.py:227-245 and dispatcher.py:324-335)."""
+        self.count("dispatch_failed")
         if self.cfg.queue_when_no_worker and str(err).startswith("No suitable workers"):
             job.rec["status"] = "waiting_for_worker"
             job.rec["error_message"] = None
             self.pending.append(job)
             return
+        rc = job.rec.get("retry_count", 0)
+        if rc < self.cfg.max_retries:
+            job.rec.update(retry_count=rc + 1, status="awaiting_retry", error_message=str(err))
+            log.info("job %s: handler failed, retried (attempt %d): %s", job.id, rc + 1, err)
+            self.exec_queue().put_nowait((job, job.step))
+            return
         self.watch.pop(job.id, None)
         job.rec.update(retry_count=self.cfg.max_retries, status="quarantined", error_message=str(err))
         log.info("job %s quarantined: %s", job.id, err)
+
+    def exec_queue(self):
+        if self.exec_q is None:
+            self.exec_q = asyncio.Queue()
+            self.exec_task = asyncio.get_running_loop().create_task(self.executor(self.exec_q))
+        return self.exec_q
+
+    async def executor(self, q):
+        """The job executor's loop for handler retries (1.0b13 executor.py:580-606,
+        1.0b27 executor.py:728-): one job at a time off a FIFO; each retry is a
+        fresh run of the state's handler, skipped if the job became terminal
+        meanwhile (1.0b13 executor.py:101-103, 1.0b27 executor.py:86-88). Job
+        creation does not go through it here (the fake dispatches at creation),
+        only these retries."""
+        while True:
+            job, idx = await q.get()
+            await asyncio.sleep(0)          # the real hop: dequeue, then a new task runs the job
+            if self.jobs.get(job.id) is not job or job.rec.get("status") in TERMINAL:
+                continue
+            self.run_step(job, idx)
 
     def retry_pending(self):
         parked, self.pending = self.pending, []
@@ -1678,6 +1717,8 @@ GET /_test/log?since=N&path=S     request log rows {t, method, path, kind, worke
 GET /_test/stats                  per worker: polls, polls_outstanding, max_polls_outstanding,
                                   polls_while_outstanding {N: polls}, handouts, outstanding(_by_type),
                                   max_outstanding(_by_type), results (by task id); counters; jobs by status
+                                  (counters.dispatch_failed: handler runs whose dispatch raised, e.g.
+                                  "No suitable workers": retried via the executor, then quarantined)
 POST /_test/prequeue {worker_id, type, params, count, priority, timeout_seconds}
 GET /_test/wait?results=N&timeout=S        answer once N results arrived (or after S s): {results}
 GET|DELETE /_test/timings         with config timings=true: [task_id, enqueued, handed_out, result_arrived,

@@ -24,6 +24,12 @@ Endpoints:
   GET  /conns              the number of TCP connections accepted so far
   GET  /rxon?date=<D>&v=<V>  200 with "Date: D" and "X-RXON-Version: V" (each
                            only when given)
+  GET  /redirect?n=<N>&code=<C>  C (default 302) to /redirect?n=N-1, and at n=0
+                           to /page; each redirect has a 100000-byte body
+  GET  /redirect-to?url=<U>  302 to U
+  GET  /page               200 UTF-8 text/html with "X-Tag: a" and "X-Tag: b"
+  GET  /bytes              200 application/octet-stream: the bytes 0..255
+  GET  /ua                 200 with the request's User-Agent as the body
 """
 import asyncio
 import gzip
@@ -32,7 +38,7 @@ import time
 from email.utils import formatdate
 from urllib.parse import parse_qs, urlsplit
 
-REASONS = {200: "OK", 204: "No Content", 406: "Not Acceptable", 429: "Too Many Requests",
+REASONS = {200: "OK", 204: "No Content", 301: "Moved Permanently", 302: "Found", 406: "Not Acceptable", 429: "Too Many Requests",
            500: "Internal Server Error"}
 accepted = 0
 
@@ -42,6 +48,7 @@ def gzip_body():
 
 
 GZIP_BODY = gzip_body()
+PAGE = "<p>h\u00e9llo \u2013 w\u00f6rld \u2603</p>\n"
 
 
 async def read_request(reader):
@@ -105,6 +112,19 @@ async def route(method, target, headers, body):
         extra = [("Date", q["date"][0])] if "date" in q else []
         extra += [("X-RXON-Version", q["v"][0])] if "v" in q else []
         return 200, extra, b"{}"
+    if path == "/redirect":
+        n, code = int(q.get("n", ["1"])[0]), int(q.get("code", ["302"])[0])
+        to = "/page" if n <= 0 else "/redirect?n=%d&code=%d" % (n - 1, code)
+        return code, [("Location", to)], b"r" * 100000
+    if path == "/redirect-to":
+        return 302, [("Location", q["url"][0])], b"moved"
+    if path == "/page":
+        return 200, [("Content-Type", "text/html; charset=utf-8"), ("X-Tag", "a"),
+                     ("X-Tag", "b")], PAGE.encode()
+    if path == "/ua":
+        return 200, [], headers.get("user-agent", "-").encode()
+    if path == "/bytes":
+        return 200, [("Content-Type", "application/octet-stream")], bytes(range(256))
     return 404, [], b"not found"
 
 

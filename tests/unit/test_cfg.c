@@ -208,7 +208,7 @@ TEST(defaults)
     EXPECT_EQ_STR(cfg->plugin_dir, AVT_PLUGINDIR);
     EXPECT_EQ_STR(cfg->state_dir, "/var/lib/avtworkerd");
     EXPECT(cfg->shutdown_timeout == 30);
-    EXPECT_EQ_INT(cfg->advertise_busy, 1);
+    EXPECT_EQ_INT(cfg->advertise_busy, 0);
     EXPECT_EQ_INT(cfg->log_level, LOG_INFO);
     EXPECT_EQ_INT(cfg->log_format, LOG_FORMAT_AUTO);
     EXPECT(cfg->ip_address == NULL);
@@ -253,7 +253,7 @@ static const char full_ini[] = "# a comment\n"
                                "plugin_dir = /opt/avt/plugins\n"
                                "state_dir = /srv/avt\n"
                                "shutdown_timeout = 12.5\n"
-                               "advertise_busy = no\n"
+                               "advertise_busy = yes\n"
                                "log_level = debug\n"
                                "log_format = json\n"
                                "hostname = box1\n"
@@ -292,7 +292,7 @@ TEST(file_values)
     EXPECT_EQ_STR(cfg->plugin_dir, "/opt/avt/plugins");
     EXPECT_EQ_STR(cfg->state_dir, "/srv/avt");
     EXPECT(cfg->shutdown_timeout == 12.5);
-    EXPECT_EQ_INT(cfg->advertise_busy, 0);
+    EXPECT_EQ_INT(cfg->advertise_busy, 1);
     EXPECT_EQ_INT(cfg->log_level, LOG_DEBUG);
     EXPECT_EQ_INT(cfg->log_format, LOG_FORMAT_JSON);
     EXPECT_EQ_STR(cfg->hostname, "box1");
