@@ -136,7 +136,7 @@ $(BUILD)/avtworkerd: $(MAIN_OBJ) $(LIBAVTD)
 	$(CC) $(CFLAGS) $(HARDEN_LD) $(LDFLAGS) -o $@ $^ $(LDLIBS_AVT)
 
 .SECONDEXPANSION:
-$(BUILD)/plugins/%.so: $$(wildcard plugins/%/*.c) sdk/avt_plugin.h | $(DEPS_STAMP)
+$(BUILD)/plugins/%.so: $$(wildcard plugins/%/*.c plugins/%/*.h) sdk/avt_plugin.h | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(CC) $(PLUGIN_CFLAGS) $(CFLAGS) $(PLUGIN_LDFLAGS) -o $@ $(filter %.c,$^) $(PLUGIN_LIBS) \
 	    $(PLUGIN_LIBS_$*)
@@ -171,7 +171,11 @@ $(BUILD)/avtworker-sdk.pc: sdk/avtworker-sdk.pc.in Makefile $(BUILD)/.install-pa
 	    -e 's|@PLUGINDIR@|$(PLUGINDIR)|g' -e 's|@VERSION@|$(shell sed -n 's/^#define AVT_VERSION "\(.*\)"/\1/p' daemon/util.h)|g' \
 	    $< > $@
 
+# ffmpeg is a test dependency only (the exec plugin's transcode tests):
+# installed like the build packages when root, else those tests are skipped.
 test check: all $(TEST_PLUGINS) $(UNIT_BINS)
+	@DEPS_EXTRA=ffmpeg tools/deps.sh 2>/dev/null || \
+	    echo "# ffmpeg is not installed: the exec plugin's ffmpeg tests are skipped"
 	@BUILD=$(BUILD) SANITIZE=$(SANITIZE) VALGRIND=$(VALGRIND) PYTHON=$(PYTHON) tests/run.sh
 
 demo: all
@@ -244,6 +248,9 @@ install: all
 	chmod 0644 $(DESTDIR)$(UNITDIR)/avtworkerd.service
 	@# The GPU drop-in is an example to copy into avtworkerd.service.d/, not active.
 	install -Dm0644 systemd/gpu.conf $(DESTDIR)$(DATADIR)/avtworkerd/gpu.conf
+	@# The exec plugin's drop-in and example type, to copy, not active.
+	install -Dm0644 systemd/exec.conf $(DESTDIR)$(DATADIR)/avtworkerd/exec.conf
+	install -Dm0644 conf/exec.d/transcode.json $(DESTDIR)$(DATADIR)/avtworkerd/exec.d/transcode.json
 	install -Dm0644 man/avtworkerd.8 $(DESTDIR)$(MANDIR)/man8/avtworkerd.8
 	install -Dm0644 man/worker.ini.5 $(DESTDIR)$(MANDIR)/man5/worker.ini.5
 	install -Dm0644 man/avt_plugin.3 $(DESTDIR)$(MANDIR)/man3/avt_plugin.3
@@ -260,7 +267,9 @@ uninstall:
 	rm -f $(DESTDIR)$(SYSCONFDIR)/avtworkerd/worker.ini.example
 	-rmdir $(DESTDIR)$(SYSCONFDIR)/avtworkerd 2>/dev/null
 	rm -f $(DESTDIR)$(UNITDIR)/avtworkerd.service
-	rm -f $(DESTDIR)$(DATADIR)/avtworkerd/gpu.conf
+	rm -f $(DESTDIR)$(DATADIR)/avtworkerd/gpu.conf $(DESTDIR)$(DATADIR)/avtworkerd/exec.conf
+	rm -f $(DESTDIR)$(DATADIR)/avtworkerd/exec.d/transcode.json
+	-rmdir $(DESTDIR)$(DATADIR)/avtworkerd/exec.d 2>/dev/null
 	-rmdir $(DESTDIR)$(DATADIR)/avtworkerd 2>/dev/null
 	rm -f $(DESTDIR)$(MANDIR)/man8/avtworkerd.8 $(DESTDIR)$(MANDIR)/man5/worker.ini.5
 	rm -f $(DESTDIR)$(MANDIR)/man3/avt_plugin.3

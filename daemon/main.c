@@ -145,7 +145,7 @@ static int run(int argc, char **argv)
         for (size_t i = 0; i < set->nplugins; i++) {
             const struct plugin *p = set->plugins[i];
             printf("#   %s %s (%s):", p->name, p->desc->version, p->path);
-            for (const char *const *t = p->desc->task_types; *t; t++)
+            for (const char *const *t = p->types; *t; t++)
                 printf(" %s", *t);
             printf("\n");
         }

@@ -10,8 +10,12 @@
  * plugin, (6) hand each [plugin.NAME] key to configure(), (7) start() every
  * plugin. Any failure destroys what was built so far (shutdown() for every
  * plugin whose init() succeeded, then dlclose()) and leaves one message in
- * the caller's buffer. Everything here runs on the main thread; once loaded
- * the set is immutable, so plugin_set_find() may run on any thread.
+ * the caller's buffer. A plugin whose configuration decides its types (ABI
+ * 1.2 types()) is left out of the table in (3); after (7) its types are
+ * checked like any others and the table is built again with them (none
+ * at all is allowed: a plugin installed but not configured serves
+ * nothing). Everything here runs on the main thread; once loaded the set
+ * is immutable, so plugin_set_find() may run on any thread.
  */
 #include "plugin.h"
 
@@ -38,6 +42,8 @@
 #define PLUGIN_DESC_SIZE_1_0 (offsetof(struct avt_plugin, shutdown) + sizeof(void (*)(void *)))
 /* ... and in ABI 1.1, up to skills. */
 #define PLUGIN_DESC_SIZE_1_1 (offsetof(struct avt_plugin, skills) + sizeof(void *))
+/* ... and in ABI 1.2, up to types(). */
+#define PLUGIN_DESC_SIZE_1_2 (offsetof(struct avt_plugin, types) + sizeof(void *))
 
 /* Task type strings: what the orchestrator and [limits] keys can carry. */
 #define TYPE_MAX_LEN 128
@@ -267,9 +273,15 @@ static int is_type_name(const char *s)
                      "0123456789_.:-") == n;
 }
 
+/* The plugin's types() (ABI 1.2), or NULL when its types are static. */
+static const char *const *(*types_fn(const struct plugin *p))(void *)
+{
+    return p->desc->struct_size >= PLUGIN_DESC_SIZE_1_2 ? p->desc->types : NULL;
+}
+
 static int check_types(const struct plugin *p, char *err, size_t errlen)
 {
-    const char *const *t = p->desc->task_types;
+    const char *const *t = p->types;
     if (t == NULL || t[0] == NULL)
         return fmt_err(err, errlen,
                        "%s: plugin '%s' declares no task types (task_types must list at least "
@@ -304,6 +316,9 @@ static int check_desc(struct plugin *p, char *err, size_t errlen)
         return fmt_err(err, errlen,
                        "%s: plugin '%s' has no handle() function: it could not run any task",
                        p->path, p->name);
+    if (types_fn(p) != NULL)
+        return 0; /* known after start() */
+    p->types = d->task_types;
     return check_types(p, err, errlen);
 }
 
@@ -387,7 +402,7 @@ static const struct avt_skill *skills_of(const struct plugin *p)
 
 static int declares(const struct plugin *p, const char *type)
 {
-    for (const char *const *t = p->desc->task_types; *t != NULL; t++) {
+    for (const char *const *t = p->types; *t != NULL; t++) {
         if (strcmp(*t, type) == 0)
             return 1;
     }
@@ -430,15 +445,25 @@ static int describe(struct plugin_type *pt, char *err, size_t errlen)
     return 0;
 }
 
+static void free_types(struct plugin_set *set)
+{
+    for (size_t i = 0; i < set->ntypes; i++)
+        json_decref(set->types[i].skill);
+    free_and_null(set->types);
+    set->ntypes = 0;
+}
+
+/* The table of every plugin whose types are known (p->types set). */
 static int build_types(struct plugin_set *set, char *err, size_t errlen)
 {
     size_t n = 0;
+    free_types(set);
     for (size_t i = 0; i < set->nplugins; i++)
-        for (const char *const *t = set->plugins[i]->desc->task_types; *t != NULL; t++)
+        for (const char *const *t = set->plugins[i]->types; t != NULL && *t != NULL; t++)
             n++;
-    set->types = xcalloc(n, sizeof(*set->types));
+    set->types = xcalloc(n > 0 ? n : 1, sizeof(*set->types));
     for (size_t i = 0; i < set->nplugins; i++) {
-        for (const char *const *t = set->plugins[i]->desc->task_types; *t != NULL; t++)
+        for (const char *const *t = set->plugins[i]->types; t != NULL && *t != NULL; t++)
             set->types[set->ntypes++] = (struct plugin_type){*t, set->plugins[i], NULL};
     }
     qsort(set->types, set->ntypes, sizeof(*set->types), type_cmp);
@@ -447,7 +472,7 @@ static int build_types(struct plugin_set *set, char *err, size_t errlen)
             return dup_type_err(set, &set->types[i - 1], &set->types[i], err, errlen);
     }
     for (size_t i = 0; i < set->nplugins; i++) {
-        if (check_skills(set->plugins[i], err, errlen) < 0)
+        if (set->plugins[i]->types != NULL && check_skills(set->plugins[i], err, errlen) < 0)
             return -EINVAL;
     }
     for (size_t i = 0; i < set->ntypes; i++) {
@@ -559,6 +584,34 @@ static int start_one(struct plugin *p, char *err, size_t errlen)
                    perr[0] != '\0' ? perr : rc_str(rc));
 }
 
+static const char *const no_types[] = {NULL};
+
+/* After start(): ask each plugin whose configuration decides its types
+ * (ABI 1.2) for them, check them and build the table again. */
+static int configured_types(struct plugin_set *set, char *err, size_t errlen)
+{
+    int any = 0;
+    for (size_t i = 0; i < set->nplugins; i++) {
+        struct plugin *p = set->plugins[i];
+        if (types_fn(p) == NULL)
+            continue;
+        struct exitguard_site site = {.plugin = p->name, .call = "types()"};
+        const struct exitguard_site *prev = exitguard_enter(&site);
+        p->types = types_fn(p)(p->state);
+        exitguard_leave(prev);
+        if (p->types == NULL || p->types[0] == NULL) {
+            /* Unconfigured (e.g. exec installed but not set up): loaded,
+             * serving nothing. */
+            p->types = no_types;
+            log_notice("plugin %s: its configuration declares no task types", p->name);
+        } else if (check_types(p, err, errlen) < 0) {
+            return -EINVAL;
+        }
+        any = 1;
+    }
+    return any ? build_types(set, err, errlen) : 0;
+}
+
 static int run_plugins(struct plugin_set *set, const struct cfg *cfg, char *err, size_t errlen)
 {
     int rc = 0;
@@ -570,6 +623,8 @@ static int run_plugins(struct plugin_set *set, const struct cfg *cfg, char *err,
     }
     for (size_t i = 0; rc == 0 && i < set->nplugins; i++)
         rc = start_one(set->plugins[i], err, errlen);
+    if (rc == 0)
+        rc = configured_types(set, err, errlen);
     return rc;
 }
 
@@ -603,7 +658,7 @@ static void log_loaded(const struct plugin_set *set)
         const struct plugin *p = set->plugins[i];
         char types[AVT_ERRLEN] = "";
         size_t len = 0;
-        for (const char *const *t = p->desc->task_types; *t != NULL && len < sizeof(types); t++)
+        for (const char *const *t = p->types; *t != NULL && len < sizeof(types); t++)
             len += (size_t)snprintf(types + len, sizeof(types) - len, "%s%s", len ? " " : "", *t);
         log_info("plugin %s %s loaded from %s: types %s", p->name, p->desc->version, p->path,
                  types);
@@ -656,9 +711,7 @@ void plugin_set_destroy(struct plugin_set *set)
         free(p->name);
         free(p);
     }
-    for (size_t i = 0; i < set->ntypes; i++)
-        json_decref(set->types[i].skill);
-    free(set->types);
+    free_types(set);
     free(set->plugins);
     free(set);
 }

@@ -31,10 +31,13 @@ struct plugin {
     char *path;  /* the .so file */
     char *name;  /* copy of desc->name */
     int started; /* init() succeeded; shutdown() is owed */
+    /* Its task types: desc->task_types, or what types() (ABI 1.2) returned
+     * after start(); NULL until known. */
+    const char *const *types;
 };
 
 struct plugin_type {
-    const char *type; /* points into the plugin's descriptor */
+    const char *type; /* points into the plugin's descriptor or state */
     struct plugin *plugin;
     json_t *skill; /* what the type advertises: its SkillInfo (skill.h) */
 };

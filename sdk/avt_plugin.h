@@ -63,7 +63,7 @@ extern "C" {
 
 /* ABI version of this header. See "Versioning" above. */
 #define AVT_ABI_MAJOR 1
-#define AVT_ABI_MINOR 1
+#define AVT_ABI_MINOR 2
 #define AVT_ABI_VERSION ((uint32_t)((AVT_ABI_MAJOR << 16) | AVT_ABI_MINOR))
 #define AVT_ABI_VERSION_MAJOR(v) ((uint32_t)(v) >> 16)
 #define AVT_ABI_VERSION_MINOR(v) ((uint32_t)(v)&0xffffu)
@@ -315,6 +315,17 @@ struct avt_plugin {
     /* ABI 1.1, optional: descriptions of the task types (struct avt_skill),
      * ended by an entry whose type is NULL. */
     const struct avt_skill *skills;
+
+    /*
+     * ABI 1.2, optional: the task types, when the configuration decides
+     * them (a plugin whose types an operator declares, like exec). Called
+     * on the main thread after start(); returns a NULL-terminated array
+     * owned by the plugin's state, valid until shutdown(). When set, it
+     * replaces task_types (which may then be NULL); the types are checked
+     * like task_types, and .skills may describe them. An empty list (or
+     * NULL) is allowed: the plugin is loaded and serves no type.
+     */
+    const char *const *(*types)(void *state);
 };
 
 /*
@@ -339,6 +350,7 @@ struct avt__plugin_fields {
     int (*handle)(void *state, struct avt_task *task) = nullptr;
     void (*shutdown)(void *state) = nullptr;
     const struct avt_skill *skills = nullptr;
+    const char *const *(*types)(void *state) = nullptr;
 };
 
 static inline constexpr struct avt_plugin avt__plugin_make(struct avt__plugin_fields f)
@@ -348,7 +360,7 @@ static inline constexpr struct avt_plugin avt__plugin_make(struct avt__plugin_fi
             f.task_types,    f.init,
             f.configure,     f.start,
             f.handle,        f.shutdown,
-            f.skills};
+            f.skills,        f.types};
 }
 
 #define AVT_PLUGIN(...)                                                                            \

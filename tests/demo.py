@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """make demo: start the local test orchestrator (tests/orchestrator/fakeorch.py)
-and avtworkerd with the example plugins (and a local web server for the
+and avtworkerd with the example plugins (exec with a checksum type and, when
+ffmpeg is installed, the shipped transcode; a local web server for the
 http_fetch job), push a few jobs of each kind through,
 print their results as a table, stop everything.
 
@@ -63,6 +64,30 @@ def detected(logpath):
     return ""
 
 
+def exec_setup(tmp):
+    """A worker.ini for the exec plugin: a checksum type declared here, and
+    the shipped ffmpeg example (conf/exec.d/transcode.json) with a
+    generated clip when ffmpeg is installed. Returns (its worker.ini section,
+    clip or None)."""
+    types = os.path.join(tmp, "exec.d")
+    os.makedirs(types)
+    os.chmod(tmp, 0o755)
+    os.chmod(types, 0o755)
+    with open(os.path.join(types, "checksum.json"), "w") as f:
+        json.dump({"argv": ["sha256sum", "--", "{params.path}"], "result": "text",
+                   "result_key": "sha256sum"}, f)
+    clip = None
+    if shutil.which("ffmpeg"):
+        shutil.copy(os.path.join(ROOT, "conf", "exec.d", "transcode.json"), types)
+        clip = os.path.join(tmp, "clip.mp4")
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                        "testsrc=duration=2:size=320x240:rate=25", "-c:v", "mpeg4", "-y", clip],
+                       check=True)
+    for name in os.listdir(types):
+        os.chmod(os.path.join(types, name), 0o644)
+    return "[plugin.exec]\ntypes_dir = %s\nwork_dir = %s\n" % (types, tmp), clip
+
+
 def start_web_server():
     """The local HTTP server the http_fetch job fetches from (the unit
     tests' tests/unit/http_test_server.py); it exits when its stdin closes.
@@ -72,7 +97,7 @@ def start_web_server():
     return p, "http://127.0.0.1:%d" % int(p.stdout.readline())
 
 
-def jobs_of(o, web):
+def jobs_of(o, web, clip):
     jobs = [
         ("echo", o.create_job("echo", {"msg": "hello from avtworkerd"})),
         ("echo", o.create_job("echo", {"n": 42, "list": [1, 2, 3]})),
@@ -86,7 +111,12 @@ def jobs_of(o, web):
                                                     "message": "cannot ever work"})),
         ("http_fetch (2 redirects)", o.create_job("http_fetch", {"url": web + "/redirect?n=1",
                                                                  "headers": ["content-type"]})),
+        ("exec: sha256sum of a file", o.create_job("checksum", {"path": "/etc/os-release"})),
     ]
+    if clip is not None:
+        jobs.append(("exec: ffmpeg transcode (2 s clip)",
+                     o.create_job("transcode", {"input": clip, "output": clip + ".h264.mp4",
+                                                "duration": 2})))
     return jobs
 
 
@@ -94,6 +124,8 @@ def describe(j):
     last = (j.get("results") or [{}])[-1]
     if j["status"] == "finished" and "final_url" in j["state_history"]:
         return "final_url=" + j["state_history"]["final_url"]
+    if j["status"] == "finished" and "sha256sum" in j["state_history"]:
+        return "sha256sum: " + j["state_history"]["sha256sum"].strip()
     if j["status"] == "finished":
         return json.dumps(j["state_history"], separators=(",", ":"), ensure_ascii=False)
     if last.get("status") == "cancelled":
@@ -128,10 +160,13 @@ def main():
     ok = False
     # The http_fetch plugin refuses loopback addresses unless told: open
     # exactly the demo web server's.
+    tmp = tempfile.mkdtemp(prefix="avtworkerd-demo-exec.")
+    exec_ini, clip = exec_setup(tmp)
     ini = state + ".ini"
     os.makedirs(BUILD, exist_ok=True)
     with open(ini, "w") as f:
         f.write("[plugin.http_fetch]\nallow_networks = 127.0.0.1/32\nuser_agent = avtworkerd-demo\n")
+        f.write(exec_ini)
     web, web_url = start_web_server()
     with FakeOrch(poll_timeout=5, protocol=PROTOCOL) as o:
         print("test orchestrator (RXON %s) listening on %s" % (PROTOCOL, o.url))
@@ -146,7 +181,7 @@ def main():
             print("avtworkerd registered as %s (pid %d); log: %s" % (WORKER, daemon.pid, logf.name))
             print("  %s\n" % detected(logf.name))
             wait(daemon, logf.name, lambda: o.ws_connected(WORKER), "its WebSocket")
-            jobs = jobs_of(o, web_url)
+            jobs = jobs_of(o, web_url, clip)
             cancel_id = o.create_job("sleep", {"seconds": 60})
             jobs.append(("sleep 60 s, cancelled after 1 s", cancel_id))
             time.sleep(1)
@@ -166,7 +201,7 @@ def main():
         table(jobs, recs)
         print("\navtworkerd exited with status %s after SIGTERM" % daemon.returncode)
         expected = ["finished", "finished", "finished", "finished", "finished", "quarantined",
-                    "finished", "cancelled"]
+                    "finished", "finished"] + (["finished"] if clip else []) + ["cancelled"]
         ok = [j["status"] for j in recs] == expected and daemon.returncode == 0
     web.stdin.close()
     web.wait(timeout=10)
@@ -174,6 +209,7 @@ def main():
     if not os.environ.get("DEMO_KEEP_LOG") and ok:
         os.unlink(logf.name)
     shutil.rmtree(state, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
     print("demo %s" % ("OK" if ok else "FAILED (expected %s); daemon log: %s" % (expected, logf.name)))
     return 0 if ok else 1
 

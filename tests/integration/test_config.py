@@ -6,6 +6,7 @@ masked; each kind of bad configuration exits 78 (EX_CONFIG) with
 the dump; a missing or unreadable -c file is a clear error."""
 import os
 import re
+import shutil
 
 from avt import *  # noqa: F401,F403
 from avt import ROOT, check, run_daemon, test, main
@@ -75,8 +76,19 @@ def shipped_examples_are_valid(t):
     """Every commented example value in conf/worker.ini is accepted."""
     with open(SHIPPED) as f:
         text = uncomment_examples(f.read())
-    r = check_config(t, t.ini(text), plugins=("echo", "steps", "imaging", "http_fetch"))
+    # [plugin.exec]: the shipped example type when ffmpeg is there (the
+    # plugin checks that its program exists), else a stand-in.
+    types = os.path.join(ROOT, "conf", "exec.d")
+    if shutil.which("ffmpeg") is None:
+        types = t.path("exec.d")
+        t.write("exec.d/true.json", '{"argv": ["true"]}')
+        os.chmod(types, 0o755)
+    check("types_dir = /etc/avtworkerd/exec.d\n" in text, "the exec example changed")
+    text = text.replace("types_dir = /etc/avtworkerd/exec.d\n", "types_dir = %s\n" % types)
+    r = check_config(t, t.ini(text), plugins=("echo", "steps", "imaging", "http_fetch", "exec"))
     expect_ok(r)
+    check(dump_value(r.stdout, "types_dir", "plugin.exec") == types, r.stdout)
+    check(re.search(r"^#   exec 1\.0\.0 \(.*\): (transcode|true)$", r.stdout, re.M), r.stdout)
     check(dump_value(r.stdout, "allow_hosts", "plugin.http_fetch") is not None, r.stdout)
     check(dump_value(r.stdout, "transcribe", "limits") == "1", r.stdout)
     check(dump_value(r.stdout, "transcribe.timeout", "limits") == "600", r.stdout)

@@ -29,6 +29,9 @@ FILES = {  # path: mode
     "usr/lib/pkgconfig/avtworker-sdk.pc": 0o644,
     UNIT: 0o644,
     GPU_DROPIN: 0o644,
+    "usr/lib/avtworkerd/exec.so": 0o755,
+    "usr/share/avtworkerd/exec.conf": 0o644,
+    "usr/share/avtworkerd/exec.d/transcode.json": 0o644,
     "etc/avtworkerd/worker.ini.example": 0o644,
     "etc/avtworkerd/worker.ini": 0o640,
 }

@@ -41,14 +41,14 @@ def no_symbol_refused(t):
 
 @test
 def abi_major_refused(t):
-    refused_alone(t, "bad_abi_major", ": plugin ABI 2.0, this avtworkerd speaks 1.1: rebuild the "
-                  "plugin against avtworkerd", "(avt_plugin.h ABI 1.1)")
+    refused_alone(t, "bad_abi_major", ": plugin ABI 2.0, this avtworkerd speaks 1.2: rebuild the "
+                  "plugin against avtworkerd", "(avt_plugin.h ABI 1.2)")
 
 
 @test
 def newer_abi_minor_refused(t):
-    refused_alone(t, "bad_abi_minor", ": plugin built against ABI 1.2, newer than this "
-                  "avtworkerd's 1.1: rebuild the plugin against avtworkerd", "or upgrade avtworkerd")
+    refused_alone(t, "bad_abi_minor", ": plugin built against ABI 1.3, newer than this "
+                  "avtworkerd's 1.2: rebuild the plugin against avtworkerd", "or upgrade avtworkerd")
 
 
 @test

@@ -29,7 +29,7 @@
  * it. These sizes may only grow (minor bump, fields appended) or change with
  * a major bump; update them deliberately. */
 #if defined(__x86_64__) && defined(__LP64__)
-_Static_assert(sizeof(struct avt_plugin) == 80, "struct avt_plugin changed size");
+_Static_assert(sizeof(struct avt_plugin) == 88, "struct avt_plugin changed size");
 _Static_assert(sizeof(struct avt_task) == 72, "struct avt_task changed size");
 _Static_assert(sizeof(struct avt_host) == 96, "struct avt_host changed size");
 _Static_assert(sizeof(struct avt_skill) == 64, "struct avt_skill changed size");
@@ -44,6 +44,8 @@ _Static_assert(offsetof(struct avt_host, log) == 80, "avt_host layout changed");
 _Static_assert(offsetof(struct avt_plugin, skills) == 72, "avt_plugin 1.1 layout changed");
 _Static_assert(offsetof(struct avt_task, deadline) == 64, "avt_task 1.1 layout changed");
 _Static_assert(offsetof(struct avt_host, emit_event) == 88, "avt_host 1.1 layout changed");
+/* ABI 1.2 appended: */
+_Static_assert(offsetof(struct avt_plugin, types) == 80, "avt_plugin 1.2 layout changed");
 #endif
 _Static_assert(offsetof(struct plugin, host) == 0, "plugin_of_host() needs host first");
 
@@ -51,7 +53,7 @@ TEST(abi_sizes_pinned)
 {
     /* The real check is the _Static_assert above; this records it ran. */
 #if defined(__x86_64__)
-    EXPECT_EQ_INT(sizeof(struct avt_plugin), 80);
+    EXPECT_EQ_INT(sizeof(struct avt_plugin), 88);
     EXPECT_EQ_INT(sizeof(struct avt_host), 96);
 #endif
     EXPECT_EQ_INT(AVT_ABI_VERSION_MAJOR(AVT_ABI_VERSION), AVT_ABI_MAJOR);
@@ -281,6 +283,49 @@ TEST(registry_is_sorted_across_plugins)
     EXPECT_EQ_STR(plugin_set_find(set, "plain_b")->name, "good_plain");
     EXPECT(plugin_set_find(set, "good_config") == NULL);
     plugin_set_destroy(set);
+    free_keys(&cfg);
+    remove_dir(dir);
+}
+
+TEST(configured_types_join_the_registry)
+{
+    char *dir = make_dir();
+    char err[AVT_ERRLEN] = "";
+    struct cfg cfg = {0};
+    add_key(&cfg, "good_types", "types", "zeta alpha", 2);
+    link_plugin(dir, "good_plain.so", "good_plain");
+    link_plugin(dir, "good_types.so", "good_types");
+    struct plugin_set *set = NULL;
+    int rc = plugin_set_load(dir, &cfg, NULL, &set, err, sizeof(err));
+    EXPECT_EQ_INT(rc, 0);
+    ASSERT(set != NULL);
+    EXPECT_EQ_INT(set->ntypes, 4);
+    for (size_t i = 1; i < set->ntypes; i++)
+        EXPECT(strcmp(set->types[i - 1].type, set->types[i].type) < 0);
+    EXPECT_EQ_STR(plugin_set_find(set, "alpha")->name, "good_types");
+    EXPECT_EQ_STR(plugin_set_find(set, "zeta")->name, "good_types");
+    EXPECT_EQ_STR(plugin_set_find(set, "plain_a")->name, "good_plain");
+    EXPECT(set->types[0].skill != NULL);
+    plugin_set_destroy(set);
+    free_keys(&cfg);
+
+    /* No type configured: loaded, serving nothing. */
+    add_key(&cfg, "good_types", "types", "", 2);
+    rc = plugin_set_load(dir, &cfg, NULL, &set, err, sizeof(err));
+    EXPECT_EQ_INT(rc, 0);
+    ASSERT(set != NULL);
+    EXPECT_EQ_INT(set->ntypes, 2);
+    EXPECT(plugin_set_find(set, "zeta") == NULL);
+    plugin_set_destroy(set);
+    free_keys(&cfg);
+    /* A bad name, a type another plugin has. */
+    add_key(&cfg, "good_types", "types", "ok bad/name", 2);
+    load_fails(dir, &cfg, err);
+    EXPECT_CONTAINS(err, "task type #2 \"bad/name\" is invalid");
+    free_keys(&cfg);
+    add_key(&cfg, "good_types", "types", "plain_b", 2);
+    load_fails(dir, &cfg, err);
+    EXPECT_CONTAINS(err, "task type 'plain_b' is claimed by both good_plain");
     free_keys(&cfg);
     remove_dir(dir);
 }

@@ -1,0 +1,91 @@
+/*
+ * exec.h - the parts of the exec plugin (exec.c: plugin and task; decl.c:
+ * a type's declaration file; run.c: one child process from fork to reap).
+ * Private to the plugin; built against sdk/ only.
+ */
+#ifndef AVT_PLUGINS_EXEC_H
+#define AVT_PLUGINS_EXEC_H
+
+#include <avt_plugin.h>
+
+#include <regex.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#define EXEC_ERRLEN 512
+#define EXEC_LINE_MAX 4096 /* longest line looked at for progress */
+
+enum exec_result { EXEC_RESULT_JSON, EXEC_RESULT_TEXT, EXEC_RESULT_NONE };
+enum exec_psource { EXEC_PROGRESS_NONE, EXEC_PROGRESS_STDOUT, EXEC_PROGRESS_STDERR, EXEC_PROGRESS_FD };
+
+/* One declared task type: immutable once decl_load() returned. */
+struct exec_type {
+    char *name;
+    char **argv; /* templates, NULL-terminated; argv[0] has no placeholder */
+    size_t argc;
+    char *path; /* argv[0] resolved at load */
+    int stdin_params;
+    enum exec_result result;
+    char *result_key; /* EXEC_RESULT_TEXT */
+    size_t stdout_max, stderr_tail;
+    enum exec_psource psource;
+    int pfd; /* EXEC_PROGRESS_FD: 3..9 */
+    int has_pattern;
+    regex_t pattern; /* one capture: the progress value */
+    double scale, total;
+    char *total_param; /* or NULL: total is the constant */
+    const char *exit_codes[256]; /* error code of each exit status 1..255 */
+    char **envp;                 /* NAME=value, NULL-terminated (TMPDIR added per task) */
+    long rl_cpu, rl_as_mb, rl_nofile; /* -1: not set */
+    int has_nice, nice;
+    double kill_grace;
+};
+
+/* Load and check one declaration file (a JSON object) as type `name`;
+ * `env` is the environment the allowlist picks from. NULL with the reason
+ * in err. */
+struct exec_type *decl_load(const char *file, const char *name, char *const *env, char *err,
+                            size_t errlen);
+void decl_free(struct exec_type *t);
+
+/* A running command, from spawn to its reaping. */
+enum exec_stop { EXEC_STOP_NONE, EXEC_STOP_CANCEL, EXEC_STOP_DEADLINE, EXEC_STOP_OVERSIZE };
+
+struct exec_line {
+    char buf[EXEC_LINE_MAX];
+    size_t len;
+    int overlong; /* the current line is past EXEC_LINE_MAX: not progress */
+};
+
+struct exec_run {
+    const struct exec_type *ty;
+    struct avt_task *task;
+    double total;  /* the progress total of this task */
+    pid_t pid;     /* also the process group */
+    int fds[3];    /* parent ends: stdout, stderr, progress fd; -1 when closed */
+    char *out; /* stdout kept for the result */
+    size_t out_len, out_cap;
+    char *tail; /* last stderr_tail bytes of stderr, a ring */
+    size_t tail_pos, tail_len;
+    struct exec_line lines[3];
+    double percent; /* last progress reported, -1 before any */
+    int status;     /* wait status once reaped */
+    enum exec_stop stop;
+};
+
+/* Run argv (argv[0] is the resolved path) in workdir with envp, stdin from
+ * `input` (or /dev/null when NULL), until it ends or is stopped; the
+ * command's process group is gone when it returns. 0, or -errno with the
+ * reason in err when it could not be started. */
+int run_command(struct exec_run *r, char *const *argv, char *const *envp, const char *workdir,
+                const char *input, char *err, size_t errlen);
+void run_free(struct exec_run *r);
+
+/* The stderr tail as a string (valid UTF-8 start); caller frees. */
+char *run_stderr_tail(const struct exec_run *r);
+
+/* One progress line of the command (without its newline). 1 when it was a
+ * progress line (consumed), 0 otherwise. */
+int progress_line(struct exec_run *r, const char *line);
+
+#endif /* AVT_PLUGINS_EXEC_H */
