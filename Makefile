@@ -2,6 +2,7 @@
 #
 #   make                      build/avtworkerd, build/plugins/*.so, build/avtworker-sdk.pc
 #   make test                 unit + integration tests; ends with "N passed, N failed"
+#   make WERROR=1 all test-build bench-build fuzz-build   everything CI compiles, -Werror
 #   make test SANITIZE=address,undefined    (or SANITIZE=thread): builds into build-<san>/
 #   make test VALGRIND=1      integration tests under valgrind
 #   make install PREFIX=/usr DESTDIR=/tmp/pkg
@@ -171,9 +172,15 @@ $(BUILD)/avtworker-sdk.pc: sdk/avtworker-sdk.pc.in Makefile $(BUILD)/.install-pa
 	    -e 's|@PLUGINDIR@|$(PLUGINDIR)|g' -e 's|@VERSION@|$(shell sed -n 's/^#define AVT_VERSION "\(.*\)"/\1/p' daemon/util.h)|g' \
 	    $< > $@
 
+# Everything the tests and the benchmarks compile, run nothing: CI's
+# warning-free build is `make WERROR=1 all test-build bench-build fuzz-build`.
+.PHONY: test-build bench-build
+test-build: all $(TEST_PLUGINS) $(UNIT_BINS)
+bench-build: all $(BENCH_PLUGINS) $(BUILD)/bench/floor
+
 # ffmpeg is a test dependency only (the exec plugin's transcode tests):
 # installed like the build packages when root, else those tests are skipped.
-test check: all $(TEST_PLUGINS) $(UNIT_BINS)
+test check: test-build
 	@DEPS_EXTRA=ffmpeg tools/deps.sh 2>/dev/null || \
 	    echo "# ffmpeg is not installed: the exec plugin's ffmpeg tests are skipped"
 	@BUILD=$(BUILD) SANITIZE=$(SANITIZE) VALGRIND=$(VALGRIND) PYTHON=$(PYTHON) tests/run.sh
@@ -218,9 +225,9 @@ $(BUILD)/bench/floor: bench/floor.c | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(CC) $(AVT_CFLAGS) $(CFLAGS) $(HARDEN_LD) $(LDFLAGS) -o $@ $< $(LDLIBS_AVT)
 .PHONY: bench-smoke soak
-bench: all $(BENCH_PLUGINS) $(BUILD)/bench/floor
+bench: bench-build
 	@BUILD=$(BUILD) $(PYTHON) bench/bench.py --runs $(RUNS) --protocol $(PROTOCOL)
-bench-smoke: all $(BENCH_PLUGINS) $(BUILD)/bench/floor
+bench-smoke: bench-build
 	@BUILD=$(BUILD) $(PYTHON) bench/bench.py --smoke --protocol 1.0b3
 	@BUILD=$(BUILD) $(PYTHON) bench/bench.py --smoke --protocol 1.0b14
 	@BUILD=$(BUILD) $(PYTHON) bench/soak.py --smoke
