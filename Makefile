@@ -18,7 +18,9 @@ LIBDIR ?= $(PREFIX)/lib
 PLUGINDIR ?= $(LIBDIR)/avtworkerd
 INCLUDEDIR ?= $(PREFIX)/include
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
-SYSCONFDIR ?= /etc
+# /etc for the system prefixes, else under PREFIX: `make install
+# PREFIX=$HOME/.local` as an ordinary user writes nothing outside it.
+SYSCONFDIR ?= $(if $(filter /usr /usr/local,$(PREFIX)),/etc,$(PREFIX)/etc)
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 MANDIR ?= $(PREFIX)/share/man
 DATADIR ?= $(PREFIX)/share
@@ -245,8 +247,10 @@ install: all
 	install -Dm0644 $(BUILD)/avtworker-sdk.pc $(DESTDIR)$(PKGCONFIGDIR)/avtworker-sdk.pc
 	install -Dm0644 conf/worker.ini $(DESTDIR)$(SYSCONFDIR)/avtworkerd/worker.ini.example
 	@# A live configuration is never overwritten: worker.ini only when there is none.
+	@# Mode 0644: the unit's DynamicUser must read it; the token goes in a token
+	@# file (the unit's LoadCredential), never in worker.ini.
 	test -e $(DESTDIR)$(SYSCONFDIR)/avtworkerd/worker.ini || \
-	    install -m0640 conf/worker.ini $(DESTDIR)$(SYSCONFDIR)/avtworkerd/worker.ini
+	    install -m0644 conf/worker.ini $(DESTDIR)$(SYSCONFDIR)/avtworkerd/worker.ini
 	install -d $(DESTDIR)$(UNITDIR)
 	sed -e 's|/usr/local/sbin/avtworkerd|$(BINDIR)/avtworkerd|g' \
 	    -e 's|/usr/local/share/avtworkerd/|$(DATADIR)/avtworkerd/|g' \
