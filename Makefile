@@ -7,6 +7,8 @@
 #   make test VALGRIND=1      integration tests under valgrind
 #   make install PREFIX=/usr DESTDIR=/tmp/pkg
 #   make demo                 local orchestrator + daemon + a few jobs of each kind
+#   make deb                  Debian packages into build-deb/; make deb-test (root): build,
+#                             lintian, dpkg -i, the tutorial, run-once, purge
 #   make format | lint | clean | uninstall
 #
 # CFLAGS belongs to the user (default -O2 -g); the project's flags live in
@@ -123,8 +125,10 @@ DEPS_STAMP = $(BUILD)/.deps-ok
 all: $(BUILD)/avtworkerd $(PLUGINS) $(BUILD)/avtworker-sdk.pc
 
 deps: $(DEPS_STAMP)
+# NO_DEPS=1: the caller has installed the build dependencies (the Debian
+# package's Build-Depends): no check, no apt-get.
 $(DEPS_STAMP): tools/deps.sh
-	@tools/deps.sh
+	@$(if $(filter 1,$(NO_DEPS)),:,tools/deps.sh)
 	@mkdir -p $(@D) && touch $@
 
 $(BUILD)/obj/%.o: %.c | $(DEPS_STAMP)
@@ -141,8 +145,8 @@ $(BUILD)/avtworkerd: $(MAIN_OBJ) $(LIBAVTD)
 .SECONDEXPANSION:
 $(BUILD)/plugins/%.so: $$(wildcard plugins/%/*.c plugins/%/*.h) sdk/avt_plugin.h | $(DEPS_STAMP)
 	@mkdir -p $(@D)
-	$(CC) $(PLUGIN_CFLAGS) $(CFLAGS) $(PLUGIN_LDFLAGS) -o $@ $(filter %.c,$^) $(PLUGIN_LIBS) \
-	    $(PLUGIN_LIBS_$*)
+	$(CC) $(PLUGIN_CFLAGS) $(CFLAGS) $(PLUGIN_LDFLAGS) $(LDFLAGS) -o $@ $(filter %.c,$^) \
+	    $(PLUGIN_LIBS) $(PLUGIN_LIBS_$*)
 
 $(BUILD)/tests/plugins/%.so: tests/plugins/%.c sdk/avt_plugin.h | $(DEPS_STAMP)
 	@mkdir -p $(@D)
@@ -238,6 +242,19 @@ bench-smoke: bench-build
 # is lost.
 soak: all $(BENCH_PLUGINS)
 	@BUILD=$(BUILD) $(PYTHON) bench/soak.py
+
+# Debian packages (debian/): `make deb` builds avtworkerd and avtworkerd-dev
+# from a clean copy of the tree with dpkg-buildpackage into DEB_OUT;
+# `make deb-test` (root only, else skipped) builds, lints, installs, uses and
+# purges them on this machine (tests/deb-test.sh; CI runs it).
+DEB_OUT ?= build-deb
+.PHONY: deb deb-test
+deb:
+	@DEPS_EXTRA="debhelper dpkg-dev" tools/deps.sh
+	@tools/deb.sh $(DEB_OUT)
+deb-test:
+	@if [ "$$(id -u)" = 0 ]; then DEPS_EXTRA="debhelper dpkg-dev lintian" tools/deps.sh; fi
+	@tests/deb-test.sh
 
 install: all
 	install -Dm0755 $(BUILD)/avtworkerd $(DESTDIR)$(BINDIR)/avtworkerd
