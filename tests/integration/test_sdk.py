@@ -67,6 +67,11 @@ def readme_tutorial_works_verbatim_as_an_ordinary_user(t):
             for name in [d] + [os.path.join(d, x) for x in dirs + files]:
                 os.lchown(name, NOBODY, NOBODY)
     env = {"HOME": home, "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    # A sanitizer run's build directory is rebuilt with the same flags
+    # (make reads SANITIZE from the environment, as under `make test`).
+    for k in ("SANITIZE", "ASAN_OPTIONS", "UBSAN_OPTIONS", "TSAN_OPTIONS"):
+        if k in os.environ:
+            env[k] = os.environ[k]
     r = subprocess.run(as_user(["bash", "-euc", install]), cwd=ROOT, env=dict(env, BUILD=build),
                        capture_output=True, text=True, timeout=tmo(300))
     check(r.returncode == 0, "the tutorial's make install failed", r.stdout, r.stderr)
