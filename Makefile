@@ -2,10 +2,13 @@
 #
 #   make                      build/avtworkerd, build/plugins/*.so, build/avtworker-sdk.pc
 #   make test                 unit + integration tests; ends with "N passed, N failed"
+#   make WERROR=1 all test-build bench-build fuzz-build   everything CI compiles, -Werror
 #   make test SANITIZE=address,undefined    (or SANITIZE=thread): builds into build-<san>/
 #   make test VALGRIND=1      integration tests under valgrind
 #   make install PREFIX=/usr DESTDIR=/tmp/pkg
 #   make demo                 local orchestrator + daemon + a few jobs of each kind
+#   make deb                  Debian packages into build-deb/; make deb-test (root): build,
+#                             lintian, dpkg -i, the tutorial, run-once, purge
 #   make format | lint | clean | uninstall
 #
 # CFLAGS belongs to the user (default -O2 -g); the project's flags live in
@@ -17,7 +20,9 @@ LIBDIR ?= $(PREFIX)/lib
 PLUGINDIR ?= $(LIBDIR)/avtworkerd
 INCLUDEDIR ?= $(PREFIX)/include
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
-SYSCONFDIR ?= /etc
+# /etc for the system prefixes, else under PREFIX: `make install
+# PREFIX=$HOME/.local` as an ordinary user writes nothing outside it.
+SYSCONFDIR ?= $(if $(filter /usr /usr/local,$(PREFIX)),/etc,$(PREFIX)/etc)
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 MANDIR ?= $(PREFIX)/share/man
 DATADIR ?= $(PREFIX)/share
@@ -120,8 +125,10 @@ DEPS_STAMP = $(BUILD)/.deps-ok
 all: $(BUILD)/avtworkerd $(PLUGINS) $(BUILD)/avtworker-sdk.pc
 
 deps: $(DEPS_STAMP)
+# NO_DEPS=1: the caller has installed the build dependencies (the Debian
+# package's Build-Depends): no check, no apt-get.
 $(DEPS_STAMP): tools/deps.sh
-	@tools/deps.sh
+	@$(if $(filter 1,$(NO_DEPS)),:,tools/deps.sh)
 	@mkdir -p $(@D) && touch $@
 
 $(BUILD)/obj/%.o: %.c | $(DEPS_STAMP)
@@ -138,8 +145,8 @@ $(BUILD)/avtworkerd: $(MAIN_OBJ) $(LIBAVTD)
 .SECONDEXPANSION:
 $(BUILD)/plugins/%.so: $$(wildcard plugins/%/*.c plugins/%/*.h) sdk/avt_plugin.h | $(DEPS_STAMP)
 	@mkdir -p $(@D)
-	$(CC) $(PLUGIN_CFLAGS) $(CFLAGS) $(PLUGIN_LDFLAGS) -o $@ $(filter %.c,$^) $(PLUGIN_LIBS) \
-	    $(PLUGIN_LIBS_$*)
+	$(CC) $(PLUGIN_CFLAGS) $(CFLAGS) $(PLUGIN_LDFLAGS) $(LDFLAGS) -o $@ $(filter %.c,$^) \
+	    $(PLUGIN_LIBS) $(PLUGIN_LIBS_$*)
 
 $(BUILD)/tests/plugins/%.so: tests/plugins/%.c sdk/avt_plugin.h | $(DEPS_STAMP)
 	@mkdir -p $(@D)
@@ -171,9 +178,15 @@ $(BUILD)/avtworker-sdk.pc: sdk/avtworker-sdk.pc.in Makefile $(BUILD)/.install-pa
 	    -e 's|@PLUGINDIR@|$(PLUGINDIR)|g' -e 's|@VERSION@|$(shell sed -n 's/^#define AVT_VERSION "\(.*\)"/\1/p' daemon/util.h)|g' \
 	    $< > $@
 
+# Everything the tests and the benchmarks compile, run nothing: CI's
+# warning-free build is `make WERROR=1 all test-build bench-build fuzz-build`.
+.PHONY: test-build bench-build
+test-build: all $(TEST_PLUGINS) $(UNIT_BINS)
+bench-build: all $(BENCH_PLUGINS) $(BUILD)/bench/floor
+
 # ffmpeg is a test dependency only (the exec plugin's transcode tests):
 # installed like the build packages when root, else those tests are skipped.
-test check: all $(TEST_PLUGINS) $(UNIT_BINS)
+test check: test-build
 	@DEPS_EXTRA=ffmpeg tools/deps.sh 2>/dev/null || \
 	    echo "# ffmpeg is not installed: the exec plugin's ffmpeg tests are skipped"
 	@BUILD=$(BUILD) SANITIZE=$(SANITIZE) VALGRIND=$(VALGRIND) PYTHON=$(PYTHON) tests/run.sh
@@ -218,9 +231,9 @@ $(BUILD)/bench/floor: bench/floor.c | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(CC) $(AVT_CFLAGS) $(CFLAGS) $(HARDEN_LD) $(LDFLAGS) -o $@ $< $(LDLIBS_AVT)
 .PHONY: bench-smoke soak
-bench: all $(BENCH_PLUGINS) $(BUILD)/bench/floor
+bench: bench-build
 	@BUILD=$(BUILD) $(PYTHON) bench/bench.py --runs $(RUNS) --protocol $(PROTOCOL)
-bench-smoke: all $(BENCH_PLUGINS) $(BUILD)/bench/floor
+bench-smoke: bench-build
 	@BUILD=$(BUILD) $(PYTHON) bench/bench.py --smoke --protocol 1.0b3
 	@BUILD=$(BUILD) $(PYTHON) bench/bench.py --smoke --protocol 1.0b14
 	@BUILD=$(BUILD) $(PYTHON) bench/soak.py --smoke
@@ -230,6 +243,19 @@ bench-smoke: all $(BENCH_PLUGINS) $(BUILD)/bench/floor
 soak: all $(BENCH_PLUGINS)
 	@BUILD=$(BUILD) $(PYTHON) bench/soak.py
 
+# Debian packages (debian/): `make deb` builds avtworkerd and avtworkerd-dev
+# from a clean copy of the tree with dpkg-buildpackage into DEB_OUT;
+# `make deb-test` (root only, else skipped) builds, lints, installs, uses and
+# purges them on this machine (tests/deb-test.sh; CI runs it).
+DEB_OUT ?= build-deb
+.PHONY: deb deb-test
+deb:
+	@DEPS_EXTRA="debhelper dpkg-dev" tools/deps.sh
+	@tools/deb.sh $(DEB_OUT)
+deb-test:
+	@if [ "$$(id -u)" = 0 ]; then DEPS_EXTRA="debhelper dpkg-dev lintian" tools/deps.sh; fi
+	@tests/deb-test.sh
+
 install: all
 	install -Dm0755 $(BUILD)/avtworkerd $(DESTDIR)$(BINDIR)/avtworkerd
 	install -d $(DESTDIR)$(PLUGINDIR)
@@ -238,8 +264,10 @@ install: all
 	install -Dm0644 $(BUILD)/avtworker-sdk.pc $(DESTDIR)$(PKGCONFIGDIR)/avtworker-sdk.pc
 	install -Dm0644 conf/worker.ini $(DESTDIR)$(SYSCONFDIR)/avtworkerd/worker.ini.example
 	@# A live configuration is never overwritten: worker.ini only when there is none.
+	@# Mode 0644: the unit's DynamicUser must read it; the token goes in a token
+	@# file (the unit's LoadCredential), never in worker.ini.
 	test -e $(DESTDIR)$(SYSCONFDIR)/avtworkerd/worker.ini || \
-	    install -m0640 conf/worker.ini $(DESTDIR)$(SYSCONFDIR)/avtworkerd/worker.ini
+	    install -m0644 conf/worker.ini $(DESTDIR)$(SYSCONFDIR)/avtworkerd/worker.ini
 	install -d $(DESTDIR)$(UNITDIR)
 	sed -e 's|/usr/local/sbin/avtworkerd|$(BINDIR)/avtworkerd|g' \
 	    -e 's|/usr/local/share/avtworkerd/|$(DATADIR)/avtworkerd/|g' \

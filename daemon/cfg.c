@@ -1399,6 +1399,22 @@ static char *default_hostname(void)
     return xstrdup(buf);
 }
 
+const char *cfg_default_plugin_dir(void)
+{
+    return AVT_PLUGINDIR;
+}
+
+const char *cfg_orch_without_credential(const struct cfg *cfg)
+{
+    if (cfg->token != NULL || cfg->tls_cert_file != NULL)
+        return NULL;
+    for (size_t i = 0; i < cfg->norchs; i++) {
+        if (cfg->orchs[i].token == NULL)
+            return cfg->orchs[i].url;
+    }
+    return NULL;
+}
+
 static struct cfg *cfg_new_defaults(void)
 {
     struct cfg *c = xcalloc(1, sizeof(*c));

@@ -178,6 +178,15 @@ int cfg_url_is_cleartext_remote(const char *url);
 
 void cfg_destroy(struct cfg *cfg);
 
+/* The plugin directory compiled in (make's PLUGINDIR), used when neither
+ * [worker] plugin_dir, AVT_PLUGIN_DIR nor -P names one. */
+const char *cfg_default_plugin_dir(void);
+
+/* The URL of the first orchestrator this worker has no credential for (no
+ * token or token_file, global or its own, and no client certificate), or
+ * NULL when every one has one. The orchestrator refuses such a worker. */
+const char *cfg_orch_without_credential(const struct cfg *cfg);
+
 /* The limit entry of a task type, or NULL when it has none. */
 const struct cfg_limit *cfg_limit_find(const struct cfg *cfg, const char *type);
 

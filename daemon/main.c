@@ -150,7 +150,15 @@ static int run(int argc, char **argv)
             printf("\n");
         }
         print_skills(set);
-        printf("# configuration OK\n");
+        const char *bare = cfg_orch_without_credential(cfg);
+        if (bare != NULL) {
+            fprintf(stderr,
+                    "avtworkerd: warning: no token for %s: the orchestrator refuses a worker "
+                    "without one; set token_file (or token) in [orchestrator], or "
+                    "WORKER_TOKEN_FILE / WORKER_TOKEN\n",
+                    bare);
+        }
+        printf("# configuration OK%s\n", bare != NULL ? ", but with no token (see stderr)" : "");
         plugin_set_destroy(set);
         cfg_destroy(cfg);
         return 0;

@@ -87,7 +87,13 @@ static int check_dir(const char *dir, char *err, size_t errlen)
     struct stat st;
     if (stat(dir, &st) < 0) {
         int e = errno;
-        fmt_err(err, errlen, "%s: cannot open plugin directory: %s", dir, strerror(e));
+        /* The compiled-in default is missing: most often avtworkerd runs
+         * from a source checkout, whose plugins are in the build tree. */
+        int builtin = e == ENOENT && strcmp(dir, cfg_default_plugin_dir()) == 0;
+        fmt_err(err, errlen, "%s: cannot open plugin directory: %s%s", dir, strerror(e),
+                builtin ? " (the built-in default; in a source checkout pass -P build/plugins, "
+                          "the plugins make built, or set [worker] plugin_dir)"
+                        : "");
         return -e;
     }
     if (!S_ISDIR(st.st_mode)) {

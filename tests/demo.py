@@ -26,7 +26,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
-from orch import FakeOrch  # noqa: E402
+from orch import FINAL, FakeOrch  # noqa: E402
 
 BUILD = os.path.join(ROOT, os.environ.get("BUILD", "build"))
 PROTOCOL = os.environ.get("DEMO_PROTOCOL", "1.0b14")
@@ -34,7 +34,7 @@ WORKER = "demo-worker"
 WRAP = 60
 
 
-class DaemonDied(Exception):
+class DemoFailed(Exception):
     pass
 
 
@@ -44,17 +44,30 @@ def log_tail(path, n=15):
 
 
 def wait(daemon, logpath, pred, what, timeout=15):
-    """pred() within timeout, unless the daemon stops first."""
+    """pred() within timeout, unless the daemon stops first: then at once,
+    with its exit status and the end of its log."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if daemon.poll() is not None:
-            raise DaemonDied("avtworkerd exited with status %d while the demo waited for %s; "
+            raise DemoFailed("avtworkerd exited with status %d while the demo waited for %s; "
                              "the end of its log:\n%s" % (daemon.returncode, what, log_tail(logpath)))
         if pred():
             return
         time.sleep(0.05)
-    raise DaemonDied("avtworkerd did not get to %s within %d s; the end of its log:\n%s"
+    raise DemoFailed("avtworkerd did not get to %s within %d s; the end of its log:\n%s"
                      % (what, timeout, log_tail(logpath)))
+
+
+def wait_jobs(o, daemon, logpath, ids, pred, what, timeout):
+    """The orchestrator's records of ids once pred holds for each."""
+    got = {}
+
+    def done():
+        recs = {j["id"]: j for j in o.jobs()["jobs"]}
+        got.update(recs)
+        return all(i in recs and pred(recs[i]) for i in ids)
+    wait(daemon, logpath, done, what, timeout)
+    return [got[i] for i in ids]
 
 
 def detected(logpath):
@@ -153,66 +166,88 @@ def table(jobs, recs):
             print("  ".join("-" * w for w in widths) + "  " + "-" * WRAP)
 
 
+def run(o, daemon, logpath, web_url, clip):
+    """The jobs through the daemon; returns (jobs, their records)."""
+    wait(daemon, logpath, lambda: any(w.get("worker_id") == WORKER for w in o.workers()),
+         "its registration")
+    print("avtworkerd registered as %s (pid %d); log: %s" % (WORKER, daemon.pid, logpath))
+    print("  %s\n" % detected(logpath))
+    wait(daemon, logpath, lambda: o.ws_connected(WORKER), "its WebSocket")
+    jobs = jobs_of(o, web_url, clip)
+    cancel_id = o.create_job("sleep", {"seconds": 60})
+    jobs.append(("sleep 60 s, cancelled after 1 s", cancel_id))
+    time.sleep(1)
+    o.cancel(cancel_id)
+    recs = wait_jobs(o, daemon, logpath, [j for _, j in jobs[:-1]],
+                     lambda j: j["status"] in FINAL, "the end of the jobs", 30)
+    recs += wait_jobs(o, daemon, logpath, [cancel_id], lambda j: j.get("results"),
+                      "the cancelled job's result", 15)
+    return jobs, recs
+
+
+def stop(daemon):
+    if daemon.poll() is None:
+        daemon.send_signal(signal.SIGTERM)
+    try:
+        daemon.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.wait()
+
+
 def main():
     logf = tempfile.NamedTemporaryFile(prefix="avtworkerd-demo.", suffix=".log", delete=False)
     state = os.path.join(BUILD, "demo-state")
     shutil.rmtree(state, ignore_errors=True)
     ok = False
-    # The http_fetch plugin refuses loopback addresses unless told: open
-    # exactly the demo web server's.
     tmp = tempfile.mkdtemp(prefix="avtworkerd-demo-exec.")
-    exec_ini, clip = exec_setup(tmp)
     ini = state + ".ini"
-    os.makedirs(BUILD, exist_ok=True)
-    with open(ini, "w") as f:
-        f.write("[plugin.http_fetch]\nallow_networks = 127.0.0.1/32\nuser_agent = avtworkerd-demo\n")
-        f.write(exec_ini)
-    web, web_url = start_web_server()
-    with FakeOrch(poll_timeout=5, protocol=PROTOCOL) as o:
-        print("test orchestrator (RXON %s) listening on %s" % (PROTOCOL, o.url))
-        env = dict(os.environ, **o.worker_env(WORKER))
-        env.update(MAX_CONCURRENT_TASKS="4", LOG_LEVEL="info", STATE_DIRECTORY=state)
-        daemon = subprocess.Popen([os.path.join(BUILD, "avtworkerd"), "-c", ini,
-                                   "-P", os.path.join(BUILD, "plugins")],
-                                  env=env, stdout=logf, stderr=logf)
-        try:
-            wait(daemon, logf.name, lambda: any(w.get("worker_id") == WORKER for w in o.workers()),
-                 "its registration")
-            print("avtworkerd registered as %s (pid %d); log: %s" % (WORKER, daemon.pid, logf.name))
-            print("  %s\n" % detected(logf.name))
-            wait(daemon, logf.name, lambda: o.ws_connected(WORKER), "its WebSocket")
-            jobs = jobs_of(o, web_url, clip)
-            cancel_id = o.create_job("sleep", {"seconds": 60})
-            jobs.append(("sleep 60 s, cancelled after 1 s", cancel_id))
-            time.sleep(1)
-            o.cancel(cancel_id)
-            recs = o.wait_jobs([j for _, j in jobs[:-1]], timeout=30)
-            recs.append(o.wait_job(cancel_id, pred=lambda j: j.get("results"), timeout=15))
-        except DaemonDied as e:
-            print("demo FAILED: %s" % e)
-            return 1
-        finally:
-            if daemon.poll() is None:
-                daemon.send_signal(signal.SIGTERM)
+    web = None
+    try:
+        exec_ini, clip = exec_setup(tmp)
+        os.makedirs(BUILD, exist_ok=True)
+        with open(ini, "w") as f:
+            # The http_fetch plugin refuses loopback addresses unless told:
+            # open exactly the demo web server's.
+            f.write("[plugin.http_fetch]\nallow_networks = 127.0.0.1/32\n"
+                    "user_agent = avtworkerd-demo\n")
+            f.write(exec_ini)
+        web, web_url = start_web_server()
+        with FakeOrch(poll_timeout=5, protocol=PROTOCOL) as o:
+            print("test orchestrator (RXON %s) listening on %s" % (PROTOCOL, o.url))
+            env = dict(os.environ, **o.worker_env(WORKER))
+            env.update(MAX_CONCURRENT_TASKS="4", LOG_LEVEL="info", STATE_DIRECTORY=state)
+            daemon = subprocess.Popen([os.path.join(BUILD, "avtworkerd"), "-c", ini,
+                                       "-P", os.path.join(BUILD, "plugins")],
+                                      env=env, stdout=logf, stderr=logf)
             try:
-                daemon.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
+                jobs, recs = run(o, daemon, logf.name, web_url, clip)
+            except DemoFailed as e:
+                print("demo FAILED: %s" % e)
+                print("daemon log: %s" % logf.name)
+                return 1
+            finally:
+                stop(daemon)
         table(jobs, recs)
         print("\navtworkerd exited with status %s after SIGTERM" % daemon.returncode)
         expected = ["finished", "finished", "finished", "finished", "finished", "quarantined",
                     "finished", "finished"] + (["finished"] if clip else []) + ["cancelled"]
         ok = [j["status"] for j in recs] == expected and daemon.returncode == 0
-    web.stdin.close()
-    web.wait(timeout=10)
-    os.unlink(ini)
-    if not os.environ.get("DEMO_KEEP_LOG") and ok:
-        os.unlink(logf.name)
-    shutil.rmtree(state, ignore_errors=True)
-    shutil.rmtree(tmp, ignore_errors=True)
-    print("demo %s" % ("OK" if ok else "FAILED (expected %s); daemon log: %s" % (expected, logf.name)))
-    return 0 if ok else 1
-
+        print("demo %s" % ("OK" if ok else "FAILED (expected %s); daemon log: %s"
+                           % (expected, logf.name)))
+        return 0 if ok else 1
+    finally:
+        if web is not None:
+            web.stdin.close()
+            web.wait(timeout=10)
+        if os.path.exists(ini):
+            os.unlink(ini)
+        if not os.environ.get("DEMO_KEEP_LOG") and ok:
+            os.unlink(logf.name)
+        elif ok:
+            print("daemon log: %s" % logf.name)
+        shutil.rmtree(state, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 if __name__ == "__main__":
     sys.exit(main())

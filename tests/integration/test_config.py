@@ -9,7 +9,7 @@ import re
 import shutil
 
 from avt import *  # noqa: F401,F403
-from avt import ROOT, check, run_daemon, test, main
+from avt import ROOT, Skip, check, run_daemon, test, main
 
 SHIPPED = os.path.join(ROOT, "conf", "worker.ini")
 SECRET = "Xy7-integration-secret"
@@ -208,6 +208,48 @@ def no_config_file_runs_on_defaults(t):
     expect_ok(r)
     check(dump_value(r.stdout, "id") == "env-only", r.stdout)
     check("# token = (not set)" in r.stdout, r.stdout)
+
+
+@test
+def no_token_at_all_is_warned_about(t):
+    """A configuration with no credential loads (run-once needs none), but
+    --check-config says the orchestrator would refuse the worker; with a
+    token, or an orchestrator entry of its own with one, it says nothing."""
+    r = check_config(t, SHIPPED)
+    expect_ok(r)
+    check("warning: no token for http://localhost:8080" in r.stderr, r.stderr)
+    check("WORKER_TOKEN_FILE" in r.stderr, "the warning does not say what to set", r.stderr)
+    check("# configuration OK, but with no token" in r.stdout, r.stdout)
+    r = check_config(t, SHIPPED, env={"WORKER_TOKEN": SECRET})
+    expect_ok(r)
+    check("no token" not in r.stderr + r.stdout, r.stderr, r.stdout)
+    own = t.ini("[orchestrator.a]\nurl = http://127.0.0.1:1\ntoken = %s\n" % SECRET, name="own.ini")
+    r = check_config(t, own)
+    expect_ok(r)
+    check("no token" not in r.stderr + r.stdout, r.stderr, r.stdout)
+    two = t.ini("[orchestrator.a]\nurl = http://127.0.0.1:1\ntoken = %s\n"
+                "[orchestrator.b]\nurl = http://127.0.0.1:2\n" % SECRET, name="two.ini")
+    r = check_config(t, two)
+    expect_ok(r)
+    check("warning: no token for http://127.0.0.1:2" in r.stderr, r.stderr)
+
+
+@test
+def missing_default_plugin_dir_hints_at_the_build_tree(t):
+    """In a checkout, `--check-config -c conf/worker.ini` without -P finds
+    no plugin directory at the compiled-in default: the error says to pass
+    -P build/plugins. An explicit -P DIR that is missing gets no such hint."""
+    r = run_daemon(["--check-config", "-c", SHIPPED], env={"WORKER_TOKEN": SECRET})
+    if r.returncode == 0:
+        raise Skip("the default plugin directory exists on this machine")
+    m = re.search(r"^avtworkerd: (/\S+): cannot open plugin directory: No such file or directory",
+                  r.stderr, re.M)
+    check(m is not None, r.stderr)
+    expect_refused(r, "cannot open plugin directory")
+    check("pass -P build/plugins" in r.stderr, r.stderr)
+    r = run_daemon(["--check-config", "-c", SHIPPED, "-P", t.path("nosuch")])
+    expect_refused(r, "nosuch: cannot open plugin directory")
+    check("-P build/plugins" not in r.stderr, r.stderr)
 
 
 main()

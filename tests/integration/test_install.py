@@ -33,7 +33,7 @@ FILES = {  # path: mode
     "usr/share/avtworkerd/exec.conf": 0o644,
     "usr/share/avtworkerd/exec.d/transcode.json": 0o644,
     "etc/avtworkerd/worker.ini.example": 0o644,
-    "etc/avtworkerd/worker.ini": 0o640,
+    "etc/avtworkerd/worker.ini": 0o644,  # the unit's DynamicUser reads it
 }
 FILES.update({p: 0o644 for p in PAGES})
 
