@@ -116,6 +116,8 @@ static const struct key_def keys[] = {
     {"orchestrator", "retry_max_delay", K_DOUBLE, FIELD(retry_max_delay), 0, 86400, 1},
     {"orchestrator", "probe_every", K_INT, FIELD(probe_every), 1, 1000, 0},
     {"orchestrator", "max_task_bytes", K_INT, FIELD(max_task_bytes), 65536, 67108864, 0},
+    {"orchestrator", "max_polls", K_INT, FIELD(max_polls), 1, 64, 0},
+    {"orchestrator", "compressed_answers", K_BOOL, FIELD(compressed_answers), 0, 0, 0},
     {"orchestrator", "multi_mode", K_MULTI_MODE, FIELD(multi_mode), 0, 0, 0},
     {"orchestrator", "protocol", K_PROTOCOL, FIELD(protocol), 0, 0, 0},
     {"orchestrator", "signing_key", K_TOKEN, FIELD(signing_key), 0, 0, 0},
@@ -1442,12 +1444,13 @@ static struct cfg *cfg_new_defaults(void)
     c->url = xstrdup(URL_DEFAULT);
     c->poll_timeout = 30;
     c->heartbeat_interval = 15;
-    c->heartbeat_debounce = 0.1;
+    c->heartbeat_debounce = 1;
     c->websockets = 1;
     c->result_retry_initial_delay = 1.0;
     c->retry_max_delay = 60;
     c->probe_every = 4;
     c->max_task_bytes = 16 * 1024 * 1024;
+    c->max_polls = 8;
     if (c->installed_software == NULL || c->installed_models == NULL || c->cost_per_skill == NULL ||
         c->extra == NULL)
         fatalx("cfg: out of memory building the defaults");

@@ -104,12 +104,14 @@ struct cfg {
     char *token_file;          /* WORKER_TOKEN_FILE; read at load, trailing newline stripped */
     double poll_timeout;       /* TASK_POLL_TIMEOUT; server hold, seconds, default 30 */
     double heartbeat_interval; /* HEARTBEAT_INTERVAL; seconds, default 15 */
-    double heartbeat_debounce; /* WORKER_HEARTBEAT_DEBOUNCE_DELAY; seconds, default 0.1 */
+    double heartbeat_debounce; /* WORKER_HEARTBEAT_DEBOUNCE_DELAY; seconds, default 1 */
     int websockets;            /* WORKER_ENABLE_WEBSOCKETS; default 1 */
     double result_retry_initial_delay; /* RESULT_RETRY_INITIAL_DELAY; default 1.0 */
     double retry_max_delay;            /* BACKOFF_MAX_DELAY; cap of every backoff, default 60 */
     int probe_every;                   /* empty-body liveness PATCH every N heartbeats; default 4 */
-    int max_task_bytes; /* the largest poll answer (one task) read, bytes; default 16 MiB */
+    int max_task_bytes;     /* the largest poll answer (one task) read, bytes; default 16 MiB */
+    int max_polls;          /* long-polls in flight per orchestrator at most; default 8 */
+    int compressed_answers; /* ask for gzip answers (the orchestrator pays for it); default 0 */
 
     /* The orchestrators, sorted by (priority, url); never empty: without a
      * list it holds one entry made of url (the global token applies). */

@@ -450,6 +450,7 @@ static void daemon_reload(struct daemon *d)
         if (c->log_level != d->cfg->log_level || c->log_format != d->cfg->log_format)
             log_init(c->log_level, (enum log_format)c->log_format);
         pool_set_limits(d->pool, c);
+        http_set_compressed(d->http, c->compressed_answers);
         orchset_reconfigure(d->orchs, c, set);
         work_reconfigure(d->work, c, set);
         outbox_reconfigure(d->outbox, c);
@@ -809,7 +810,8 @@ static int daemon_setup(struct daemon *d, struct cfg *cfg)
     struct http_opts hopts = {.ca_file = cfg->tls_ca_file,
                               .cert_file = cfg->tls_cert_file,
                               .key_file = cfg->tls_key_file,
-                              .insecure = cfg->tls_insecure};
+                              .insecure = cfg->tls_insecure,
+                              .compressed = cfg->compressed_answers};
     d->http = http_create(d->loop, &hopts);
     d->taskstats = taskstats_create();
     tasks_setup(d, cfg);

@@ -114,6 +114,7 @@ struct http {
     char *user_agent;
     char *ca_file, *cert_file, *key_file;
     int insecure;
+    int compressed; /* offer Accept-Encoding: gzip */
     size_t max_body;
     long connect_timeout_ms;
     struct http_req *reqs; /* in flight, connect-only included */
@@ -682,11 +683,16 @@ struct http_req *http_request(struct http *h, const char *method, const char *ur
     curl_easy_setopt(req->easy, CURLOPT_WRITEDATA, req);
     curl_easy_setopt(req->easy, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(req->easy, CURLOPT_HEADERDATA, req);
-    curl_easy_setopt(req->easy, CURLOPT_ACCEPT_ENCODING, "gzip");
+    curl_easy_setopt(req->easy, CURLOPT_ACCEPT_ENCODING, h->compressed ? "gzip" : NULL);
     curl_easy_setopt(req->easy, CURLOPT_TIMEOUT_MS, to_ms(timeout));
     setup_method(req, method, headers, body, len);
     req_start(h, req);
     return req;
+}
+
+void http_set_compressed(struct http *h, int on)
+{
+    h->compressed = on;
 }
 
 void http_set_max_body(struct http_req *req, size_t max_body)
@@ -979,6 +985,7 @@ struct http *http_create(struct ev_loop *loop, const struct http_opts *opts)
     h->cert_file = opts->cert_file ? xstrdup(opts->cert_file) : NULL;
     h->key_file = opts->key_file ? xstrdup(opts->key_file) : NULL;
     h->insecure = opts->insecure;
+    h->compressed = opts->compressed;
     drv_init(h, &h->main);
     curl_multi_setopt(h->main.multi, CURLMOPT_MAXCONNECTS, (long)MAX_CONNECTS);
     curl_multi_setopt(h->main.multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);

@@ -29,6 +29,10 @@ struct http_opts {
     const char *cert_file;
     const char *key_file;
     int insecure; /* 1: do not verify the server (loudly logged by the caller) */
+    /* 1: offer "Accept-Encoding: gzip". Off by default: the orchestrator
+     * compresses every answer of 500 bytes or more at gzip level 9 when
+     * asked, CPU that a fast network does not pay back (http_set_compressed). */
+    int compressed;
 };
 
 struct http_response {
@@ -77,6 +81,9 @@ struct http_req *http_request(struct http *h, const char *method, const char *ur
  * byte is kept, a longer one when it passes the limit (too_large).
  */
 void http_set_max_body(struct http_req *req, size_t max_body);
+
+/* Offer gzip (1) or not (0) in the requests made from now on (reload). */
+void http_set_compressed(struct http *h, int on);
 
 /* Cancel one request: its callback runs now with cancelled = 1. */
 void http_cancel(struct http_req *req);

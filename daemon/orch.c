@@ -44,6 +44,17 @@
  * poll given up early can lose the task the server pops for it (2.2), so
  * err on the side of a busy orchestrator answering late. */
 #define POLL_MARGIN 15.0
+#define POLLS_MAX 64 /* the ceiling of [orchestrator] max_polls (cfg.c) */
+
+/* One long-poll in flight. */
+struct poll {
+    struct orch *o;
+    struct http_req *req; /* NULL: this entry is free */
+    /* The plugins in force when it was sent: a reload may retire them
+     * before its answer arrives (orch_poll_uses). */
+    const struct plugin_set *plugins;
+    double sent; /* now_mono() */
+};
 
 struct orch {
     struct ev_loop *loop;
@@ -82,14 +93,15 @@ struct orch {
     ev_timer register_timer;
     struct backoff register_backoff;
 
-    struct http_req *poll_req;
-    /* The plugins the poll in flight was sent under: a reload may retire
-     * them before its answer arrives (orch_poll_uses). */
-    const struct plugin_set *poll_plugins;
+    struct poll polls[POLLS_MAX];
+    int npolls; /* in flight */
+    /* How many may be in flight: 1 after a poll came back empty (an idle
+     * worker holds one poll, as the SDK does), max_polls once one brought a
+     * task (a backlog is fetched by several at once). */
+    int poll_fanout;
     ev_timer poll_timer; /* pause after a failed poll */
     struct backoff poll_backoff;
-    double poll_sent;          /* now_mono() when the poll in flight was sent */
-    ev_timer poll_hold_end;    /* while draining: gives up a poll unanswered after its hold */
+    ev_timer poll_hold_end;    /* while draining: gives up polls unanswered after their hold */
     double poll_paused_until;  /* now_wall() when the pause after a failed poll ends */
     long poll_pause_status;    /* the answer that paused polls (0: none came) */
     double poll_failing_since; /* now_mono() of the first failed poll since one was answered */
@@ -485,10 +497,10 @@ static void on_heartbeat(void *arg, const struct http_response *r)
     backoff_reset(&o->hb_backoff);
     if (o->hb_drain && o->draining && !o->drain_known) {
         o->drain_known = 1;
-        if (o->poll_req != NULL) {
+        if (o->npolls > 0) {
             /* It dispatches to idle workers only, and what it queued for us
-             * the held poll would have brought at once: after a grace for a
-             * task on its way, the poll can go. */
+             * the held polls would have brought at once: after a grace for a
+             * task on its way, they can go. */
             double left = orch_poll_hold_end(o) + ORCH_DRAIN_POLL_MARGIN - now_mono();
             timer_after(o, &o->poll_hold_end,
                         left < ORCH_DRAIN_POLL_GRACE ? left : ORCH_DRAIN_POLL_GRACE);
@@ -620,7 +632,8 @@ void orch_cancel_post(void *handle)
 
 static void maybe_poll(struct orch *o);
 
-static void on_poll_task(struct orch *o, const struct http_response *r)
+static void on_poll_task(struct orch *o, const struct http_response *r,
+                         const struct plugin_set *polled_under)
 {
     char err[AVT_ERRLEN];
     struct task *t = NULL;
@@ -652,7 +665,7 @@ static void on_poll_task(struct orch *o, const struct http_response *r)
         o->stats.tasks_received++;
     }
     t->origin = o;
-    o->env.hooks->task(o->env.arg, t, valid, o->poll_plugins);
+    o->env.hooks->task(o->env.arg, t, valid, polled_under);
 }
 
 /* Polls wait `delay` s after a failed one; /healthz and STATUS= say until
@@ -666,86 +679,140 @@ static void pause_polls(struct orch *o, const struct http_response *r, double de
         o->poll_failing_since = now_mono();
 }
 
+/* How many polls may be in flight now. */
+static int poll_cap(const struct orch *o)
+{
+    return o->poll_fanout < o->cfg->max_polls ? o->poll_fanout : o->cfg->max_polls;
+}
+
 static void on_poll(void *arg, const struct http_response *r)
 {
-    struct orch *o = arg;
-    o->poll_req = NULL;
-    ev_timer_stop(o->loop, &o->poll_hold_end);
+    struct poll *p = arg;
+    struct orch *o = p->o;
+    const struct plugin_set *polled_under = p->plugins;
+    p->req = NULL;
+    p->plugins = NULL;
+    if (--o->npolls == 0)
+        ev_timer_stop(o->loop, &o->poll_hold_end);
     if (r->cancelled)
         return;
     count_exchange(o, ORCH_EP_POLL, r);
     if (r->status == 200 || r->status == 204) {
         backoff_reset(&o->poll_backoff);
         o->poll_failing_since = 0;
+        /* A task says there may be more: fetch them with several polls. An
+         * empty answer says the queue is empty: hold one. */
+        o->poll_fanout = r->status == 200 ? POLLS_MAX : 1;
         if (r->status == 200)
-            on_poll_task(o, r);
+            on_poll_task(o, r, polled_under);
         maybe_poll(o);
         return;
     }
     o->stats.polls_failed++;
+    o->poll_fanout = 1;
+    /* The polls sent beside this one fail alike: the first one decides
+     * (pause, detection, registration), the others are only counted. */
+    if (!o->registered || ev_is_active(&o->poll_timer))
+        return;
     if (redetect(o, r, "poll"))
         return;
     pause_polls(o, r, orch_failure_delay(o, "poll", r, &o->poll_backoff, NULL));
 }
 
-/* Poll when this orchestrator may: alone, whenever a global slot is free;
- * with a scheduler, when it says so (orch_poll). */
+/* Poll when this orchestrator may: alone, while a global slot is free for
+ * each poll; with a scheduler, when it says so (orch_poll). */
 static void maybe_poll(struct orch *o)
 {
     if (o->sched != NULL) {
         o->sched(o->sched_arg);
         return;
     }
-    if (orch_poll_state(o) == ORCH_POLL_READY && pool_free_slots(o->env.pool) > 0)
+    while (orch_poll_state(o) == ORCH_POLL_READY && pool_free_slots(o->env.pool) > o->npolls) {
+        int before = o->npolls;
         orch_poll(o);
+        if (o->npolls == before)
+            break;
+    }
 }
 
 enum orch_poll_state orch_poll_state(struct orch *o)
 {
-    if (o->poll_req != NULL)
+    int healthy = o->registered && !o->draining && !ev_is_active(&o->poll_timer);
+    /* may_poll: the spool is full (logged and counted by the spool) */
+    if (healthy && o->env.hooks->may_poll != NULL)
+        healthy = o->env.hooks->may_poll(o->env.arg);
+    if (o->npolls > 0 && (!healthy || o->npolls >= poll_cap(o)))
         return ORCH_POLL_BUSY;
-    if (!o->registered || o->draining || ev_is_active(&o->poll_timer))
-        return ORCH_POLL_DOWN;
-    if (o->env.hooks->may_poll != NULL && !o->env.hooks->may_poll(o->env.arg))
-        return ORCH_POLL_DOWN; /* the spool is full: logged and counted by the spool */
-    return ORCH_POLL_READY;
+    return healthy ? ORCH_POLL_READY : ORCH_POLL_DOWN;
+}
+
+int orch_polls_in_flight(const struct orch *o)
+{
+    return o->npolls;
 }
 
 void orch_poll(struct orch *o)
 {
     if (orch_poll_state(o) != ORCH_POLL_READY)
         return;
+    struct poll *p = NULL;
+    for (size_t i = 0; i < POLLS_MAX && p == NULL; i++)
+        p = o->polls[i].req == NULL ? &o->polls[i] : NULL;
+    if (p == NULL) /* cannot happen: max_polls <= POLLS_MAX (cfg.c) */
+        return;
+    p->o = o;
+    p->plugins = o->plugins;
+    p->sent = now_mono();
+    p->req = request(o, BODYCAP_POLL, "GET", o->url_poll, headers(o), NULL, 0,
+                     o->cfg->poll_timeout + POLL_MARGIN, on_poll, p);
+    if (p->req == NULL) { /* only while the HTTP client is being destroyed */
+        p->plugins = NULL;
+        return;
+    }
     o->stats.polls++;
-    o->poll_plugins = o->plugins;
-    o->poll_sent = now_mono();
-    o->poll_req = request(o, BODYCAP_POLL, "GET", o->url_poll, headers(o), NULL, 0,
-                          o->cfg->poll_timeout + POLL_MARGIN, on_poll, o);
+    o->npolls++;
 }
 
 double orch_poll_hold_end(const struct orch *o)
 {
-    return o->poll_req != NULL ? o->poll_sent + o->cfg->poll_timeout : 0;
+    double last = 0;
+    for (size_t i = 0; i < POLLS_MAX; i++) {
+        if (o->polls[i].req != NULL && o->polls[i].sent > last)
+            last = o->polls[i].sent;
+    }
+    return last > 0 ? last + o->cfg->poll_timeout : 0;
+}
+
+/* Give up every poll in flight (their on_poll runs now, cancelled). */
+static void cancel_polls(struct orch *o)
+{
+    for (size_t i = 0; i < POLLS_MAX; i++) {
+        if (o->polls[i].req != NULL)
+            http_cancel(o->polls[i].req);
+    }
 }
 
 /* While draining: the orchestrator has answered every poll it will by the
- * end of the hold; one it still holds is given up (ORCH_DRAIN_POLL_MARGIN). */
+ * end of the last one's hold; the ones it still holds are given up
+ * (ORCH_DRAIN_POLL_MARGIN). */
 static void on_poll_hold_end(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop;
     (void)revents;
     struct orch *o = w->data;
-    if (o->poll_req == NULL)
+    if (o->npolls == 0)
         return;
     if (o->drain_known && now_mono() < orch_poll_hold_end(o))
         log_info("shutdown: %s knows this worker is draining and handed out no task since: "
-                 "giving up the long-poll",
-                 o->url);
+                 "giving up %d long-poll%s",
+                 o->url, o->npolls, o->npolls == 1 ? "" : "s");
     else
-        log_notice("shutdown: %s has not answered the long-poll %.0f s after the end of its hold "
-                   "(poll_timeout = %g s, which must match its WORKER_POLL_TIMEOUT_SECONDS): "
-                   "giving it up",
-                   o->url, ORCH_DRAIN_POLL_MARGIN, o->cfg->poll_timeout);
-    http_cancel(o->poll_req); /* on_poll runs now, cancelled */
+        log_notice("shutdown: %s has not answered %d long-poll%s %.0f s after the end of its "
+                   "hold (poll_timeout = %g s, which must match its "
+                   "WORKER_POLL_TIMEOUT_SECONDS): giving %s up",
+                   o->url, o->npolls, o->npolls == 1 ? "" : "s", ORCH_DRAIN_POLL_MARGIN,
+                   o->cfg->poll_timeout, o->npolls == 1 ? "it" : "them");
+    cancel_polls(o);
 }
 
 static const char *pause_reason(long status, char *buf, size_t len)
@@ -776,7 +843,11 @@ int orch_poll_pause_text(const struct orch_stats *st, char *out, size_t outlen)
 
 int orch_poll_uses(const struct orch *o, const struct plugin_set *set)
 {
-    return o->poll_req != NULL && o->poll_plugins == set;
+    for (size_t i = 0; i < POLLS_MAX; i++) {
+        if (o->polls[i].req != NULL && o->polls[i].plugins == set)
+            return 1;
+    }
+    return 0;
 }
 
 static void on_poll_timer(struct ev_loop *loop, ev_timer *w, int revents)
@@ -1209,6 +1280,7 @@ struct orch *orch_create(struct ev_loop *loop, struct http *http, const struct c
     o->protocol = e != NULL ? e->protocol : cfg->protocol;
     o->detected = o->protocol != CFG_PROTOCOL_AUTO;
     o->clock_skew = NAN;
+    o->poll_fanout = 1; /* more once a poll brings a task */
     build_urls(o);
     o->sts = sts_create(loop, http, o->url, cfg, &sts_hooks, o);
     /* Until it is detected, nothing is sent in a dialect (4.2). */
@@ -1236,8 +1308,7 @@ void orch_destroy(struct orch *o)
     sts_destroy(o->sts);
     if (o->register_req)
         http_cancel(o->register_req);
-    if (o->poll_req)
-        http_cancel(o->poll_req);
+    cancel_polls(o);
     if (o->hb_req)
         http_cancel(o->hb_req);
     if (o->detect_req)
@@ -1260,15 +1331,16 @@ void orch_drain(struct orch *o)
     o->draining = 1;
     ev_timer_stop(o->loop, &o->poll_timer);
     o->poll_paused_until = 0;
-    if (o->poll_req != NULL) {
+    if (o->npolls > 0) {
         /* Aborting a long-poll can lose the task the orchestrator hands out
-         * for it meanwhile (PROTOCOL.md 2.2): it is let finish, and given
-         * up only when it outlasts its hold. */
+         * for it meanwhile (PROTOCOL.md 2.2): polls are let finish, and
+         * given up only when they outlast their hold. */
         double left = orch_poll_hold_end(o) + ORCH_DRAIN_POLL_MARGIN - now_mono();
-        log_notice("shutdown: letting the long-poll to %s finish (its hold ends within %.0f s, "
-                   "or %.0f s after the orchestrator acknowledged that this worker drains): "
-                   "aborting it could lose a task handed out meanwhile",
-                   o->url, left > 0 ? left : 0, ORCH_DRAIN_POLL_GRACE);
+        log_notice("shutdown: letting %d long-poll%s to %s finish (the last hold ends within "
+                   "%.0f s, or %.0f s after the orchestrator acknowledged that this worker "
+                   "drains): aborting one could lose a task handed out meanwhile",
+                   o->npolls, o->npolls == 1 ? "" : "s", o->url, left > 0 ? left : 0,
+                   ORCH_DRAIN_POLL_GRACE);
         timer_after(o, &o->poll_hold_end, left);
     }
     /* Tell the orchestrator at once (3.6 "graceful leave"). */

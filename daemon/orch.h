@@ -147,16 +147,27 @@ void orch_heartbeat_soon(struct orch *o);
  */
 void orch_set_scheduler(struct orch *o, void (*kick)(void *arg), void *arg);
 
+/*
+ * Several long-polls may be in flight, up to [orchestrator] max_polls, so
+ * that a backlog is fetched without a round trip between tasks. The
+ * session fans out only after a poll brought a task; after an empty answer
+ * or a failure one poll is held, as the SDK does, so an idle worker costs
+ * the orchestrator one waiting request.
+ */
 enum orch_poll_state {
     ORCH_POLL_DOWN,  /* not registered, draining, backing off after a failure, or no
-                        task may be taken (may_poll) */
-    ORCH_POLL_READY, /* healthy and without a poll in flight */
-    ORCH_POLL_BUSY,  /* a long-poll is in flight */
+                        task may be taken (may_poll); no poll in flight */
+    ORCH_POLL_READY, /* healthy, and another poll may go out */
+    ORCH_POLL_BUSY,  /* polls in flight, and no other may go out now */
 };
 enum orch_poll_state orch_poll_state(struct orch *o);
 
+/* Long-polls in flight now. */
+int orch_polls_in_flight(const struct orch *o);
+
 /* Start a long-poll when READY (no-op otherwise). The caller has checked
- * that a global slot is free for the task it may bring. */
+ * that a global slot is free for the task it may bring, beyond the ones
+ * the polls in flight may bring. */
 void orch_poll(struct orch *o);
 
 /* 1 while a poll sent when `set` was in force is in flight. */

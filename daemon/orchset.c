@@ -43,7 +43,7 @@ int orchset_polls_in_flight(const struct orchset *s)
 {
     int busy = 0;
     for (size_t i = 0; i < s->n; i++)
-        busy += orch_poll_state(s->orchs[i]) == ORCH_POLL_BUSY;
+        busy += orch_polls_in_flight(s->orchs[i]);
     return busy;
 }
 
@@ -107,15 +107,19 @@ static void kick(void *arg)
     s->kicking = 1;
     do {
         s->kick_again = 0;
-        int busy = 0;
-        for (size_t i = 0; i < s->n; i++) {
-            s->state[i] = orch_poll_state(s->orchs[i]);
-            busy += s->state[i] == ORCH_POLL_BUSY;
+        /* One poll per chosen session and pass; passes until the room or
+         * the sessions' fan-out is used up. */
+        for (;;) {
+            int busy = orchset_polls_in_flight(s);
+            for (size_t i = 0; i < s->n; i++)
+                s->state[i] = orch_poll_state(s->orchs[i]);
+            size_t k = orchset_plan(s->state, s->weight, s->current, s->n,
+                                    pool_free_slots(s->pool) - busy, s->cfg->multi_mode, s->picked);
+            for (size_t i = 0; i < k; i++)
+                orch_poll(s->orchs[s->picked[i]]);
+            if (k == 0 || orchset_polls_in_flight(s) == busy)
+                break;
         }
-        size_t k = orchset_plan(s->state, s->weight, s->current, s->n,
-                                pool_free_slots(s->pool) - busy, s->cfg->multi_mode, s->picked);
-        for (size_t i = 0; i < k; i++)
-            orch_poll(s->orchs[s->picked[i]]);
     } while (s->kick_again);
     s->kicking = 0;
 }

@@ -11,11 +11,15 @@
  *   FAILOVER     the first healthy orchestrator in priority order polls;
  *                healthy = registered, not draining, not backing off after
  *                a failed poll. A lower one's poll in flight is let finish
- *                (aborting a long-poll can lose a task, 2.2).
- *   ROUND_ROBIN  every healthy orchestrator may have one poll in flight;
- *                when there are fewer free slots than such orchestrators,
- *                smooth weighted round robin (nginx's) over `weight`
- *                chooses who gets the next slot.
+ *                (aborting a long-poll can lose a task, 2.2); while the
+ *                first has polls in flight and may send no more, the
+ *                others wait too.
+ *   ROUND_ROBIN  every healthy orchestrator may poll; each free slot goes
+ *                to one of them by smooth weighted round robin (nginx's)
+ *                over `weight`, one poll per orchestrator and round.
+ *
+ * Either way a session has at most its fan-out of polls in flight (orch.h:
+ * one while idle, up to max_polls while tasks come).
  *
  * Everything about tasks (which one came from where, results, deadlines)
  * is the ledger's and the outbox's, not this module's. Loop thread only.

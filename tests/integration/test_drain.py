@@ -81,7 +81,7 @@ def an_idle_worker_gives_up_its_poll_once_the_orchestrator_knows_it_drains(t):
                if isinstance(r.get("body"), dict)]
         check("offline" in hbs, hbs)
         check(len(polls(o)) == n, polls(o)[-3:])
-        check("knows this worker is draining and handed out no task since: giving up the "
+        check("knows this worker is draining and handed out no task since: giving up 1 "
               "long-poll" in log, log[-2000:])
 
 
@@ -98,7 +98,7 @@ def an_idle_worker_lets_its_held_poll_end_then_exits(t):
         # by the client, and no poll followed it.
         last = polls(o)[-1]
         check(len(polls(o)) == n and last["status"] == 204, polls(o)[-3:])
-        check("shutdown: letting the long-poll to %s finish" % o.url in log, log[-2000:])
+        check("shutdown: letting 1 long-poll to %s finish" % o.url in log, log[-2000:])
 
 
 @test
@@ -116,6 +116,26 @@ def a_task_the_held_poll_brings_after_sigterm_runs(t):
         rc, log = exits(p, 20)
         check(rc == 0, rc, log[-2000:])
         check(polls(o)[-1]["status"] == 200, polls(o)[-3:])
+
+
+@test
+def every_held_poll_is_let_finish_and_the_tasks_they_bring_run(t):
+    """After a task the worker has a poll per free slot out (2 here); a stop
+    gives up none of them early: each brings its task, and each runs."""
+    with FakeOrch(poll_timeout=HOLD) as o:
+        p = spawn(t, o, ini(t))
+        o.wait_job(o.create_job("echo", {"msg": "fan out"}, worker_id=WID))
+        wait_for(lambda: o.worker_stats(WID)["polls_outstanding"] == 2, what="two polls held")
+        slow_heartbeats(o, HOLD + 10)
+        p.send_signal(signal.SIGTERM)
+        wait_for(lambda: "Terminated: draining" in p.log(), what="the drain")
+        jids = [o.create_job("echo", {"msg": "after the signal %d" % i}, worker_id=WID) for i in range(2)]
+        jobs = [o.wait_job(j, timeout=HOLD + 15) for j in jids]
+        check(all(j["status"] == "finished" for j in jobs), jobs)
+        rc, log = exits(p, 20)
+        check(rc == 0, rc, log[-2000:])
+        check("shutdown: letting 2 long-polls to %s finish" % o.url in log, log[-2000:])
+        check([r["status"] for r in polls(o)[-2:]] == [200, 200], polls(o)[-3:])
 
 
 @test
@@ -167,7 +187,7 @@ def a_poll_held_past_its_hold_is_given_up(t):
         p.send_signal(signal.SIGTERM)
         rc, log = exits(p, 30)
         check(rc == 0, rc, log[-2000:])
-        check("shutdown: %s has not answered the long-poll 2 s after the end of its hold "
+        check("shutdown: %s has not answered 1 long-poll 2 s after the end of its hold "
               "(poll_timeout = 2 s, which must match its WORKER_POLL_TIMEOUT_SECONDS): giving it up"
               % o.url in log, log[-2000:])
 

@@ -217,6 +217,7 @@ class WorkerStats:
         self.polls_now = 0
         self.max_polls_now = 0
         self.polls_at = {}             # outstanding count at poll arrival -> polls
+        self.max_committed = 0         # max of outstanding + polls in flight, at a poll's arrival
         self.handouts = 0
         self.outstanding = []          # [(task_id, type)]
         self.max_outstanding = 0
@@ -229,6 +230,7 @@ class WorkerStats:
         self.max_polls_now = max(self.max_polls_now, self.polls_now)
         n = len(self.outstanding)
         self.polls_at[n] = self.polls_at.get(n, 0) + 1
+        self.max_committed = max(self.max_committed, n + self.polls_now)
 
     def handout(self, task_id, ttype):
         self.handouts += 1
@@ -251,6 +253,7 @@ class WorkerStats:
         return {
             "polls": self.polls, "polls_outstanding": self.polls_now,
             "max_polls_outstanding": self.max_polls_now,
+            "max_committed": self.max_committed,
             "polls_while_outstanding": {str(k): v for k, v in sorted(self.polls_at.items())},
             "handouts": self.handouts, "results": self.results,
             "outstanding": len(self.outstanding), "outstanding_by_type": by_type,
@@ -1715,6 +1718,8 @@ GET|POST /_test/config {...}      poll_timeout, worker_ttl, max_retries, task_ti
 GET /_test/log?since=N&path=S     request log rows {t, method, path, kind, worker_id, status, body,
                                   headers, resp, resp_headers}; WebSocket frames as WS-RECV / WS-SEND
 GET /_test/stats                  per worker: polls, polls_outstanding, max_polls_outstanding,
+                                  max_committed (tasks outstanding + polls in flight, at most, as
+                                  seen when a poll arrives: never above the worker's slots),
                                   polls_while_outstanding {N: polls}, handouts, outstanding(_by_type),
                                   max_outstanding(_by_type), results (by task id); counters; jobs by status
                                   (counters.dispatch_failed: handler runs whose dispatch raised, e.g.

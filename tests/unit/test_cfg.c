@@ -222,11 +222,13 @@ TEST(defaults)
     EXPECT_EQ_STR(cfg->url, "http://localhost:8080");
     EXPECT(cfg->token == NULL && cfg->token_file == NULL);
     EXPECT(cfg->poll_timeout == 30 && cfg->heartbeat_interval == 15);
-    EXPECT(cfg->heartbeat_debounce == 0.1 && cfg->result_retry_initial_delay == 1.0);
+    EXPECT(cfg->heartbeat_debounce == 1 && cfg->result_retry_initial_delay == 1.0);
     EXPECT(cfg->retry_max_delay == 60);
     EXPECT_EQ_INT(cfg->websockets, 1);
     EXPECT_EQ_INT(cfg->probe_every, 4);
     EXPECT_EQ_INT(cfg->max_task_bytes, 16 * 1024 * 1024);
+    EXPECT_EQ_INT(cfg->max_polls, 8);
+    EXPECT_EQ_INT(cfg->compressed_answers, 0);
     EXPECT_EQ_INT(cfg->nlimits, 0);
     EXPECT_EQ_INT(cfg->nplugin_keys, 0);
     cfg_destroy(cfg);
@@ -427,6 +429,9 @@ TEST(invalid_values_name_file_line_and_key)
         {"[orchestrator]\nprobe_every = 0\n", "2: probe_every: "},
         {"[orchestrator]\nmax_task_bytes = 65535\n", "2: max_task_bytes: 65535 is out of range"},
         {"[orchestrator]\nmax_task_bytes = 67108865\n", "2: max_task_bytes: "},
+        {"[orchestrator]\nmax_polls = 0\n", "2: max_polls: 0 is out of range"},
+        {"[orchestrator]\nmax_polls = 65\n", "2: max_polls: "},
+        {"[orchestrator]\ncompressed_answers = maybe\n", "2: compressed_answers: "},
         {"[orchestrator]\nwebsockets = 2\n", "2: websockets: not a boolean"},
         {"[limits]\nresize = -1\n", "2: limits.resize: -1 is out of range"},
         {"[limits]\nresize = 4097\n", "2: limits.resize: "},

@@ -319,7 +319,7 @@ TEST(status_204_and_500)
     EXPECT_EQ_STR(r.body, "status 500");
 }
 
-TEST(gzip_response_decoded)
+TEST(gzip_offered_only_when_asked_and_decoded)
 {
     static struct result r;
     size_t want = 0;
@@ -329,7 +329,12 @@ TEST(gzip_response_decoded)
     for (int i = 0; i < 5000; i++) {
         want += (size_t)snprintf(line, sizeof(line), "line %d\n", i);
     }
+    /* By default no Accept-Encoding: the server answers 406. */
     fetch(H, &r, "GET", "/gzip", NULL, NULL, 0);
+    EXPECT_EQ_INT(r.status, 406);
+    http_set_compressed(H, 1);
+    fetch(H, &r, "GET", "/gzip", NULL, NULL, 0);
+    http_set_compressed(H, 0);
     EXPECT_EQ_INT(r.status, 200);
     EXPECT_EQ_INT(r.len, want);
     EXPECT(strncmp(r.body, "line 0\nline 1\n", 14) == 0);
