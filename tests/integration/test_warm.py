@@ -294,6 +294,14 @@ def reload_and_stop_leave_no_child(t):
         new = starts(t)[2:]
         wait_for(lambda: children(t) == sorted(new), timeout=30, what="the old children gone")
         check(finished(o, {"text": "x"})["pid"] in new)
+        # A reload whose child cannot start is rejected: the running
+        # children stay and serve, the failed one is gone.
+        t.write(os.path.join("exec.d", "inference.json"), json.dumps(decl(t, load="soon")))
+        p.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload rejected" in p.log(), timeout=30, what="the rejected reload")
+        check("before its ready line; stderr:" in p.log(), p.log()[-2000:])
+        check(children(t) == sorted(new), children(t), new)
+        check(finished(o, {"text": "x"})["pid"] in new)
         check(stop(p) == 0, p.log()[-2000:])
         check(children(t) == [], children(t))
 
