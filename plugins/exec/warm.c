@@ -412,6 +412,17 @@ static void broke(struct warm_pool *p, struct child *c, const char *what, const 
     child_gone(p, c, why);
 }
 
+/* The result's data, out of the parsed line: once handed over, nothing on
+ * this thread touches its reference count again (the worker thread may
+ * free it as soon as the outcome is set). */
+static json_t *take_data(struct wline *l)
+{
+    json_t *data = json_incref(l->data);
+    json_object_del(l->root, "data");
+    l->data = NULL;
+    return data;
+}
+
 static void result(struct warm_pool *p, struct child *c, struct wline *l)
 {
     struct warm_req *r = c->req;
@@ -424,9 +435,9 @@ static void result(struct warm_pool *p, struct child *c, struct wline *l)
     else if (l->code != NULL)
         avt_fail(task, l->code, "%s", l->message[0] ? l->message : "(no message)");
     else if (strcmp(l->status, "success") == 0)
-        avt_succeed(task, json_incref(l->data));
+        avt_succeed(task, take_data(l));
     else
-        avt_complete(task, l->status, json_incref(l->data));
+        avt_complete(task, l->status, take_data(l));
     finish(p, r);
     c->tasks++;
     p->fails = 0;
