@@ -15,7 +15,7 @@ import os
 import signal
 
 from avt import *  # noqa: F401,F403
-from avt import ROOT, check, main, test, tmo, wait_for
+from avt import ROOT, VALGRIND, check, main, test, tmo, wait_for
 from orch import FINAL, FakeOrch
 
 WID = "w-warm"
@@ -35,6 +35,10 @@ def decl(t, load="0.3", extra_env=None, **persistent):
     d["env_set"].update({"WARM_LOAD_SECONDS": load, "WARM_STARTS_FILE": t.path("starts")})
     d["env_set"].update(extra_env or {})
     d["persistent"].update(persistent)
+    if VALGRIND:
+        # Valgrind refuses setrlimit(RLIMIT_NOFILE) between fork and exec
+        # (it keeps fds of its own): EPERM, as test_exec's rlimits tests.
+        del d["rlimits"]
     return d
 
 
