@@ -2,7 +2,8 @@
  * warm.c - the long-lived children of a persistent type (a declaration
  * with "persistent": {...}): started by start() before the type is
  * advertised, each holding its model warm across tasks, spoken to in the
- * line protocol of warmline.c (avtworkerd-warm(7)).
+ * line protocol of warmline.c (avtworkerd-warm(7)). This file is the
+ * pool; one child's spawn, I/O and end are warmchild.c.
  *
  * One supervisor thread per type owns the children and every byte to and
  * from them: it forks them (so PR_SET_PDEATHSIG ties them to this thread,
@@ -24,13 +25,11 @@
  * that host->hot_cache_add/remove run under hot_mu (they take the daemon's
  * queue lock, never ours).
  */
-#include "exec.h"
+#include "warm.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,610 +38,19 @@
 #include <time.h>
 #include <unistd.h>
 
-#define POLL_MS 50
-#define READ_CHUNK 65536
-#define BACKOFF_FIRST 0.1 /* seconds before the first restart after a failure */
-
-enum cstate { C_EMPTY, C_STARTING, C_IDLE, C_BUSY, C_EXITING };
-enum wstop { W_NONE, W_CANCEL, W_DEADLINE };
-
-struct warm_req {
-    struct avt_task *task;
-    char *line; /* the task line */
-    int done;   /* under pool.mu */
-    enum wstop stop;
-    struct warm_req *next;
-};
-
-struct child {
-    enum cstate st;
-    pid_t pid;
-    int in, out, err; /* parent ends; -1 when closed */
-    char workdir[PATH_MAX];
-    char *lbuf; /* the stdout line being read */
-    size_t llen, lcap;
-    char *wbuf; /* bytes still to write to stdin */
-    size_t wlen, woff;
-    char *tail; /* ring of the last stderr_tail bytes of stderr */
-    size_t tail_pos, tail_len;
-    json_t *hot; /* hot-cache names this child holds (added) */
-    long tasks;
-    struct warm_req *req;
-    int cancel_sent, planned;
-    double ready_by, stop_by, kill_at, restart_at;
-    char why[200]; /* why it is exiting (recycle, stop) */
-};
-
-struct warm_pool {
-    const struct exec_type *ty;
-    const struct avt_host *host;
-    const char *work_dir;
-    pthread_t thread;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int wake[2];
-    /* Under mu. */
-    int stopping, starting, nready, start_failed;
-    char start_err[EXEC_ERRLEN];
-    struct warm_req *queue;
-    /* The supervisor's own. */
-    struct warm_req *waiting;
-    struct child *kids;
-    size_t n;
-    int fails; /* failures since the last result, for the backoff */
-    int stop_begun;
-};
-
-static double w_mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static double w_real(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void w_close(int *fd)
-{
-    if (*fd >= 0)
-        close(*fd);
-    *fd = -1;
-}
-
-/* ---- Hot cache: process-wide reference counts --------------------------- */
-
-static pthread_mutex_t hot_mu = PTHREAD_MUTEX_INITIALIZER;
-static json_t *hot_counts; /* name -> number of ready children holding it */
-
-static void hot_ref(const struct avt_host *host, const char *name, int delta)
-{
-    pthread_mutex_lock(&hot_mu);
-    if (hot_counts == NULL)
-        hot_counts = json_object();
-    json_int_t n = json_integer_value(json_object_get(hot_counts, name)) + delta;
-    if (n > 0)
-        json_object_set_new(hot_counts, name, json_integer(n));
-    else
-        json_object_del(hot_counts, name);
-    if (delta > 0 && n == 1)
-        host->hot_cache_add(host, name);
-    else if (delta < 0 && n == 0)
-        host->hot_cache_remove(host, name);
-    if (json_object_size(hot_counts) == 0) {
-        json_decref(hot_counts);
-        hot_counts = NULL;
-    }
-    pthread_mutex_unlock(&hot_mu);
-}
-
-static void hot_drop(struct warm_pool *p, struct child *c)
-{
-    size_t i;
-    json_t *v;
-    json_array_foreach(c->hot, i, v)
-    {
-        hot_ref(p->host, json_string_value(v), -1);
-    }
-    json_decref(c->hot);
-    c->hot = NULL;
-}
-
-/* The child's names, and the type itself (RXON 1.0b14 advertises the hot
- * types as hot_skills). */
-static void hot_take(struct warm_pool *p, struct child *c, json_t *names)
-{
-    size_t i;
-    json_t *v;
-    c->hot = json_array();
-    json_array_append_new(c->hot, json_string(p->ty->name));
-    json_array_foreach(names, i, v)
-    {
-        if (strcmp(json_string_value(v), p->ty->name) != 0)
-            json_array_append(c->hot, v);
-    }
-    json_array_foreach(c->hot, i, v)
-    {
-        hot_ref(p->host, json_string_value(v), 1);
-    }
-}
-
-/* ---- Small helpers --------------------------------------------------------- */
-
-static void finish(struct warm_pool *p, struct warm_req *r)
-{
-    pthread_mutex_lock(&p->mu);
-    r->done = 1;
-    pthread_cond_broadcast(&p->cv);
-    pthread_mutex_unlock(&p->mu);
-}
-
-static void w_tail_add(struct warm_pool *p, struct child *c, const char *s, size_t n)
-{
-    size_t cap = p->ty->stderr_tail;
-    if (cap == 0 || c->tail == NULL)
-        return;
-    if (n > cap) {
-        s += n - cap;
-        n = cap;
-    }
-    for (size_t i = 0; i < n; i++) {
-        c->tail[c->tail_pos] = s[i];
-        c->tail_pos = (c->tail_pos + 1) % cap;
-    }
-    c->tail_len = c->tail_len + n > cap ? cap : c->tail_len + n;
-}
-
-/* The stderr tail as text from its first whole UTF-8 character, without
- * trailing newlines, into buf. */
-static const char *tail_text(const struct warm_pool *p, const struct child *c, char *buf,
-                             size_t len)
-{
-    size_t cap = p->ty->stderr_tail, n = c->tail_len < len - 1 ? c->tail_len : len - 1, s = 0;
-    for (size_t i = 0; i < n; i++)
-        buf[i] = c->tail[(c->tail_pos + cap - n + i) % cap];
-    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
-        n--;
-    buf[n] = '\0';
-    while (s < n && s < 4 && ((unsigned char)buf[s] & 0xc0) == 0x80)
-        s++;
-    return buf + s;
-}
-
-static void status_text(int st, char *buf, size_t len)
-{
-    if (WIFSIGNALED(st)) {
-        const char *sig = sigabbrev_np(WTERMSIG(st));
-        snprintf(buf, len, "was killed by signal %d (SIG%s)", WTERMSIG(st),
-                 sig != NULL ? sig : "?");
-    } else {
-        snprintf(buf, len, "exited with status %d", WEXITSTATUS(st));
-    }
-}
-
-static long rss_mb(pid_t pid)
-{
-    char path[64], line[256];
-    long kb = -1;
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "re");
-    while (f != NULL && fgets(line, sizeof(line), f) != NULL)
-        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
-            break;
-    if (f != NULL)
-        fclose(f);
-    return kb < 0 ? -1 : kb / 1024;
-}
-
-static double backoff(struct warm_pool *p)
-{
-    double d = BACKOFF_FIRST, max = p->ty->persistent->backoff_max;
-    for (int i = 0; i < p->fails && d < max; i++)
-        d *= 2;
-    p->fails++;
-    return d < max ? d : max;
-}
-
-/* ---- A child's end ---------------------------------------------------------- */
-
-/* Read what is left on stderr once the group is gone (non-blocking). */
-static void drain_stderr(struct warm_pool *p, struct child *c)
-{
-    char buf[4096];
-    ssize_t n;
-    for (int i = 0; i < 256 && c->err >= 0 && (n = read(c->err, buf, sizeof(buf))) > 0; i++)
-        w_tail_add(p, c, buf, (size_t)n);
-}
-
-static void fail_req(struct warm_pool *p, struct warm_req *r, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-/* The task of a child that is gone: TIMEOUT_ERROR when its deadline had
- * stopped it, TRANSIENT_ERROR otherwise (another child may succeed). */
-static void fail_req(struct warm_pool *p, struct warm_req *r, const char *fmt, ...)
-{
-    char msg[EXEC_ERRLEN + 4200];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    if (r->stop == W_CANCEL)
-        avt_fail(r->task, AVT_TRANSIENT_ERROR, "cancelled");
-    else
-        avt_fail(r->task, r->stop == W_DEADLINE ? AVT_TIMEOUT_ERROR : AVT_TRANSIENT_ERROR, "%s",
-                 msg);
-    finish(p, r);
-}
-
-/*
- * The child is gone or must go now: SIGKILL to its group, reap it, fail
- * the task it held. `why` is what we did to it (NULL: it ended on its own).
- */
-static void child_gone(struct warm_pool *p, struct child *c, const char *why)
-{
-    char st[96], tail[4200], head[EXEC_ERRLEN], msg[EXEC_ERRLEN + 4400];
-    int status = 0;
-    kill(-c->pid, SIGKILL);
-    while (waitpid(c->pid, &status, 0) < 0 && errno == EINTR)
-        ;
-    drain_stderr(p, c);
-    status_text(status, st, sizeof(st));
-    const char *t = tail_text(p, c, tail, sizeof(tail));
-    snprintf(head, sizeof(head), "type %s: warm child pid %d %s%s", p->ty->name, (int)c->pid,
-             why != NULL ? why : st,
-             c->req != NULL        ? " while running the task"
-             : c->st == C_STARTING ? " before its ready line"
-                                   : "");
-    snprintf(msg, sizeof(msg), "%s%s%s", head, t[0] ? "; stderr: " : "", t);
-    int planned = c->planned && c->req == NULL && why == NULL;
-    p->host->log(p->host, c->req != NULL ? c->req->task : NULL,
-                 planned ? AVT_LOG_INFO : AVT_LOG_WARNING, "%s", planned ? c->why : msg);
-    if (c->req != NULL) {
-        struct warm_req *r = c->req;
-        c->req = NULL;
-        fail_req(p, r, "%s", msg);
-    }
-    hot_drop(p, c);
-    w_close(&c->in);
-    w_close(&c->out);
-    w_close(&c->err);
-    if (c->workdir[0] != '\0' && exec_rmtree(c->workdir) != 0)
-        p->host->log(p->host, NULL, AVT_LOG_WARNING, "type %s: cannot remove %s: %s", p->ty->name,
-                     c->workdir, strerror(errno));
-    c->workdir[0] = '\0';
-    free(c->wbuf);
-    c->wbuf = NULL;
-    c->llen = c->wlen = c->woff = c->tail_len = c->tail_pos = 0;
-    pthread_mutex_lock(&p->mu);
-    if (c->st != C_STARTING && c->st != C_EXITING)
-        p->nready--;
-    if (c->st == C_STARTING && p->starting && !p->start_failed) {
-        p->start_failed = 1;
-        snprintf(p->start_err, sizeof(p->start_err), "%.*s", (int)sizeof(p->start_err) - 1, msg);
-        pthread_cond_broadcast(&p->cv);
-    }
-    pthread_mutex_unlock(&p->mu);
-    c->restart_at = w_mono() + (planned ? 0 : backoff(p));
-    c->st = C_EMPTY;
-    c->pid = -1;
-}
-
-/* Let a child go: EOF on its stdin asks it to exit; SIGKILL after the
- * grace. */
-static void child_retire(struct warm_pool *p, struct child *c, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void child_retire(struct warm_pool *p, struct child *c, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(c->why, sizeof(c->why), fmt, ap);
-    va_end(ap);
-    if (c->st != C_STARTING) {
-        pthread_mutex_lock(&p->mu);
-        p->nready--;
-        pthread_mutex_unlock(&p->mu);
-    }
-    w_close(&c->in);
-    c->st = C_EXITING;
-    c->planned = 1;
-    c->kill_at = w_mono() + p->ty->kill_grace;
-}
-
-/* ---- Writing to a child ----------------------------------------------------- */
-
-static void flush_in(struct warm_pool *p, struct child *c)
-{
-    while (c->in >= 0 && c->woff < c->wlen) {
-        ssize_t n = write(c->in, c->wbuf + c->woff, c->wlen - c->woff);
-        if (n > 0) {
-            c->woff += (size_t)n;
-        } else if (n < 0 && errno == EINTR) {
-            continue;
-        } else if (n < 0 && errno == EAGAIN) {
-            return;
-        } else {
-            /* EPIPE: the child closed its stdin or died; its stdout's EOF
-             * tells the rest. SIGPIPE is blocked on this thread. */
-            sigset_t pipe_set;
-            struct timespec zero = {0, 0};
-            sigemptyset(&pipe_set);
-            sigaddset(&pipe_set, SIGPIPE);
-            sigtimedwait(&pipe_set, NULL, &zero);
-            w_close(&c->in);
-        }
-    }
-    (void)p;
-}
-
-static void send_line(struct warm_pool *p, struct child *c, char *line)
-{
-    size_t n = strlen(line);
-    if (c->woff == c->wlen) {
-        free(c->wbuf);
-        c->wbuf = line;
-        c->wlen = n;
-        c->woff = 0;
-    } else {
-        char *b = realloc(c->wbuf, c->wlen + n);
-        if (b != NULL) {
-            memcpy(b + c->wlen, line, n);
-            c->wbuf = b;
-            c->wlen += n;
-        }
-        free(line);
-    }
-    flush_in(p, c);
-}
-
-/* ---- Reading from a child --------------------------------------------------- */
-
-static void broke(struct warm_pool *p, struct child *c, const char *what, const char *line,
-                  size_t len)
-{
-    char why[EXEC_ERRLEN];
-    snprintf(why, sizeof(why), "broke the line protocol (avtworkerd-warm(7)): %s: \"%.*s%s\"", what,
-             (int)(len > 80 ? 80 : len), line, len > 80 ? "..." : "");
-    p->host->log(p->host, NULL, AVT_LOG_ERR, "type %s: warm child pid %d %s; replacing it",
-                 p->ty->name, (int)c->pid, why);
-    child_gone(p, c, why);
-}
-
-/* The result's data, out of the parsed line: once handed over, nothing on
- * this thread touches its reference count again (the worker thread may
- * free it as soon as the outcome is set). */
-static json_t *take_data(struct wline *l)
-{
-    json_t *data = json_incref(l->data);
-    json_object_del(l->root, "data");
-    l->data = NULL;
-    return data;
-}
-
-static void result(struct warm_pool *p, struct child *c, struct wline *l)
-{
-    struct warm_req *r = c->req;
-    struct avt_task *task = r->task;
-    c->req = NULL;
-    if (r->stop == W_CANCEL)
-        avt_fail(task, AVT_TRANSIENT_ERROR, "cancelled");
-    else if (r->stop == W_DEADLINE)
-        avt_fail(task, AVT_TIMEOUT_ERROR, "stopped: the task's deadline passed");
-    else if (l->code != NULL)
-        avt_fail(task, l->code, "%s", l->message[0] ? l->message : "(no message)");
-    else if (strcmp(l->status, "success") == 0)
-        avt_succeed(task, take_data(l));
-    else
-        avt_complete(task, l->status, take_data(l));
-    finish(p, r);
-    c->tasks++;
-    p->fails = 0;
-    c->st = C_IDLE;
-    const struct exec_persistent *ps = p->ty->persistent;
-    long mb = ps->max_rss_mb > 0 ? rss_mb(c->pid) : -1;
-    if (ps->max_tasks > 0 && c->tasks >= ps->max_tasks)
-        child_retire(p, c,
-                     "type %s: warm child pid %d served %ld tasks (max_tasks_per_child): "
-                     "recycled",
-                     p->ty->name, (int)c->pid, c->tasks);
-    else if (mb > ps->max_rss_mb)
-        child_retire(p, c,
-                     "type %s: warm child pid %d uses %ld MiB (VmRSS), over max_rss_mb "
-                     "%ld: recycled",
-                     p->ty->name, (int)c->pid, mb, ps->max_rss_mb);
-}
-
-static void ready(struct warm_pool *p, struct child *c, struct wline *l)
-{
-    hot_take(p, c, l->hot_cache);
-    char *names = json_dumps(c->hot, JSON_COMPACT);
-    p->host->log(p->host, NULL, AVT_LOG_INFO, "type %s: warm child pid %d ready (hot cache %s)",
-                 p->ty->name, (int)c->pid, names != NULL ? names : "?");
-    free(names);
-    c->st = C_IDLE;
-    pthread_mutex_lock(&p->mu);
-    p->nready++;
-    pthread_cond_broadcast(&p->cv);
-    pthread_mutex_unlock(&p->mu);
-}
-
-/* One whole line; 0, or -1 when the child is gone. */
-static int on_line(struct warm_pool *p, struct child *c, const char *s, size_t len)
-{
-    struct wline l;
-    char err[256];
-    if (c->st == C_EXITING)
-        return 0;
-    if (wline_parse(s, len, &l, err, sizeof(err)) < 0) {
-        wline_free(&l);
-        broke(p, c, err, s, len);
-        return -1;
-    }
-    const char *bad = NULL;
-    if (c->st == C_STARTING && l.kind != WLINE_READY)
-        bad = "the first line must be {\"type\": \"ready\"}";
-    else if (c->st == C_IDLE)
-        bad = "a line while it runs no task";
-    else if (c->st == C_BUSY && l.kind == WLINE_READY)
-        bad = "a second ready line";
-    else if (c->st == C_BUSY && strcmp(l.id, c->req->task->id) != 0)
-        bad = "a line for another task than the one it runs";
-    if (bad != NULL) {
-        wline_free(&l);
-        broke(p, c, bad, s, len);
-        return -1;
-    }
-    if (l.kind == WLINE_READY)
-        ready(p, c, &l);
-    else if (l.kind == WLINE_PROGRESS && !c->cancel_sent)
-        avt_progress(c->req->task,
-                     l.percent < 0     ? 0
-                     : l.percent > 100 ? 100
-                                       : l.percent,
-                     "%s", l.message != NULL ? l.message : "");
-    else if (l.kind == WLINE_RESULT)
-        result(p, c, &l);
-    wline_free(&l);
-    return 0;
-}
-
-static int lbuf_add(struct child *c, const char *s, size_t n, size_t max)
-{
-    if (c->llen + n > max)
-        return -1;
-    if (c->llen + n > c->lcap) {
-        size_t cap = (c->llen + n) * 2 > max ? max : (c->llen + n) * 2;
-        char *b = realloc(c->lbuf, cap);
-        if (b == NULL)
-            return -1;
-        c->lbuf = b;
-        c->lcap = cap;
-    }
-    memcpy(c->lbuf + c->llen, s, n);
-    c->llen += n;
-    return 0;
-}
-
-/* Bytes from stdout, cut into lines. */
-static void stdout_bytes(struct warm_pool *p, struct child *c, const char *s, size_t n)
-{
-    size_t max = (size_t)p->ty->persistent->max_line;
-    while (n > 0 && c->st != C_EMPTY) {
-        const char *nl = memchr(s, '\n', n);
-        size_t k = nl != NULL ? (size_t)(nl - s) : n;
-        if (lbuf_add(c, s, k, max) < 0) {
-            char what[128];
-            snprintf(what, sizeof(what), "a line longer than max_line_bytes (%ld)",
-                     p->ty->persistent->max_line);
-            broke(p, c, what, c->lbuf != NULL ? c->lbuf : "", c->llen);
-            return;
-        }
-        if (nl == NULL)
-            return;
-        size_t len = c->llen;
-        c->llen = 0;
-        if (on_line(p, c, c->lbuf != NULL ? c->lbuf : "", len) < 0)
-            return;
-        s += k + 1;
-        n -= k + 1;
-    }
-}
-
-static void read_out(struct warm_pool *p, struct child *c, char *buf)
-{
-    ssize_t n = read(c->out, buf, READ_CHUNK);
-    if (n > 0)
-        stdout_bytes(p, c, buf, (size_t)n);
-    else if (n == 0 || (errno != EINTR && errno != EAGAIN))
-        child_gone(p, c, NULL);
-}
-
-static void read_err(struct warm_pool *p, struct child *c, char *buf)
-{
-    ssize_t n = read(c->err, buf, READ_CHUNK);
-    if (n > 0)
-        w_tail_add(p, c, buf, (size_t)n);
-    else if (n == 0 || (errno != EINTR && errno != EAGAIN))
-        w_close(&c->err);
-}
-
-/* ---- Starting a child ---------------------------------------------------------- */
-
-static int nonblock(int fd)
-{
-    int fl = fcntl(fd, F_GETFL);
-    return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-}
-
-static int child_pipes(int pin[2], int pout[2], int perr[2])
-{
-    pin[0] = pin[1] = pout[0] = pout[1] = perr[0] = perr[1] = -1;
-    if (run_pipe(pin) < 0 || run_pipe(pout) < 0 || run_pipe(perr) < 0 || nonblock(pin[1]) < 0 ||
-        nonblock(pout[0]) < 0 || nonblock(perr[0]) < 0)
-        return -errno;
-    return 0;
-}
-
-static int spawn_child(struct warm_pool *p, struct child *c, char *err, size_t errlen)
-{
-    int pin[2], pout[2], perr[2], rc;
-    char **env = NULL;
-    snprintf(c->workdir, sizeof(c->workdir), "%s/avt-warm-XXXXXX", p->work_dir);
-    if (mkdtemp(c->workdir) == NULL) {
-        snprintf(err, errlen, "cannot create a directory in %s: %s", p->work_dir, strerror(errno));
-        c->workdir[0] = '\0';
-        return -errno;
-    }
-    rc = child_pipes(pin, pout, perr);
-    if (rc < 0)
-        snprintf(err, errlen, "pipe: %s", strerror(-rc));
-    else if ((env = exec_env(p->ty, c->workdir)) == NULL)
-        rc = -ENOMEM;
-    if (rc == 0) {
-        int w[3] = {pout[1], perr[1], -1};
-        rc = run_spawn(p->ty, pin[0], w, c->workdir, p->ty->argv, env, &c->pid, err, errlen);
-    }
-    exec_env_free(env);
-    w_close(&pin[0]);
-    w_close(&pout[1]);
-    w_close(&perr[1]);
-    c->in = pin[1];
-    c->out = pout[0];
-    c->err = perr[0];
-    if (rc < 0) {
-        w_close(&c->in);
-        w_close(&c->out);
-        w_close(&c->err);
-        exec_rmtree(c->workdir);
-        c->workdir[0] = '\0';
-        return rc;
-    }
-    c->st = C_STARTING;
-    c->tasks = 0;
-    c->planned = 0;
-    c->ready_by = w_mono() + p->ty->persistent->ready_timeout;
-    p->host->log(p->host, NULL, AVT_LOG_INFO, "type %s: started warm child pid %d", p->ty->name,
-                 (int)c->pid);
-    return 0;
-}
-
 static void respawn(struct warm_pool *p)
 {
     char err[EXEC_ERRLEN];
-    double now = w_mono();
+    double now = warm_mono();
     for (size_t i = 0; i < p->n; i++) {
         struct child *c = &p->kids[i];
         if (c->st != C_EMPTY || now < c->restart_at)
             continue;
-        if (spawn_child(p, c, err, sizeof(err)) == 0)
+        if (wchild_spawn(p, c, err, sizeof(err)) == 0)
             continue;
         p->host->log(p->host, NULL, AVT_LOG_ERR, "type %s: cannot start a warm child: %s",
                      p->ty->name, err);
-        c->restart_at = now + backoff(p);
+        c->restart_at = now + warm_backoff(p);
         pthread_mutex_lock(&p->mu);
         if (p->starting && !p->start_failed) {
             p->start_failed = 1;
@@ -660,7 +68,7 @@ static enum wstop w_stop_reason(const struct avt_task *t)
     if (avt_is_cancelled(t))
         return W_CANCEL;
     if (t->struct_size >= offsetof(struct avt_task, deadline) + sizeof(double) && t->deadline > 0 &&
-        w_real() >= t->deadline)
+        warm_real() >= t->deadline)
         return W_DEADLINE;
     return W_NONE;
 }
@@ -681,7 +89,7 @@ static struct child *idle_child(struct warm_pool *p)
     for (size_t i = 0; i < p->n; i++) {
         struct child *c = &p->kids[i];
         if (c->st == C_IDLE && has_exited(c))
-            child_gone(p, c, NULL);
+            wchild_gone(p, c, NULL);
         else if (c->st == C_IDLE)
             return c;
     }
@@ -701,20 +109,20 @@ static void assign(struct warm_pool *p)
         *pp = r->next;
         if (why != W_NONE) {
             r->stop = why;
-            fail_req(p, r, "the task's deadline passed while it waited for a free %s child",
-                     p->ty->name);
+            warm_fail_req(p, r, "the task's deadline passed while it waited for a free %s child",
+                          p->ty->name);
             continue;
         }
         char *line = strdup(r->line);
         if (line == NULL) {
             avt_fail(r->task, AVT_RESOURCE_EXHAUSTED_ERROR, "out of memory");
-            finish(p, r);
+            warm_finish(p, r);
             continue;
         }
         c->req = r;
         c->st = C_BUSY;
         c->cancel_sent = 0;
-        send_line(p, c, line);
+        wchild_send(p, c, line);
     }
 }
 
@@ -731,7 +139,7 @@ static void watch_busy(struct warm_pool *p, struct child *c, double now)
         c->stop_by = now + p->ty->kill_grace;
         line = wline_cancel(c->req->task->id, s == W_CANCEL ? "cancelled" : "deadline");
         if (line != NULL)
-            send_line(p, c, line);
+            wchild_send(p, c, line);
         return;
     }
     if (now < c->stop_by)
@@ -739,19 +147,19 @@ static void watch_busy(struct warm_pool *p, struct child *c, double now)
     snprintf(why, sizeof(why),
              "did not answer the cancel within kill_grace_seconds (%g): killed and replaced",
              p->ty->kill_grace);
-    child_gone(p, c, why);
+    wchild_gone(p, c, why);
 }
 
 static void timers(struct warm_pool *p)
 {
     char why[200];
-    double now = w_mono();
+    double now = warm_mono();
     for (size_t i = 0; i < p->n; i++) {
         struct child *c = &p->kids[i];
         if (c->st == C_STARTING && now >= c->ready_by) {
             snprintf(why, sizeof(why), "sent no ready line within ready_timeout_seconds (%g)",
                      p->ty->persistent->ready_timeout);
-            child_gone(p, c, why);
+            wchild_gone(p, c, why);
         } else if (c->st == C_BUSY) {
             watch_busy(p, c, now);
         } else if (c->st == C_EXITING && now >= c->kill_at) {
@@ -759,7 +167,7 @@ static void timers(struct warm_pool *p)
             snprintf(why, sizeof(why),
                      "did not exit within kill_grace_seconds (%g) of EOF on its stdin: killed",
                      p->ty->kill_grace);
-            child_gone(p, c, why);
+            wchild_gone(p, c, why);
         }
     }
 }
@@ -797,11 +205,11 @@ static void poll_round(struct warm_pool *p, char *buf)
         if (pfd[i].revents == 0 || c->st == C_EMPTY)
             continue;
         if (who[i].which == 0 && pfd[i].fd == c->out)
-            read_out(p, c, buf);
+            wchild_read_out(p, c, buf);
         else if (who[i].which == 1 && pfd[i].fd == c->err)
-            read_err(p, c, buf);
+            wchild_read_err(p, c, buf);
         else if (who[i].which == 2 && pfd[i].fd == c->in)
-            flush_in(p, c);
+            wchild_flush(p, c);
     }
 }
 
@@ -824,13 +232,13 @@ static void begin_stop(struct warm_pool *p)
     for (struct warm_req *r = p->waiting, *next; r != NULL; r = next) {
         next = r->next;
         avt_fail(r->task, AVT_TRANSIENT_ERROR, "the %s children are stopping", p->ty->name);
-        finish(p, r);
+        warm_finish(p, r);
     }
     p->waiting = NULL;
     for (size_t i = 0; i < p->n; i++) {
         struct child *c = &p->kids[i];
         if (c->st == C_STARTING || c->st == C_IDLE || c->st == C_BUSY)
-            child_retire(p, c, "type %s: warm child pid %d stopped", p->ty->name, (int)c->pid);
+            wchild_retire(p, c, "type %s: warm child pid %d stopped", p->ty->name, (int)c->pid);
     }
     p->stop_begun = 1;
 }
@@ -889,8 +297,8 @@ static void pool_free(struct warm_pool *p)
         free(p->kids[i].tail);
     }
     free(p->kids);
-    w_close(&p->wake[0]);
-    w_close(&p->wake[1]);
+    warm_close(&p->wake[0]);
+    warm_close(&p->wake[1]);
     pthread_cond_destroy(&p->cv);
     pthread_mutex_destroy(&p->mu);
     free(p);
@@ -914,8 +322,8 @@ static struct warm_pool *pool_new(const struct exec_type *ty, const struct avt_h
     pthread_cond_init(&p->cv, &ca);
     pthread_condattr_destroy(&ca);
     p->kids = calloc(p->n, sizeof(*p->kids));
-    int ok = p->kids != NULL && run_pipe(p->wake) == 0 && nonblock(p->wake[0]) == 0 &&
-             nonblock(p->wake[1]) == 0;
+    int ok = p->kids != NULL && run_pipe(p->wake) == 0 && warm_nonblock(p->wake[0]) == 0 &&
+             warm_nonblock(p->wake[1]) == 0;
     for (size_t i = 0; ok && i < p->n; i++) {
         struct child *c = &p->kids[i];
         c->in = c->out = c->err = c->pid = -1;

@@ -12,6 +12,7 @@
 #include "exec/exec.c"
 #include "exec/run.c"
 #include "exec/warm.c"
+#include "exec/warmchild.c"
 #include "exec/warmline.c"
 
 #include <dirent.h>

@@ -12,6 +12,7 @@
 #include "exec/exec.c"
 #include "exec/run.c"
 #include "exec/warm.c"
+#include "exec/warmchild.c"
 #include "exec/warmline.c"
 
 #include <signal.h>
@@ -273,7 +274,7 @@ TEST(deadline_is_timeout_error)
     ASSERT(s != NULL);
     long pid = child_pid(s, 0);
     struct mock_task *mt = mock_task_new("w", "{\"steps\": 400, \"step_seconds\": 0.05}");
-    mt->pub.deadline = w_real() + 0.5;
+    mt->pub.deadline = warm_real() + 0.5;
     mock_run(&avt_plugin, s, mt);
     EXPECT(mt->code != NULL && strcmp(mt->code, "TIMEOUT_ERROR") == 0);
     mock_task_free(mt);
