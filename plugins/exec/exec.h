@@ -2,7 +2,8 @@
  * exec.h - the parts of the exec plugin (exec.c: plugin and task; decl.c:
  * a type's declaration file; run.c: one child process from fork to reap;
  * warm.c and warmchild.c (warm.h): the long-lived children of a
- * "persistent" type; warmline.c: the line protocol they speak). Private to the plugin; built against sdk/ only.
+ * "persistent" type; warmline.c: the line protocol they speak). Private to
+ * the plugin; built against sdk/ only.
  */
 #ifndef AVT_PLUGINS_EXEC_H
 #define AVT_PLUGINS_EXEC_H
