@@ -163,8 +163,8 @@ TEST(child_errors_pass_through)
     struct mock_task *mt =
         run(s, "{\"error\": {\"code\": \"INVALID_INPUT_ERROR\", \"message\": \"no such label\"}}");
     EXPECT_EQ_INT(mt->outcome, MOCK_FAILED);
-    EXPECT(strcmp(mt->code, "INVALID_INPUT_ERROR") == 0);
-    EXPECT(strcmp(mt->message, "no such label") == 0);
+    EXPECT_CONTAINS(mt->code, "INVALID_INPUT_ERROR");
+    EXPECT(mt->message != NULL && strcmp(mt->message, "no such label") == 0);
     mock_task_free(mt);
     mt = run(s, "{\"text\": 5}");
     EXPECT(mt->code != NULL && strcmp(mt->code, "INVALID_INPUT_ERROR") == 0);
@@ -179,11 +179,10 @@ TEST(child_dying_mid_task_is_transient_and_replaced)
     long first = served_by(s, "{}");
     struct mock_task *mt = run(s, "{\"exit\": 3}");
     EXPECT_EQ_INT(mt->outcome, MOCK_FAILED);
-    EXPECT(strcmp(mt->code, "TRANSIENT_ERROR") == 0);
-    printf("# %s\n", mt->message);
-    EXPECT(strstr(mt->message, "type w: warm child pid") != NULL);
-    EXPECT(strstr(mt->message, "exited with status 3") != NULL);
-    EXPECT(strstr(mt->message, "exiting with status 3 as asked") != NULL); /* stderr tail */
+    EXPECT_CONTAINS(mt->code, "TRANSIENT_ERROR");
+    EXPECT_CONTAINS(mt->message, "type w: warm child pid");
+    EXPECT_CONTAINS(mt->message, "exited with status 3 while running the task; stderr: ");
+    EXPECT_CONTAINS(mt->message, "exiting with status 3 as asked"); /* stderr tail */
     mock_task_free(mt);
     EXPECT(!alive(first));
     long second = served_by(s, "{}");
