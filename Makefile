@@ -284,10 +284,16 @@ install: all
 	@# The exec plugin's drop-in and example type, to copy, not active.
 	install -Dm0644 systemd/exec.conf $(DESTDIR)$(DATADIR)/avtworkerd/exec.conf
 	install -Dm0644 conf/exec.d/transcode.json $(DESTDIR)$(DATADIR)/avtworkerd/exec.d/transcode.json
+	@# Persistent types (avtworkerd-warm(7)): the reference child and a declaration running it.
+	install -Dm0755 plugins/exec/examples/warm_child.py $(DESTDIR)$(DATADIR)/avtworkerd/examples/warm_child.py
+	sed -e 's|/usr/local/share/avtworkerd/|$(DATADIR)/avtworkerd/|g' plugins/exec/examples/inference.json \
+	    > $(DESTDIR)$(DATADIR)/avtworkerd/exec.d/inference.json
+	chmod 0644 $(DESTDIR)$(DATADIR)/avtworkerd/exec.d/inference.json
 	install -Dm0644 man/avtworkerd.8 $(DESTDIR)$(MANDIR)/man8/avtworkerd.8
 	install -Dm0644 man/worker.ini.5 $(DESTDIR)$(MANDIR)/man5/worker.ini.5
 	install -Dm0644 man/avt_plugin.3 $(DESTDIR)$(MANDIR)/man3/avt_plugin.3
 	install -Dm0644 man/avtworkerd-http_fetch.7 $(DESTDIR)$(MANDIR)/man7/avtworkerd-http_fetch.7
+	install -Dm0644 man/avtworkerd-warm.7 $(DESTDIR)$(MANDIR)/man7/avtworkerd-warm.7
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/avtworkerd $(DESTDIR)$(INCLUDEDIR)/avt_plugin.h
@@ -302,11 +308,15 @@ uninstall:
 	rm -f $(DESTDIR)$(UNITDIR)/avtworkerd.service
 	rm -f $(DESTDIR)$(DATADIR)/avtworkerd/gpu.conf $(DESTDIR)$(DATADIR)/avtworkerd/exec.conf
 	rm -f $(DESTDIR)$(DATADIR)/avtworkerd/exec.d/transcode.json
+	rm -f $(DESTDIR)$(DATADIR)/avtworkerd/exec.d/inference.json
+	rm -f $(DESTDIR)$(DATADIR)/avtworkerd/examples/warm_child.py
+	-rmdir $(DESTDIR)$(DATADIR)/avtworkerd/examples 2>/dev/null
 	-rmdir $(DESTDIR)$(DATADIR)/avtworkerd/exec.d 2>/dev/null
 	-rmdir $(DESTDIR)$(DATADIR)/avtworkerd 2>/dev/null
 	rm -f $(DESTDIR)$(MANDIR)/man8/avtworkerd.8 $(DESTDIR)$(MANDIR)/man5/worker.ini.5
 	rm -f $(DESTDIR)$(MANDIR)/man3/avt_plugin.3
 	rm -f $(DESTDIR)$(MANDIR)/man7/avtworkerd-http_fetch.7
+	rm -f $(DESTDIR)$(MANDIR)/man7/avtworkerd-warm.7
 
 FORMAT_FILES = $(wildcard daemon/*.[ch] sdk/*.h plugins/*/*.c tests/*.[ch] tests/unit/*.c tests/plugins/*.c)
 CLANG_FORMAT ?= clang-format

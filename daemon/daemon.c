@@ -868,7 +868,6 @@ static void daemon_teardown(struct daemon *d)
         return;
     }
     pool_destroy(d->pool);
-    evq_destroy(d->evq);
     ledger_destroy(d->ledger);
     work_destroy(d->work);
     taskstats_destroy(d->taskstats);
@@ -882,6 +881,10 @@ static void daemon_teardown(struct daemon *d)
         cfg_destroy(r->cfg);
         free(r);
     }
+    /* After the plugins: their host table (hot cache, progress) posts to
+     * the queue until shutdown() returns (the exec plugin's persistent
+     * types withdraw their hot-cache entries there). */
+    evq_destroy(d->evq);
     if (d->cfg_owned)
         cfg_destroy(d->cfg);
     ev_loop_destroy(d->loop);
@@ -899,11 +902,11 @@ int daemon_run(struct cfg *cfg)
     if (rc != 0) {
         network_teardown(d);
         pool_destroy(d->pool);
-        evq_destroy(d->evq);
         ledger_destroy(d->ledger);
         work_destroy(d->work);
         taskstats_destroy(d->taskstats);
         plugin_set_destroy(d->plugins);
+        evq_destroy(d->evq); /* after the plugins, as in daemon_teardown */
         journal_close(d->journal);
         spool_close(d->spool);
         ev_async_stop(d->loop, &d->wake);

@@ -89,6 +89,15 @@ def exec_setup(tmp):
     with open(os.path.join(types, "checksum.json"), "w") as f:
         json.dump({"argv": ["sha256sum", "--", "{params.path}"], "result": "text",
                    "result_key": "sha256sum"}, f)
+    # The shipped warm example (avtworkerd-warm(7)): one child, the model
+    # "loaded" in half a second, once.
+    with open(os.path.join(ROOT, "plugins", "exec", "examples", "inference.json")) as f:
+        warm = json.load(f)
+    warm["argv"][1] = os.path.join(ROOT, "plugins", "exec", "examples", "warm_child.py")
+    warm["env_set"]["WARM_LOAD_SECONDS"] = "0.5"
+    warm["persistent"]["children"] = 1
+    with open(os.path.join(types, "inference.json"), "w") as f:
+        json.dump(warm, f)
     clip = None
     if shutil.which("ffmpeg"):
         shutil.copy(os.path.join(ROOT, "conf", "exec.d", "transcode.json"), types)
@@ -125,6 +134,7 @@ def jobs_of(o, web, clip):
         ("http_fetch (2 redirects)", o.create_job("http_fetch", {"url": web + "/redirect?n=1",
                                                                  "headers": ["content-type"]})),
         ("exec: sha256sum of a file", o.create_job("checksum", {"path": "/etc/os-release"})),
+        ("exec persistent: warm model", o.create_job("inference", {"text": "a good warm day"})),
     ]
     if clip is not None:
         jobs.append(("exec: ffmpeg transcode (2 s clip)",
@@ -231,7 +241,8 @@ def main():
         table(jobs, recs)
         print("\navtworkerd exited with status %s after SIGTERM" % daemon.returncode)
         expected = ["finished", "finished", "finished", "finished", "finished", "quarantined",
-                    "finished", "finished"] + (["finished"] if clip else []) + ["cancelled"]
+                    "finished", "finished", "finished"] + (["finished"] if clip else []) + \
+            ["cancelled"]
         ok = [j["status"] for j in recs] == expected and daemon.returncode == 0
         print("demo %s" % ("OK" if ok else "FAILED (expected %s); daemon log: %s"
                            % (expected, logf.name)))

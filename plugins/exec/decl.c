@@ -34,6 +34,7 @@ static const char *const known_keys[] = {"argv",
                                          "nice",
                                          "kill_grace_seconds",
                                          "description",
+                                         "persistent",
                                          NULL};
 
 static const char *const default_env[] = {"PATH", "LANG", "LC_ALL", "TZ", NULL};
@@ -408,6 +409,65 @@ static int load_limits(struct exec_type *t, json_t *o, char *err, size_t errlen)
     return get_number(o, "kill_grace_seconds", 0, 3600, &t->kill_grace, err, errlen);
 }
 
+/* Members that describe a command per task; a persistent type speaks the
+ * line protocol instead. */
+static const char *const per_task_keys[] = {
+    "stdin", "result", "result_key", "stdout_max_bytes", "progress", "exit_codes", NULL};
+
+static int load_persistent(struct exec_type *t, json_t *o, char *err, size_t errlen)
+{
+    static const char *const keys[] = {
+        "children",       "max_tasks_per_child",         "max_rss_mb", "ready_timeout_seconds",
+        "max_line_bytes", "restart_backoff_max_seconds", NULL};
+    json_t *p = json_object_get(o, "persistent"), *v;
+    const char *k;
+    if (p == NULL)
+        return 0;
+    if (!json_is_object(p))
+        return bad(err, errlen, "persistent: an object (see avtworkerd-warm(7))");
+    json_object_foreach(p, k, v)
+    {
+        size_t i = 0;
+        while (keys[i] != NULL && strcmp(keys[i], k) != 0)
+            i++;
+        if (keys[i] == NULL)
+            return bad(err, errlen,
+                       "persistent.%s: unknown member (known: children, max_tasks_per_child, "
+                       "max_rss_mb, ready_timeout_seconds, max_line_bytes, "
+                       "restart_backoff_max_seconds)",
+                       k);
+    }
+    for (size_t i = 0; per_task_keys[i] != NULL; i++)
+        if (json_object_get(o, per_task_keys[i]) != NULL)
+            return bad(err, errlen,
+                       "%s: does not apply to a persistent type (its children speak the "
+                       "line protocol of avtworkerd-warm(7))",
+                       per_task_keys[i]);
+    for (size_t i = 1; i < t->argc; i++)
+        if (strstr(t->argv[i], "{params.") != NULL)
+            return bad(err, errlen,
+                       "argv[%zu]: no {params.NAME} in a persistent type (its children get "
+                       "the params of each task on stdin)",
+                       i);
+    struct exec_persistent *ps = calloc(1, sizeof(*ps));
+    if (ps == NULL)
+        return -ENOMEM;
+    t->persistent = ps;
+    *ps = (struct exec_persistent){
+        .children = 1, .ready_timeout = 60, .max_line = 1L << 20, .backoff_max = 30};
+    char why[200];
+    if (get_long(p, "children", 1, 64, &ps->children, why, sizeof(why)) < 0 ||
+        get_long(p, "max_tasks_per_child", 0, 1L << 30, &ps->max_tasks, why, sizeof(why)) < 0 ||
+        get_long(p, "max_rss_mb", 0, 1L << 30, &ps->max_rss_mb, why, sizeof(why)) < 0 ||
+        get_long(p, "max_line_bytes", 256, 1L << 30, &ps->max_line, why, sizeof(why)) < 0 ||
+        get_number(p, "ready_timeout_seconds", 0, 86400, &ps->ready_timeout, why, sizeof(why)) <
+            0 ||
+        get_number(p, "restart_backoff_max_seconds", 0, 3600, &ps->backoff_max, why, sizeof(why)) <
+            0)
+        return bad(err, errlen, "persistent.%s", why);
+    return 0;
+}
+
 static int check_keys(json_t *o, char *err, size_t errlen)
 {
     const char *k;
@@ -442,6 +502,8 @@ static int load_all(struct exec_type *t, json_t *o, char *const *env, char *err,
         rc = load_env(t, o, env, err, errlen);
     if (rc == 0)
         rc = load_limits(t, o, err, errlen);
+    if (rc == 0)
+        rc = load_persistent(t, o, err, errlen);
     if (rc == 0) {
         const char *path = env_get(t->envp, "PATH");
         t->path = resolve(t->argv[0], path != NULL ? path : DEFAULT_PATH, err, errlen);
@@ -490,6 +552,7 @@ void decl_free(struct exec_type *t)
     free(t->path);
     free(t->result_key);
     free(t->total_param);
+    free(t->persistent);
     free(t->name);
     free(t);
 }

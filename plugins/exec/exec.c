@@ -46,7 +46,8 @@ struct exec_state {
     char *work_dir;
     struct exec_type **types;
     size_t ntypes;
-    const char **names; /* NULL-terminated, what types() returns */
+    const char **names;       /* NULL-terminated, what types() returns */
+    struct warm_pool **pools; /* of each type, NULL unless persistent */
 };
 
 static int exec_init(const struct avt_host *host, void **state)
@@ -230,7 +231,19 @@ static int exec_start(void *state, char *err, size_t errlen)
         return -EINVAL;
     }
     int rc = load_types(s, err, errlen);
-    return rc == 0 ? probe_limits(s, err, errlen) : rc;
+    if (rc == 0)
+        rc = probe_limits(s, err, errlen);
+    if (rc == 0 && (s->pools = calloc(s->ntypes + 1, sizeof(*s->pools))) == NULL)
+        rc = -ENOMEM;
+    /* Persistent types: their children are ready before types() names
+     * them (the daemon advertises a type only after start()). */
+    for (size_t i = 0; rc == 0 && i < s->ntypes; i++) {
+        if (s->types[i]->persistent == NULL)
+            continue;
+        s->pools[i] = warm_start(s->types[i], s->host, s->work_dir, err, errlen);
+        rc = s->pools[i] != NULL ? 0 : -EINVAL;
+    }
+    return rc;
 }
 
 static const char *const *exec_types(void *state)
@@ -241,6 +254,9 @@ static const char *const *exec_types(void *state)
 static void exec_shutdown(void *state)
 {
     struct exec_state *s = state;
+    for (size_t i = 0; s->pools != NULL && i < s->ntypes; i++)
+        warm_stop(s->pools[i]);
+    free(s->pools);
     for (size_t i = 0; i < s->ntypes; i++)
         decl_free(s->types[i]);
     free(s->types);
@@ -383,8 +399,7 @@ static int progress_total(const struct exec_type *ty, struct avt_task *task, dou
     return 0;
 }
 
-/* The type's environment plus TMPDIR=workdir. */
-static char **build_env(const struct exec_type *ty, const char *workdir)
+char **exec_env(const struct exec_type *ty, const char *workdir)
 {
     size_t n = 0;
     while (ty->envp[n] != NULL)
@@ -400,9 +415,9 @@ static char **build_env(const struct exec_type *ty, const char *workdir)
     return env;
 }
 
-/* What build_env() made: the type's strings are borrowed, only the last
+/* What exec_env() made: the type's strings are borrowed, only the last
  * one (TMPDIR) is ours. */
-static void free_env(char **env)
+void exec_env_free(char **env)
 {
     size_t n = 0;
     if (env == NULL)
@@ -421,9 +436,14 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
     return flag == FTW_DP ? rmdir(path) : unlink(path);
 }
 
+int exec_rmtree(const char *dir)
+{
+    return nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT) != 0 ? -1 : 0;
+}
+
 static void remove_workdir(struct avt_task *task, const char *dir)
 {
-    if (nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT) != 0)
+    if (exec_rmtree(dir) != 0)
         avt_log_warn(task, "could not remove the task directory %s: %s", dir, strerror(errno));
 }
 
@@ -501,7 +521,7 @@ static void run_task(const struct exec_state *s, const struct exec_type *ty, str
         avt_fail(task, AVT_TRANSIENT_ERROR, "cannot create a task directory: %s", strerror(errno));
         return;
     }
-    char **env = build_env(ty, workdir);
+    char **env = exec_env(ty, workdir);
     int rc = env != NULL ? run_command(&r, argv, env, workdir, input, err, sizeof(err)) : -ENOMEM;
     if (rc < 0) {
         avt_log_err(task, "%s", env != NULL ? err : "out of memory");
@@ -509,23 +529,24 @@ static void run_task(const struct exec_state *s, const struct exec_type *ty, str
     } else {
         outcome(&r);
     }
-    free_env(env);
+    exec_env_free(env);
     run_free(&r);
     remove_workdir(task, workdir);
 }
 
-static const struct exec_type *find_type(const struct exec_state *s, const char *name)
+static size_t find_type(const struct exec_state *s, const char *name)
 {
-    for (size_t i = 0; i < s->ntypes; i++)
-        if (strcmp(s->types[i]->name, name) == 0)
-            return s->types[i];
-    return NULL;
+    size_t i = 0;
+    while (i < s->ntypes && strcmp(s->types[i]->name, name) != 0)
+        i++;
+    return i;
 }
 
 static int exec_handle(void *state, struct avt_task *task)
 {
     const struct exec_state *s = state;
-    const struct exec_type *ty = find_type(s, task->type);
+    size_t i = find_type(s, task->type);
+    const struct exec_type *ty = i < s->ntypes ? s->types[i] : NULL;
     char *input = NULL;
     if (ty == NULL) {
         avt_fail(task, AVT_PERMANENT_ERROR, "exec has no declaration of type %s", task->type);
@@ -533,6 +554,10 @@ static int exec_handle(void *state, struct avt_task *task)
     }
     if (!json_is_object(task->params)) {
         avt_fail(task, AVT_INVALID_INPUT_ERROR, "params must be a JSON object");
+        return 0;
+    }
+    if (ty->persistent != NULL) {
+        warm_run(s->pools[i], task);
         return 0;
     }
     char **argv = build_argv(ty, task);

@@ -69,7 +69,7 @@ static int high_fd(int fd)
     return h;
 }
 
-static int high_pipe(int p[2])
+int run_pipe(int p[2])
 {
     if (pipe2(p, O_CLOEXEC) < 0)
         return -errno;
@@ -194,37 +194,37 @@ static void close_fd(int *fd)
     *fd = -1;
 }
 
-/* Fork and exec; the child's errno before exec comes back through errpipe. */
-static int spawn(struct exec_run *r, char *const *argv, char *const *envp, const char *workdir,
-                 int in, const int *w, char *err, size_t errlen)
+int run_spawn(const struct exec_type *ty, int in, const int *w, const char *workdir,
+              char *const *argv, char *const *envp, pid_t *pidp, char *err, size_t errlen)
 {
     int ep[2], e = 0;
-    pid_t parent = getpid();
-    if (high_pipe(ep) < 0) {
+    pid_t parent = getpid(), pid;
+    *pidp = -1;
+    if (run_pipe(ep) < 0) {
         snprintf(err, errlen, "pipe: %s", strerror(errno));
         return -EIO;
     }
-    r->pid = fork();
-    if (r->pid == 0)
-        child_exec(r->ty, parent, in, w, workdir, argv, envp, ep[1]);
+    pid = fork();
+    if (pid == 0)
+        child_exec(ty, parent, in, w, workdir, argv, envp, ep[1]);
     e = errno;
     close(ep[1]);
-    if (r->pid < 0) {
+    if (pid < 0) {
         close(ep[0]);
         snprintf(err, errlen, "fork: %s", strerror(e));
         return -e;
     }
-    setpgid(r->pid, r->pid); /* also here: no race with a kill of the group */
+    setpgid(pid, pid); /* also here: no race with a kill of the group */
     ssize_t n;
     while ((n = read(ep[0], &e, sizeof(e))) < 0 && errno == EINTR)
         ;
     close(ep[0]);
     if (n == (ssize_t)sizeof(e)) {
-        waitpid(r->pid, NULL, 0);
-        r->pid = -1;
-        snprintf(err, errlen, "cannot run %s: %s", r->ty->path, strerror(e));
+        waitpid(pid, NULL, 0);
+        snprintf(err, errlen, "cannot run %s: %s", ty->path, strerror(e));
         return -e;
     }
+    *pidp = pid;
     return 0;
 }
 
@@ -423,7 +423,7 @@ static int make_pipes(struct exec_run *r, int *w, char *err, size_t errlen)
         r->fds[i] = w[i] = -1;
         if (i == FD_PROG && r->ty->psource != EXEC_PROGRESS_FD)
             continue;
-        if (high_pipe(p) < 0) {
+        if (run_pipe(p) < 0) {
             snprintf(err, errlen, "pipe: %s", strerror(errno));
             return -EIO;
         }
@@ -457,7 +457,7 @@ int run_command(struct exec_run *r, char *const *argv, char *const *envp, const 
         }
     }
     if (rc == 0)
-        rc = spawn(r, argv, envp, workdir, in, w, err, errlen);
+        rc = run_spawn(r->ty, in, w, workdir, argv, envp, &r->pid, err, errlen);
     if (in >= 0)
         close(in);
     for (int i = 0; i < 3; i++)

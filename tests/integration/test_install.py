@@ -5,6 +5,7 @@ the man pages render without warnings, and the installed unit passes
 security` (exposure 1.4 or less, the figure the README states), also with
 the GPU drop-in; the unit keeps plugins alive (EPERM, not SIGSYS) and
 writes no core dumps."""
+import json
 import os
 import re
 import shutil
@@ -17,7 +18,8 @@ from avt import BUILD, ROOT, Skip, check, main, private_build, test
 PAGES = {"usr/share/man/man8/avtworkerd.8": "AVTWORKERD",
          "usr/share/man/man5/worker.ini.5": "WORKER.INI",
          "usr/share/man/man3/avt_plugin.3": "AVT_PLUGIN",
-         "usr/share/man/man7/avtworkerd-http_fetch.7": "AVTWORKERD-HTTP_FETCH"}
+         "usr/share/man/man7/avtworkerd-http_fetch.7": "AVTWORKERD-HTTP_FETCH",
+         "usr/share/man/man7/avtworkerd-warm.7": "AVTWORKERD-WARM"}
 UNIT = "usr/lib/systemd/system/avtworkerd.service"
 GPU_DROPIN = "usr/share/avtworkerd/gpu.conf"
 EXPOSURE_MAX = 1.4  # the default unit's systemd-analyze security figure must not grow
@@ -32,6 +34,8 @@ FILES = {  # path: mode
     "usr/lib/avtworkerd/exec.so": 0o755,
     "usr/share/avtworkerd/exec.conf": 0o644,
     "usr/share/avtworkerd/exec.d/transcode.json": 0o644,
+    "usr/share/avtworkerd/exec.d/inference.json": 0o644,
+    "usr/share/avtworkerd/examples/warm_child.py": 0o755,
     "etc/avtworkerd/worker.ini.example": 0o644,
     "etc/avtworkerd/worker.ini": 0o644,  # the unit's DynamicUser reads it
 }
@@ -67,6 +71,9 @@ def install_puts_every_file_in_place(t):
     check("/usr/share/avtworkerd/" in unit, "unit does not say where gpu.conf is", unit)
     shipped = open(os.path.join(ROOT, "conf/worker.ini")).read()
     check(open(os.path.join(dest, "etc/avtworkerd/worker.ini")).read() == shipped)
+    # The warm example runs the installed reference child.
+    warm = json.load(open(os.path.join(dest, "usr/share/avtworkerd/exec.d/inference.json")))
+    check(warm["argv"][1] == "/usr/share/avtworkerd/examples/warm_child.py", warm["argv"])
     r = subprocess.run([os.path.join(dest, "usr/sbin/avtworkerd"), "--version"], capture_output=True,
                        text=True)
     check(r.returncode == 0 and "avtworkerd" in r.stdout, r.stdout, r.stderr)

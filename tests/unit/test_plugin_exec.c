@@ -11,6 +11,9 @@
 #include "exec/decl.c"
 #include "exec/exec.c"
 #include "exec/run.c"
+#include "exec/warm.c"
+#include "exec/warmchild.c"
+#include "exec/warmline.c"
 
 #include <dirent.h>
 #include <fcntl.h>
