@@ -46,8 +46,7 @@ PBEGIN, PEND = "<!-- BEGIN PROFILE by bench/real.py -->", "<!-- END PROFILE by b
 PY = "/usr/bin/python3"
 # What the orchestrator does per request kind: its handlers, by name.
 HANDLERS = {"poll (tasks/next)": "get_next_task", "result": "process_task_result",
-            "heartbeat": "update_worker_heartbeat", "client: job status": "get_job_status_handler",
-            "client: create job": "create_job_handler"}
+            "heartbeat": "update_worker_heartbeat", "client: job status": "get_job_status_handler"}
 # Wrapper: the harness's orchestrator.py under cProfile, stats dumped at SIGINT.
 PROFILED = """
 import cProfile, runpy, sys
