@@ -285,7 +285,7 @@ install: all
 	install -Dm0644 systemd/exec.conf $(DESTDIR)$(DATADIR)/avtworkerd/exec.conf
 	install -Dm0644 conf/exec.d/transcode.json $(DESTDIR)$(DATADIR)/avtworkerd/exec.d/transcode.json
 	@# Persistent types (avtworkerd-warm(7)): the reference child and a declaration running it.
-	install -Dm0755 plugins/exec/examples/warm_child.py $(DESTDIR)$(DATADIR)/avtworkerd/examples/warm_child.py
+	install -Dm0644 plugins/exec/examples/warm_child.py $(DESTDIR)$(DATADIR)/avtworkerd/examples/warm_child.py
 	sed -e 's|/usr/local/share/avtworkerd/|$(DATADIR)/avtworkerd/|g' plugins/exec/examples/inference.json \
 	    > $(DESTDIR)$(DATADIR)/avtworkerd/exec.d/inference.json
 	chmod 0644 $(DESTDIR)$(DATADIR)/avtworkerd/exec.d/inference.json

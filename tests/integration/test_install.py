@@ -35,7 +35,7 @@ FILES = {  # path: mode
     "usr/share/avtworkerd/exec.conf": 0o644,
     "usr/share/avtworkerd/exec.d/transcode.json": 0o644,
     "usr/share/avtworkerd/exec.d/inference.json": 0o644,
-    "usr/share/avtworkerd/examples/warm_child.py": 0o755,
+    "usr/share/avtworkerd/examples/warm_child.py": 0o644,  # run as python3 PATH (lintian: no python3 dependency)
     "etc/avtworkerd/worker.ini.example": 0o644,
     "etc/avtworkerd/worker.ini": 0o644,  # the unit's DynamicUser reads it
 }
