@@ -182,7 +182,8 @@ $(BUILD)/avtworker-sdk.pc: sdk/avtworker-sdk.pc.in Makefile $(BUILD)/.install-pa
 # warning-free build is `make WERROR=1 all test-build bench-build fuzz-build`.
 .PHONY: test-build bench-build
 test-build: all $(TEST_PLUGINS) $(UNIT_BINS)
-bench-build: all $(BENCH_PLUGINS) $(BUILD)/bench/floor
+# bench-build is below, after BENCH_PLUGINS: a prerequisite list is expanded
+# where the rule is read.
 
 # ffmpeg is a test dependency only (the exec plugin's transcode tests):
 # installed like the build packages when root, else those tests are skipped.
@@ -222,6 +223,7 @@ fuzz-smoke: fuzz-build
 # bench-smoke is CI's few-second run of the same code in both dialects
 # (numbers never judged).
 BENCH_PLUGINS = $(patsubst bench/plugins/%.c,$(BUILD)/bench/plugins/%.so,$(wildcard bench/plugins/*.c))
+bench-build: all $(BENCH_PLUGINS) $(BUILD)/bench/floor
 RUNS ?= 3
 PROTOCOL ?= 1.0b3
 $(BUILD)/bench/plugins/%.so: bench/plugins/%.c bench/plugins/stamp.h sdk/avt_plugin.h | $(DEPS_STAMP)

@@ -203,6 +203,7 @@ def daemon_argv(args):
     argv = [DAEMON] + list(args)
     if VALGRIND:
         argv = ["valgrind", "--error-exitcode=99", "--leak-check=full", "--errors-for-leak-kinds=definite",
+                "--suppressions=" + os.path.join(ROOT, "tests", "valgrind.supp"),
                 "--show-leak-kinds=definite", "--num-callers=30",
                 "--log-file=" + os.path.join(VG_DIR, "vg.%p.log"), "-q"] + argv
     return argv

@@ -52,6 +52,11 @@ def results_of(job):
     return job.get("results") or []
 
 
+def wstat(o, key):
+    """One of the worker's figures at the orchestrator; 0 before its first poll."""
+    return o.worker_stats(WID).get(key, 0)
+
+
 @test
 def thousands_of_echo_tasks_each_delivered_once(t):
     with FakeOrch(poll_timeout=2) as o:
@@ -78,15 +83,15 @@ def a_task_fans_polls_out_over_the_free_slots_and_an_empty_answer_folds_them(t):
     again, as an idle SDK worker does."""
     with FakeOrch(poll_timeout=2) as o:
         p = start(t, o, ini(t, slots=4))
-        wait_for(lambda: o.worker_stats(WID)["polls_outstanding"] == 1, what="one poll while idle")
+        wait_for(lambda: wstat(o, "polls_outstanding") == 1, what="one poll while idle")
         jid = o.prequeue(WID, "t_block", {}, count=1)[0]
         # 1 slot runs t_block, 3 polls wait for the next tasks.
-        wait_for(lambda: o.worker_stats(WID)["polls_outstanding"] == 3, what="three polls out")
+        wait_for(lambda: wstat(o, "polls_outstanding") == 3, what="three polls out")
         ids = o.prequeue(WID, "echo", {"n": 1}, count=3)
         o.wait_jobs(ids, timeout=30)
         # The polls come back empty after their 2 s hold: one stays.
-        wait_for(lambda: o.worker_stats(WID)["polls"] >= 8 and
-                 o.worker_stats(WID)["polls_outstanding"] == 1, timeout=30, what="back to one poll")
+        wait_for(lambda: wstat(o, "polls") >= 8 and
+                 wstat(o, "polls_outstanding") == 1, timeout=30, what="back to one poll")
         st = o.worker_stats(WID)
         check(st["max_polls_outstanding"] == 3, st)
         check(st["max_committed"] <= 4, "more tasks and polls out than slots", st)
@@ -101,7 +106,7 @@ def max_polls_bounds_the_polls_in_flight(t):
     with FakeOrch(poll_timeout=2) as o:
         p = start(t, o, ini(t, slots=6, extra_orch="max_polls = 2"))
         ids = o.prequeue(WID, "t_block", {}, count=1)
-        wait_for(lambda: o.worker_stats(WID)["polls_outstanding"] == 2, what="two polls out")
+        wait_for(lambda: wstat(o, "polls_outstanding") == 2, what="two polls out")
         ids += o.prequeue(WID, "echo", {"n": 1}, count=40)
         o.wait_jobs(ids[1:], timeout=60)
         st = o.worker_stats(WID)
