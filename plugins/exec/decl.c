@@ -51,6 +51,23 @@ static int bad(char *err, size_t errlen, const char *fmt, ...)
     return -EINVAL;
 }
 
+/* The first member of object o whose name is not in keys (NULL-terminated),
+ * or NULL. */
+static const char *unknown_member(json_t *o, const char *const *keys)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(o, k, v)
+    {
+        size_t i = 0;
+        while (keys[i] != NULL && strcmp(keys[i], k) != 0)
+            i++;
+        if (keys[i] == NULL)
+            return k;
+    }
+    return NULL;
+}
+
 static int is_param_char(char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
@@ -238,24 +255,17 @@ static int load_progress(struct exec_type *t, json_t *p, char *err, size_t errle
     static const char *const keys[] = {"source", "fd",          "pattern", "scale",
                                        "total",  "total_param", NULL};
     const char *k;
-    json_t *v;
     t->scale = 1;
     t->total = 100;
     if (p == NULL)
         return 0;
     if (!json_is_object(p))
         return bad(err, errlen, "progress: an object");
-    json_object_foreach(p, k, v)
-    {
-        size_t i = 0;
-        while (keys[i] != NULL && strcmp(keys[i], k) != 0)
-            i++;
-        if (keys[i] == NULL)
-            return bad(err, errlen,
-                       "progress.%s: unknown member (known: source, fd, pattern, "
-                       "scale, total, total_param)",
-                       k);
-    }
+    if ((k = unknown_member(p, keys)) != NULL)
+        return bad(err, errlen,
+                   "progress.%s: unknown member (known: source, fd, pattern, "
+                   "scale, total, total_param)",
+                   k);
     if (load_source(t, p, err, errlen) < 0)
         return -EINVAL;
     if (load_pattern(t, p, err, errlen) < 0)
@@ -419,24 +429,18 @@ static int load_persistent(struct exec_type *t, json_t *o, char *err, size_t err
     static const char *const keys[] = {
         "children",       "max_tasks_per_child",         "max_rss_mb", "ready_timeout_seconds",
         "max_line_bytes", "restart_backoff_max_seconds", NULL};
-    json_t *p = json_object_get(o, "persistent"), *v;
+    json_t *p = json_object_get(o, "persistent");
     const char *k;
     if (p == NULL)
         return 0;
     if (!json_is_object(p))
         return bad(err, errlen, "persistent: an object (see avtworkerd-warm(7))");
-    json_object_foreach(p, k, v)
-    {
-        size_t i = 0;
-        while (keys[i] != NULL && strcmp(keys[i], k) != 0)
-            i++;
-        if (keys[i] == NULL)
-            return bad(err, errlen,
-                       "persistent.%s: unknown member (known: children, max_tasks_per_child, "
-                       "max_rss_mb, ready_timeout_seconds, max_line_bytes, "
-                       "restart_backoff_max_seconds)",
-                       k);
-    }
+    if ((k = unknown_member(p, keys)) != NULL)
+        return bad(err, errlen,
+                   "persistent.%s: unknown member (known: children, max_tasks_per_child, "
+                   "max_rss_mb, ready_timeout_seconds, max_line_bytes, "
+                   "restart_backoff_max_seconds)",
+                   k);
     for (size_t i = 0; per_task_keys[i] != NULL; i++)
         if (json_object_get(o, per_task_keys[i]) != NULL)
             return bad(err, errlen,
@@ -470,16 +474,9 @@ static int load_persistent(struct exec_type *t, json_t *o, char *err, size_t err
 
 static int check_keys(json_t *o, char *err, size_t errlen)
 {
-    const char *k;
-    json_t *v;
-    json_object_foreach(o, k, v)
-    {
-        size_t i = 0;
-        while (known_keys[i] != NULL && strcmp(known_keys[i], k) != 0)
-            i++;
-        if (known_keys[i] == NULL)
-            return bad(err, errlen, "unknown member \"%s\" (see avt_plugin(3), EXEC)", k);
-    }
+    const char *k = unknown_member(o, known_keys);
+    if (k != NULL)
+        return bad(err, errlen, "unknown member \"%s\" (see avt_plugin(3), EXEC)", k);
     return 0;
 }
 
