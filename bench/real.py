@@ -247,6 +247,34 @@ def write_block(begin, end, body):
     log("wrote %s" % report)
 
 
+def chart(points, png):
+    """jobs/s against slots, both workers, one panel per storage (gnuplot);
+    points: {storage: [(slots, avtworkerd jobs/s, reference jobs/s)]}."""
+    gp = shutil.which("gnuplot")
+    if gp is None:
+        log("gnuplot not found (apt-get install -y gnuplot-nox): no chart")
+        return False
+    slots = sorted({p[0] for pts in points.values() for p in pts})
+    script = ['set terminal pngcairo size 1000,420 font ",10"', "set output '%s'" % png,
+              'set multiplot layout 1,%d title "avtworkerd vs the Python reference worker on the real '
+              'orchestrator (Avtomatika 1.0b13, %d CPUs)"' % (len(points), os.cpu_count()),
+              "set logscale x 2", 'set xlabel "task slots (reference: --concurrency)"', "set grid",
+              "set key below", "set xtics (%s)" % ", ".join(str(x) for x in slots),
+              "set xrange [%g:%g]" % (min(slots) / 1.5, max(slots) * 1.5),
+              'set ylabel "echo jobs/s"', "set yrange [0:*]"]
+    for storage, pts in points.items():
+        data = "\n".join("%d %.1f %.1f" % p for p in sorted(pts)) + "\ne"
+        script += ['set title "%sStorage"' % ("Redis" if storage == "redis" else "Memory"),
+                   "plot '-' using 1:2 with linespoints lw 2 pt 7 title \"avtworkerd\", "
+                   "'-' using 1:3 with linespoints lw 2 pt 5 title \"reference (aiohttp)\"", data, data]
+    script.append("unset multiplot")
+    r = subprocess.run([gp], input="\n".join(script) + "\n", text=True, capture_output=True)
+    if r.returncode != 0:
+        log("gnuplot failed: " + r.stderr[-500:])
+        return False
+    return True
+
+
 def main():
     why = missing()
     if why:
@@ -264,7 +292,7 @@ def main():
     head = ["| slots | storage | jobs/s avtworkerd / reference | worker CPU per job | "
             "orchestrator CPU per 1,000 jobs, avtworkerd vs reference | orchestrator busy |",
             "|---:|---|---:|---:|---:|---:|"]
-    out, failed = [], 0
+    out, failed, points = [], 0, {}
     try:
         for storage in storages:
             for slots in slots_list:
@@ -274,6 +302,8 @@ def main():
                     failed += 1
                     continue
                 out.append(line(slots, storage, rows, n))
+                points.setdefault(storage, []).append(
+                    (slots, med(rows["candidate"], 0), med(rows["baseline"], 0)))
                 print(out[-1], flush=True)
     finally:
         shutil.rmtree(plugins, ignore_errors=True)
@@ -284,6 +314,9 @@ def main():
         stamp = ("Avtomatika 1.0b13 (RXON 1.0b3) from `%s`, %d x %d echo jobs per line, "
                  "the reference worker with `--concurrency` = slots, %d CPUs."
                  % (os.path.relpath(HARNESS, ROOT), runs, n, os.cpu_count()))
+        png = os.path.join(ROOT, "docs", "benchmarks-real.png")
+        if chart(points, png):
+            table += "\n\n![jobs/s against task slots on the real orchestrator](%s)" % os.path.basename(png)
         write_block(BEGIN, END, stamp + "\n\n" + table)
     pslots = int(os.environ.get("PROFILE_SLOTS", "16"))
     if pslots > 0:

@@ -95,6 +95,7 @@ static const struct key_def keys[] = {
     {"worker", "crash_limit", K_INT, FIELD(crash_limit), 1, 1000, 0},
     {"worker", "cancel_grace", K_DOUBLE, FIELD(cancel_grace), 0, 3600, 0},
     {"worker", "restart_on_stuck", K_BOOL, FIELD(restart_on_stuck), 0, 0, 0},
+    {"worker", "batch_scheduling", K_BOOL, FIELD(batch_scheduling), 0, 0, 0},
     {"worker", "log_level", K_LOG_LEVEL, FIELD(log_level), 0, 0, 0},
     {"worker", "log_format", K_LOG_FORMAT, FIELD(log_format), 0, 0, 0},
     {"worker", "hostname", K_STRING, FIELD(hostname), 0, 0, 0},
@@ -1434,6 +1435,7 @@ static struct cfg *cfg_new_defaults(void)
     c->spool_max_age = 7 * 86400;
     c->cancel_grace = 5;
     c->restart_on_stuck = 1;
+    c->batch_scheduling = 1;
     c->log_level = LOG_INFO;
     c->log_format = LOG_FORMAT_AUTO;
     c->hostname = default_hostname();

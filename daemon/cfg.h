@@ -87,6 +87,7 @@ struct cfg {
                                  and reporting it failed; default 5 */
     int restart_on_stuck;     /* drain and exit 75 when a handler ignores its
                                  cancellation; default 1 */
+    int batch_scheduling;     /* SCHED_BATCH for every thread (and child); default 1 */
     int log_level;            /* LOG_LEVEL; syslog level, default LOG_INFO */
     int log_format;           /* LOG_FORMAT; enum log_format, default auto */
     char *hostname;           /* HOSTNAME_OVERRIDE; default gethostname() */

@@ -45,6 +45,7 @@
 #include "daemon.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -409,6 +410,10 @@ static void keep_identity(const struct cfg *old, struct cfg *c)
     keep_str(&c->url, old->url, "[orchestrator] url");
     keep_str(&c->worker_id, old->worker_id, "[worker] id");
     keep_str(&c->state_dir, old->state_dir, "[worker] state_dir");
+    if (c->batch_scheduling != old->batch_scheduling) {
+        log_warn("reload: batch_scheduling changed; it takes effect at the next restart");
+        c->batch_scheduling = old->batch_scheduling;
+    }
     if (c->max_concurrent_tasks != old->max_concurrent_tasks) {
         log_warn("reload: max_concurrent_tasks changed; it takes effect at the next restart");
         c->max_concurrent_tasks = old->max_concurrent_tasks;
@@ -786,12 +791,35 @@ static void outbox_setup(struct daemon *d, struct cfg *cfg, struct journal_lost 
         outbox_hold(d->outbox, cfg->poll_timeout + 1.0);
 }
 
+/* [worker] batch_scheduling: SCHED_BATCH for this thread, and so for every
+ * thread and child process started after it. Such a thread does not preempt
+ * the one running when it wakes up: the worker's many short wake-ups (a poll
+ * answer, a pool hand-off, a result) no longer interrupt a co-located
+ * orchestrator or database, which on a shared machine is the bottleneck of
+ * the whole system (docs/benchmarks.md, "Sharing the CPU"). Its share of the
+ * CPU is unchanged. Under the unit the policy is set by systemd
+ * (CPUSchedulingPolicy=batch), whose system-call filter denies the call. */
+static void apply_scheduling(const struct cfg *cfg)
+{
+    int want = cfg->batch_scheduling ? SCHED_BATCH : SCHED_OTHER;
+    int have = sched_getscheduler(0);
+    if (have == want || (have != SCHED_OTHER && have != SCHED_BATCH))
+        return; /* already so, or a real-time or idle policy the operator chose */
+    struct sched_param sp = {.sched_priority = 0};
+    if (sched_setscheduler(0, want, &sp) < 0)
+        log_warn("cannot set the CPU scheduling policy to %s (%s): the worker keeps %s; "
+                 "under systemd set CPUSchedulingPolicy= in the unit instead",
+                 want == SCHED_BATCH ? "batch" : "other", strerror(errno),
+                 have == SCHED_BATCH ? "batch" : "other");
+}
+
 static int daemon_setup(struct daemon *d, struct cfg *cfg)
 {
     char err[AVT_ERRLEN];
     struct journal_lost *lost = NULL;
     size_t nlost = 0;
     d->cfg = cfg;
+    apply_scheduling(cfg);
     /* Not the default loop: that one reaps every child process on SIGCHLD,
      * which would take their exit status from plugins (pclose, system). */
     d->loop = ev_loop_new(EVFLAG_AUTO);

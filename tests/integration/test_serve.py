@@ -142,6 +142,24 @@ def answers_are_not_asked_compressed_unless_configured(t):
 
 
 @test
+def every_thread_is_batch_scheduled_unless_configured_otherwise(t):
+    """[worker] batch_scheduling (default true): SCHED_BATCH for the loop,
+    the task threads and what they start, so that the worker's wake-ups do
+    not preempt a co-located orchestrator; false leaves SCHED_OTHER."""
+    for extra, want in (("", os.SCHED_BATCH), ("batch_scheduling = false", os.SCHED_OTHER)):
+        with FakeOrch(poll_timeout=2) as o:
+            p = start(t, o, ini(t, slots=3, extra_worker=extra))
+            jid = o.create_job("echo", {"msg": "scheduled"})
+            check(o.wait_job(jid)["status"] == "finished", o.job(jid), p.log()[-1500:])
+            tids = os.listdir("/proc/%d/task" % p.pid)
+            pols = {os.sched_getscheduler(int(tid)) for tid in tids}
+            check(pols == {want}, extra, pols, len(tids))
+            check(len(tids) >= 4, "the loop and 3 task threads", tids)
+            rc, log = stop(p)
+            check(rc == 0, rc, log[-1500:])
+
+
+@test
 def limits_are_never_exceeded_and_no_task_is_dropped(t):
     with FakeOrch(poll_timeout=2) as o:
         p = start(t, o, ini(t, slots=4, limits="t_conc = 1\nt_conc2 = 2\n"))

@@ -527,6 +527,41 @@ def plugin_calls_the_unit_filters_fail_with_eperm_and_the_daemon_lives(t):
         check(rc == 0, rc, log[-2000:])
 
 
+def thread_policies(p):
+    """{os.SCHED_*: number of threads} of a running process."""
+    got = {}
+    for tid in os.listdir("/proc/%d/task" % p.pid):
+        pol = os.sched_getscheduler(int(tid))
+        got[pol] = got.get(pol, 0) + 1
+    return got
+
+
+@test
+def under_the_unit_every_thread_is_batch_scheduled_and_without_its_line_the_log_says_why_not(t):
+    """The unit sets CPUSchedulingPolicy=batch because its filter denies the
+    daemon sched_setscheduler(): with the line, every thread is SCHED_BATCH
+    and nothing is logged; without it, the daemon keeps serving with the
+    policy it got and its warning names the unit setting to use."""
+    text = open(UNIT).read()
+    check(re.search(r"^CPUSchedulingPolicy=batch$", text, re.M), "the unit lost CPUSchedulingPolicy=batch")
+    for unit_text, batch in ((None, True), (re.sub(r"^CPUSchedulingPolicy=.*$", "", text, flags=re.M), False)):
+        prefix = unit_filter_prefix(t, unit_text)
+        with FakeOrch(poll_timeout=2, max_retries=0) as o:
+            p = start(t, o, ini(t), prefix=prefix, env=filtered_env())
+            jid = o.create_job("echo", {"msg": "scheduled"})
+            check(o.wait_job(jid)["status"] == "finished", o.job(jid), p.log()[-1500:])
+            pol = thread_policies(p)
+            warned = "cannot set the CPU scheduling policy to batch" in p.log()
+            if batch:
+                check(list(pol) == [os.SCHED_BATCH] and not warned, pol, p.log()[-1500:])
+            else:
+                check(list(pol) == [os.SCHED_OTHER] and warned and "CPUSchedulingPolicy=" in p.log(),
+                      pol, p.log()[-1500:])
+            p.send_signal(signal.SIGTERM)
+            rc, log = wait_exit(p, 20)
+            check(rc == 0, rc, log[-2000:])
+
+
 @test
 def without_systemcallerrornumber_the_filter_kills_the_daemon(t):
     """What the unit did before SystemCallErrorNumber=EPERM (and a proof

@@ -12,7 +12,8 @@ expanded with `systemd-analyze syscall-filter`, and a call outside the
 filter fails with SystemCallErrorNumber= or, without it, kills the process
 (SIGSYS). The filter is loaded through libseccomp (libseccomp.so.2, which
 systemd itself depends on) by this file run as a script, which then execs
-the command. What it does not model: systemd's ENOSYS for system calls
+the command. The unit's CPUSchedulingPolicy= is applied too, before the
+filter, as systemd applies it. What it does not model: systemd's ENOSYS for system calls
 newer than its own tables, and the other sandboxing settings.
 """
 import ctypes
@@ -135,11 +136,28 @@ def argv_prefix(unit_path):
     return [PYTHON, os.path.abspath(__file__), unit_path, "--"]
 
 
+POLICIES = {"other": os.SCHED_OTHER, "batch": os.SCHED_BATCH, "idle": os.SCHED_IDLE}
+
+
+def unit_policy(unit_text):
+    """The os.SCHED_* of the unit's CPUSchedulingPolicy=, or None."""
+    policy = None
+    for line in unit_text.splitlines():
+        key, _, value = line.strip().partition("=")
+        if key == "CPUSchedulingPolicy":
+            policy = POLICIES[value.strip()]
+    return policy
+
+
 def main():
     unit_path, sep, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
     assert sep == "--" and argv, "usage: unitfilter.py UNIT -- COMMAND [ARG...]"
     with open(unit_path) as f:
-        load(*unit_filter(f.read()))
+        text = f.read()
+    policy = unit_policy(text)
+    if policy is not None:
+        os.sched_setscheduler(0, policy, os.sched_param(0))
+    load(*unit_filter(text))
     os.execv(argv[0], argv)
 
 

@@ -209,6 +209,7 @@ TEST(defaults)
     EXPECT_EQ_STR(cfg->state_dir, "/var/lib/avtworkerd");
     EXPECT(cfg->shutdown_timeout == 30);
     EXPECT_EQ_INT(cfg->advertise_busy, 0);
+    EXPECT_EQ_INT(cfg->batch_scheduling, 1);
     EXPECT_EQ_INT(cfg->log_level, LOG_INFO);
     EXPECT_EQ_INT(cfg->log_format, LOG_FORMAT_AUTO);
     EXPECT(cfg->ip_address == NULL);
@@ -256,6 +257,7 @@ static const char full_ini[] = "# a comment\n"
                                "state_dir = /srv/avt\n"
                                "shutdown_timeout = 12.5\n"
                                "advertise_busy = yes\n"
+                               "batch_scheduling = no\n"
                                "log_level = debug\n"
                                "log_format = json\n"
                                "hostname = box1\n"
@@ -295,6 +297,7 @@ TEST(file_values)
     EXPECT_EQ_STR(cfg->state_dir, "/srv/avt");
     EXPECT(cfg->shutdown_timeout == 12.5);
     EXPECT_EQ_INT(cfg->advertise_busy, 1);
+    EXPECT_EQ_INT(cfg->batch_scheduling, 0);
     EXPECT_EQ_INT(cfg->log_level, LOG_DEBUG);
     EXPECT_EQ_INT(cfg->log_format, LOG_FORMAT_JSON);
     EXPECT_EQ_STR(cfg->hostname, "box1");
@@ -401,6 +404,7 @@ TEST(invalid_values_name_file_line_and_key)
         {"[worker]\nshutdown_timeout = nan\n", "2: shutdown_timeout: not a number"},
         {"[worker]\nshutdown_timeout = 1e999\n", "2: shutdown_timeout: not a number"},
         {"[worker]\nadvertise_busy = maybe\n", "2: advertise_busy: not a boolean"},
+        {"[worker]\nbatch_scheduling = 2\n", "2: batch_scheduling: not a boolean"},
         {"[worker]\nlog_level = loud\n", "2: log_level: unknown log level"},
         {"[worker]\nlog_format = xml\n", "2: log_format: unknown log format"},
         {"[worker]\nip_address = 1.2.3\n", "2: ip_address: "},
