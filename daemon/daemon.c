@@ -798,19 +798,30 @@ static void outbox_setup(struct daemon *d, struct cfg *cfg, struct journal_lost 
  * orchestrator or database, which on a shared machine is the bottleneck of
  * the whole system (docs/benchmarks.md, "Sharing the CPU"). Its share of the
  * CPU is unchanged. Under the unit the policy is set by systemd
- * (CPUSchedulingPolicy=batch), whose system-call filter denies the call. */
+ * (CPUSchedulingPolicy=batch), whose system-call filter denies the call.
+ * An idle or real-time policy the daemon was started with is kept. run-once
+ * keeps the caller's policy: it is interactive and latency-bound. */
 static void apply_scheduling(const struct cfg *cfg)
 {
     int want = cfg->batch_scheduling ? SCHED_BATCH : SCHED_OTHER;
     int have = sched_getscheduler(0);
-    if (have == want || (have != SCHED_OTHER && have != SCHED_BATCH))
+    if (have < 0) {
+        log_warn("cannot read the CPU scheduling policy (%s): left as it is", strerror(errno));
+        return;
+    }
+    have &= ~SCHED_RESET_ON_FORK; /* CPUSchedulingResetOnFork=yes adds it */
+    if (have == want || (have != SCHED_OTHER && have != SCHED_BATCH)) {
         return; /* already so, or a real-time or idle policy the operator chose */
+    }
     struct sched_param sp = {.sched_priority = 0};
-    if (sched_setscheduler(0, want, &sp) < 0)
-        log_warn("cannot set the CPU scheduling policy to %s (%s): the worker keeps %s; "
-                 "under systemd set CPUSchedulingPolicy= in the unit instead",
+    if (sched_setscheduler(0, want, &sp) < 0) {
+        log_warn("cannot set the CPU scheduling policy to %s (%s): the worker keeps %s; under "
+                 "systemd set CPUSchedulingPolicy=%s in a drop-in, or batch_scheduling = %s to "
+                 "keep the policy the unit gives",
                  want == SCHED_BATCH ? "batch" : "other", strerror(errno),
-                 have == SCHED_BATCH ? "batch" : "other");
+                 have == SCHED_BATCH ? "batch" : "other", want == SCHED_BATCH ? "batch" : "other",
+                 have == SCHED_BATCH ? "true" : "false");
+    }
 }
 
 static int daemon_setup(struct daemon *d, struct cfg *cfg)

@@ -107,6 +107,21 @@ def declared_types_run_with_whole_values_and_stdin(t):
         check("worker-token" not in env and "PATH=" in env and "TMPDIR=" in env, env)
 
 
+POLICY = {"argv": ["/usr/bin/python3", "-c",
+                   "import json, os; print(json.dumps({'policy': os.sched_getscheduler(0)}))"]}
+
+
+@test
+def a_command_inherits_the_daemons_batch_scheduling(t):
+    if os.sched_getscheduler(0) != os.SCHED_OTHER:
+        raise Skip("the test runner itself is not SCHED_OTHER: the default proves nothing")
+    with FakeOrch(poll_timeout=2) as o:
+        spawn(t, o, {"policy": POLICY})
+        job = o.wait_job(o.create_job("policy", {}))
+        check(job["status"] == "finished", job)
+        check(job["state_history"]["policy"] == os.SCHED_BATCH, job["state_history"])
+
+
 @test
 def a_declaration_dropped_in_and_a_reload_add_a_type(t):
     with FakeOrch(poll_timeout=2) as o:

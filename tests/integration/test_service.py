@@ -531,7 +531,10 @@ def thread_policies(p):
     """{os.SCHED_*: number of threads} of a running process."""
     got = {}
     for tid in os.listdir("/proc/%d/task" % p.pid):
-        pol = os.sched_getscheduler(int(tid))
+        try:
+            pol = os.sched_getscheduler(int(tid))
+        except ProcessLookupError:  # a thread that ended since the listing
+            continue
         got[pol] = got.get(pol, 0) + 1
     return got
 

@@ -13,7 +13,7 @@ filter fails with SystemCallErrorNumber= or, without it, kills the process
 (SIGSYS). The filter is loaded through libseccomp (libseccomp.so.2, which
 systemd itself depends on) by this file run as a script, which then execs
 the command. The unit's CPUSchedulingPolicy= is applied too, before the
-filter, as systemd applies it. What it does not model: systemd's ENOSYS for system calls
+filter, as systemd applies it (no such line: SCHED_OTHER, as under PID 1). What it does not model: systemd's ENOSYS for system calls
 newer than its own tables, and the other sandboxing settings.
 """
 import ctypes
@@ -128,7 +128,16 @@ def load(allow_list, calls, error):
 def argv_prefix(unit_path):
     """The command that runs what follows it under the unit's filter."""
     with open(unit_path) as f:
-        unit_filter(f.read())  # fail early, in the test, when unavailable
+        text = f.read()
+    unit_filter(text)  # fail early, in the test, when unavailable
+    policy = unit_policy(text)
+    if policy != os.sched_getscheduler(0) and policy != os.SCHED_IDLE:
+        try:  # leaving SCHED_IDLE needs RLIMIT_NICE: a runner under `chrt -i`
+            subprocess.run([PYTHON, "-c", "import os; os.sched_setscheduler(0, %d, os.sched_param(0))"
+                            % policy], check=True, capture_output=True)
+        except subprocess.CalledProcessError:
+            raise Unavailable("this runner cannot give the daemon the unit's scheduling policy %d"
+                              % policy)
     try:
         ctypes.CDLL("libseccomp.so.2")
     except OSError as e:
@@ -140,12 +149,18 @@ POLICIES = {"other": os.SCHED_OTHER, "batch": os.SCHED_BATCH, "idle": os.SCHED_I
 
 
 def unit_policy(unit_text):
-    """The os.SCHED_* of the unit's CPUSchedulingPolicy=, or None."""
-    policy = None
+    """The os.SCHED_* the unit starts its process with: its last
+    CPUSchedulingPolicy= (an empty one resets it), else SCHED_OTHER, PID 1's
+    policy, whatever the test runner's own policy is."""
+    policy = os.SCHED_OTHER
     for line in unit_text.splitlines():
         key, _, value = line.strip().partition("=")
         if key == "CPUSchedulingPolicy":
-            policy = POLICIES[value.strip()]
+            value = value.strip()
+            if value and value not in POLICIES:
+                raise Unavailable("CPUSchedulingPolicy=%s is not modelled (only %s)"
+                                  % (value, ", ".join(POLICIES)))
+            policy = POLICIES.get(value, os.SCHED_OTHER)
     return policy
 
 
@@ -154,9 +169,7 @@ def main():
     assert sep == "--" and argv, "usage: unitfilter.py UNIT -- COMMAND [ARG...]"
     with open(unit_path) as f:
         text = f.read()
-    policy = unit_policy(text)
-    if policy is not None:
-        os.sched_setscheduler(0, policy, os.sched_param(0))
+    os.sched_setscheduler(0, unit_policy(text), os.sched_param(0))
     load(*unit_filter(text))
     os.execv(argv[0], argv)
 
