@@ -74,6 +74,24 @@ def scaled(n, minimum=10):
     return max(minimum, int(n * f))
 
 
+def thread_policies(pid):
+    """{tid: os.SCHED_*} of every thread of a running process."""
+    got = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            got[tid] = os.sched_getscheduler(int(tid))
+        except ProcessLookupError:  # a thread that ended since the listing
+            pass
+    return got
+
+
+def need_normal_scheduling():
+    """Skip a test of the daemon's default policy when the test runner
+    itself is not SCHED_OTHER: the daemon's policy would then prove nothing."""
+    if os.sched_getscheduler(0) != os.SCHED_OTHER:
+        raise Skip("the test runner itself is not SCHED_OTHER: the default proves nothing")
+
+
 def wait_for(pred, timeout=10.0, interval=0.02, what="condition"):
     deadline = time.monotonic() + tmo(timeout)
     while time.monotonic() < deadline:

@@ -18,7 +18,8 @@ import subprocess
 
 from avt import *  # noqa: F401,F403
 import unitfilter
-from avt import ROOT, VALGRIND, Skip, check, daemon_argv, daemon_env, main, test, tmo, wait_for
+from avt import (ROOT, VALGRIND, Skip, check, daemon_argv, daemon_env, main, need_normal_scheduling, test,
+                 tmo, wait_for)
 from orch import FINAL, FakeOrch
 
 WID = "w-exec"
@@ -113,8 +114,7 @@ POLICY = {"argv": ["/usr/bin/python3", "-c",
 
 @test
 def a_command_inherits_the_daemons_batch_scheduling(t):
-    if os.sched_getscheduler(0) != os.SCHED_OTHER:
-        raise Skip("the test runner itself is not SCHED_OTHER: the default proves nothing")
+    need_normal_scheduling()
     with FakeOrch(poll_timeout=2) as o:
         spawn(t, o, {"policy": POLICY})
         job = o.wait_job(o.create_job("policy", {}))

@@ -8,7 +8,7 @@ import signal
 import time
 
 from avt import *  # noqa: F401,F403
-from avt import Skip, check, main, test, tmo, wait_for
+from avt import check, main, need_normal_scheduling, test, thread_policies, tmo, wait_for
 from orch import FakeOrch, FINAL
 
 WID = "w1"
@@ -146,19 +146,13 @@ def every_thread_is_batch_scheduled_unless_configured_otherwise(t):
     """[worker] batch_scheduling (default true): SCHED_BATCH for the loop,
     the task threads and what they start, so that the worker's wake-ups do
     not preempt a co-located orchestrator; false leaves SCHED_OTHER."""
-    if os.sched_getscheduler(0) != os.SCHED_OTHER:
-        raise Skip("the test runner itself is not SCHED_OTHER: the default proves nothing")
+    need_normal_scheduling()
     for extra, want in (("", os.SCHED_BATCH), ("batch_scheduling = false", os.SCHED_OTHER)):
         with FakeOrch(poll_timeout=2) as o:
             p = start(t, o, ini(t, slots=3, extra_worker=extra))
             jid = o.create_job("echo", {"msg": "scheduled"})
             check(o.wait_job(jid)["status"] == "finished", o.job(jid), p.log()[-1500:])
-            pols = {}
-            for tid in os.listdir("/proc/%d/task" % p.pid):
-                try:
-                    pols[tid] = os.sched_getscheduler(int(tid))
-                except ProcessLookupError:  # a thread that ended since the listing
-                    pass
+            pols = thread_policies(p.pid)
             check(set(pols.values()) == {want}, extra, pols)
             check(len(pols) >= 4, "the loop and 3 task threads", pols)
             rc, log = stop(p)
