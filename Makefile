@@ -56,7 +56,7 @@ PKG_LIBS = $(shell $(PKG_CONFIG) --libs libcurl jansson inih libcrypto 2>/dev/nu
 
 AVT_CFLAGS = -std=c17 -D_GNU_SOURCE $(WARN) $(HARDEN) $(SAN) -Isdk -Idaemon -MMD -MP \
              -DAVT_PLUGINDIR='"$(PLUGINDIR)"' $(PKG_CFLAGS)
-LDLIBS_AVT = $(SAN) $(EV_LIBS) $(PKG_LIBS) -pthread -ldl -lm
+LDLIBS_AVT = $(SAN) $(EV_LIBS) $(PKG_LIBS) -pthread -ldl
 PLUGIN_CFLAGS = -std=c17 -D_GNU_SOURCE $(WARN) $(SAN) -Isdk -fPIC -fvisibility=hidden -MMD -MP
 PLUGIN_LDFLAGS = -shared $(SAN) -Wl,-z,defs
 PLUGIN_LIBS = -ljansson

@@ -642,6 +642,19 @@ static void digits_up(char *d, int p, int *e10)
     }
 }
 
+/* Whether x (finite, > 0) is a power of two: no fraction bits in a normal
+ * number, a single set bit in a subnormal one. (frexp() would say it too,
+ * but the daemon links no libm.) */
+static int is_power_of_two(double x)
+{
+    uint64_t b;
+    memcpy(&b, &x, sizeof(b));
+    uint64_t frac = b & ((UINT64_C(1) << 52) - 1);
+    if ((b >> 52 & 0x7ff) != 0)
+        return frac == 0;
+    return frac != 0 && (frac & (frac - 1)) == 0;
+}
+
 /* The shortest digits that read back as x (finite, > 0), as ryu finds them:
  * no decimal point and no trailing zeros in d, the exponent of the first
  * digit in *e10; returns the number of digits. For each length the nearest
@@ -651,7 +664,7 @@ static void digits_up(char *d, int p, int *e10)
  * above can still read back: it is tried too. */
 static int shortest_digits(double x, char d[20], int *e10)
 {
-    int e2, p, pow2 = frexp(x, &e2) == 0.5;
+    int p, pow2 = is_power_of_two(x);
 
     for (p = 1; p < 17; p++) {
         nearest_digits(x, p, d, e10);

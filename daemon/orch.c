@@ -832,7 +832,9 @@ int orch_poll_pause_text(const struct orch_stats *st, char *out, size_t outlen)
 {
     char when[32], why[64];
     struct tm tm;
-    time_t t = (time_t)ceil(st->poll_paused_until);
+    time_t t = (time_t)st->poll_paused_until; /* rounded up: "until" never too early */
+    if ((double)t < st->poll_paused_until)
+        t++;
     if (st->poll_paused_until <= 0 || gmtime_r(&t, &tm) == NULL)
         return 0;
     strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);

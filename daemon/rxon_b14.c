@@ -275,7 +275,7 @@ static json_t *event(const struct rxon_worker *w, const struct task *t, const ch
 static json_t *b14_progress_body(const struct rxon_worker *w, const struct task *t, double percent,
                                  const char *message)
 {
-    double fraction = round(percent * 100.0) / 10000.0;
+    double fraction = round_away(percent * 100.0) / 10000.0;
     json_t *p = json_pack("{s:f, s:s}", "progress", fraction, "message", message ? message : "");
     return event(w, t, "progress", p);
 }

@@ -80,8 +80,8 @@ json_t *usage_sample(struct usage *u, const char *proc)
     u->total = total;
     /* One decimal: the numbers are signed, and short texts are the same in
      * every printer (PROTOCOL-1.0b14.md 9). */
-    cpu = round(cpu * 10.0) / 10.0;
-    ram = round(ram * 100.0) / 100.0;
+    cpu = round_away(cpu * 10.0) / 10.0;
+    ram = round_away(ram * 100.0) / 100.0;
     double now = now_mono();
     if (!worth_sending(u, cpu, ram, now))
         return NULL;

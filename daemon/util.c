@@ -109,6 +109,20 @@ double now_wall(void)
     return clock_seconds(CLOCK_REALTIME);
 }
 
+double round_away(double x)
+{
+    /* Beyond 2^52 every double is an integer (and the test is false for NaN). */
+    if (!(x > -4503599627370496.0 && x < 4503599627370496.0))
+        return x;
+    double t = (double)(long long)x; /* truncation, exact in this range */
+    double r = x - t;                /* exact too: |r| < 1 */
+    if (r >= 0.5)
+        t += 1.0;
+    else if (r <= -0.5)
+        t -= 1.0;
+    return t + 0.0; /* -0.0 + 0.0 is +0.0 */
+}
+
 int str_is_ident(const char *s)
 {
     if (s == NULL || *s == '\0')

@@ -35,6 +35,11 @@ char *xvasprintf(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0
  * so that loaders can write `return fmt_err(err, errlen, "...")`. */
 int fmt_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* x rounded to the nearest integer, halves away from zero, as C's round();
+ * zero comes back as +0, NaN and infinities unchanged. The daemon links no
+ * libm: it would be ~330 KiB of RSS for the two or three calls it needs. */
+double round_away(double x);
+
 /* Seconds on CLOCK_MONOTONIC and CLOCK_REALTIME. */
 double now_mono(void);
 double now_wall(void);
