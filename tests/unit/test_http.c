@@ -371,6 +371,14 @@ TEST(date_and_rxon_version_kept)
     EXPECT_EQ_INT(r.status, 200);
     EXPECT(r.date == 784111777.0);
     EXPECT_EQ_STR(r.rxon_version, "1.0b14");
+    /* The last Date read is remembered: the same text again, another one,
+     * then the first again. */
+    fetch(H, &r, "GET", "/rxon?date=Sun,%2006%20Nov%201994%2008:49:37%20GMT", NULL, NULL, 0);
+    EXPECT(r.date == 784111777.0);
+    fetch(H, &r, "GET", "/rxon?date=Sun,%2006%20Nov%201994%2008:49:38%20GMT", NULL, NULL, 0);
+    EXPECT(r.date == 784111778.0);
+    fetch(H, &r, "GET", "/rxon?date=Sun,%2006%20Nov%201994%2008:49:37%20GMT", NULL, NULL, 0);
+    EXPECT(r.date == 784111777.0);
     fetch(H, &r, "GET", "/rxon?date=yesterday", NULL, NULL, 0);
     EXPECT(r.date == 0);
     EXPECT_EQ_STR(r.rxon_version, "");
