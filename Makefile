@@ -225,6 +225,7 @@ fuzz-smoke: fuzz-build
 BENCH_PLUGINS = $(patsubst bench/plugins/%.c,$(BUILD)/bench/plugins/%.so,$(wildcard bench/plugins/*.c))
 bench-build: all $(BENCH_PLUGINS) $(BUILD)/bench/floor
 RUNS ?= 3
+REPEAT ?= 1
 PROTOCOL ?= 1.0b3
 $(BUILD)/bench/plugins/%.so: bench/plugins/%.c bench/plugins/stamp.h sdk/avt_plugin.h | $(DEPS_STAMP)
 	@mkdir -p $(@D)
@@ -235,11 +236,12 @@ $(BUILD)/bench/floor: bench/floor.c | $(DEPS_STAMP)
 .PHONY: bench-smoke bench-real soak
 bench: bench-build
 	@BUILD=$(BUILD) $(PYTHON) bench/bench.py --runs $(RUNS) --protocol $(PROTOCOL)
-	@BUILD=$(BUILD) RUNS=$(RUNS) $(PYTHON) bench/real.py
+	@BUILD=$(BUILD) RUNS=$(RUNS) REPEAT=$(REPEAT) $(PYTHON) bench/real.py
 # The real orchestrator (../shared/orchestrator, once its setup.sh ran):
 # 1/8/16/64 slots on MemoryStorage and Redis; says SKIPPED when absent.
+# REPEAT=3: three invocations per line, median ratios with their range.
 bench-real: all
-	@BUILD=$(BUILD) RUNS=$(RUNS) $(PYTHON) bench/real.py
+	@BUILD=$(BUILD) RUNS=$(RUNS) REPEAT=$(REPEAT) $(PYTHON) bench/real.py
 bench-smoke: bench-build
 	@BUILD=$(BUILD) $(PYTHON) bench/bench.py --smoke --protocol 1.0b3
 	@BUILD=$(BUILD) $(PYTHON) bench/bench.py --smoke --protocol 1.0b14

@@ -19,9 +19,15 @@ system's throughput is 1 / (its CPU per job) whatever the worker does, so
 the last column says how much of the run it was busy (orchestrator CPU /
 elapsed time).
 
+A shared machine (a VM whose host steals CPU time) moves single
+invocations by tens of percent: REPEAT=K runs each line K times, each a
+fresh invocation, and then the ratios are the median of the K invocations'
+ratios with the lowest and highest in brackets, the absolute figures the
+medians over all K x RUNS runs.
 When the harness or its exports (setup.sh) are missing it says so and exits
 0: CI has neither. Environment: REAL_HARNESS (the harness directory),
-N (1000), RUNS (3), SLOTS ("1 8 16 64"), STORAGES ("memory redis"), BUILD.
+N (1000), RUNS (3), REPEAT (1), SLOTS ("1 8 16 64"), STORAGES ("memory
+redis"), BUILD.
 """
 import json
 import os
@@ -115,16 +121,35 @@ def med(rows, i):
     return statistics.median(x[i] for x in rows)
 
 
-def line(slots, storage, rows, n):
+def ratios(rows):
+    """avtworkerd / reference of one invocation: jobs/s, worker CPU, orchestrator CPU."""
+    b, c = rows["baseline"], rows["candidate"]
+    return [med(c, 0) / med(b, 0), med(c, 2) / med(b, 2) if med(b, 2) > 0 else 0,
+            med(c, 3) / med(b, 3) if med(b, 3) > 0 else 0]
+
+
+def pooled(invocations):
+    """The runs of several invocations as one: {label: [runs]}."""
+    return {k: [x for rows in invocations for x in rows[k]] for k in ("baseline", "candidate")}
+
+
+def line(slots, storage, invocations, n):
+    """The table's line from one or more invocations (bench.sh results)."""
+    rows = pooled(invocations)
     b, c = rows["baseline"], rows["candidate"]
     rate_b, rate_c = med(b, 0), med(c, 0)
-    wb, wc = med(b, 2), med(c, 2)
     ob, oc = med(b, 3) * 1000 / n, med(c, 3) * 1000 / n
     busy_b, busy_c = med(b, 3) / med(b, 1), med(c, 3) / med(c, 1)
     ok = all(x[4] for x in b + c)
-    return ("| %d | %s | %.2fx (%.0f vs %.0f) | %.2fx | %.2f s vs %.2f s (%.2fx) | %.0f %% vs %.0f %% |%s"
-            % (slots, "Redis" if storage == "redis" else "Memory", rate_c / rate_b, rate_c, rate_b,
-               wc / wb if wb > 0 else 0, oc, ob, oc / ob if ob > 0 else 0, 100 * busy_c, 100 * busy_b,
+    each = [ratios(rows) for rows in invocations]
+
+    def ratio(i):
+        v = [r[i] for r in each]
+        text = "%.2fx" % statistics.median(v)
+        return text + (" [%.2f-%.2f]" % (min(v), max(v)) if len(v) > 1 else "")
+    return ("| %d | %s | %s (%.0f vs %.0f) | %s | %.2f s vs %.2f s (%s) | %.0f %% vs %.0f %% |%s"
+            % (slots, "Redis" if storage == "redis" else "Memory", ratio(0), rate_c, rate_b,
+               ratio(1), oc, ob, ratio(2), 100 * busy_c, 100 * busy_b,
                "" if ok else " SOME RUNS FAILED"))
 
 
@@ -282,6 +307,7 @@ def main():
         return 0
     n = int(os.environ.get("N", "1000"))
     runs = int(os.environ.get("RUNS", "3"))
+    repeat = max(1, int(os.environ.get("REPEAT", "1")))
     slots_list = [int(x) for x in os.environ.get("SLOTS", "1 8 16 64").split()]
     storages = os.environ.get("STORAGES", "memory redis").split()
     if "redis" in storages and shutil.which("redis-server") is None:
@@ -296,12 +322,15 @@ def main():
     try:
         for storage in storages:
             for slots in slots_list:
-                log("%d slots, %s: %d x %d echo jobs per worker" % (slots, storage, runs, n))
-                rows = one(slots, storage, n, runs, plugins)
-                if rows is None:
-                    failed += 1
+                log("%d slots, %s: %d x %d echo jobs per worker%s" % (
+                    slots, storage, runs, n, ", %d invocations" % repeat if repeat > 1 else ""))
+                invocations = [rows for rows in (one(slots, storage, n, runs, plugins)
+                                                 for _ in range(repeat)) if rows is not None]
+                failed += repeat - len(invocations)
+                if not invocations:
                     continue
-                out.append(line(slots, storage, rows, n))
+                out.append(line(slots, storage, invocations, n))
+                rows = pooled(invocations)
                 points.setdefault(storage, []).append(
                     (slots, med(rows["candidate"], 0), med(rows["baseline"], 0)))
                 print(out[-1], flush=True)
@@ -314,6 +343,10 @@ def main():
         stamp = ("Avtomatika 1.0b13 (RXON 1.0b3) from `%s`, %d x %d echo jobs per line, "
                  "the reference worker with `--concurrency` = slots, %d CPUs."
                  % (os.path.relpath(HARNESS, ROOT), runs, n, os.cpu_count()))
+        if repeat > 1:
+            stamp += (" Each line is %d invocations: a ratio is the median of the invocations' "
+                      "ratios, [lowest-highest]; jobs/s, CPU and busy are medians over all "
+                      "%d runs." % (repeat, repeat * runs))
         png = os.path.join(ROOT, "docs", "benchmarks-real.png")
         if chart(points, png):
             table += "\n\n![jobs/s against task slots on the real orchestrator](%s)" % os.path.basename(png)
