@@ -125,9 +125,9 @@ struct http {
     int nfree_socks;
     struct drv *conns; /* handed-off connect-only multis */
     int nconns;
-    ev_timer chores; /* deferred failures, freeing closed connect-only multis */
-    int depth;       /* our frames that call user callbacks */
-    int dying;       /* http_destroy() was called */
+    ev_timer chores;    /* deferred failures, freeing closed connect-only multis */
+    int depth;          /* our frames that call user callbacks */
+    int dying;          /* http_destroy() was called */
     char date_text[64]; /* the last Date header read, and its value (parse_date) */
     double date_value;
 };
