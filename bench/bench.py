@@ -53,6 +53,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 from orch import FakeOrch  # noqa: E402
 
+import plot  # noqa: E402
+
 PYTHON = os.environ.get("PYTHON", "/usr/bin/python3")
 BUILD = os.path.join(ROOT, os.environ.get("BUILD", "build"))
 REF_DEFAULT = {"1.0b3": "/work/shared/orchestrator/ref_worker.py",
@@ -531,10 +533,6 @@ def status_kib_meminfo():
 
 def chart(f, args, png):
     """Throughput and CPU per task vs concurrency, both workers (gnuplot)."""
-    gp = shutil.which("gnuplot")
-    if gp is None:
-        log("gnuplot not found (apt-get install -y gnuplot-nox): no chart")
-        return False
     dat = png + ".dat"
     have_cpu = False
     with open(dat, "w") as o:
@@ -542,37 +540,21 @@ def chart(f, args, png):
             vals = [f.get(k, {}).get(key % c) for k in WORKERS for key in ("tps_c%d", "cpu_us_c%d")]
             have_cpu = have_cpu or any(v is not None for v in vals[1::2])
             o.write("%d %s\n" % (c, " ".join("NaN" if v is None else "%g" % v for v in vals)))
-    script = """
-set terminal pngcairo size 1000,420 font ",10"
-set output '%s'
-set multiplot layout 1,%d title "avtworkerd vs baseline Python worker: no-op tasks (fake orchestrator, RXON %s, %s CPUs)"
-set logscale x 2
-set xlabel "concurrency (task slots)"
-set grid
-set key below
-set xtics (%s)
-set xrange [%g:%g]
-set title "throughput"
-set ylabel "tasks/s"
-set yrange [0:*]
-plot '%s' using 1:2 with linespoints lw 2 pt 7 title "avtworkerd", '' using 1:4 with linespoints lw 2 pt 5 title "baseline (aiohttp)"
-""" % (png, 2 if have_cpu else 1, args.protocol, os.cpu_count(), ", ".join(str(c) for c in args.conc),
-       min(args.conc) / 1.5, max(args.conc) * 1.5, dat)
+    script = plot.frame(png, 2 if have_cpu else 1,
+                        "avtworkerd vs baseline Python worker: no-op tasks (fake orchestrator, RXON %s, "
+                        "%s CPUs)" % (args.protocol, os.cpu_count()), "concurrency (task slots)", args.conc)
+    script += ['set title "throughput"', 'set ylabel "tasks/s"', "set yrange [0:*]",
+               "plot '%s' using 1:2 with linespoints lw 2 pt 7 title \"avtworkerd\", "
+               "'' using 1:4 with linespoints lw 2 pt 5 title \"baseline (aiohttp)\"" % dat]
     if have_cpu:  # not in a run too short for the clock tick (n/a everywhere)
-        script += """
-set title "worker CPU time per task"
-set ylabel "microseconds per task (log scale)"
-set logscale y
-set yrange [*:*]
-plot '%s' using 1:3 with linespoints lw 2 pt 7 title "avtworkerd", '' using 1:5 with linespoints lw 2 pt 5 title "baseline (aiohttp)"
-""" % dat
-    script += "unset multiplot\n"
-    r = subprocess.run([gp], input=script, text=True, capture_output=True)
-    os.unlink(dat)
-    if r.returncode != 0:
-        log("gnuplot failed: " + r.stderr[-500:])
-        return False
-    return True
+        script += ['set title "worker CPU time per task"',
+                   'set ylabel "microseconds per task (log scale)"', "set logscale y", "set yrange [*:*]",
+                   "plot '%s' using 1:3 with linespoints lw 2 pt 7 title \"avtworkerd\", "
+                   "'' using 1:5 with linespoints lw 2 pt 5 title \"baseline (aiohttp)\"" % dat]
+    try:
+        return plot.draw(script, log)
+    finally:
+        os.unlink(dat)
 
 
 def report(f, args, elapsed):

@@ -42,6 +42,8 @@ import tempfile
 import time
 import urllib.request
 
+import plot
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BUILD = os.path.join(ROOT, os.environ.get("BUILD", "build"))
@@ -275,29 +277,17 @@ def write_block(begin, end, body):
 def chart(points, png):
     """jobs/s against slots, both workers, one panel per storage (gnuplot);
     points: {storage: [(slots, avtworkerd jobs/s, reference jobs/s)]}."""
-    gp = shutil.which("gnuplot")
-    if gp is None:
-        log("gnuplot not found (apt-get install -y gnuplot-nox): no chart")
-        return False
     slots = sorted({p[0] for pts in points.values() for p in pts})
-    script = ['set terminal pngcairo size 1000,420 font ",10"', "set output '%s'" % png,
-              'set multiplot layout 1,%d title "avtworkerd vs the Python reference worker on the real '
-              'orchestrator (Avtomatika 1.0b13, %d CPUs)"' % (len(points), os.cpu_count()),
-              "set logscale x 2", 'set xlabel "task slots (reference: --concurrency)"', "set grid",
-              "set key below", "set xtics (%s)" % ", ".join(str(x) for x in slots),
-              "set xrange [%g:%g]" % (min(slots) / 1.5, max(slots) * 1.5),
-              'set ylabel "echo jobs/s"', "set yrange [0:*]"]
+    script = plot.frame(png, len(points), "avtworkerd vs the Python reference worker on the real "
+                        "orchestrator (Avtomatika 1.0b13, %d CPUs)" % os.cpu_count(),
+                        "task slots (reference: --concurrency)", slots)
+    script += ['set ylabel "echo jobs/s"', "set yrange [0:*]"]
     for storage, pts in points.items():
         data = "\n".join("%d %.1f %.1f" % p for p in sorted(pts)) + "\ne"
         script += ['set title "%sStorage"' % ("Redis" if storage == "redis" else "Memory"),
                    "plot '-' using 1:2 with linespoints lw 2 pt 7 title \"avtworkerd\", "
                    "'-' using 1:3 with linespoints lw 2 pt 5 title \"reference (aiohttp)\"", data, data]
-    script.append("unset multiplot")
-    r = subprocess.run([gp], input="\n".join(script) + "\n", text=True, capture_output=True)
-    if r.returncode != 0:
-        log("gnuplot failed: " + r.stderr[-500:])
-        return False
-    return True
+    return plot.draw(script, log)
 
 
 def main():
