@@ -815,12 +815,13 @@ static void apply_scheduling(const struct cfg *cfg)
     }
     struct sched_param sp = {.sched_priority = 0};
     if (sched_setscheduler(0, want, &sp) < 0) {
+        /* systemd's names of the two policies (CPUSchedulingPolicy=) */
+        const char *wname = want == SCHED_BATCH ? "batch" : "other";
+        const char *hname = have == SCHED_BATCH ? "batch" : "other";
         log_warn("cannot set the CPU scheduling policy to %s (%s): the worker keeps %s; under "
                  "systemd set CPUSchedulingPolicy=%s in a drop-in, or batch_scheduling = %s to "
                  "keep the policy the unit gives",
-                 want == SCHED_BATCH ? "batch" : "other", strerror(errno),
-                 have == SCHED_BATCH ? "batch" : "other", want == SCHED_BATCH ? "batch" : "other",
-                 have == SCHED_BATCH ? "true" : "false");
+                 wname, strerror(errno), hname, wname, have == SCHED_BATCH ? "true" : "false");
     }
 }
 

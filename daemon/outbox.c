@@ -157,6 +157,14 @@ static void release_slot(struct outbox *ob, struct result *res)
 
 /* Gone for good (delivered, expired or set aside): out of the queue and,
  * unless the caller took it out already, the spool. */
+/* A record left the spool: if that gave a full spool room, work is taken
+ * again (the room hook). */
+static void left_spool(struct outbox *ob, int was_full)
+{
+    if (was_full && !spool_is_full(ob->spool))
+        ob->hooks.room(ob->arg);
+}
+
 static void retire(struct dest *d, struct result *res)
 {
     struct outbox *ob = d->ob;
@@ -165,8 +173,7 @@ static void retire(struct dest *d, struct result *res)
         int was_full = spool_is_full(ob->spool);
         struct spool_record v = view(res);
         spool_remove(ob->spool, &v);
-        if (was_full && !spool_is_full(ob->spool))
-            ob->hooks.room(ob->arg);
+        left_spool(ob, was_full);
     }
     settle(ob, res);
     release_slot(ob, res);
@@ -287,8 +294,7 @@ static void refuse(struct dest *d, struct result *res, const struct http_respons
         if (spool_set_aside(ob->spool, &v, why) < 0 && !res->durable)
             res->ref = 0;
         res->seq = 0;
-        if (was_full && !spool_is_full(ob->spool))
-            ob->hooks.room(ob->arg);
+        left_spool(ob, was_full);
     } else {
         struct log_ctx ctx = {NULL, res->task_id, res->job_id, res->type};
         log_emit(LOG_ERR, &ctx, "the orchestrator %s refused this result for good (%s): dropped",

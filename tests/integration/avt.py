@@ -92,6 +92,25 @@ def need_normal_scheduling():
         raise Skip("the test runner itself is not SCHED_OTHER: the default proves nothing")
 
 
+def procs_with(marker):
+    """[(pid, command line)] of the live (not zombie) processes whose command
+    line contains marker."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open("/proc/%s/stat" % pid) as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):  # gone since the listing
+            continue
+        if marker in cmd and state != "Z":
+            found.append((pid, cmd))
+    return found
+
+
 def wait_for(pred, timeout=10.0, interval=0.02, what="condition"):
     deadline = time.monotonic() + tmo(timeout)
     while time.monotonic() < deadline:

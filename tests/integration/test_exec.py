@@ -18,8 +18,8 @@ import subprocess
 
 from avt import *  # noqa: F401,F403
 import unitfilter
-from avt import (ROOT, VALGRIND, Skip, check, daemon_argv, daemon_env, main, need_normal_scheduling, test,
-                 tmo, wait_for)
+from avt import (ROOT, VALGRIND, Skip, check, daemon_argv, daemon_env, main, need_normal_scheduling,
+                 procs_with, test, tmo, wait_for)
 from orch import FINAL, FakeOrch
 
 WID = "w-exec"
@@ -55,24 +55,6 @@ work_dir = %s
     p = t.spawn(["-c", conf, "-P", t.plugin_dir("exec")], env=o.worker_env(WID))
     o.wait_worker(WID, timeout=15)
     return p
-
-
-def procs_with(marker):
-    """Live processes whose command line contains marker."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % pid, "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open("/proc/%s/stat" % pid) as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker in cmd and state != "Z":
-            found.append((pid, cmd))
-    return found
 
 
 SHOUT = {

@@ -15,7 +15,7 @@ import os
 import signal
 
 from avt import *  # noqa: F401,F403
-from avt import ROOT, VALGRIND, check, main, test, tmo, wait_for
+from avt import ROOT, VALGRIND, check, main, procs_with, test, tmo, wait_for
 from orch import FINAL, FakeOrch
 
 WID = "w-warm"
@@ -85,20 +85,7 @@ def starts(t):
 
 def children(t):
     """Live (not zombie) processes with this test's marker in their argv."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % pid, "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open("/proc/%s/stat" % pid) as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker(t) in cmd and state != "Z":
-            found.append(int(pid))
-    return sorted(found)
+    return sorted(int(pid) for pid, _ in procs_with(marker(t)))
 
 
 def finished(o, params, timeout=30):

@@ -24,55 +24,9 @@
 #include "mock_host.h"
 #include "tap.h"
 
-static char types_dir[64];
-static char work_dir[64];
-
-/* A fresh directory pair, with one declaration NAME.json per (name, json). */
-static void write_decl(const char *name, const char *json)
-{
-    char path[256];
-    snprintf(path, sizeof(path), "%s/%s.json", types_dir, name);
-    FILE *f = fopen(path, "w");
-    if (f == NULL) {
-        perror(path);
-        exit(2);
-    }
-    fputs(json, f);
-    fclose(f);
-    chmod(path, 0644);
-}
-
-static void rm_rf(const char *dir)
-{
-    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static void fresh_dirs(void)
-{
-    if (types_dir[0] != '\0')
-        rm_rf(types_dir);
-    if (work_dir[0] != '\0')
-        rm_rf(work_dir);
-    snprintf(types_dir, sizeof(types_dir), "/tmp/avt-exec-types.XXXXXX");
-    snprintf(work_dir, sizeof(work_dir), "/tmp/avt-exec-work.XXXXXX");
-    if (mkdtemp(types_dir) == NULL || mkdtemp(work_dir) == NULL) {
-        perror("mkdtemp");
-        exit(2);
-    }
-    chmod(types_dir, 0755);
-}
-
-/* init, configure and start the plugin on the current types_dir; returns
- * the start() result and leaves its message in err. */
-static int start_plugin(void **state, char *err, size_t errlen)
-{
-    if (mock_plugin_init(&avt_plugin, state) != 0 ||
-        mock_plugin_configure(&avt_plugin, *state, "types_dir", types_dir, err, errlen) != 0 ||
-        mock_plugin_configure(&avt_plugin, *state, "work_dir", work_dir, err, errlen) != 0)
-        return -EIO;
-    err[0] = '\0';
-    return avt_plugin.start(*state, err, errlen);
-}
+#define EXEC_FIXTURE_NAME "exec"
+#define EXEC_FIXTURE_TYPE "t"
+#include "exec_fixture.h"
 
 /* One type `t` declared as json, started; NULL (and a failed check) if it
  * does not start. */
@@ -90,16 +44,6 @@ static void *with_type(const char *json)
         return NULL;
     }
     return state;
-}
-
-static struct mock_task *run(void *state, const char *params)
-{
-    struct mock_task *mt = mock_task_new("t", params);
-    mock_run(&avt_plugin, state, mt);
-    EXPECT_EQ_INT(mt->rc, 0);
-    EXPECT_EQ_INT(mt->noutcomes, 1);
-    EXPECT_EQ_INT(mt->violations, 0);
-    return mt;
 }
 
 static void done(void *state)
@@ -616,8 +560,8 @@ TEST(plugin_configuration_and_types)
     EXPECT(start_plugin(&state, err, sizeof(err)) < 0);
     EXPECT_CONTAINS(err, "aa.json: writable by others (mode 0666");
     mock_plugin_shutdown(&avt_plugin, state);
-    rm_rf(types_dir);
-    rm_rf(work_dir);
+    exec_rmtree(types_dir);
+    exec_rmtree(work_dir);
 }
 
 TAP_MAIN()

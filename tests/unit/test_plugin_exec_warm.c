@@ -21,38 +21,11 @@
 #include "mock_host.h"
 #include "tap.h"
 
-static char types_dir[64];
-static char work_dir[64];
+#define EXEC_FIXTURE_NAME "warm"
+#define EXEC_FIXTURE_TYPE "w"
+#include "exec_fixture.h"
+
 static char child_py[PATH_MAX];
-
-static void write_decl(const char *name, const char *json)
-{
-    char path[256];
-    snprintf(path, sizeof(path), "%s/%s.json", types_dir, name);
-    FILE *f = fopen(path, "w");
-    if (f == NULL) {
-        perror(path);
-        exit(2);
-    }
-    fputs(json, f);
-    fclose(f);
-    chmod(path, 0644);
-}
-
-static void fresh_dirs(void)
-{
-    if (types_dir[0] != '\0')
-        exec_rmtree(types_dir);
-    if (work_dir[0] != '\0')
-        exec_rmtree(work_dir);
-    snprintf(types_dir, sizeof(types_dir), "/tmp/avt-warm-types.XXXXXX");
-    snprintf(work_dir, sizeof(work_dir), "/tmp/avt-warm-work.XXXXXX");
-    if (mkdtemp(types_dir) == NULL || mkdtemp(work_dir) == NULL) {
-        perror("mkdtemp");
-        exit(2);
-    }
-    chmod(types_dir, 0755);
-}
 
 /* Declaration of type "w" running the reference child; `extra` are more
  * members (with a leading comma) and `persistent` the persistent object. */
@@ -68,12 +41,7 @@ static int start_warm(void **state, const char *persistent, const char *extra, c
     write_decl("w", json);
     mock_reset();
     *state = NULL;
-    if (mock_plugin_init(&avt_plugin, state) != 0 ||
-        mock_plugin_configure(&avt_plugin, *state, "types_dir", types_dir, err, errlen) != 0 ||
-        mock_plugin_configure(&avt_plugin, *state, "work_dir", work_dir, err, errlen) != 0)
-        return -EIO;
-    err[0] = '\0';
-    return avt_plugin.start(*state, err, errlen);
+    return start_plugin(state, err, errlen);
 }
 
 static void *warm(const char *persistent, const char *extra)
@@ -87,16 +55,6 @@ static void *warm(const char *persistent, const char *extra)
         return NULL;
     }
     return state;
-}
-
-static struct mock_task *run(void *state, const char *params)
-{
-    struct mock_task *mt = mock_task_new("w", params);
-    mock_run(&avt_plugin, state, mt);
-    EXPECT_EQ_INT(mt->rc, 0);
-    EXPECT_EQ_INT(mt->noutcomes, 1);
-    EXPECT_EQ_INT(mt->violations, 0);
-    return mt;
 }
 
 /* Run params and return the pid of the child that served it (0 when the
