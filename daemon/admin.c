@@ -216,8 +216,11 @@ static void render_slots(struct buf *b, const struct admin_sources *src)
     struct pool_stats ps;
     pool_get_stats(src->pool, &ps);
     metric_head(b, "avtworkerd_slots", "gauge",
-                "Global task slots (max_concurrent_tasks; one worker thread each).");
+                "Global task slots (max_concurrent_tasks; up to one worker thread each).");
     metric_value(b, "avtworkerd_slots", ps.threads);
+    metric_head(b, "avtworkerd_worker_threads", "gauge",
+                "Worker threads started (they start as tasks need them, up to the slots).");
+    metric_value(b, "avtworkerd_worker_threads", ps.started);
     metric_head(b, "avtworkerd_slots_free", "gauge", "Global slots not taken by a task.");
     metric_value(b, "avtworkerd_slots_free", pool_free_slots(src->pool));
     struct ledger_stats ls;
@@ -566,10 +569,12 @@ static void thread_line(struct buf *b, const struct pool_thread_info *ti, double
                ti->index, now - ti->since, id, job, type, plugin, c ? " " : "", cancel_names[c]);
 }
 
-static struct pool_thread_info *threads_snapshot(struct pool *pool, size_t *n)
+/* The started threads (*n of them), and the slots there are (*slots). */
+static struct pool_thread_info *threads_snapshot(struct pool *pool, size_t *n, int *slots)
 {
     struct pool_stats ps;
     pool_get_stats(pool, &ps);
+    *slots = ps.threads;
     size_t want = ps.threads > 0 ? (size_t)ps.threads : 1;
     struct pool_thread_info *ti = xcalloc(want, sizeof(*ti));
     *n = pool_get_threads(pool, ti, want);
@@ -580,7 +585,8 @@ static char *threads_text(struct pool *pool, size_t *len)
 {
     struct buf b = {0};
     size_t n;
-    struct pool_thread_info *ti = threads_snapshot(pool, &n);
+    int slots;
+    struct pool_thread_info *ti = threads_snapshot(pool, &n, &slots);
     double now = now_mono();
     buf_printf(&b, "%s", ""); /* an answer even with no threads */
     for (size_t i = 0; i < n; i++)
@@ -593,12 +599,15 @@ static char *threads_text(struct pool *pool, size_t *len)
 void admin_log_threads(struct pool *pool)
 {
     size_t n;
-    struct pool_thread_info *ti = threads_snapshot(pool, &n);
+    int slots;
+    struct pool_thread_info *ti = threads_snapshot(pool, &n, &slots);
     double now = now_mono();
     size_t busy = 0;
     for (size_t i = 0; i < n; i++)
         busy += ti[i].busy != 0;
-    log_notice("thread dump: %zu of %zu worker threads busy", busy, n);
+    log_notice("thread dump: %zu of %zu worker threads busy (threads start as tasks need them, "
+               "up to the %d slots)",
+               busy, n, slots);
     for (size_t i = 0; i < n; i++) {
         const struct pool_thread_info *t = &ti[i];
         int c = t->cancel >= 0 && (size_t)t->cancel < ARRAY_LEN(cancel_names) ? t->cancel : 0;

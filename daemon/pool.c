@@ -1,24 +1,35 @@
 /*
- * pool.c - the fixed pool of worker threads that run plugin handlers, with
+ * pool.c - the pool of worker threads that run plugin handlers, with
  * the global and per-type concurrency limits (STYLE.md R9, ARCHITECTURE
  * "Capacity decides what we ask for"). A finished task goes to the loop
  * through the worker-to-loop queue (evq.h), which is not this module's.
  *
- * Design. N threads (avt-worker-0 .. N-1) share one mutex `mu` and one
- * condition variable `cv`. Submitted tasks wait in one FIFO. A worker takes
+ * Design. Up to N threads (avt-worker-0 .. N-1, N = max_concurrent_tasks)
+ * share one mutex `mu`. Submitted tasks wait in one FIFO. A worker takes
  * the FIRST queued task whose type has room (running < limit, or no limit),
  * so a task of a type at its limit never blocks tasks of other types behind
  * it, and tasks of one type start in the order they arrived. The worker
  * counts the task as running, drops the lock, runs plugin_run(), takes the
- * lock again, uncounts it, broadcasts `cv` when a task waits (one of its
- * type may start now) and, after unlocking, posts the task's DONE to the
- * event queue.
+ * lock again, uncounts it, wakes the idle threads when a task waits (one of
+ * its type may start now) and, after unlocking, posts the task's DONE to
+ * the event queue.
+ *
+ * Threads start as work needs them: one in pool_create(), another when a
+ * task is submitted and no thread is idle, until there are N; a started
+ * thread stays until pool_destroy(). A worker configured with 1,000 slots
+ * for I/O-bound tasks holds one thread while it is idle, not 1,000 (each
+ * costs ~9 KiB of RSS). Idle threads wait on a stack, each on its own
+ * condition variable, and a submitted task wakes the one that went idle
+ * last; that thread is taken off the stack by its waker, so the count of
+ * idle threads is exact and a task never waits for a thread that was
+ * already woken for another one. If a thread cannot be started, the task
+ * waits for a running one (it is logged once).
  *
  * Capacity. The loop thread owns the global slot counter `inflight`: it
  * takes a slot in pool_submit() and gives it back in pool_release() after it
- * has handled the DONE event. There are as many slots as threads, so the
+ * has handled the DONE event. There are N slots and up to N threads, so the
  * queue never holds more than N tasks (it is bounded by construction) and a
- * task waiting for its type never needs a thread that is not there.
+ * task waiting for its type never needs a thread that cannot be started.
  *
  * Each thread records the task it runs and since when (current, since;
  * guarded by `mu`), so that pool_get_threads() can say what every thread
@@ -69,15 +80,21 @@ struct pool_thread {
     int index;
     struct task *current; /* running on this thread, or NULL; guarded by mu */
     double since;         /* now_mono() when current started or the thread went idle; mu */
+    pthread_cond_t cv;    /* signalled when the thread is taken off the idle stack */
+    int idle;             /* on the idle stack; mu */
 };
 
 struct pool {
     pthread_mutex_t mu;
-    pthread_cond_t cv;
 
-    struct pool_thread *threads;
-    int nthreads;
-    int stopping; /* guarded by mu */
+    struct pool_thread *threads; /* maxthreads of them, nthreads started */
+    int maxthreads;              /* the slots */
+    int nthreads;                /* started; mu */
+    struct pool_thread **idle;   /* waiting for work, the latest last; mu */
+    int nidle;
+    int start_failed; /* the last thread start failed (logged once); mu */
+    int first_coming; /* the first thread has not looked at the queue yet; mu */
+    int stopping;     /* guarded by mu */
 
     struct task *qhead, *qtail; /* submitted, not started; guarded by mu */
 
@@ -178,6 +195,62 @@ static struct task *queue_pick(struct pool *pool)
     return NULL;
 }
 
+/* ---- Threads (mu held) ---------------------------------------------------- */
+
+static void *worker_main(void *arg);
+
+/* Start the next thread; -1 when the system refuses (errno-style code in
+ * *err). The new thread waits for mu before it looks at the queue. */
+static int start_thread(struct pool *pool, int *err)
+{
+    struct pool_thread *th = &pool->threads[pool->nthreads];
+    *th = (struct pool_thread){.pool = pool, .index = pool->nthreads};
+    pthread_cond_init(&th->cv, NULL);
+    *err = pthread_create(&th->tid, NULL, worker_main, th);
+    if (*err != 0) {
+        pthread_cond_destroy(&th->cv);
+        return -1;
+    }
+    pool->nthreads++;
+    return 0;
+}
+
+/* Wait on the idle stack until a waker takes this thread off it, or the
+ * pool stops. */
+static void wait_idle(struct pool *pool, struct pool_thread *th)
+{
+    th->idle = 1;
+    pool->idle[pool->nidle++] = th;
+    while (th->idle && !pool->stopping)
+        pthread_cond_wait(&th->cv, &pool->mu);
+    if (th->idle) { /* stopping: off the stack by itself */
+        for (int i = 0; i < pool->nidle; i++) {
+            if (pool->idle[i] == th) {
+                pool->idle[i] = pool->idle[--pool->nidle];
+                break;
+            }
+        }
+        th->idle = 0;
+    }
+}
+
+/* Wake the thread that went idle last; 0 when none is idle. */
+static int wake_one(struct pool *pool)
+{
+    if (pool->nidle == 0)
+        return 0;
+    struct pool_thread *th = pool->idle[--pool->nidle];
+    th->idle = 0;
+    pthread_cond_signal(&th->cv);
+    return 1;
+}
+
+static void wake_all(struct pool *pool)
+{
+    while (wake_one(pool))
+        ;
+}
+
 /* Run one task with mu released; returns with mu held again. */
 static void worker_run(struct pool_thread *th, struct task *t)
 {
@@ -202,7 +275,7 @@ static void worker_run(struct pool_thread *th, struct task *t)
      * woke every idle thread once per task (64 futex wake-ups and context
      * switches per no-op task at 64 slots). */
     if (pool->waiting > 0)
-        pthread_cond_broadcast(&pool->cv);
+        wake_all(pool);
     pthread_mutex_unlock(&pool->mu);
     evq_post_done(pool->evq, t); /* t belongs to the loop from here */
     pthread_mutex_lock(&pool->mu);
@@ -220,10 +293,12 @@ static void *worker_main(void *arg)
     th->since = now_mono();
     while (!pool->stopping) {
         struct task *t = queue_pick(pool);
-        if (t != NULL)
+        if (t != NULL) {
             worker_run(th, t);
-        else
-            pthread_cond_wait(&pool->cv, &pool->mu);
+        } else {
+            pool->first_coming = 0;
+            wait_idle(pool, th);
+        }
     }
     pthread_mutex_unlock(&pool->mu);
     return NULL;
@@ -231,11 +306,15 @@ static void *worker_main(void *arg)
 
 /* ---- Life cycle --------------------------------------------------------- */
 
-static void stop_threads(struct pool *pool, int n)
+/* Stop every started thread and join it (no thread starts once stopping
+ * is set: pool_submit() is the loop thread's, and so is this). */
+static void stop_threads(struct pool *pool)
 {
     pthread_mutex_lock(&pool->mu);
     pool->stopping = 1;
-    pthread_cond_broadcast(&pool->cv);
+    int n = pool->nthreads;
+    for (int i = 0; i < n; i++)
+        pthread_cond_signal(&pool->threads[i].cv);
     pthread_mutex_unlock(&pool->mu);
     for (int i = 0; i < n; i++)
         pthread_join(pool->threads[i].tid, NULL);
@@ -247,21 +326,21 @@ struct pool *pool_create(const struct cfg *cfg, struct evq *evq)
     int n = cfg != NULL && cfg->max_concurrent_tasks > 0 ? cfg->max_concurrent_tasks : 1;
 
     pthread_mutex_init(&pool->mu, NULL);
-    pthread_cond_init(&pool->cv, NULL);
     pool->evq = evq;
+    pool->maxthreads = n;
     pool->threads = xcalloc((size_t)n, sizeof(*pool->threads));
+    pool->idle = xcalloc((size_t)n, sizeof(*pool->idle));
     apply_limits(pool, cfg);
-    for (int i = 0; i < n; i++) {
-        pool->threads[i] = (struct pool_thread){.pool = pool, .index = i};
-        int rc = pthread_create(&pool->threads[i].tid, NULL, worker_main, &pool->threads[i]);
-        if (rc != 0) {
-            log_err("pool: cannot start worker thread %d of %d: %s", i, n, strerror(rc));
-            pool->nthreads = i;
-            pool_destroy(pool);
-            return NULL;
-        }
+    int err;
+    pthread_mutex_lock(&pool->mu);
+    int rc = start_thread(pool, &err);
+    pool->first_coming = rc == 0;
+    pthread_mutex_unlock(&pool->mu);
+    if (rc < 0) {
+        log_err("pool: cannot start a worker thread: %s", strerror(err));
+        pool_destroy(pool);
+        return NULL;
     }
-    pool->nthreads = n;
     return pool;
 }
 
@@ -269,7 +348,7 @@ void pool_destroy(struct pool *pool)
 {
     if (pool == NULL)
         return;
-    stop_threads(pool, pool->nthreads);
+    stop_threads(pool);
     /* No thread runs now: what is left needs no lock. */
     while (pool->qhead != NULL) {
         struct task *t = pool->qhead;
@@ -280,8 +359,10 @@ void pool_destroy(struct pool *pool)
     for (size_t i = 0; i < pool->ntypes; i++)
         free(pool->types[i].name);
     free(pool->types);
+    for (int i = 0; i < pool->nthreads; i++)
+        pthread_cond_destroy(&pool->threads[i].cv);
     free(pool->threads);
-    pthread_cond_destroy(&pool->cv);
+    free(pool->idle);
     pthread_mutex_destroy(&pool->mu);
     free(pool);
 }
@@ -290,7 +371,7 @@ void pool_destroy(struct pool *pool)
 
 int pool_submit(struct pool *pool, struct task *t)
 {
-    if (pool->inflight >= pool->nthreads)
+    if (pool->inflight >= pool->maxthreads)
         return -EBUSY;
     pool->inflight++;
     t->evq = pool->evq;
@@ -306,8 +387,22 @@ int pool_submit(struct pool *pool, struct task *t)
     else
         pool->qhead = t;
     pool->qtail = t;
-    pthread_cond_signal(&pool->cv);
+    int err = 0, told = 0, started = 0;
+    if (wake_one(pool)) {
+        /* the thread idle last takes it */
+    } else if (pool->first_coming) {
+        pool->first_coming = 0; /* the first thread takes it when it first looks */
+    } else if (pool->nthreads < pool->maxthreads) {
+        started = start_thread(pool, &err) == 0;
+        told = pool->start_failed;
+        pool->start_failed = !started;
+    }
+    int n = pool->nthreads;
     pthread_mutex_unlock(&pool->mu);
+    if (err != 0 && !told)
+        log_warn("pool: cannot start worker thread %d of %d (%s): the task waits for a running "
+                 "one; told once until a start succeeds",
+                 n + 1, pool->maxthreads, strerror(err));
     return 0;
 }
 
@@ -319,7 +414,7 @@ void pool_release(struct pool *pool)
 
 int pool_free_slots(const struct pool *pool)
 {
-    return pool->nthreads - pool->inflight;
+    return pool->maxthreads - pool->inflight;
 }
 
 int pool_type_has_room(struct pool *pool, const char *type)
@@ -337,7 +432,7 @@ void pool_cancel(struct pool *pool, struct task *t, int reason)
 {
     task_cancel(t, (enum task_cancel)reason);
     pthread_mutex_lock(&pool->mu);
-    pthread_cond_broadcast(&pool->cv);
+    wake_all(pool);
     pthread_mutex_unlock(&pool->mu);
 }
 
@@ -350,7 +445,9 @@ void pool_set_start_hook(struct pool *pool, pool_start_fn fn, void *arg)
 void pool_get_stats(struct pool *pool, struct pool_stats *st)
 {
     pthread_mutex_lock(&pool->mu);
-    st->threads = pool->nthreads;
+    st->threads = pool->maxthreads;
+    st->started = pool->nthreads;
+    st->idle = pool->nidle;
     st->inflight = pool->inflight;
     st->running = pool->running;
     st->waiting = pool->waiting;
@@ -405,6 +502,6 @@ void pool_set_limits(struct pool *pool, const struct cfg *cfg)
 {
     pthread_mutex_lock(&pool->mu);
     apply_limits(pool, cfg);
-    pthread_cond_broadcast(&pool->cv); /* a raised limit may let tasks start */
+    wake_all(pool); /* a raised limit may let tasks start */
     pthread_mutex_unlock(&pool->mu);
 }

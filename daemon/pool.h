@@ -32,15 +32,18 @@ struct pool_type_stats {
 };
 
 struct pool_stats {
-    int threads;
+    int threads;  /* the slots: threads there may be */
+    int started;  /* threads started so far (they start as tasks need them) */
+    int idle;     /* started threads waiting for a task */
     int inflight; /* slots taken: submitted and not yet released */
     int running;
     int waiting;
     int max_running_seen; /* high-water mark of running, for tests and metrics */
 };
 
-/* Start cfg->max_concurrent_tasks threads named avt-worker-N, with the
- * per-type limits of cfg; finished tasks are posted to `evq` (borrowed; it
+/* A pool of up to cfg->max_concurrent_tasks threads named avt-worker-N,
+ * started as tasks need them (one at once; NULL when even that one cannot
+ * start), with the per-type limits of cfg; finished tasks are posted to `evq` (borrowed; it
  * must outlive the pool), and so is progress (task->evq is set by
  * pool_submit()). */
 struct pool *pool_create(const struct cfg *cfg, struct evq *evq);

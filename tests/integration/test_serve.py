@@ -150,8 +150,11 @@ def every_thread_is_batch_scheduled_unless_configured_otherwise(t):
     for extra, want in (("", os.SCHED_BATCH), ("batch_scheduling = false", os.SCHED_OTHER)):
         with FakeOrch(poll_timeout=2) as o:
             p = start(t, o, ini(t, slots=3, extra_worker=extra))
-            jid = o.create_job("echo", {"msg": "scheduled"})
-            check(o.wait_job(jid)["status"] == "finished", o.job(jid), p.log()[-1500:])
+            # Three at once: task threads start as tasks need them, so
+            # three are started, after the loop set its policy.
+            ids = o.prequeue(WID, "t_conc", {"ms": 200}, count=3)
+            jobs = o.wait_jobs(ids, timeout=30)
+            check(all(j["status"] == "finished" for j in jobs), jobs, p.log()[-1500:])
             pols = thread_policies(p.pid)
             check(set(pols.values()) == {want}, extra, pols)
             check(len(pols) >= 4, "the loop and 3 task threads", pols)

@@ -227,9 +227,8 @@ static struct cfg make_cfg(int n)
 /* The worker-to-loop queue of the pool under test (one at a time). */
 static struct evq *evq;
 
-static struct pool *new_pool(int n)
+static struct pool *new_pool_with(struct cfg c)
 {
-    struct cfg c = make_cfg(n);
     evq_destroy(evq);
     evq = evq_create(fake_notify, NULL);
     struct pool *pool = pool_create(&c, evq);
@@ -243,6 +242,11 @@ static struct pool *new_pool(int n)
     counters_reset();
     gate_reset();
     return pool;
+}
+
+static struct pool *new_pool(int n)
+{
+    return new_pool_with(make_cfg(n));
 }
 
 /* Handle all events; returns the number of DONE events (tasks freed,
@@ -562,16 +566,79 @@ static int wait_threads_named(const char *prefix, int n)
     return 0;
 }
 
-TEST(threads_are_named_and_joined)
+static struct pool_stats stats(struct pool *pool)
 {
-    struct pool *pool = new_pool(3);
+    struct pool_stats st;
+    pool_get_stats(pool, &st);
+    return st;
+}
+
+/* Wait until the pool has n idle threads; 0 or -ETIMEDOUT. */
+static int wait_idle_threads(struct pool *pool, int n)
+{
+    double end = now_mono() + tmo(10);
+    while (stats(pool).idle != n) {
+        if (now_mono() > end)
+            return -ETIMEDOUT;
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
+
+/* Wait for n DONE events and handle them; 0 or -ETIMEDOUT. */
+static int finish(struct pool *pool, int n)
+{
+    int done = 0;
+    while (done < n) {
+        if (loop_wait() < 0)
+            return -ETIMEDOUT;
+        done += drain_events(pool, NULL, 0);
+    }
+    return 0;
+}
+
+TEST(threads_start_as_tasks_need_them_named_and_joined)
+{
+    struct cfg c = make_cfg(3);
+    c.nlimits = 0; /* "gate" without a limit: three can wait at it */
+    struct pool *pool = new_pool_with(c);
     ASSERT(pool != NULL);
+    /* One thread at once, the slots all there. */
+    EXPECT_EQ_INT(wait_threads_named("avt-worker-", 1), 0);
+    EXPECT_EQ_INT(stats(pool).started, 1);
+    EXPECT_EQ_INT(stats(pool).threads, 3);
+    EXPECT_EQ_INT(pool_free_slots(pool), 3);
+    /* Each task that finds no idle thread starts one. */
+    for (int i = 0; i < 3; i++) {
+        EXPECT_EQ_INT(pool_submit(pool, new_task("gate", i, 0)), 0);
+        EXPECT_EQ_INT(gate_wait_arrived(i + 1), 0);
+        EXPECT_EQ_INT(stats(pool).started, i + 1);
+    }
     EXPECT_EQ_INT(wait_threads_named("avt-worker-", 3), 0);
     EXPECT_EQ_INT(threads_named("avt-worker-2"), 1);
+    gate_set_open();
+    EXPECT_EQ_INT(finish(pool, 3), 0);
     pool_destroy(pool);
     /* Joined; the kernel drops a thread's /proc entry a moment after the
      * join returns, so wait for the entries rather than read them once. */
     EXPECT_EQ_INT(wait_threads_named("avt-worker-", 0), 0);
+}
+
+TEST(an_idle_thread_takes_the_next_task)
+{
+    struct pool *pool = new_pool(8);
+    ASSERT(pool != NULL);
+    gate_set_open();
+    for (int i = 0; i < 20; i++) {
+        EXPECT_EQ_INT(wait_idle_threads(pool, 1), 0);
+        EXPECT_EQ_INT(pool_submit(pool, new_task("c", i, 0)), 0);
+        EXPECT_EQ_INT(finish(pool, 1), 0);
+    }
+    /* Twenty tasks one after another, each given to the idle thread: no
+     * other thread was started for them. */
+    EXPECT_EQ_INT(stats(pool).started, 1);
+    pool_destroy(pool);
 }
 
 /* Opens the gate once the idle worker thread has exited, i.e. once
@@ -591,10 +658,15 @@ TEST(destroy_waits_for_running_and_frees_queued_tasks)
     pthread_t opener;
 
     ASSERT(pool != NULL);
-    EXPECT_EQ_INT(wait_threads_named("avt-worker-", 2), 0);
+    EXPECT_EQ_INT(wait_threads_named("avt-worker-", 1), 0);
     EXPECT_EQ_INT(pool_submit(pool, new_task("gate", 0, 0)), 0);
     EXPECT_EQ_INT(pool_submit(pool, new_task("gate", 1, 0)), 0); /* waits for its type */
     EXPECT_EQ_INT(gate_wait_arrived(1), 0);
+    /* The second task started a thread, which found it waiting for its
+     * type and went idle: two threads, one idle, before the gate opener
+     * starts counting. */
+    EXPECT_EQ_INT(wait_idle_threads(pool, 1), 0);
+    EXPECT_EQ_INT(wait_threads_named("avt-worker-", 2), 0);
     pthread_create(&opener, NULL, open_gate_when_stopping, NULL);
     /* The running task finishes (its DONE event is freed with the queue),
      * the queued one never starts; ASan checks that both are freed. */
