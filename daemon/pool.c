@@ -17,13 +17,19 @@
  * Threads start as work needs them: one in pool_create(), another when a
  * task is submitted and no thread is idle, until there are N; a started
  * thread stays until pool_destroy(). A worker configured with 1,000 slots
- * for I/O-bound tasks holds one thread while it is idle, not 1,000 (each
+ * for I/O-bound tasks starts with one thread, not 1,000 (each
  * costs ~9 KiB of RSS). Idle threads wait on a stack, each on its own
  * condition variable, and a submitted task wakes the one that went idle
  * last; that thread is taken off the stack by its waker, so the count of
  * idle threads is exact and a task never waits for a thread that was
- * already woken for another one. If a thread cannot be started, the task
- * waits for a running one (it is logged once).
+ * already woken for another one. A cancel or a raised limit that lets
+ * queued tasks start wakes the idle threads and starts the others they
+ * need. If a thread cannot be started, the task waits for a running one
+ * (it is logged once). A task submitted while the thread that just
+ * finished one is between posting its DONE and looking at the queue again
+ * may start a thread more than needed; it then waits idle, first in line,
+ * so the count grows only while every started thread is busy or just
+ * finishing, never beyond the slots.
  *
  * Capacity. The loop thread owns the global slot counter `inflight`: it
  * takes a slot in pool_submit() and gives it back in pool_release() after it
@@ -42,8 +48,10 @@
  * TYPES_MAX). Type names stay allocated until pool_destroy().
  *
  * Lock order: `mu` is the only lock of this module and nothing else is
- * locked while it is held; plugin_run() and logging are
- * always called without it, and so is the event queue (whose own mutex is
+ * locked while it is held, but for pthread_create() (the loop thread
+ * starting a thread: workers finishing at that moment wait the tens of
+ * microseconds it takes, once per thread started); plugin_run() and
+ * logging are always called without it, and so is the event queue (whose own mutex is
  * never taken while `mu` is held). Callers hold no lock of theirs when
  * calling in.
  */
@@ -251,6 +259,46 @@ static void wake_all(struct pool *pool)
         ;
 }
 
+/* After a change that may let queued tasks start without a task being
+ * submitted (a cancel, a raised limit): wake the idle threads and start as
+ * many more as there are such tasks beyond them, up to the slots. Returns
+ * the error of a start that failed, 0 when none did. A thread started for
+ * a task another thread takes first goes idle. */
+static int staff_queue(struct pool *pool)
+{
+    int startable = 0;
+    for (struct task *t = pool->qhead; t != NULL; t = t->next) {
+        if (atomic_load(&t->cancel) != TASK_CANCEL_NONE || type_has_room(type_of(pool, t)))
+            startable++;
+    }
+    int ready = pool->nidle + pool->first_coming, err = 0;
+    pool->first_coming = 0; /* counted: it takes one of them */
+    wake_all(pool);
+    while (startable > ready && pool->nthreads < pool->maxthreads) {
+        if (start_thread(pool, &err) < 0)
+            break;
+        startable--;
+    }
+    return err;
+}
+
+/* A thread start that failed, logged once until one succeeds (mu held:
+ * returns what to log after unlocking, 0 for nothing). */
+static int start_outcome(struct pool *pool, int err)
+{
+    int told = pool->start_failed;
+    pool->start_failed = err != 0;
+    return err != 0 && !told ? err : 0;
+}
+
+static void log_start_failure(struct pool *pool, int err, int nthreads)
+{
+    if (err != 0)
+        log_warn("pool: cannot start worker thread %d of %d (%s): queued tasks wait for a running "
+                 "one; told once until a start succeeds",
+                 nthreads + 1, pool->maxthreads, strerror(err));
+}
+
 /* Run one task with mu released; returns with mu held again. */
 static void worker_run(struct pool_thread *th, struct task *t)
 {
@@ -387,22 +435,18 @@ int pool_submit(struct pool *pool, struct task *t)
     else
         pool->qhead = t;
     pool->qtail = t;
-    int err = 0, told = 0, started = 0;
+    int err = 0;
     if (wake_one(pool)) {
         /* the thread idle last takes it */
     } else if (pool->first_coming) {
         pool->first_coming = 0; /* the first thread takes it when it first looks */
     } else if (pool->nthreads < pool->maxthreads) {
-        started = start_thread(pool, &err) == 0;
-        told = pool->start_failed;
-        pool->start_failed = !started;
+        start_thread(pool, &err);
+        err = start_outcome(pool, err);
     }
     int n = pool->nthreads;
     pthread_mutex_unlock(&pool->mu);
-    if (err != 0 && !told)
-        log_warn("pool: cannot start worker thread %d of %d (%s): the task waits for a running "
-                 "one; told once until a start succeeds",
-                 n + 1, pool->maxthreads, strerror(err));
+    log_start_failure(pool, err, n);
     return 0;
 }
 
@@ -432,8 +476,10 @@ void pool_cancel(struct pool *pool, struct task *t, int reason)
 {
     task_cancel(t, (enum task_cancel)reason);
     pthread_mutex_lock(&pool->mu);
-    wake_all(pool);
+    int err = start_outcome(pool, staff_queue(pool));
+    int n = pool->nthreads;
     pthread_mutex_unlock(&pool->mu);
+    log_start_failure(pool, err, n);
 }
 
 void pool_set_start_hook(struct pool *pool, pool_start_fn fn, void *arg)
@@ -502,6 +548,8 @@ void pool_set_limits(struct pool *pool, const struct cfg *cfg)
 {
     pthread_mutex_lock(&pool->mu);
     apply_limits(pool, cfg);
-    wake_all(pool); /* a raised limit may let tasks start */
+    int err = start_outcome(pool, staff_queue(pool)); /* a raised limit may let tasks start */
+    int n = pool->nthreads;
     pthread_mutex_unlock(&pool->mu);
+    log_start_failure(pool, err, n);
 }

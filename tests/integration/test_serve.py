@@ -150,14 +150,17 @@ def every_thread_is_batch_scheduled_unless_configured_otherwise(t):
     for extra, want in (("", os.SCHED_BATCH), ("batch_scheduling = false", os.SCHED_OTHER)):
         with FakeOrch(poll_timeout=2) as o:
             p = start(t, o, ini(t, slots=3, extra_worker=extra))
-            # Three at once: task threads start as tasks need them, so
-            # three are started, after the loop set its policy.
-            ids = o.prequeue(WID, "t_conc", {"ms": 200}, count=3)
-            jobs = o.wait_jobs(ids, timeout=30)
-            check(all(j["status"] == "finished" for j in jobs), jobs, p.log()[-1500:])
+            # Three running at once: task threads start as tasks need them,
+            # so three are started, after the loop set its policy.
+            ids = o.prequeue(WID, "t_block", {}, count=3)
+            wait_for(lambda: all(o.job(j)["progress_message"] == "waiting" for j in ids), timeout=30,
+                     what="three handlers running")
             pols = thread_policies(p.pid)
             check(set(pols.values()) == {want}, extra, pols)
             check(len(pols) >= 4, "the loop and 3 task threads", pols)
+            for j in ids:
+                o.cancel(j)
+            o.wait_jobs(ids, timeout=30)
             rc, log = stop(p)
             check(rc == 0, rc, log[-1500:])
 

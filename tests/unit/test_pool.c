@@ -652,6 +652,69 @@ static void *open_gate_when_stopping(void *arg)
     return NULL;
 }
 
+/* With every started thread busy and a slot free, a change that lets a
+ * queued task start without a submit (a cancel, a raised limit) starts the
+ * threads it needs. */
+TEST(a_task_cancelled_while_every_started_thread_is_busy_finishes_at_once)
+{
+    struct pool *pool = new_pool(3);
+    struct task *waiting = new_task("gate", 1, 0);
+    ASSERT(pool != NULL);
+    EXPECT_EQ_INT(pool_submit(pool, new_task("gate", 0, 0)), 0);
+    EXPECT_EQ_INT(gate_wait_arrived(1), 0);
+    EXPECT_EQ_INT(pool_submit(pool, waiting), 0); /* starts a thread, which idles */
+    EXPECT_EQ_INT(wait_idle_threads(pool, 1), 0);
+    EXPECT_EQ_INT(pool_submit(pool, new_task("progress", 2, 0)), 0); /* takes that thread */
+    EXPECT_EQ_INT(gate_wait_arrived(2), 0);
+    EXPECT_EQ_INT(stats(pool).idle, 0);
+    EXPECT_EQ_INT(stats(pool).started, 2);
+    pool_cancel(pool, waiting, TASK_CANCEL_ORCHESTRATOR);
+    /* Its DONE comes while both started threads wait at the gate. */
+    int found = 0;
+    while (!found && loop_wait() == 0) {
+        for (struct evq_event *ev = evq_take(evq), *next; ev != NULL; ev = next) {
+            next = ev->next;
+            if (ev->kind == EVQ_DONE) {
+                EXPECT(ev->task == waiting);
+                EXPECT_EQ_STR(ev->task->status, "cancelled");
+                task_destroy(ev->task);
+                pool_release(pool);
+                found = 1;
+            }
+            evq_event_free(ev);
+        }
+    }
+    EXPECT(found);
+    EXPECT_EQ_INT(stats(pool).started, 3);
+    gate_set_open();
+    EXPECT_EQ_INT(finish(pool, 2), 0);
+    pool_destroy(pool);
+}
+
+TEST(raising_a_limit_starts_threads_for_every_task_it_lets_start)
+{
+    struct pool *pool = new_pool(4);
+    ASSERT(pool != NULL);
+    EXPECT_EQ_INT(pool_submit(pool, new_task("gate", 0, 0)), 0);
+    EXPECT_EQ_INT(gate_wait_arrived(1), 0);
+    EXPECT_EQ_INT(pool_submit(pool, new_task("gate", 1, 0)), 0); /* starts a thread, which idles */
+    EXPECT_EQ_INT(wait_idle_threads(pool, 1), 0);
+    EXPECT_EQ_INT(pool_submit(pool, new_task("gate", 2, 0)), 0); /* wakes it; it idles again */
+    EXPECT_EQ_INT(wait_idle_threads(pool, 1), 0);
+    EXPECT_EQ_INT(stats(pool).started, 2); /* one thread idle, two tasks waiting */
+    static char s_gate3[] = "gate";
+    struct cfg_limit raised[] = {{s_gate3, 3, 0}};
+    struct cfg c = make_cfg(4);
+    c.limits = raised;
+    c.nlimits = 1;
+    pool_set_limits(pool, &c);
+    EXPECT_EQ_INT(gate_wait_arrived(3), 0);
+    EXPECT_EQ_INT(atomic_load(&peak[T_GATE]), 3);
+    gate_set_open();
+    EXPECT_EQ_INT(finish(pool, 3), 0);
+    pool_destroy(pool);
+}
+
 TEST(destroy_waits_for_running_and_frees_queued_tasks)
 {
     struct pool *pool = new_pool(2);
