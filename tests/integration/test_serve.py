@@ -151,7 +151,10 @@ def every_thread_is_batch_scheduled_unless_configured_otherwise(t):
         with FakeOrch(poll_timeout=2) as o:
             p = start(t, o, ini(t, slots=3, extra_worker=extra))
             # Three running at once: task threads start as tasks need them,
-            # so three are started, after the loop set its policy.
+            # so three are started, after the loop set its policy. Their
+            # "waiting" progress comes over the WebSocket (dropped while it
+            # is closed): wait for it first.
+            wait_for(lambda: "websocket connected" in p.log(), timeout=30, what="websocket")
             ids = o.prequeue(WID, "t_block", {}, count=3)
             wait_for(lambda: all(o.job(j)["progress_message"] == "waiting" for j in ids), timeout=30,
                      what="three handlers running")
