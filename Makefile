@@ -156,6 +156,9 @@ $(BUILD)/obj/tests/mock_host.o: tests/mock_host.c | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(CC) $(AVT_CFLAGS) -Itests $(CFLAGS) -c $< -o $@
 
+# test_pool makes pthread_create() refuse a start, as the system does at its
+# thread limit: the pool's calls go through the test's __wrap_pthread_create.
+$(BUILD)/tests/unit/test_pool: LDFLAGS += -Wl,--wrap=pthread_create
 $(BUILD)/tests/unit/%: tests/unit/%.c tests/tap.h $(LIBAVTD) $(BUILD)/obj/tests/mock_host.o
 	@mkdir -p $(@D)
 	$(CC) $(AVT_CFLAGS) -Itests -Iplugins $(CFLAGS) $(LDFLAGS) -o $@ $< \

@@ -10,9 +10,9 @@
  * so a task of a type at its limit never blocks tasks of other types behind
  * it, and tasks of one type start in the order they arrived. The worker
  * counts the task as running, drops the lock, runs plugin_run(), takes the
- * lock again, uncounts it, wakes the idle threads when a task waits (one of
- * its type may start now) and, after unlocking, posts the task's DONE to
- * the event queue.
+ * lock again, uncounts it and, after unlocking, posts the task's DONE to
+ * the event queue; then it looks at the queue again, so a task that the
+ * freed type slot lets start needs no other thread.
  *
  * Threads start as work needs them: one in pool_create(), another when a
  * task is submitted and no thread is idle, until there are N; a started
@@ -22,9 +22,10 @@
  * condition variable, and a submitted task wakes the one that went idle
  * last; that thread is taken off the stack by its waker, so the count of
  * idle threads is exact and a task never waits for a thread that was
- * already woken for another one. A cancel or a raised limit that lets
- * queued tasks start wakes the idle threads and starts the others they
- * need. If a thread cannot be started, the task waits for a running one
+ * already woken for another one. A cancel or a raised limit counts the
+ * queued tasks that can start before and after, and provides threads (idle
+ * ones first, then new ones) for the difference only. If a thread cannot
+ * be started, the task waits for a running one
  * (it is logged once). A task submitted while the thread that just
  * finished one is between posting its DONE and looking at the queue again
  * may start a thread more than needed; it then waits idle, first in line,
@@ -80,6 +81,7 @@ struct pool_type {
     int limit; /* 0: global limit only */
     int running;
     int waiting;
+    int counted; /* scratch of count_startable() */
 };
 
 struct pool_thread {
@@ -253,50 +255,59 @@ static int wake_one(struct pool *pool)
     return 1;
 }
 
-static void wake_all(struct pool *pool)
+/* Provide threads for n more queued tasks that can start now: wake up to
+ * n idle threads, the one idle last first; count on the first thread when
+ * it has not looked at the queue yet; start the rest, up to the slots.
+ * Returns the error of a start that failed and was not told yet (to log
+ * after unlocking, see unlock_telling()), else 0: a failure is told once
+ * until a start succeeds, and a call that starts nothing leaves that be. */
+static int provide(struct pool *pool, int n)
 {
-    while (wake_one(pool))
+    while (n > 0 && wake_one(pool))
+        n--;
+    if (n > 0 && pool->first_coming) {
+        pool->first_coming = 0; /* it takes one when it first looks */
+        n--;
+    }
+    if (n <= 0 || pool->nthreads >= pool->maxthreads)
+        return 0;
+    int err = 0;
+    while (n-- > 0 && pool->nthreads < pool->maxthreads && start_thread(pool, &err) == 0)
         ;
-}
-
-/* After a change that may let queued tasks start without a task being
- * submitted (a cancel, a raised limit): wake the idle threads and start as
- * many more as there are such tasks beyond them, up to the slots. Returns
- * the error of a start that failed, 0 when none did. A thread started for
- * a task another thread takes first goes idle. */
-static int staff_queue(struct pool *pool)
-{
-    int startable = 0;
-    for (struct task *t = pool->qhead; t != NULL; t = t->next) {
-        if (atomic_load(&t->cancel) != TASK_CANCEL_NONE || type_has_room(type_of(pool, t)))
-            startable++;
-    }
-    int ready = pool->nidle + pool->first_coming, err = 0;
-    pool->first_coming = 0; /* counted: it takes one of them */
-    wake_all(pool);
-    while (startable > ready && pool->nthreads < pool->maxthreads) {
-        if (start_thread(pool, &err) < 0)
-            break;
-        startable--;
-    }
-    return err;
-}
-
-/* A thread start that failed, logged once until one succeeds (mu held:
- * returns what to log after unlocking, 0 for nothing). */
-static int start_outcome(struct pool *pool, int err)
-{
     int told = pool->start_failed;
     pool->start_failed = err != 0;
     return err != 0 && !told ? err : 0;
 }
 
-static void log_start_failure(struct pool *pool, int err, int nthreads)
+/* Unlock mu, then log the failed start provide() returned (0: none). */
+static void unlock_telling(struct pool *pool, int err)
 {
+    int n = pool->nthreads;
+    pthread_mutex_unlock(&pool->mu);
     if (err != 0)
         log_warn("pool: cannot start worker thread %d of %d (%s): queued tasks wait for a running "
                  "one; told once until a start succeeds",
-                 nthreads + 1, pool->maxthreads, strerror(err));
+                 n + 1, pool->maxthreads, strerror(err));
+}
+
+/* How many queued tasks could start now, each type counted up to its room
+ * (mu held). A cancel or a limit change compares this before and after to
+ * know how many tasks it lets start: those had no thread provided. */
+static int count_startable(struct pool *pool)
+{
+    for (size_t i = 0; i < pool->ntypes; i++)
+        pool->types[i].counted = 0;
+    int n = 0;
+    for (struct task *t = pool->qhead; t != NULL; t = t->next) {
+        struct pool_type *ty = type_of(pool, t);
+        if (atomic_load(&t->cancel) != TASK_CANCEL_NONE || ty == NULL || ty->limit <= 0) {
+            n++; /* a cancelled task goes out at once, uncounted */
+        } else if (ty->running + ty->counted < ty->limit) {
+            ty->counted++;
+            n++;
+        }
+    }
+    return n;
 }
 
 /* Run one task with mu released; returns with mu held again. */
@@ -317,13 +328,10 @@ static void worker_run(struct pool_thread *th, struct task *t)
     if (ty != NULL)
         ty->running--;
     pool->running--;
-    /* Performance (docs/benchmarks.md): wake the other threads only when a
-     * task is queued that the freed type slot may let start. With nothing
-     * queued there is nothing for them to do, and an unconditional broadcast
-     * woke every idle thread once per task (64 futex wake-ups and context
-     * switches per no-op task at 64 slots). */
-    if (pool->waiting > 0)
-        wake_all(pool);
+    /* No other thread is woken: a task that the freed type slot lets start
+     * is taken by this thread, which looks at the queue again right after
+     * posting the DONE (docs/benchmarks.md: a broadcast here woke every
+     * idle thread once per task, 64 futex wake-ups at 64 slots). */
     pthread_mutex_unlock(&pool->mu);
     evq_post_done(pool->evq, t); /* t belongs to the loop from here */
     pthread_mutex_lock(&pool->mu);
@@ -435,18 +443,7 @@ int pool_submit(struct pool *pool, struct task *t)
     else
         pool->qhead = t;
     pool->qtail = t;
-    int err = 0;
-    if (wake_one(pool)) {
-        /* the thread idle last takes it */
-    } else if (pool->first_coming) {
-        pool->first_coming = 0; /* the first thread takes it when it first looks */
-    } else if (pool->nthreads < pool->maxthreads) {
-        start_thread(pool, &err);
-        err = start_outcome(pool, err);
-    }
-    int n = pool->nthreads;
-    pthread_mutex_unlock(&pool->mu);
-    log_start_failure(pool, err, n);
+    unlock_telling(pool, provide(pool, 1));
     return 0;
 }
 
@@ -474,12 +471,10 @@ int pool_type_has_room(struct pool *pool, const char *type)
 
 void pool_cancel(struct pool *pool, struct task *t, int reason)
 {
-    task_cancel(t, (enum task_cancel)reason);
     pthread_mutex_lock(&pool->mu);
-    int err = start_outcome(pool, staff_queue(pool));
-    int n = pool->nthreads;
-    pthread_mutex_unlock(&pool->mu);
-    log_start_failure(pool, err, n);
+    int before = count_startable(pool);
+    task_cancel(t, (enum task_cancel)reason); /* a queued task may start now */
+    unlock_telling(pool, provide(pool, count_startable(pool) - before));
 }
 
 void pool_set_start_hook(struct pool *pool, pool_start_fn fn, void *arg)
@@ -547,9 +542,7 @@ size_t pool_get_threads(struct pool *pool, struct pool_thread_info *out, size_t 
 void pool_set_limits(struct pool *pool, const struct cfg *cfg)
 {
     pthread_mutex_lock(&pool->mu);
-    apply_limits(pool, cfg);
-    int err = start_outcome(pool, staff_queue(pool)); /* a raised limit may let tasks start */
-    int n = pool->nthreads;
-    pthread_mutex_unlock(&pool->mu);
-    log_start_failure(pool, err, n);
+    int before = count_startable(pool);
+    apply_limits(pool, cfg); /* a raised limit may let queued tasks start */
+    unlock_telling(pool, provide(pool, count_startable(pool) - before));
 }

@@ -4,12 +4,15 @@
  * completed exactly once, tasks waiting for their type starting when
  * another finishes, no head-of-line blocking, progress coalescing and its
  * ordering before DONE, hot-cache events, raising a limit at run time,
- * thread names, and destroying a pool that still holds queued tasks. The
+ * threads started as tasks need them (and a start the system refuses:
+ * pthread_create() is wrapped at link time, -Wl,--wrap), thread names,
+ * and destroying a pool that still holds queued tasks. The
  * test's main thread plays the loop thread; the pool's notify function
  * signals a condition variable instead of libev.
  */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -26,6 +29,25 @@
 #include "tap.h"
 #include "task.h"
 #include "util.h"
+
+/* pthread_create() as the pool sees it (linked with
+ * -Wl,--wrap=pthread_create): refused with EAGAIN while `refuse_starts` is
+ * set, as the system does at its thread limit (TasksMax=, RLIMIT_NPROC). */
+int __real_pthread_create(pthread_t *tid, const pthread_attr_t *attr, void *(*fn)(void *),
+                          void *arg);
+int __wrap_pthread_create(pthread_t *tid, const pthread_attr_t *attr, void *(*fn)(void *),
+                          void *arg);
+static atomic_int refuse_starts, refused;
+
+int __wrap_pthread_create(pthread_t *tid, const pthread_attr_t *attr, void *(*fn)(void *),
+                          void *arg)
+{
+    if (atomic_load(&refuse_starts)) {
+        atomic_fetch_add(&refused, 1);
+        return EAGAIN;
+    }
+    return __real_pthread_create(tid, attr, fn, arg);
+}
 
 static double tmo(double s)
 {
@@ -273,6 +295,27 @@ static int drain_events(struct pool *pool, int *done_by_index, int nidx)
     return done;
 }
 
+/* Wait for the DONE of a task cancelled while it waited, which comes while
+ * the tasks that run hold their threads; check and free it. */
+static void take_cancelled(struct pool *pool, struct task *want)
+{
+    int found = 0;
+    while (!found && loop_wait() == 0) {
+        for (struct evq_event *ev = evq_take(evq), *next; ev != NULL; ev = next) {
+            next = ev->next;
+            if (ev->kind == EVQ_DONE) {
+                EXPECT(ev->task == want);
+                EXPECT_EQ_STR(ev->task->status, "cancelled");
+                task_destroy(ev->task);
+                pool_release(pool);
+                found = 1;
+            }
+            evq_event_free(ev);
+        }
+    }
+    EXPECT(found);
+}
+
 /* ---- Tests ------------------------------------------------------------ */
 
 TEST(limits_hold_under_load_and_every_task_completes_once)
@@ -425,18 +468,7 @@ TEST(a_task_cancelled_while_waiting_finishes_at_once)
     EXPECT_EQ_INT(pool_submit(pool, waiting), 0);
     EXPECT_EQ_INT(gate_wait_arrived(1), 0);
     pool_cancel(pool, waiting, TASK_CANCEL_ORCHESTRATOR);
-    /* Its DONE comes while the first task still holds the type's slot. */
-    struct evq_event *ev = NULL;
-    while (ev == NULL && loop_wait() == 0)
-        ev = evq_take(evq);
-    ASSERT(ev != NULL);
-    EXPECT_EQ_INT(ev->kind, EVQ_DONE);
-    EXPECT(ev->task == waiting);
-    EXPECT_EQ_STR(ev->task->status, "cancelled");
-    EXPECT(ev->next == NULL);
-    task_destroy(ev->task);
-    evq_event_free(ev);
-    pool_release(pool);
+    take_cancelled(pool, waiting); /* while the first task holds the type's slot */
     struct pool_stats st;
     pool_get_stats(pool, &st);
     EXPECT_EQ_INT(st.running, 1);
@@ -669,22 +701,7 @@ TEST(a_task_cancelled_while_every_started_thread_is_busy_finishes_at_once)
     EXPECT_EQ_INT(stats(pool).idle, 0);
     EXPECT_EQ_INT(stats(pool).started, 2);
     pool_cancel(pool, waiting, TASK_CANCEL_ORCHESTRATOR);
-    /* Its DONE comes while both started threads wait at the gate. */
-    int found = 0;
-    while (!found && loop_wait() == 0) {
-        for (struct evq_event *ev = evq_take(evq), *next; ev != NULL; ev = next) {
-            next = ev->next;
-            if (ev->kind == EVQ_DONE) {
-                EXPECT(ev->task == waiting);
-                EXPECT_EQ_STR(ev->task->status, "cancelled");
-                task_destroy(ev->task);
-                pool_release(pool);
-                found = 1;
-            }
-            evq_event_free(ev);
-        }
-    }
-    EXPECT(found);
+    take_cancelled(pool, waiting); /* while both started threads wait at the gate */
     EXPECT_EQ_INT(stats(pool).started, 3);
     gate_set_open();
     EXPECT_EQ_INT(finish(pool, 2), 0);
@@ -710,6 +727,85 @@ TEST(raising_a_limit_starts_threads_for_every_task_it_lets_start)
     pool_set_limits(pool, &c);
     EXPECT_EQ_INT(gate_wait_arrived(3), 0);
     EXPECT_EQ_INT(atomic_load(&peak[T_GATE]), 3);
+    gate_set_open();
+    EXPECT_EQ_INT(finish(pool, 3), 0);
+    pool_destroy(pool);
+}
+
+/* stderr (the log) goes to a file while `fd` is not -1; end_capture()
+ * restores it and counts the lines that hold `needle`. */
+static int begin_capture(char *path, size_t n)
+{
+    snprintf(path, n, "/tmp/test_pool.log.XXXXXX");
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return -1;
+    fflush(stderr);
+    int saved = dup(2);
+    dup2(fd, 2);
+    close(fd);
+    return saved;
+}
+
+static int end_capture(int saved, const char *path, const char *needle)
+{
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    FILE *f = fopen(path, "r");
+    char line[512];
+    int count = 0;
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+        count += strstr(line, needle) != NULL;
+    if (f != NULL)
+        fclose(f);
+    unlink(path);
+    return count;
+}
+
+TEST(a_refused_thread_start_is_told_once_and_the_task_waits_for_a_running_one)
+{
+    static const char told[] = "cannot start worker thread";
+    struct cfg c = make_cfg(4);
+    c.nlimits = 0; /* "gate" without a limit: every task could run at once */
+    struct pool *pool = new_pool_with(c);
+    ASSERT(pool != NULL);
+    char path[64];
+    int saved = begin_capture(path, sizeof(path));
+    ASSERT(saved >= 0);
+    EXPECT_EQ_INT(pool_submit(pool, new_task("gate", 0, 0)), 0); /* the first thread */
+    EXPECT_EQ_INT(gate_wait_arrived(1), 0);
+    atomic_store(&refuse_starts, 1);
+    EXPECT_EQ_INT(pool_submit(pool, new_task("gate", 1, 0)), 0); /* refused: told */
+    EXPECT_EQ_INT(pool_submit(pool, new_task("gate", 2, 0)), 0); /* refused again: quiet */
+    EXPECT_EQ_INT(atomic_load(&refused), 2);
+    /* A reload that lets no queued task start attempts no start and does
+     * not make the next refusal told again. */
+    pool_set_limits(pool, &c);
+    EXPECT_EQ_INT(atomic_load(&refused), 2);
+    EXPECT_EQ_INT(pool_submit(pool, new_task("gate", 3, 0)), 0);
+    EXPECT_EQ_INT(atomic_load(&refused), 3);
+    EXPECT_EQ_INT(end_capture(saved, path, told), 1);
+    EXPECT_EQ_INT(stats(pool).started, 1);
+    /* The queued tasks wait for the running thread, which takes them one
+     * after another once the gate opens. */
+    gate_set_open();
+    EXPECT_EQ_INT(finish(pool, 4), 0);
+    EXPECT_EQ_INT(stats(pool).started, 1);
+    /* A start that succeeds ends the quiet: the next refusal is told. */
+    atomic_store(&refuse_starts, 0);
+    gate_reset();
+    saved = begin_capture(path, sizeof(path));
+    ASSERT(saved >= 0);
+    EXPECT_EQ_INT(pool_submit(pool, new_task("gate", 4, 0)), 0);
+    EXPECT_EQ_INT(gate_wait_arrived(1), 0);
+    EXPECT_EQ_INT(pool_submit(pool, new_task("gate", 5, 0)), 0); /* starts thread 2 */
+    EXPECT_EQ_INT(gate_wait_arrived(2), 0);
+    EXPECT_EQ_INT(stats(pool).started, 2);
+    atomic_store(&refuse_starts, 1);
+    EXPECT_EQ_INT(pool_submit(pool, new_task("gate", 6, 0)), 0); /* refused: told */
+    atomic_store(&refuse_starts, 0);
+    EXPECT_EQ_INT(end_capture(saved, path, told), 1);
     gate_set_open();
     EXPECT_EQ_INT(finish(pool, 3), 0);
     pool_destroy(pool);
