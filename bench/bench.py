@@ -48,17 +48,10 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
-from orch import FakeOrch  # noqa: E402
+from common import BUILD, PYTHON, REF_DEFAULT, ROOT, pct
+from orch import FakeOrch  # noqa: E402  (common.py put it on the path)
 
 import plot  # noqa: E402
-
-PYTHON = os.environ.get("PYTHON", "/usr/bin/python3")
-BUILD = os.path.join(ROOT, os.environ.get("BUILD", "build"))
-REF_DEFAULT = {"1.0b3": "/work/shared/orchestrator/ref_worker.py",
-               "1.0b14": "/work/shared/orchestrator-head/ref_worker.py"}
 TICK = os.sysconf("SC_CLK_TCK")
 POLL_TIMEOUT = 5          # fake's hold and both workers' setting: quick stops
 WORKERS = ("avtworkerd", "baseline")
@@ -86,12 +79,6 @@ def status_kib(pid, key):
             if line.startswith(key + ":"):
                 return int(line.split()[1])
     return 0
-
-
-def pct(values, p):
-    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
-    v = sorted(values)
-    return v[min(len(v) - 1, max(0, int(round(p / 100.0 * len(v) + 0.5)) - 1))]
 
 
 # CPU times come from /proc in clock ticks: a figure built on fewer than
