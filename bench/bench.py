@@ -117,6 +117,8 @@ class Worker:
                     "-P", os.path.join(BUILD, "bench", "plugins")]
         elif kind == "floor":
             argv = [os.path.join(BUILD, "bench", "floor"), "serve"]
+        elif kind == "floor-durable":  # its results file where avtworkerd's spool would be
+            argv = [os.path.join(BUILD, "bench", "floor"), "durable", state or self.dir]
         else:
             argv = [PYTHON, ref, "--url", orch.url, "--token", orch.token, "--worker-id", self.wid,
                     "--concurrency", str(slots), "--poll-timeout", str(POLL_TIMEOUT),
@@ -126,7 +128,7 @@ class Worker:
                                      cwd=os.path.dirname(ref) if kind == "baseline" else ROOT)
         self.pid = self.proc.pid
         try:
-            if kind == "floor":  # never registers: wait for its first poll
+            if kind.startswith("floor"):  # never registers: wait for its first poll
                 deadline = time.monotonic() + 30
                 while not orch.worker_stats(self.wid).get("polls"):
                     if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -256,6 +258,7 @@ def sc_latency(kind, args):
         "e2e": [r[3] - r[1] for r in rows],
         "handout": [r[2] - r[1] for r in rows if r[2] is not None],
         "pickup": [r[4] - r[1] for r in rows if r[4] is not None],
+        "worker": [r[4] - r[2] for r in rows if r[4] is not None and r[2] is not None],
         "result": [r[3] - r[5] for r in rows if r[5] is not None],
     }
     for name, v in series.items():
@@ -350,6 +353,9 @@ def run_all(args):
         if args.protocol == "1.0b3":  # the floor does not sign
             log("run %d/%d: floor (one libcurl handle), %d tasks" % (r + 1, args.runs, args.n))
             add("floor", sc_throughput("floor", args, 1))
+            log("run %d/%d: floor durable (the same, each result fdatasynced first), %d tasks"
+                % (r + 1, args.runs, args.n))
+            add("floor", {k + "_durable": v for k, v in sc_throughput("floor-durable", args, 1).items()})
             add("floor", sc_floor_idle(args))
         log("run %d/%d: avtworkerd, CPU-bound tasks" % (r + 1, args.runs))
         add("avtworkerd", sc_burn(args))
@@ -405,6 +411,7 @@ def table_rows(f, args):
     row("worker CPU per no-op task, concurrency 8, state_dir on tmpfs", "cpu_us_c8_shm", " us",
         show_ratio=False)
     for name, key in (("pickup: enqueued -> handler started", "pickup"),
+                      ("the worker's part of pickup: handed out -> handler started", "worker"),
                       ("result: handler done -> orchestrator has it", "result"),
                       ("enqueued -> handed out by the poll answer", "handout"),
                       ("end to end: enqueued -> result at orchestrator", "e2e")):
@@ -445,6 +452,16 @@ def targets(f, args):
                 g is not None and g <= 64))
     p99 = a.get("lat_pickup_p99")
     out.append(("pickup latency p99 < 2 ms on loopback", fmt(p99, " ms"), p99 is not None and p99 < 2))
+    # Those of "Never the bottleneck", against the floors measured in the same run.
+    fl = f.get("floor", {})
+    ac, fc = a.get("cpu_us_c1"), fl.get("cpu_us_c1")
+    r = ratio(ac, fc)
+    out.append(("CPU per no-op task at one slot <= 1.3x `floor serve`'s", fmt(r, "x"),
+                r is not None and r <= 1.3))
+    fi = fl.get("rss_idle")
+    over = idle - fi if idle is not None and fi is not None else None
+    out.append(("idle RSS <= `floor idle`'s + 1 MiB", "%+.2f MiB" % mib(over) if over is not None else "n/a",
+                over is not None and over <= 1024))
     return out
 
 
@@ -463,6 +480,16 @@ def floor_lines(f):
         if bc and fc:
             out.append("- 1/20 of the baseline's CPU per task at concurrency 1 is %s; the floor alone is %s of "
                        "the baseline's, i.e. 1/%.0f." % (fmt(bc / 20, " us"), fmt(fc / bc, "x"), bc / fc))
+    fd = fl.get("cpu_us_c1_durable")
+    if fl.get("tps_c1_durable") is not None:
+        out.append("- `bench/floor durable` (the same, but each result is appended to a file on the same disk as "
+                   "avtworkerd's spool and fdatasynced before it is sent: the rule avtworkerd keeps): **%s CPU per "
+                   "task**, %s tasks/s at concurrency 1; the durability alone costs %s per task here." %
+                   (fmt(fd, " us"), fmt(fl.get("tps_c1_durable")),
+                    fmt(fd - fc, " us") if None not in (fd, fc) else "n/a"))
+        if ac is not None and fd is not None:
+            out.append("- avtworkerd at concurrency 1 is %s of `floor serve` and %s of `floor durable`." %
+                       (fmt(ratio(ac, fc), "x"), fmt(ratio(ac, fd), "x")))
     if fl.get("rss_idle") is not None:
         out.append("- `bench/floor idle` (an empty program linked like avtworkerd, after curl_global_init()): "
                    "**RSS %s**; avtworkerd idle with 8 slots: %s." % (fmt(mib(fl["rss_idle"]), " MiB"),
