@@ -66,8 +66,9 @@ int pool_free_slots(const struct pool *pool);
  * type's limit (used for the heartbeat's supported_skills). */
 int pool_type_has_room(struct pool *pool, const char *type);
 
-/* Loop thread: task_cancel(t, reason) for a submitted task, and wake the
- * workers so that a task cancelled while it waits for its type's limit is
+/* Loop thread: task_cancel(t, reason) for a submitted task, and provide a
+ * thread (an idle one, else a new one) for each queued task the cancel lets
+ * start, so that a task cancelled while it waits for its type's limit is
  * finished at once (without running its handler) instead of waiting for a
  * task of its type to end. Prefer it over a bare task_cancel() for tasks
  * the pool holds. */

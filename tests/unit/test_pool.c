@@ -779,9 +779,11 @@ TEST(a_refused_thread_start_is_told_once_and_the_task_waits_for_a_running_one)
     EXPECT_EQ_INT(pool_submit(pool, new_task("gate", 1, 0)), 0); /* refused: told */
     EXPECT_EQ_INT(pool_submit(pool, new_task("gate", 2, 0)), 0); /* refused again: quiet */
     EXPECT_EQ_INT(atomic_load(&refused), 2);
-    /* A reload that lets no queued task start attempts no start and does
-     * not make the next refusal told again. */
-    pool_set_limits(pool, &c);
+    /* A reload that lets no queued task start (it limits "gate" to the one
+     * running) attempts no start and does not make the next refusal told
+     * again. */
+    struct cfg one = make_cfg(4); /* "gate" limited to 1 */
+    pool_set_limits(pool, &one);
     EXPECT_EQ_INT(atomic_load(&refused), 2);
     EXPECT_EQ_INT(pool_submit(pool, new_task("gate", 3, 0)), 0);
     EXPECT_EQ_INT(atomic_load(&refused), 3);
@@ -792,8 +794,12 @@ TEST(a_refused_thread_start_is_told_once_and_the_task_waits_for_a_running_one)
     gate_set_open();
     EXPECT_EQ_INT(finish(pool, 4), 0);
     EXPECT_EQ_INT(stats(pool).started, 1);
-    /* A start that succeeds ends the quiet: the next refusal is told. */
+    /* A start that succeeds ends the quiet: the next refusal is told. The
+     * only thread is idle first (its last DONE may come before it looks at
+     * the queue again), so that the next task takes it. */
+    pool_set_limits(pool, &c);
     atomic_store(&refuse_starts, 0);
+    EXPECT_EQ_INT(wait_idle_threads(pool, 1), 0);
     gate_reset();
     saved = begin_capture(path, sizeof(path));
     ASSERT(saved >= 0);
