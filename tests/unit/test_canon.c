@@ -386,6 +386,106 @@ TEST(fraction_digits_are_the_shortest_round_trip)
     EXPECT_CANON("{\"x\":5.2256807065210415e-200}", "{\"x\":5.225680706521042e-200}");
 }
 
+/* The oracle of the test below: the fewest significant digits of a decimal
+ * that reads back as x, trying every length in turn (printf's nearest
+ * decimal, and for a power of two the one just above it). */
+static int oracle_digits(double x)
+{
+    uint64_t bits;
+    memcpy(&bits, &x, sizeof(bits));
+    int pow2 = (bits & ((UINT64_C(1) << 52) - 1)) == 0 || (bits >> 52) == 0;
+    for (int p = 1; p < 17; p++) {
+        char t[64];
+        snprintf(t, sizeof(t), "%.*e", p - 1, x);
+        if (strtod(t, NULL) == x)
+            return p;
+        if (pow2) {
+            /* the next p-digit decimal above: one unit in the last place */
+            char dg[24], *e = strchr(t, 'e');
+            int n = 0, e10 = (int)strtol(e + 1, NULL, 10);
+            for (const char *c = t; c < e; c++)
+                if (*c >= '0' && *c <= '9')
+                    dg[n++] = *c;
+            int k = n - 1;
+            while (k >= 0 && dg[k] == '9')
+                dg[k--] = '0';
+            if (k >= 0) {
+                dg[k]++;
+            } else {
+                dg[0] = '1';
+                e10++;
+            }
+            snprintf(t, sizeof(t), "%.*se%d", n, dg, e10 - (n - 1));
+            if (strtod(t, NULL) == x)
+                return p;
+        }
+    }
+    return 17;
+}
+
+/* Significant digits of a number as canon writes it ("0.00123", "4185.257",
+ * "1.5e-7"). */
+static int digits_of(const char *num)
+{
+    int n = 0, lead = 1, zeros = 0;
+    for (const char *c = num; *c != '\0' && *c != 'e'; c++) {
+        if (*c < '0' || *c > '9')
+            continue;
+        if (lead && *c == '0')
+            continue;
+        lead = 0;
+        if (*c == '0') {
+            zeros++;
+        } else {
+            n += zeros + 1;
+            zeros = 0;
+        }
+    }
+    return n;
+}
+
+TEST(fraction_digits_are_the_fewest_that_read_back_for_random_doubles)
+{
+    /* Bit patterns of every exponent, subnormals, powers of two, short
+     * decimals and ratios: each canonical number must read back as the
+     * double and have as few digits as the slow oracle finds. */
+    uint64_t s = 88172645463325252ULL;
+    int checked = 0, bad = 0;
+    for (int i = 0; i < 30000 && bad < 5; i++) {
+        s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+        uint64_t bits = s & 0x7fffffffffffffffULL;
+        if (i % 4 == 1)
+            bits = (s % 2046 + 1) << 52; /* a power of two */
+        else if (i % 4 == 2)
+            bits = s % 4096; /* a subnormal */
+        double x;
+        memcpy(&x, &bits, sizeof(x));
+        if (i % 4 == 3)
+            x = (double)(s % 1000000) / (double)(1 + (s >> 20) % 100000);
+        if (!(x > 0) || x >= 0x1p53 || x == (double)(int64_t)x)
+            continue; /* integral values are written as integers (all from 2^53 on) */
+        char in[64], err[AVT_ERRLEN];
+        snprintf(in, sizeof(in), "{\"x\":%.17g}", x);
+        char *out = canon(in, NULL, err, sizeof(err));
+        if (out == NULL) {
+            TAP_FAIL_("%s: refused: %s", in, err);
+            bad++;
+            continue;
+        }
+        const char *num = out + 5; /* after {"x": */
+        double back = strtod(num, NULL);
+        int want = oracle_digits(x), got = digits_of(num);
+        if (memcmp(&back, &x, sizeof(x)) != 0 || got != want) {
+            TAP_FAIL_("%s: got %s (%d digits, reads back as %.17g), want %d digits", in, out, got,
+                      back, want);
+            bad++;
+        }
+        free(out);
+        checked++;
+    }
+    EXPECT(checked > 12000);
+}
+
 TEST(strict_parser_errors)
 {
     EXPECT_REFUSED("", "not JSON: unexpected end of input at byte 0");
