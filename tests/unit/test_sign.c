@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,6 +133,59 @@ TEST(hmac_known_answers)
     /* An empty message is still a message. */
     ASSERT(sign_hmac_hex("k", "", 0, hex) == 0);
     EXPECT_EQ_INT(strlen(hex), SIGN_HEXLEN);
+}
+
+/* RFC 4231 test cases 1 and 2: two keys and their MACs. */
+static const char *const mac_key[2] = {
+    "\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b", "Jefe"};
+static const char *const mac_msg[2] = {"Hi There", "what do ya want for nothing?"};
+static const char *const mac_want[2] = {
+    "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",
+    "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"};
+
+/* Which case to sign (0 or 1) given the round: each thread alternates. */
+static int mac_round(int i, int round)
+{
+    return (i + round / 3) % 2;
+}
+
+static void *mac_thread(void *arg)
+{
+    int i = (int)(intptr_t)arg, bad = 0;
+    char hex[SIGN_HEXLEN + 1];
+    for (int round = 0; round < 300; round++) {
+        int k = mac_round(i, round);
+        if (sign_hmac_hex(mac_key[k], mac_msg[k], strlen(mac_msg[k]), hex) != 0 ||
+            strcmp(hex, mac_want[k]) != 0)
+            bad++;
+    }
+    return (void *)(intptr_t)bad;
+}
+
+TEST(the_key_can_change_between_messages_on_one_thread_and_across_threads)
+{
+    /* The keyed context is kept per thread for the last key: a new key, and
+     * the old one again, must each give their own MAC. */
+    char hex[SIGN_HEXLEN + 1];
+    for (int round = 0; round < 6; round++) {
+        int k = round % 2;
+        ASSERT(sign_hmac_hex(mac_key[k], mac_msg[k], strlen(mac_msg[k]), hex) == 0);
+        EXPECT_EQ_STR(hex, mac_want[k]);
+    }
+    /* A key that is a prefix of the last one is another key. */
+    ASSERT(sign_hmac_hex("Jef", mac_msg[1], strlen(mac_msg[1]), hex) == 0);
+    EXPECT(strcmp(hex, mac_want[1]) != 0);
+    ASSERT(sign_hmac_hex("Jefe", mac_msg[1], strlen(mac_msg[1]), hex) == 0);
+    EXPECT_EQ_STR(hex, mac_want[1]);
+    /* Four threads, each switching keys every few messages. */
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++)
+        ASSERT(pthread_create(&th[i], NULL, mac_thread, (void *)(intptr_t)i) == 0);
+    for (int i = 0; i < 4; i++) {
+        void *bad;
+        pthread_join(th[i], &bad);
+        EXPECT_EQ_INT((int)(intptr_t)bad, 0);
+    }
 }
 
 TEST(empty_key_is_refused)
