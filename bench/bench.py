@@ -452,16 +452,17 @@ def targets(f, args):
                 g is not None and g <= 64))
     p99 = a.get("lat_pickup_p99")
     out.append(("pickup latency p99 < 2 ms on loopback", fmt(p99, " ms"), p99 is not None and p99 < 2))
-    # Those of "Never the bottleneck", against the floors measured in the same run.
+    # Those of "Never the bottleneck", against the floors measured in the same
+    # run (1.0b3 only: the floor does not sign).
     fl = f.get("floor", {})
-    ac, fc = a.get("cpu_us_c1"), fl.get("cpu_us_c1")
-    r = ratio(ac, fc)
-    out.append(("CPU per no-op task at one slot <= 1.3x `floor serve`'s", fmt(r, "x"),
-                r is not None and r <= 1.3))
+    if fl.get("tps_c1") is not None:
+        r = ratio(a.get("cpu_us_c1"), fl.get("cpu_us_c1"))
+        out.append(("CPU per no-op task at one slot <= 1.3x `floor serve`'s", fmt(r, "x"),
+                    r is not None and r <= 1.3))
     fi = fl.get("rss_idle")
-    over = idle - fi if idle is not None and fi is not None else None
-    out.append(("idle RSS <= `floor idle`'s + 1 MiB", "%+.2f MiB" % mib(over) if over is not None else "n/a",
-                over is not None and over <= 1024))
+    if fi is not None and idle is not None:
+        over = idle - fi
+        out.append(("idle RSS <= `floor idle`'s + 1 MiB", "%+.2f MiB" % mib(over), over <= 1024))
     return out
 
 
