@@ -679,8 +679,8 @@ static int fits(double x, int p, int pow2, char d[20], int *e10)
  * length that read back, the nearest is taken. fits() is monotonic in p (a
  * p-digit decimal is also a (p+1)-digit one, and the candidates at p+1 are
  * at least as close on their side of x), and 17 digits always read back,
- * so the length is found by bisection: 4 or 5 tries of printf and strtod
- * instead of up to 17 (a measured value such as 1765123456.123456 took
+ * so the length is found by bisection: at most 6 tries of printf and
+ * strtod instead of up to 17 (a measured value such as 1765123456.123456 took
  * 9 us one length after another, 3 us so). */
 static int shortest_digits(double x, char d[20], int *e10)
 {

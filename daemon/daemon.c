@@ -70,6 +70,7 @@
 #include "outbox.h"
 #include "plugin.h"
 #include "pool.h"
+#include "sign.h"
 #include "spool.h"
 #include "task.h"
 #include "taskstats.h"
@@ -464,6 +465,7 @@ static void daemon_reload(struct daemon *d)
         d->cfg_owned = 1;
         d->plugins = set;
         exitguard_install(); /* ahead of the new plugins' own exit handlers */
+        sign_forget();       /* the old keys' copies, should they have changed */
         log_notice("reloaded: %zu plugin(s), %zu task type(s)", set->nplugins, set->ntypes);
         retired_reap(d, 0);
     }
@@ -964,6 +966,7 @@ int daemon_run(struct cfg *cfg)
     ev_run(d->loop, 0);
     log_notice("stopped (exit status %d)", d->exit_code);
     daemon_teardown(d);
+    sign_forget(); /* the signing keys' copies, cleansed */
     curl_global_cleanup();
     return d->exit_code;
 }

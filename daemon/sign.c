@@ -31,43 +31,60 @@
  * fetches HMAC and SHA-256 from the provider and keys a new context on every
  * call: in the daemon, where each call comes cold between other work, that
  * was three quarters of signing a 1.0b14 result and about 5 % of its CPU
- * per task at one slot (perf). The last key's context is kept as a
- * template and duplicated for each message; a copy of the key tells
- * whether the next call uses the same one, and is cleansed when it is
- * replaced or its thread ends.
+ * per task at one slot (perf). Each thread keeps the contexts of the last
+ * SIGN_KEYS keys it used (one per orchestrator that has its own key, most
+ * recent first) as templates, duplicated for each message; a copy of each
+ * key tells whether the next call uses it. A copy is cleansed when its entry
+ * is evicted, at sign_forget() and when its thread ends (glibc runs no
+ * thread-key destructor for the main thread: the daemon calls sign_forget()
+ * after a reload and at its end).
  */
-struct mac_cache {
+#define SIGN_KEYS 4
+
+struct mac_entry {
     EVP_MAC_CTX *tmpl; /* keyed with key */
     char *key;
     size_t klen;
+};
+
+struct mac_cache {
+    struct mac_entry e[SIGN_KEYS]; /* most recent first; tmpl NULL: unused */
 };
 
 static pthread_key_t cache_key;
 static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
 static int cache_ok;
 
-static void cache_clear(struct mac_cache *c)
+static void entry_clear(struct mac_entry *e)
 {
-    EVP_MAC_CTX_free(c->tmpl);
-    c->tmpl = NULL;
-    if (c->key != NULL) {
-        OPENSSL_cleanse(c->key, c->klen);
-        free(c->key);
-        c->key = NULL;
+    EVP_MAC_CTX_free(e->tmpl);
+    if (e->key != NULL) {
+        OPENSSL_cleanse(e->key, e->klen);
+        free(e->key);
     }
-    c->klen = 0;
+    *e = (struct mac_entry){0};
 }
 
 static void cache_free(void *p)
 {
-    if (p != NULL)
-        cache_clear(p);
-    free(p);
+    struct mac_cache *c = p;
+    for (int i = 0; c != NULL && i < SIGN_KEYS; i++)
+        entry_clear(&c->e[i]);
+    free(c);
 }
 
 static void cache_init(void)
 {
     cache_ok = pthread_key_create(&cache_key, cache_free) == 0;
+}
+
+void sign_forget(void)
+{
+    pthread_once(&cache_once, cache_init);
+    if (!cache_ok)
+        return;
+    cache_free(pthread_getspecific(cache_key));
+    pthread_setspecific(cache_key, NULL);
 }
 
 /* A new context keyed with key (klen bytes), NULL when libcrypto fails. */
@@ -86,29 +103,48 @@ static EVP_MAC_CTX *keyed_new(const char *key, size_t klen)
     return ctx;
 }
 
-/* A context keyed with key, ready for one message (free it after). */
-static EVP_MAC_CTX *keyed(const char *key, size_t klen)
+/* This thread's cache, NULL when there can be none. */
+static struct mac_cache *cache_get(void)
 {
     pthread_once(&cache_once, cache_init);
-    struct mac_cache *c = cache_ok ? pthread_getspecific(cache_key) : NULL;
-    if (cache_ok && c == NULL) {
+    if (!cache_ok)
+        return NULL;
+    struct mac_cache *c = pthread_getspecific(cache_key);
+    if (c == NULL) {
         c = xcalloc(1, sizeof(*c));
         if (pthread_setspecific(cache_key, c) != 0) {
             free(c);
             c = NULL;
         }
     }
+    return c;
+}
+
+/* A context keyed with key, ready for one message (free it after). */
+static EVP_MAC_CTX *keyed(const char *key, size_t klen)
+{
+    struct mac_cache *c = cache_get();
     if (c == NULL) /* no cache on this thread: key a context for this call */
         return keyed_new(key, klen);
-    if (c->tmpl == NULL || c->klen != klen || CRYPTO_memcmp(c->key, key, klen) != 0) {
-        cache_clear(c);
-        if ((c->tmpl = keyed_new(key, klen)) == NULL)
+    int i = 0;
+    while (i < SIGN_KEYS && c->e[i].tmpl != NULL &&
+           (c->e[i].klen != klen || CRYPTO_memcmp(c->e[i].key, key, klen) != 0))
+        i++;
+    if (i == SIGN_KEYS || c->e[i].tmpl == NULL) { /* a new key: in the last place */
+        i = SIGN_KEYS - 1;
+        while (i > 0 && c->e[i - 1].tmpl == NULL)
+            i--;
+        entry_clear(&c->e[i]);
+        EVP_MAC_CTX *tmpl = keyed_new(key, klen);
+        if (tmpl == NULL)
             return NULL;
-        c->key = xmalloc(klen);
-        memcpy(c->key, key, klen);
-        c->klen = klen;
+        c->e[i] = (struct mac_entry){.tmpl = tmpl, .key = xmalloc(klen), .klen = klen};
+        memcpy(c->e[i].key, key, klen);
     }
-    return EVP_MAC_CTX_dup(c->tmpl);
+    struct mac_entry hit = c->e[i]; /* to the front */
+    memmove(&c->e[1], &c->e[0], (size_t)i * sizeof(c->e[0]));
+    c->e[0] = hit;
+    return EVP_MAC_CTX_dup(hit.tmpl);
 }
 
 int sign_hmac_hex(const char *key, const void *msg, size_t len, char out[SIGN_HEXLEN + 1])

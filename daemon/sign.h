@@ -23,6 +23,14 @@
 int sign_hmac_hex(const char *key, const void *msg, size_t len, char out[SIGN_HEXLEN + 1]);
 
 /*
+ * Forget the keys the calling thread signed with: the HMAC contexts kept
+ * for them are freed and the copies of the keys cleansed (the next call
+ * keys a context again). The daemon calls it after a reload, whose keys may
+ * have changed, and at its end; a thread that ends forgets by itself.
+ */
+void sign_forget(void);
+
+/*
  * The bytes to send for the JSON object body[0..len): its canonical form
  * (canon_json(), with every top-level member kept except `security`) with
  * `"security":{"signature":"<hex>","signer_id":<signer_id>}` appended as its

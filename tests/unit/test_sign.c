@@ -135,49 +135,76 @@ TEST(hmac_known_answers)
     EXPECT_EQ_INT(strlen(hex), SIGN_HEXLEN);
 }
 
-/* RFC 4231 test cases 1 and 2: two keys and their MACs. */
-static const char *const mac_key[2] = {
-    "\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b", "Jefe"};
-static const char *const mac_msg[2] = {"Hi There", "what do ya want for nothing?"};
-static const char *const mac_want[2] = {
+/* Five keys and their MACs: RFC 4231 test cases 1 to 4 (cases 1 and 3 have
+ * keys of the same length) and PROTOCOL-1.0b14.md's worked example. One
+ * more key than a thread keeps. */
+enum { NKEYS = 5 };
+static const char *const mac_key[NKEYS] = {
+    "\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b", "Jefe",
+    "\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa\xaa",
+    "\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10\x11\x12\x13\x14\x15\x16\x17"
+    "\x18\x19",
+    "worker-token"};
+static char mac_msg3[51], mac_msg4[51];
+static const char *mac_msg[NKEYS] = {
+    "Hi There", "what do ya want for nothing?", mac_msg3, mac_msg4,
+    "{\"data\":{\"msg\":\"hi\"},\"job_id\":\"2796adbc-519b-4f6e-af21-2f821428d371\","
+    "\"status\":\"success\",\"task_id\":\"task-680f9f0d-bcfe-4e12-9305-"
+    "2a64e56f29a4\",\"timestamp\":1796599254,\"worker_id\":\"w1\"}"};
+static const char *const mac_want[NKEYS] = {
     "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",
-    "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"};
+    "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+    "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe",
+    "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b",
+    "432e1bd052b1fc03223edce8f3575cc4781c15043dca904556e4ec77fe4d899c"};
 
-/* Which case to sign (0 or 1) given the round: each thread alternates. */
-static int mac_round(int i, int round)
+static void mac_init(void)
 {
-    return (i + round / 3) % 2;
+    memset(mac_msg3, 0xdd, 50);
+    memset(mac_msg4, 0xcd, 50);
+}
+
+/* 0 when key k gives its MAC. */
+static int mac_check(int k)
+{
+    char hex[SIGN_HEXLEN + 1];
+    return sign_hmac_hex(mac_key[k], mac_msg[k], strlen(mac_msg[k]), hex) == 0 &&
+                   strcmp(hex, mac_want[k]) == 0
+               ? 0
+               : -1;
 }
 
 static void *mac_thread(void *arg)
 {
     int i = (int)(intptr_t)arg, bad = 0;
-    char hex[SIGN_HEXLEN + 1];
-    for (int round = 0; round < 300; round++) {
-        int k = mac_round(i, round);
-        if (sign_hmac_hex(mac_key[k], mac_msg[k], strlen(mac_msg[k]), hex) != 0 ||
-            strcmp(hex, mac_want[k]) != 0)
-            bad++;
-    }
+    for (int round = 0; round < 300; round++)
+        bad += mac_check((i + round / (i + 1)) % NKEYS) != 0;
+    sign_forget();
     return (void *)(intptr_t)bad;
 }
 
 TEST(the_key_can_change_between_messages_on_one_thread_and_across_threads)
 {
-    /* The keyed context is kept per thread for the last key: a new key, and
-     * the old one again, must each give their own MAC. */
-    char hex[SIGN_HEXLEN + 1];
-    for (int round = 0; round < 6; round++) {
-        int k = round % 2;
-        ASSERT(sign_hmac_hex(mac_key[k], mac_msg[k], strlen(mac_msg[k]), hex) == 0);
-        EXPECT_EQ_STR(hex, mac_want[k]);
+    /* A thread keeps the contexts of its last few keys: each key, in every
+     * order (new, kept, evicted and back, two keys of one length), must
+     * give its own MAC. */
+    mac_init();
+    static const int order[] = {0, 1, 0, 2, 0, 3, 4, 0, 1, 2, 3, 4, 4, 3, 2, 1, 0, 2, 4, 1, 3, 0};
+    for (size_t r = 0; r < ARRAY_LEN(order); r++) {
+        if (mac_check(order[r]) != 0)
+            TAP_FAIL_("round %zu: key %d does not give its MAC", r, order[r]);
     }
-    /* A key that is a prefix of the last one is another key. */
+    /* A key that is a prefix of a kept one is another key. */
+    char hex[SIGN_HEXLEN + 1];
     ASSERT(sign_hmac_hex("Jef", mac_msg[1], strlen(mac_msg[1]), hex) == 0);
     EXPECT(strcmp(hex, mac_want[1]) != 0);
-    ASSERT(sign_hmac_hex("Jefe", mac_msg[1], strlen(mac_msg[1]), hex) == 0);
-    EXPECT_EQ_STR(hex, mac_want[1]);
-    /* Four threads, each switching keys every few messages. */
+    EXPECT_EQ_INT(mac_check(1), 0);
+    /* Forgotten, then keyed again. */
+    sign_forget();
+    sign_forget();
+    EXPECT_EQ_INT(mac_check(3), 0);
+    EXPECT_EQ_INT(mac_check(3), 0);
+    /* Four threads, each going through the keys at its own pace. */
     pthread_t th[4];
     for (int i = 0; i < 4; i++)
         ASSERT(pthread_create(&th[i], NULL, mac_thread, (void *)(intptr_t)i) == 0);
@@ -186,6 +213,7 @@ TEST(the_key_can_change_between_messages_on_one_thread_and_across_threads)
         pthread_join(th[i], &bad);
         EXPECT_EQ_INT((int)(intptr_t)bad, 0);
     }
+    sign_forget();
 }
 
 TEST(empty_key_is_refused)
