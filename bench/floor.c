@@ -36,7 +36,8 @@
 
 static volatile sig_atomic_t stop;
 
-/* Where `floor durable` keeps its results; fd -1 for `floor serve`. */
+/* Where `floor durable` keeps its results (fd -1 until the first one);
+ * dir NULL for `floor serve`, which keeps nothing. */
 struct durable {
     const char *dir;
     int fd;
